@@ -1,0 +1,145 @@
+"""Model names the CLI knows, ``module:factory`` models, and torchvision-format weights."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import EdgepipeError
+from .lraspp import LRASPP
+from .mobilenet import MobileNet, mobilenet_v2_config, mobilenet_v3_config
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a converter needs to know about a model besides its weights."""
+
+    name: str
+    task: str  # "classification" | "segmentation"
+    label_set: str | None  # "imagenet", "voc" or None (user model)
+    default_size: int
+
+
+_BUILDERS: dict[str, tuple[ModelInfo, Callable[[float], nn.Module]]] = {
+    "mobilenet_v3_large": (
+        ModelInfo("mobilenet_v3_large", "classification", "imagenet", 224),
+        lambda w: MobileNet(mobilenet_v3_config("large", w)),
+    ),
+    "mobilenet_v3_small": (
+        ModelInfo("mobilenet_v3_small", "classification", "imagenet", 224),
+        lambda w: MobileNet(mobilenet_v3_config("small", w)),
+    ),
+    "mobilenet_v2": (
+        ModelInfo("mobilenet_v2", "classification", "imagenet", 224),
+        lambda w: MobileNet(mobilenet_v2_config(w)),
+    ),
+    "lraspp_mobilenet_v3_large": (
+        ModelInfo("lraspp_mobilenet_v3_large", "segmentation", "voc", 520),
+        lambda w: LRASPP(mobilenet_v3_config("large", w, dilated=True), num_classes=21),
+    ),
+    "lraspp_mobilenet_v3_small": (
+        ModelInfo("lraspp_mobilenet_v3_small", "segmentation", "voc", 520),
+        lambda w: LRASPP(mobilenet_v3_config("small", w, dilated=True), num_classes=21),
+    ),
+}
+
+MODEL_NAMES = tuple(_BUILDERS)
+
+
+def create_model(name: str, width_mult: float = 1.0, task: str | None = None
+                 ) -> tuple[nn.Module, ModelInfo]:
+    """Build a named model (random init), or call ``module:factory`` for any other module."""
+    if ":" in name:
+        return _from_factory(name, task or "classification"), ModelInfo(
+            name, task or "classification", None, 224)
+    if name not in _BUILDERS:
+        raise EdgepipeError(
+            f"unknown model {name!r}: use one of {', '.join(MODEL_NAMES)} "
+            "or a `module:factory` that returns a torch.nn.Module"
+        )
+    if not 0.1 <= width_mult <= 4.0:
+        raise EdgepipeError(f"width multiplier {width_mult} is out of range: use 0.1 to 4.0")
+    info, build = _BUILDERS[name]
+    return build(width_mult).eval(), info
+
+
+def _from_factory(spec: str, task: str) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise EdgepipeError(f"cannot import {module_name!r} for model {spec!r}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise EdgepipeError(f"{module_name!r} has no callable {attr!r}: give `module:factory`")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise EdgepipeError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model.eval()
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _state_dict_from(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj and isinstance(obj[key], (dict, nn.Module)):
+                return _state_dict_from(obj[key], path)
+        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj  # type: ignore[return-value]
+    raise EdgepipeError(f"{path} holds no state_dict: save one with torch.save(model.state_dict())")
+
+
+def _preview(keys: list[str], n: int = 5) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def load_weights(model: nn.Module, path: str | Path) -> str:
+    """Load a torchvision-format state_dict strictly; returns the file's sha256.
+
+    A mismatch names the keys (missing, unexpected, wrong shape) instead of torch's
+    multi-page error, because that is what the user has to fix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EdgepipeError(f"weights file {path} does not exist: give a .pth state_dict")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors have many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgepipeError(f"cannot read weights file {path}: {first}") from None
+    state = {k.removeprefix("module."): v for k, v in _state_dict_from(obj, path).items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong_shape = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+                   for k, v in own.items() if k in state and state[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_preview(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_preview(unexpected)}")
+    if wrong_shape:
+        problems.append(f"wrong shapes: {_preview(wrong_shape, 3)}")
+    if problems:
+        raise EdgepipeError(
+            f"weights {path.name} do not match the model ({'; '.join(problems)}): "
+            "check the model name and --width"
+        )
+    model.load_state_dict(state, strict=True)
+    return file_sha256(path)
