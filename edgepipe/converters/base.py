@@ -1,0 +1,65 @@
+"""What every converter is: a format, the extra that installs it, and one ``convert``."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import missing_extra
+from ..manifest import TensorSpec
+from .source import SourceModel
+
+
+@dataclass
+class Converted:
+    """One artifact as its converter left it; the shared steps add manifest and parity."""
+
+    path: Path
+    precision: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    quantization: dict[str, Any] | None = None
+    graph: dict[str, Any] = field(default_factory=dict)  # partitions, ops left outside
+    runnable_here: bool = True
+    validation: dict[str, Any] | None = None  # for artifacts this machine cannot run
+
+
+class Converter:
+    format: str = ""
+    suffix: str = ""
+    extra: str = ""
+    requires: tuple[str, ...] = ()  # importable module names
+    distributions: tuple[str, ...] = ()  # for tool_versions
+    precisions: tuple[str, ...] = ("fp32", "int8")
+
+    def check_installed(self) -> None:
+        for module in self.requires:
+            if importlib.util.find_spec(module) is None:
+                raise missing_extra(f"{module} (needed for --to {self.format})", self.extra)
+
+    def tool_versions(self) -> dict[str, str]:
+        versions = {"torch": torch.__version__}
+        for dist in self.distributions:
+            try:
+                versions[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                pass
+        return versions
+
+    def convert(self, src: SourceModel, precision: str, calibration: list[torch.Tensor],
+                path: Path) -> Converted:
+        raise NotImplementedError
+
+
+def float_spec(name: str, shape: tuple[int, ...] | list[int], layout: str = "NCHW"
+               ) -> TensorSpec:
+    return TensorSpec(name=name, shape=[int(s) for s in shape], dtype="float32", layout=layout)
+
+
+def output_layout(shape: tuple[int, ...] | list[int]) -> str:
+    return "NCHW" if len(shape) == 4 else "NC"

@@ -1,0 +1,205 @@
+"""One conversion run: model → artifacts + manifests + parity report, in one output folder.
+
+The folder is built under a temporary name beside its destination and renamed at the end,
+so a failed or interrupted run never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgepipeError
+from ..manifest import Manifest, save_manifest, write_atomic
+from ..models import file_sha256
+from . import CONVERTERS
+from .base import Converted, Converter
+from .images import builtin_calibration_images, folder_images, parity_photos
+from .parity import ParityReference, check_artifact
+from .source import SourceModel, load_source_model
+
+
+@dataclass
+class ConvertRequest:
+    model: str
+    out: Path
+    formats: list[str] = field(default_factory=lambda: ["executorch", "tflite", "coreml"])
+    int8: bool = False
+    weights: Path | None = None
+    width_mult: float = 1.0
+    size: int | None = None
+    task: str | None = None
+    calib_dir: Path | None = None
+    calib_count: int = 32
+    threads: int = 1
+
+
+@dataclass
+class ArtifactResult:
+    format: str
+    precision: str
+    file: str
+    size_mb: float
+    parity: dict[str, Any]
+    latency: dict[str, float] | None
+    graph: dict[str, Any]
+
+
+def check_formats(formats: list[str]) -> list[Converter]:
+    unknown = [f for f in formats if f not in CONVERTERS]
+    if unknown:
+        raise EdgepipeError(f"unsupported format {', '.join(unknown)}: "
+                            f"use {', '.join(CONVERTERS)} (comma-separated)")
+    converters = [CONVERTERS[f] for f in formats]
+    for c in converters:
+        c.check_installed()
+    return converters
+
+
+def _size_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 1e6
+
+
+def _sha256(path: Path) -> str:
+    if path.is_file():
+        return file_sha256(path)
+    # an .mlpackage is a folder: hash its files in a stable order
+    import hashlib
+
+    digest = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        digest.update(str(p.relative_to(path)).encode())
+        digest.update(file_sha256(p).encode())
+    return digest.hexdigest()
+
+
+def build_manifest(src: SourceModel, converter: Converter, c: Converted) -> Manifest:
+    return Manifest(
+        format=converter.format,
+        precision=c.precision,
+        file=c.path.name,
+        file_sha256=_sha256(c.path),
+        model=src.name,
+        task=src.task,
+        inputs=c.inputs,
+        outputs=c.outputs,
+        preprocessing=src.preprocessing,
+        output_kind="logits",
+        label_set=src.info.label_set,
+        labels=src.labels,
+        quantization=c.quantization,
+        source_weights_sha256=src.weights_sha256,
+        tool_versions=converter.tool_versions(),
+        extra={"graph": c.graph},
+    )
+
+
+@contextmanager
+def native_output_to(log: Path) -> Iterator[None]:
+    """Send what converters print (C++ logs, progress lines, warnings) to a log file."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _replace_dir(built: Path, dest: Path) -> None:
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        dest.rename(old)
+    built.rename(dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class Progress:
+    """What a conversion reports while it works (the CLI draws it as a progress bar)."""
+
+    def start(self, total: int) -> None: ...
+
+    def step(self, description: str) -> None: ...
+
+
+def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the conversion; returns the report also written to ``OUT/report.json``."""
+    progress = progress or Progress()
+    converters = check_formats(req.formats)
+    calib_images = folder_images(req.calib_dir) if req.calib_dir else \
+        builtin_calibration_images(req.calib_count)
+    jobs = [(c, p) for c in converters for p in c.precisions if req.int8 or p != "int8"]
+    progress.start(2 + 2 * len(jobs))
+    out = req.out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    # kept only when a converter fails, and named in the error
+    log = Path(tempfile.gettempdir()) / f"edgepipe-convert-{out.name}-{os.getpid()}.log"
+    try:
+        with native_output_to(log):
+            progress.step("loading model")
+            src = load_source_model(req.model, req.weights, req.width_mult, req.size, req.task,
+                                    bn_images=calib_images)
+            calibration = src.batches(calib_images)
+            progress.step("PyTorch reference on real photos")
+            reference = ParityReference(src, parity_photos())
+            results = []
+            stem = req.model.replace(":", "_").replace(".", "_")
+            for converter, precision in jobs:
+                progress.step(f"{converter.format} {precision}: converting")
+                path = work / f"{stem}_{precision}{converter.suffix}"
+                try:
+                    converted = converter.convert(src, precision, calibration, path)
+                except EdgepipeError:
+                    raise
+                except Exception as exc:
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise EdgepipeError(
+                        f"{converter.format} {precision} conversion of {req.model} failed: "
+                        f"{first[:300]} (full log: {log})") from None
+                save_manifest(build_manifest(src, converter, converted), path)
+                progress.step(f"{converter.format} {precision}: parity and latency")
+                parity, latency = check_artifact(reference, converted, req.threads)
+                results.append(ArtifactResult(converter.format, precision, path.name,
+                                              round(_size_mb(path), 3), parity, latency,
+                                              converted.graph))
+        report = {
+            "model": req.model,
+            "task": src.task,
+            "input_size": list(src.preprocessing.size),
+            "width_mult": req.width_mult,
+            "weights_sha256": src.weights_sha256,
+            "threads": req.threads,
+            "artifacts": [r.__dict__ for r in results],
+        }
+        write_atomic(work / "report.json", json.dumps(report, indent=2))
+        _replace_dir(work, out)
+        log.unlink(missing_ok=True)
+        return report
+    except EdgepipeError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        if "full log" not in str(exc):
+            log.unlink(missing_ok=True)
+        raise
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise

@@ -1,0 +1,66 @@
+"""PyTorch → ExecuTorch ``.pte`` lowered to XNNPACK (fp32, or int8 with PT2E)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from .base import Converted, Converter, float_spec, output_layout
+from .quantize import quantize_pt2e
+from .source import SourceModel, hswish_form
+
+
+def graph_stats(lowered: object) -> dict[str, object]:
+    """Delegate partitions and the ops XNNPACK left outside them (each one costs a copy)."""
+    graph = lowered.exported_program().graph_module.graph  # type: ignore[attr-defined]
+    delegates, outside = 0, Counter()
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target.__name__ == "getitem":
+            continue
+        if "executorch_call_delegate" in str(node.target):
+            delegates += 1
+        else:
+            outside[str(node.target).split("::")[-1].split(".")[0]] += 1
+    return {"delegate_partitions": delegates, "ops_outside_delegate": dict(outside)}
+
+
+class ExecuTorchConverter(Converter):
+    format = "executorch"
+    suffix = ".pte"
+    extra = "executorch"
+    requires = ("executorch",)
+    distributions = ("executorch", "torchao")
+
+    def convert(self, src: SourceModel, precision: str, calibration: list[torch.Tensor],
+                path: Path) -> Converted:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from executorch.exir import to_edge_transform_and_lower
+
+        example = src.example_input()
+        quant = None
+        # XNNPACK runs h-swish natively in fp32 and inside int8 partitions: keep the op whole
+        with hswish_form(src.module, decomposed=False) as module:
+            if precision == "int8":
+                quantizer = XNNPACKQuantizer().set_global(
+                    get_symmetric_quantization_config(is_per_channel=True))
+                module = quantize_pt2e(module, example, quantizer, calibration)
+                quant = {"scheme": "PT2E static, XNNPACKQuantizer symmetric",
+                         "weights": "int8 per-channel", "activations": "int8 per-tensor",
+                         "calibration_images": len(calibration)}
+            program = torch.export.export(module, (example,))
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        stats = graph_stats(lowered)
+        path.write_bytes(lowered.to_executorch().buffer)
+        out_shape = src.reference(example).shape
+        return Converted(
+            path=path, precision=precision,
+            inputs=[float_spec("input", example.shape)],
+            outputs=[float_spec("output", out_shape, output_layout(out_shape))],
+            quantization=quant, graph=stats,
+        )

@@ -1,0 +1,71 @@
+"""Parity of an artifact against PyTorch on real photos, on the device's own runtime."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..device.bench import measure_latency
+from ..device.runtimes import open_runner
+from .base import Converted
+from .source import SourceModel
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class ParityReference:
+    """PyTorch's outputs on the parity photos, computed once per conversion run."""
+
+    def __init__(self, src: SourceModel, photos: dict[str, np.ndarray]) -> None:
+        self.src = src
+        self.names = list(photos)
+        self.inputs = [b.numpy() for b in src.batches(list(photos.values()))]
+        self.outputs = [src.reference(b) for b in src.batches(list(photos.values()))]
+
+    def _label(self, index: int) -> str:
+        labels = self.src.labels
+        return labels[index] if labels and index < len(labels) else str(index)
+
+    def compare(self, outputs: list[np.ndarray]) -> dict[str, Any]:
+        errors = [float(np.abs(o - r).max()) for o, r in zip(outputs, self.outputs, strict=True)]
+        scale = max(float(np.abs(r).max()) for r in self.outputs) or 1.0
+        report: dict[str, Any] = {
+            "executed": True,
+            "images": len(outputs),
+            "max_abs_error": max(errors),
+            "max_rel_error": max(errors) / scale,
+        }
+        if self.src.task == "classification":
+            per_image = []
+            for name, out, ref in zip(self.names, outputs, self.outputs, strict=True):
+                p_out, p_ref = _softmax(out[0]), _softmax(ref[0])
+                per_image.append({
+                    "image": name,
+                    "torch": self._label(int(p_ref.argmax())),
+                    "torch_score": round(float(p_ref.max()), 4),
+                    "artifact": self._label(int(p_out.argmax())),
+                    "artifact_score": round(float(p_out.max()), 4),
+                })
+            agree = [p["torch"] == p["artifact"] for p in per_image]
+            report["top1_agreement"] = sum(agree) / len(agree)
+            report["per_image"] = per_image
+        else:
+            pixels = [float((o.argmax(axis=1) == r.argmax(axis=1)).mean())
+                      for o, r in zip(outputs, self.outputs, strict=True)]
+            report["pixel_agreement"] = float(np.mean(pixels))
+        return report
+
+
+def check_artifact(ref: ParityReference, converted: Converted, threads: int = 1,
+                   runs: int = 20) -> tuple[dict[str, Any], dict[str, float] | None]:
+    """(parity report, host latency stats) for one artifact; validation only if it can't run."""
+    if not converted.runnable_here:
+        return dict(converted.validation or {"executed": False}), None
+    runner = open_runner(converted.path, threads=threads)
+    outputs = [runner.run(x)[0] for x in ref.inputs]
+    latency = measure_latency(runner, ref.inputs[0], warmup=3, runs=runs)
+    return ref.compare(outputs), latency.to_dict()

@@ -1,0 +1,123 @@
+"""The PyTorch model a conversion starts from, with what its manifests will say about it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import EdgepipeError
+from ..manifest import Preprocessing
+from ..models import ModelInfo, create_model, load_weights
+from ..models.blocks import HardSwish
+from ..preprocess import preprocess
+
+
+@dataclass
+class SourceModel:
+    name: str
+    module: nn.Module
+    info: ModelInfo
+    preprocessing: Preprocessing
+    labels: list[str] | None
+    weights_sha256: str | None
+
+    @property
+    def task(self) -> str:
+        return self.info.task
+
+    def example_input(self) -> torch.Tensor:
+        return torch.zeros(1, 3, *self.preprocessing.size)
+
+    def batches(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """Images → preprocessed single-image batches, as every runtime will see them."""
+        return [torch.from_numpy(preprocess(img, self.preprocessing)) for img in images]
+
+    @torch.no_grad()
+    def reference(self, batch: torch.Tensor) -> np.ndarray:
+        return self.module(batch).numpy()
+
+
+def label_names(label_set: str | None) -> list[str] | None:
+    if label_set == "imagenet":
+        from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+        return list(_IMAGENET_CATEGORIES)
+    if label_set == "voc":
+        from torchvision.models._meta import _VOC_CATEGORIES
+
+        return list(_VOC_CATEGORIES)
+    return None
+
+
+def default_preprocessing(task: str, size: int) -> Preprocessing:
+    # Classification: torchvision's resize-256/crop-224 ratio; segmentation: no crop margin.
+    resize = round(size * 256 / 224) if task == "classification" else size
+    return Preprocessing(size=(size, size), resize=resize)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(module: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Re-estimate BatchNorm statistics on real images.
+
+    A random-init MobileNetV3 has unit running variances and outputs ~1e-10 logits: parity
+    numbers on it mean nothing until the statistics match real activations.
+    """
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over all batches
+    module.train()
+    x = torch.cat(batches)
+    for chunk in x.split(8):
+        module(chunk)
+    module.eval()
+
+
+def load_source_model(
+    name: str,
+    weights: str | Path | None = None,
+    width_mult: float = 1.0,
+    size: int | None = None,
+    task: str | None = None,
+    bn_images: list[np.ndarray] | None = None,
+) -> SourceModel:
+    """Build the model, load weights (or re-estimate BN stats for a random init)."""
+    module, info = create_model(name, width_mult, task)
+    size = size or info.default_size
+    if not 32 <= size <= 2048:
+        raise EdgepipeError(f"input size {size} is out of range: use 32 to 2048 pixels")
+    pre = default_preprocessing(info.task, size)
+    sha = load_weights(module, weights) if weights else None
+    source = SourceModel(name, module, info, pre, label_names(info.label_set), sha)
+    if sha is None and bn_images:
+        recalibrate_batchnorm(module, source.batches(bn_images))
+    try:
+        out = source.reference(source.example_input())
+    except Exception as exc:  # a user model that rejects the input shape
+        raise EdgepipeError(f"model {name} fails on a 1x3x{size}x{size} input: {exc}") from None
+    if info.task == "classification" and out.ndim != 2:
+        raise EdgepipeError(f"model {name} returns shape {out.shape}: a classifier must "
+                            "return (batch, classes); pass --task segmentation for masks")
+    return source
+
+
+@contextmanager
+def hswish_form(module: nn.Module, decomposed: bool) -> Iterator[nn.Module]:
+    """Temporarily pick the h-swish form a target runtime runs best (see HardSwish)."""
+    acts = [m for m in module.modules() if isinstance(m, HardSwish)]
+    before = [a.decomposed for a in acts]
+    for a in acts:
+        a.decomposed = decomposed
+    try:
+        yield module
+    finally:
+        for a, b in zip(acts, before, strict=True):
+            a.decomposed = b

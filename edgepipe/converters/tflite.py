@@ -1,0 +1,102 @@
+"""PyTorch → TFLite/LiteRT ``.tflite`` via litert-torch (fp32, or int8 with PT2E)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..manifest import TensorSpec
+from .base import Converted, Converter, output_layout
+from .quantize import quantize_pt2e
+from .source import SourceModel, hswish_form
+
+_EDGE_OPS = {"QUANTIZE", "DEQUANTIZE"}
+
+
+def litert_graph_stats(path: Path) -> dict[str, object]:
+    """XNNPACK partitions after delegation, ops left outside, and float ops in an int8 graph.
+
+    LiteRT lists delegate nodes after the original ones once tensors are allocated; an
+    original node whose outputs feed a delegate but come from none ran outside XNNPACK.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=1)
+    original = interp._get_ops_details()
+    interp.allocate_tensors()
+    delegates = [op for op in interp._get_ops_details()[len(original):]
+                 if op["op_name"] == "DELEGATE"]
+    produced = {t for d in delegates for t in d["outputs"]}
+    consumed = {t for d in delegates for t in d["inputs"]}
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interp.get_tensor_details()}
+    outside: Counter[str] = Counter()
+    float_ops: Counter[str] = Counter()
+    for op in original:
+        if any(t in consumed for t in op["outputs"]) and not any(t in produced
+                                                                 for t in op["outputs"]):
+            outside[op["op_name"]] += 1
+        first_input = next((t for t in op["inputs"] if t >= 0), None)
+        if first_input is not None and dtypes[first_input] == "float32" \
+                and op["op_name"] not in _EDGE_OPS:
+            float_ops[op["op_name"]] += 1
+    return {"delegate_partitions": len(delegates), "ops_outside_delegate": dict(outside),
+            "float_ops": dict(float_ops), "ops": dict(Counter(o["op_name"] for o in original))}
+
+
+def _tensor_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+
+    def spec(d: dict, layout: str) -> TensorSpec:
+        scale, zero = d["quantization"]
+        q = {"scale": float(scale), "zero_point": int(zero),
+             "dtype": np.dtype(d["dtype"]).name} if scale else None
+        return TensorSpec(name=d["name"], shape=[int(s) for s in d["shape"]],
+                          dtype="float32", layout=layout, quantization=q)
+
+    inputs = [spec(d, "NHWC") for d in interp.get_input_details()]
+    outputs = [spec(d, output_layout(d["shape"])) for d in interp.get_output_details()]
+    return inputs, outputs
+
+
+class TFLiteConverter(Converter):
+    format = "tflite"
+    suffix = ".tflite"
+    extra = "tflite"
+    requires = ("litert_torch", "ai_edge_litert")
+    distributions = ("litert-torch", "ai-edge-litert", "torchao")
+
+    def convert(self, src: SourceModel, precision: str, calibration: list[torch.Tensor],
+                path: Path) -> Converted:
+        import litert_torch
+
+        # Images arrive HWC: an NHWC input saves the device a transpose per frame.
+        example = src.example_input().permute(0, 2, 3, 1).contiguous()
+        nhwc_calibration = [b.permute(0, 2, 3, 1).contiguous() for b in calibration]
+        quant = None
+        # int8 HARD_SWISH is not taken by LiteRT's XNNPACK delegate: decompose it for int8
+        with hswish_form(src.module, decomposed=precision == "int8") as module:
+            nhwc = litert_torch.to_channel_last_io(module, args=[0]).eval()
+            if precision == "int8":
+                from litert_torch.quantize import pt2e_quantizer
+                from litert_torch.quantize.quant_config import QuantConfig
+
+                quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+                    pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+                graph = quantize_pt2e(nhwc, example, quantizer, nhwc_calibration,
+                                      fold_quantize=False)
+                edge = litert_torch.convert(graph, (example,),
+                                            quant_config=QuantConfig(pt2e_quantizer=quantizer))
+                quant = {"scheme": "PT2E static, litert-torch PT2EQuantizer symmetric",
+                         "weights": "int8 per-channel", "activations": "int8 per-tensor",
+                         "calibration_images": len(calibration)}
+            else:
+                edge = litert_torch.convert(nhwc, (example,))
+        edge.export(str(path))
+        inputs, outputs = _tensor_specs(path)
+        return Converted(path=path, precision=precision, inputs=inputs, outputs=outputs,
+                         quantization=quant, graph=litert_graph_stats(path))

@@ -1,0 +1,151 @@
+"""Run an artifact with the device's runtime: LiteRT (``.tflite``) or ExecuTorch (``.pte``).
+
+Light by design: numpy at import time, the runtime itself only when a runner is opened,
+so the agent starts on a Pi without torch. Every runner takes the float32 NCHW batch that
+:func:`edgepipe.preprocess.preprocess` makes and returns float32 outputs: layout changes
+and int8 (de)quantization at the edges happen here, once, for every caller.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import EdgepipeError, missing_extra
+
+RUNTIME_FOR_SUFFIX = {".tflite": "litert", ".pte": "executorch"}
+
+
+class Runner(Protocol):
+    runtime: str
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]: ...
+
+    def invoke(self) -> None: ...
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def installed_runtimes() -> dict[str, str]:
+    """Runtimes importable here, with versions (what a device reports about itself)."""
+    found = {}
+    for runtime, dists in (("litert", ("ai-edge-litert", "tflite-runtime")),
+                           ("executorch", ("executorch",))):
+        for dist in dists:
+            if (v := _version(dist)) is not None:
+                found[runtime] = f"{dist} {v}"
+                break
+    return found
+
+
+def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+@dataclass
+class LiteRTRunner:
+    """A ``.tflite`` on ai-edge-litert (or tflite-runtime on old images)."""
+
+    path: Path
+    threads: int = 1
+    runtime: str = "litert"
+
+    def __post_init__(self) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            try:  # tflite-runtime: no wheels for Python >= 3.12, kept for old Pi images
+                from tflite_runtime.interpreter import Interpreter  # type: ignore
+            except ImportError:
+                raise missing_extra("the LiteRT runtime (ai-edge-litert)", "device") from None
+        try:
+            self._interp = Interpreter(model_path=str(self.path), num_threads=self.threads)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise EdgepipeError(f"LiteRT cannot load {self.path.name}: {exc}") from None
+        self._inputs = self._interp.get_input_details()
+        self._outputs = self._interp.get_output_details()
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self._inputs[0]["shape"])
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        detail = self._inputs[0]
+        shape = tuple(detail["shape"])
+        if x.shape != shape and x.ndim == 4 and x.transpose(0, 2, 3, 1).shape == shape:
+            x = x.transpose(0, 2, 3, 1)  # the artifact takes NHWC
+        if detail["dtype"] != np.float32:
+            scale, zero = detail["quantization"]
+            x = _quantize(x, scale, zero, detail["dtype"])
+        self._interp.set_tensor(detail["index"], np.ascontiguousarray(x, dtype=detail["dtype"]))
+        self._interp.invoke()
+        outs = []
+        for d in self._outputs:
+            y = self._interp.get_tensor(d["index"])
+            if d["dtype"] != np.float32:
+                scale, zero = d["quantization"]
+                y = (y.astype(np.float32) - zero) * scale
+            outs.append(y)
+        return outs
+
+    def invoke(self) -> None:
+        """Run on whatever input is set: the timed part of a benchmark."""
+        self._interp.invoke()
+
+
+@dataclass
+class ExecuTorchRunner:
+    """A ``.pte`` on the ExecuTorch runtime (its Python bindings need torch)."""
+
+    path: Path
+    threads: int = 1
+    runtime: str = "executorch"
+
+    def __post_init__(self) -> None:
+        try:
+            from executorch.extension.pybindings import portable_lib
+            from executorch.runtime import Runtime
+        except ImportError:
+            raise missing_extra("the ExecuTorch runtime", "executorch") from None
+        # XNNPACK's thread pool is process-wide: set it for this runner's measurements
+        portable_lib._unsafe_reset_threadpool(self.threads)
+        try:
+            program = Runtime.get().load_program(self.path)
+            self._method = program.load_method("forward")
+        except (RuntimeError, ValueError) as exc:
+            raise EdgepipeError(f"ExecuTorch cannot load {self.path.name}: {exc}") from None
+        import torch
+
+        self._torch = torch
+        self._last: list = []
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        self._last = [self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))]
+        return [o.numpy() for o in self._method.execute(self._last)]
+
+    def invoke(self) -> None:
+        self._method.execute(self._last)
+
+
+def open_runner(path: str | Path, threads: int = 1) -> Runner:
+    """A runner for an artifact file, chosen by its suffix."""
+    path = Path(path)
+    runtime = RUNTIME_FOR_SUFFIX.get(path.suffix)
+    if runtime is None:
+        raise EdgepipeError(
+            f"no runtime runs {path.name} here: use a .tflite or .pte artifact"
+        )
+    if not path.is_file():
+        raise EdgepipeError(f"artifact {path} does not exist")
+    return LiteRTRunner(path, threads) if runtime == "litert" else ExecuTorchRunner(path, threads)

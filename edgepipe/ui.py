@@ -1,0 +1,81 @@
+"""Terminal display for the CLI: progress bars and result tables (rich)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
+from rich.table import Table
+
+
+def _terminal_stream():
+    # A duplicate of stdout taken now: conversions later point fd 1/2 at a log file to
+    # catch the converters' native chatter, and the progress bar must still be seen.
+    try:
+        return os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    except (OSError, ValueError, AttributeError):
+        return sys.stdout
+
+
+_stream = _terminal_stream()
+# rich falls back to 80 columns off a terminal (CI logs, pipes): too narrow for the tables
+console = Console(file=_stream, width=None if _stream.isatty() else 120)
+
+
+class ProgressBar:
+    """A rich progress bar implementing the converters' ``Progress`` protocol."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self._bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                                 transient=False)
+        self._task = None
+
+    def __enter__(self) -> ProgressBar:
+        self._bar.__enter__()
+        self._task = self._bar.add_task(self.title, total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None and not any(exc):
+            self._bar.update(self._task, description=f"{self.title}: done",
+                             completed=self._bar.tasks[0].total)
+        self._bar.__exit__(*exc)  # type: ignore[arg-type]
+
+    def start(self, total: int) -> None:
+        self._bar.update(self._task, total=total)
+
+    def step(self, description: str) -> None:
+        task = self._bar.tasks[0]
+        completed = task.completed + (1 if task.description != self.title else 0)
+        self._bar.update(self._task, description=f"{self.title}: {description}",
+                         completed=completed)
+
+
+def _parity_cell(parity: dict[str, Any]) -> str:
+    if not parity.get("executed"):
+        return f"validated, not run ({parity.get('op_count', '?')} ops)"
+    agree = parity.get("top1_agreement", parity.get("pixel_agreement"))
+    kind = "top-1" if "top1_agreement" in parity else "pixels"
+    return f"{kind} {agree:.0%} · max|Δ| {parity['max_abs_error']:.2g}"
+
+
+def print_convert_table(report: dict[str, Any]) -> None:
+    table = Table(title=f"{report['model']} {report['input_size'][0]}x{report['input_size'][1]}"
+                        f" — host latency with {report['threads']} thread(s)")
+    for col in ("format", "precision", "size MB", "parity vs PyTorch", "host ms (median)",
+                "XNNPACK partitions"):
+        table.add_column(col, justify="right" if col in ("size MB", "host ms (median)") else
+                         "left")
+    for a in report["artifacts"]:
+        latency = a["latency"]["median_ms"] if a["latency"] else None
+        table.add_row(a["format"], a["precision"], f"{a['size_mb']:.2f}",
+                      _parity_cell(a["parity"]),
+                      f"{latency:.2f}" if latency is not None else "—",
+                      str(a["graph"].get("delegate_partitions", "—")))
+    console.print(table)
