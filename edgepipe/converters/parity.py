@@ -33,11 +33,16 @@ class ParityReference:
     def compare(self, outputs: list[np.ndarray]) -> dict[str, Any]:
         errors = [float(np.abs(o - r).max()) for o, r in zip(outputs, self.outputs, strict=True)]
         scale = max(float(np.abs(r).max()) for r in self.outputs) or 1.0
+        cosines = [float(np.dot(o.ravel(), r.ravel())
+                         / (np.linalg.norm(o) * np.linalg.norm(r) + 1e-12))
+                   for o, r in zip(outputs, self.outputs, strict=True)]
         report: dict[str, Any] = {
             "executed": True,
             "images": len(outputs),
             "max_abs_error": max(errors),
             "max_rel_error": max(errors) / scale,
+            # direction of the output vector: the usual int8 fidelity figure
+            "min_cosine_similarity": min(cosines),
         }
         if self.src.task == "classification":
             per_image = []

@@ -1,0 +1,36 @@
+"""Shared fixtures: conversions are slow (tens of seconds each), so each is done once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgepipe.converters.convert import ConvertRequest, convert
+
+# Narrow and low-resolution: the real converters and runtimes, at a fraction of the cost.
+SMALL = dict(model="mobilenet_v3_small", width_mult=0.5, size=96)
+
+
+@pytest.fixture(scope="session")
+def small_conversion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """MobileNetV3-Small x0.5 @96 to every format, fp32 and int8."""
+    out = tmp_path_factory.mktemp("convert") / "small"
+    report = convert(ConvertRequest(out=out, int8=True, calib_count=16, **SMALL))
+    return out, report
+
+
+def artifact(report: dict, fmt: str, precision: str) -> dict:
+    return next(a for a in report["artifacts"]
+                if a["format"] == fmt and a["precision"] == precision)
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 900,
+            prelude: str = "") -> subprocess.CompletedProcess:
+    """The real ``edgepipe`` command in a subprocess (``prelude`` runs first, in-process)."""
+    code = f"import sys\n{prelude}\nfrom edgepipe.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})

@@ -1,0 +1,95 @@
+"""Bad input: one clear line, a non-zero exit, no traceback, no half-written folder."""
+
+import pytest
+import torch
+
+from edgepipe.models import create_model
+
+from .conftest import run_cli
+
+FAST = ("--width", "0.35", "--size", "64", "--to", "executorch")
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("edgepipe: error: ")
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_unknown_model(tmp_path):
+    proc = run_cli("convert", "mobilenet_v9", "-o", str(tmp_path / "o"))
+    _one_line_error(proc, "unknown model 'mobilenet_v9'", "mobilenet_v3_small")
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_weights_file(tmp_path):
+    proc = run_cli("convert", "mobilenet_v3_small", "--weights", str(tmp_path / "nope.pth"),
+                   "-o", str(tmp_path / "o"))
+    _one_line_error(proc, "nope.pth does not exist")
+
+
+def test_mismatched_weights_file(tmp_path):
+    model, _ = create_model("mobilenet_v3_small")
+    torch.save(model.state_dict(), tmp_path / "small.pth")
+    proc = run_cli("convert", "mobilenet_v3_large", "--weights", str(tmp_path / "small.pth"),
+                   "-o", str(tmp_path / "o"))
+    _one_line_error(proc, "do not match", "missing keys", "features.")
+    assert not (tmp_path / "o").exists()
+
+
+def test_corrupt_weights_file(tmp_path):
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    proc = run_cli("convert", "mobilenet_v3_small", "--weights", str(tmp_path / "bad.pth"),
+                   "-o", str(tmp_path / "o"))
+    _one_line_error(proc, "cannot read weights file")
+
+
+def test_unsupported_format(tmp_path):
+    proc = run_cli("convert", "mobilenet_v3_small", "--to", "onnx,tflite",
+                   "-o", str(tmp_path / "o"))
+    _one_line_error(proc, "unsupported format onnx", "executorch, tflite, coreml")
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "corrupt"])
+def test_unreadable_calibration_folder(tmp_path, case):
+    calib = tmp_path / "calib"
+    if case != "missing":
+        calib.mkdir()
+    if case == "corrupt":
+        (calib / "a.jpg").write_bytes(b"not a jpeg")
+    proc = run_cli("convert", "mobilenet_v3_small", *FAST, "--int8", "--calib", str(calib),
+                   "-o", str(tmp_path / "o"))
+    expected = {"missing": "does not exist", "empty": "has no images",
+                "corrupt": "cannot be read"}[case]
+    _one_line_error(proc, "calibration", expected)
+    assert not (tmp_path / "o").exists()
+
+
+def test_converter_library_not_installed_names_the_extra(tmp_path):
+    # The library is made unimportable in that process, as on a machine without it.
+    proc = run_cli("convert", "mobilenet_v3_small", "--to", "coreml", "-o", str(tmp_path / "o"),
+                   prelude="sys.modules['coremltools'] = None")
+    _one_line_error(proc, "coremltools", "pip install 'edgepipe[coreml]'")
+
+
+def test_failed_conversion_keeps_the_previous_output_and_leaves_no_partial(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "previous.txt").write_text("an earlier run")
+    # runs in eager PyTorch, fails inside the converter once the temporary folder exists
+    proc = run_cli("convert", "tests.factories:data_dependent", "--size", "32",
+                   "--to", "executorch", "-o", str(out))
+    _one_line_error(proc, "executorch fp32 conversion of tests.factories:data_dependent failed",
+                    "full log:")
+    assert (out / "previous.txt").read_text() == "an earlier run"
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]
+
+
+def test_packaged_weights_alias_for_other_models(tmp_path):
+    proc = run_cli("convert", "mobilenet_v3_small", "--weights", "imagenet",
+                   "-o", str(tmp_path / "o"))
+    _one_line_error(proc, "no packaged imagenet weights for mobilenet_v3_small")

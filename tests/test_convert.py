@@ -1,0 +1,116 @@
+"""Each converter's artifacts, manifests and parity, on real runtimes (narrow models)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgepipe.converters.convert import ConvertRequest, convert
+from edgepipe.device.runtimes import open_runner
+from edgepipe.manifest import load_manifest
+from edgepipe.models import file_sha256
+from edgepipe.preprocess import preprocess
+
+from .conftest import artifact
+
+RUNNABLE = [("executorch", "fp32"), ("executorch", "int8"), ("tflite", "fp32"),
+            ("tflite", "int8")]
+
+
+def test_all_six_artifacts_with_manifests(small_conversion):
+    out, report = small_conversion
+    assert {(a["format"], a["precision"]) for a in report["artifacts"]} == {
+        *RUNNABLE, ("coreml", "fp16"), ("coreml", "int8")}
+    assert json.loads((out / "report.json").read_text()) == report
+    for a in report["artifacts"]:
+        path = out / a["file"]
+        manifest = load_manifest(path)
+        assert manifest.format == a["format"] and manifest.precision == a["precision"]
+        assert manifest.task == "classification" and manifest.label_set == "imagenet"
+        assert len(manifest.labels) == 1000 and manifest.labels[285] == "Egyptian cat"
+        assert manifest.preprocessing.size == (96, 96)
+        assert manifest.inputs[0].shape in ([1, 3, 96, 96], [1, 96, 96, 3])
+        assert manifest.outputs[0].shape == [1, 1000]
+        assert "torch" in manifest.tool_versions
+        if path.is_file():
+            assert manifest.file_sha256 == file_sha256(path)
+    assert not list(out.parent.glob(".small.partial-*"))
+
+
+@pytest.mark.parametrize("fmt, precision", RUNNABLE)
+def test_runnable_artifacts_match_pytorch(small_conversion, fmt, precision):
+    _, report = small_conversion
+    a = artifact(report, fmt, precision)
+    parity = a["parity"]
+    assert parity["executed"] and parity["images"] == 4
+    if precision == "fp32":
+        assert parity["max_rel_error"] < 1e-4
+        assert parity["top1_agreement"] == 1.0
+    else:
+        # int8 of a random-init net: near-uniform logits, so compare their direction
+        assert parity["min_cosine_similarity"] > 0.9
+    assert a["latency"]["median_ms"] > 0 and a["latency"]["count"] == 20
+
+
+@pytest.mark.parametrize("fmt, precision", RUNNABLE)
+def test_graphs_are_whole(small_conversion, fmt, precision):
+    """One XNNPACK partition and nothing left outside it, int8 included."""
+    graph = artifact(small_conversion[1], fmt, precision)["graph"]
+    assert graph["delegate_partitions"] == 1
+    assert graph["ops_outside_delegate"] == {}
+    if fmt == "tflite" and precision == "int8":
+        assert "HARD_SWISH" not in graph["float_ops"] and "MUL" not in graph["float_ops"]
+
+
+def test_coreml_is_validated_not_executed(small_conversion):
+    out, report = small_conversion
+    for precision in ("fp16", "int8"):
+        a = artifact(report, "coreml", precision)
+        assert a["parity"]["executed"] is False
+        assert "not executed on this platform" in a["parity"]["reason"]
+        assert a["parity"]["inputs"] == ["input"] and a["parity"]["op_count"] > 50
+        assert (out / a["file"] / "Manifest.json").is_file()
+    assert artifact(report, "coreml", "int8")["size_mb"] < 0.7 * artifact(
+        report, "coreml", "fp16")["size_mb"]
+
+
+def test_int8_artifacts_are_smaller(small_conversion):
+    _, report = small_conversion
+    for fmt in ("executorch", "tflite"):
+        assert artifact(report, fmt, "int8")["size_mb"] < 0.5 * artifact(
+            report, fmt, "fp32")["size_mb"]
+
+
+def test_device_runner_follows_the_manifest(small_conversion):
+    """A runner given a photo preprocessed per the manifest reproduces the report's top-1."""
+    from edgepipe.converters.images import parity_photos
+
+    out, report = small_conversion
+    a = artifact(report, "tflite", "int8")
+    manifest = load_manifest(out / a["file"])
+    assert manifest.inputs[0].layout == "NHWC" and manifest.inputs[0].quantization
+    x = preprocess(parity_photos()["chelsea"], manifest.preprocessing)
+    logits = open_runner(out / a["file"]).run(x)[0]
+    assert logits.dtype == np.float32
+    chelsea = next(p for p in a["parity"]["per_image"] if p["image"] == "chelsea")
+    assert manifest.labels[int(logits.argmax())] == chelsea["artifact"]
+
+
+def test_segmentation_conversion(tmp_path):
+    report = convert(ConvertRequest(model="lraspp_mobilenet_v3_small", out=tmp_path / "seg",
+                                    formats=["tflite"], int8=True, width_mult=0.5, size=128,
+                                    calib_count=8))
+    fp32, int8 = (artifact(report, "tflite", p) for p in ("fp32", "int8"))
+    assert report["task"] == "segmentation"
+    assert fp32["parity"]["pixel_agreement"] > 0.99
+    assert int8["parity"]["pixel_agreement"] > 0.7
+    manifest = load_manifest(tmp_path / "seg" / fp32["file"])
+    assert manifest.label_set == "voc" and manifest.outputs[0].shape == [1, 21, 128, 128]
+
+
+def test_module_factory_converts(tmp_path):
+    report = convert(ConvertRequest(model="tests.factories:tiny_cnn", out=tmp_path / "f",
+                                    formats=["executorch"], size=64, calib_count=4))
+    a = artifact(report, "executorch", "fp32")
+    assert a["parity"]["max_rel_error"] < 1e-4
+    assert load_manifest(tmp_path / "f" / a["file"]).labels is None
