@@ -52,9 +52,10 @@ _BUILDERS: dict[str, tuple[ModelInfo, Callable[[float], nn.Module]]] = {
 MODEL_NAMES = tuple(_BUILDERS)
 
 
-def create_model(name: str, width_mult: float = 1.0, task: str | None = None
+def create_model(name: str, width_mult: float = 1.0, task: str | None = None, seed: int = 0
                  ) -> tuple[nn.Module, ModelInfo]:
-    """Build a named model (random init), or call ``module:factory`` for any other module."""
+    """Build a named model (random init, seeded: the same command gives the same artifact),
+    or call ``module:factory`` for any other module."""
     if ":" in name:
         return _from_factory(name, task or "classification"), ModelInfo(
             name, task or "classification", None, 224)
@@ -66,7 +67,9 @@ def create_model(name: str, width_mult: float = 1.0, task: str | None = None
     if not 0.1 <= width_mult <= 4.0:
         raise EdgepipeError(f"width multiplier {width_mult} is out of range: use 0.1 to 4.0")
     info, build = _BUILDERS[name]
-    return build(width_mult).eval(), info
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build(width_mult).eval(), info
 
 
 def _from_factory(spec: str, task: str) -> nn.Module:

@@ -1,0 +1,60 @@
+"""Full-size models through every converter: the real thing, a few minutes each."""
+
+import json
+
+import pytest
+
+from edgepipe.converters.convert import ConvertRequest, convert
+from edgepipe.models import file_sha256
+from edgepipe.models.pretrained import resolve_weights
+
+from .conftest import artifact, run_cli
+
+pytestmark = pytest.mark.slow
+RUNNABLE = [("executorch", "fp32"), ("executorch", "int8"), ("tflite", "fp32"),
+            ("tflite", "int8")]
+ALL_SIX = {*RUNNABLE, ("coreml", "fp16"), ("coreml", "int8")}
+
+
+def test_real_mobilenet_v2_every_format_agrees_with_pytorch(tmp_path):
+    """torchvision's trained ImageNet MobileNetV2, through the real command line."""
+    out = tmp_path / "v2"
+    proc = run_cli("convert", "mobilenet_v2", "--weights", "imagenet", "--int8", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "Egyptian cat" not in proc.stderr and "executorch" in proc.stdout  # the table
+    report = json.loads((out / "report.json").read_text())
+    assert {(a["format"], a["precision"]) for a in report["artifacts"]} == ALL_SIX
+    assert report["weights_sha256"] == file_sha256(resolve_weights("mobilenet_v2", "imagenet"))
+    for fmt, precision in RUNNABLE:
+        parity = artifact(report, fmt, precision)["parity"]
+        top1 = {p["image"]: p for p in parity["per_image"]}
+        assert top1["chelsea"]["torch"] == "Egyptian cat"
+        assert 0.65 < top1["chelsea"]["torch_score"] < 0.8
+        # the confident photos agree everywhere, int8 included
+        assert top1["chelsea"]["artifact"] == "Egyptian cat", (fmt, precision)
+        assert top1["coffee"]["artifact"] == "espresso", (fmt, precision)
+        if precision == "fp32":
+            assert parity["top1_agreement"] == 1.0 and parity["max_rel_error"] < 1e-4
+        else:
+            # rocket (PyTorch: space shuttle at 0.30) is the one photo int8 may flip
+            assert parity["top1_agreement"] >= 0.75
+            assert parity["min_cosine_similarity"] > 0.95
+        assert artifact(report, fmt, precision)["graph"]["delegate_partitions"] == 1
+
+
+@pytest.mark.parametrize("model", ["mobilenet_v3_small", "mobilenet_v3_large",
+                                   "lraspp_mobilenet_v3_large"])
+def test_full_size_model_to_all_six_artifacts(tmp_path, model):
+    report = convert(ConvertRequest(model=model, out=tmp_path / model, int8=True))
+    assert {(a["format"], a["precision"]) for a in report["artifacts"]} == ALL_SIX
+    for fmt, precision in RUNNABLE:
+        a = artifact(report, fmt, precision)
+        if report["task"] == "classification":
+            key, fp32_bound, int8_cosine = "top1_agreement", 1.0, 0.9
+        else:  # a random-init segmenter's 21 maps are flat: int8 noise weighs more
+            key, fp32_bound, int8_cosine = "pixel_agreement", 0.99, 0.8
+        if precision == "fp32":
+            assert a["parity"][key] >= fp32_bound
+        else:
+            assert a["parity"]["min_cosine_similarity"] > int8_cosine
+        assert a["graph"]["ops_outside_delegate"] == {}, (fmt, precision)
