@@ -178,13 +178,15 @@ def se_channels(expanded_channels: int) -> int:
 class InvertedResidual(nn.Module):
     """MobileNetV3 block: 1x1 expand, kxk depthwise, optional SE, 1x1 linear projection."""
 
+    _container = "block"  # torchvision's attribute name for the layer sequence
+
     def __init__(self, cfg: BlockConfig, norm: NormFactory) -> None:
         super().__init__()
         self.cfg = cfg
         self.use_res_connect = cfg.has_residual
         self.out_channels = cfg.out_channels
         self._is_cn = cfg.stride > 1  # torchvision marks stage starts this way
-        self.block = nn.Sequential(*self._layers(cfg, norm))
+        self.add_module(self._container, nn.Sequential(*self._layers(cfg, norm)))
 
     def _layers(self, cfg: BlockConfig, norm: NormFactory) -> list[nn.Module]:
         layers: list[nn.Module] = []
@@ -212,11 +214,8 @@ class InvertedResidual(nn.Module):
     def _projection(self, cfg: BlockConfig, norm: NormFactory) -> list[nn.Module]:
         return [conv_norm_act(cfg.expanded_channels, cfg.out_channels, 1, norm, None)]
 
-    def _body(self) -> nn.Sequential:
-        return self.block
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._body()(x)
+        out = getattr(self, self._container)(x)
         return out + x if self.use_res_connect else out
 
 
@@ -224,17 +223,8 @@ class InvertedResidualV2(InvertedResidual):
     """MobileNetV2 block: the same idea, laid out as torchvision's V2 (``conv.N``, a bare
     projection conv followed by its BatchNorm)."""
 
-    def __init__(self, cfg: BlockConfig, norm: NormFactory) -> None:
-        nn.Module.__init__(self)
-        self.cfg = cfg
-        self.use_res_connect = cfg.has_residual
-        self.out_channels = cfg.out_channels
-        self._is_cn = cfg.stride > 1
-        self.conv = nn.Sequential(*self._layers(cfg, norm))
+    _container = "conv"
 
     def _projection(self, cfg: BlockConfig, norm: NormFactory) -> list[nn.Module]:
         return [nn.Conv2d(cfg.expanded_channels, cfg.out_channels, 1, bias=False),
                 norm(cfg.out_channels)]
-
-    def _body(self) -> nn.Sequential:
-        return self.conv
