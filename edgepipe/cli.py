@@ -46,7 +46,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     with ProgressBar(f"converting {args.model}") as progress:
         report = convert(request, progress)
     print_convert_table(report)
-    console.print(f"wrote {args.out}/ (artifacts, manifests, report.json)")
+    console.print(f"wrote {args.out}/ (artifacts, manifests, report.json, report.html)")
     return 0
 
 

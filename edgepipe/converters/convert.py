@@ -24,6 +24,7 @@ from . import CONVERTERS
 from .base import Converted, Converter
 from .images import builtin_calibration_images, folder_images, parity_photos
 from .parity import ParityReference, check_artifact
+from .report_html import render_report
 from .source import SourceModel, load_source_model
 
 
@@ -192,6 +193,7 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
             "artifacts": [r.__dict__ for r in results],
         }
         write_atomic(work / "report.json", json.dumps(report, indent=2))
+        write_atomic(work / "report.html", render_report(report))
         _replace_dir(work, out)
         log.unlink(missing_ok=True)
         return report

@@ -1,0 +1,65 @@
+"""``report.html``: the conversion report for people (report.json is for programs)."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px}
+th{background:#f3f3f3}td.num{text-align:right}.bad{color:#b00020;font-weight:bold}
+.bar{background:#4a7bd0;height:12px;display:inline-block}
+"""
+
+
+def _parity_text(parity: dict[str, Any]) -> str:
+    if not parity.get("executed"):
+        return escape(parity.get("reason", "not executed"))
+    agree = parity.get("top1_agreement", parity.get("pixel_agreement"))
+    kind = "top-1" if "top1_agreement" in parity else "pixels"
+    return (f"{kind} {agree:.0%}, max |Δ| {parity['max_abs_error']:.3g}, "
+            f"cosine ≥ {parity['min_cosine_similarity']:.4f}")
+
+
+def render_report(report: dict[str, Any]) -> str:
+    artifacts = report["artifacts"]
+    slowest = max((a["latency"]["median_ms"] for a in artifacts if a["latency"]), default=1.0)
+    rows = []
+    for a in artifacts:
+        lat = a["latency"]
+        bar = (f'<span class="bar" style="width:{120 * lat["median_ms"] / slowest:.0f}px">'
+               f'</span> {lat["median_ms"]:.2f}') if lat else "—"
+        outside = a["graph"].get("ops_outside_delegate")
+        floats = a["graph"].get("float_ops") if a["precision"] == "int8" else None
+        rows.append(
+            f"<tr><td>{escape(a['format'])}</td><td>{escape(a['precision'])}</td>"
+            f"<td class=num>{a['size_mb']:.2f}</td><td>{_parity_text(a['parity'])}</td>"
+            f"<td>{bar}</td><td class=num>{a['graph'].get('delegate_partitions', '—')}</td>"
+            f"<td>{escape(str(outside)) if outside else '—'}</td>"
+            f"<td>{escape(str(floats)) if floats else '—'}</td></tr>")
+    per_image = []
+    for a in artifacts:
+        for p in a["parity"].get("per_image", []):
+            cls = "" if p["torch"] == p["artifact"] else " class=bad"
+            per_image.append(
+                f"<tr><td>{escape(a['format'])} {escape(a['precision'])}</td>"
+                f"<td>{escape(p['image'])}</td><td>{escape(p['torch'])} "
+                f"({p['torch_score']:.3f})</td><td{cls}>{escape(p['artifact'])} "
+                f"({p['artifact_score']:.3f})</td></tr>")
+    size = "x".join(str(s) for s in report["input_size"])
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>edgepipe: {escape(report['model'])}</title><style>{_STYLE}</style></head><body>
+<h1>{escape(report['model'])} {size}</h1>
+<p>task: {escape(report['task'])} · width ×{report['width_mult']} ·
+weights: {escape(f"sha256 {report['weights_sha256']}" if report['weights_sha256']
+                 else "random init (seeded), BatchNorm re-estimated on real photos")} ·
+host latency with {report['threads']} thread(s)</p>
+<table><tr><th>format</th><th>precision</th><th>size MB</th><th>parity vs PyTorch</th>
+<th>host ms (median)</th><th>XNNPACK partitions</th><th>ops outside</th>
+<th>float ops (int8)</th></tr>
+{''.join(rows)}</table>
+{'<h2>Top-1 per photo</h2><table><tr><th>artifact</th><th>photo</th><th>PyTorch</th>'
+ '<th>artifact</th></tr>' + ''.join(per_image) + '</table>' if per_image else ''}
+</body></html>
+"""
