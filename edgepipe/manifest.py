@@ -6,6 +6,7 @@ that has no torch. One ``<artifact>.json`` beside each artifact file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -78,6 +79,30 @@ class Manifest:
             pre[key] = tuple(pre[key])
         data["preprocessing"] = Preprocessing(**pre)
         return cls(**data)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def artifact_sha256(path: str | Path) -> str:
+    """sha256 of an artifact: a file, or a folder such as an ``.mlpackage``.
+
+    A folder hashes its files' relative paths and hashes in sorted order, so the value does
+    not depend on the file system's listing order.
+    """
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        digest.update(str(p.relative_to(path)).encode())
+        digest.update(file_sha256(p).encode())
+    return digest.hexdigest()
 
 
 def manifest_path(artifact: str | Path) -> Path:

@@ -7,8 +7,7 @@ import pytest
 
 from edgepipe.converters.convert import ConvertRequest, convert
 from edgepipe.device.runtimes import open_runner
-from edgepipe.manifest import load_manifest
-from edgepipe.models import file_sha256
+from edgepipe.manifest import artifact_sha256, load_manifest
 from edgepipe.preprocess import preprocess
 
 from .conftest import artifact
@@ -34,8 +33,7 @@ def test_all_six_artifacts_with_manifests(small_conversion):
         assert manifest.inputs[0].shape in ([1, 3, 96, 96], [1, 96, 96, 3])
         assert manifest.outputs[0].shape == [1, 1000]
         assert "torch" in manifest.tool_versions
-        if path.is_file():
-            assert manifest.file_sha256 == file_sha256(path)
+        assert manifest.file_sha256 == artifact_sha256(path)  # .mlpackage folders too
     assert not list(out.parent.glob(".small.partial-*"))
 
 

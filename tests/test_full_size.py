@@ -5,7 +5,7 @@ import json
 import pytest
 
 from edgepipe.converters.convert import ConvertRequest, convert
-from edgepipe.models import file_sha256
+from edgepipe.manifest import file_sha256
 from edgepipe.models.pretrained import resolve_weights
 
 from .conftest import artifact, run_cli

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgepipeError
-from ..manifest import Manifest, save_manifest, write_atomic
-from ..models import file_sha256
+from ..manifest import Manifest, artifact_sha256, save_manifest, write_atomic
 from . import CONVERTERS
 from .base import Converted, Converter
 from .images import builtin_calibration_images, folder_images, parity_photos
@@ -70,25 +69,12 @@ def _size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in files) / 1e6
 
 
-def _sha256(path: Path) -> str:
-    if path.is_file():
-        return file_sha256(path)
-    # an .mlpackage is a folder: hash its files in a stable order
-    import hashlib
-
-    digest = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        digest.update(str(p.relative_to(path)).encode())
-        digest.update(file_sha256(p).encode())
-    return digest.hexdigest()
-
-
 def build_manifest(src: SourceModel, converter: Converter, c: Converted) -> Manifest:
     return Manifest(
         format=converter.format,
         precision=c.precision,
         file=c.path.name,
-        file_sha256=_sha256(c.path),
+        file_sha256=artifact_sha256(c.path),
         model=src.name,
         task=src.task,
         inputs=c.inputs,

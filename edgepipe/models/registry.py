@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import EdgepipeError
+from ..manifest import file_sha256
 from .lraspp import LRASPP
 from .mobilenet import MobileNet, mobilenet_v2_config, mobilenet_v3_config
 
@@ -85,14 +85,6 @@ def _from_factory(spec: str, task: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise EdgepipeError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model.eval()
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _state_dict_from(obj: object, path: Path) -> dict[str, torch.Tensor]:
