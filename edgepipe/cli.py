@@ -59,7 +59,10 @@ def _run_models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgepipe", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="edgepipe",
+        description="Take PyTorch vision models to phones and single-board computers, and "
+                    "measure them there.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_convert(sub)
     sub.add_parser("models", help="list built-in models").set_defaults(func=_run_models)

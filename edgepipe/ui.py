@@ -33,7 +33,9 @@ class ProgressBar:
         self.title = title
         self._bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-                                 transient=False)
+                                 transient=False,
+                                 # keep Python's streams: converter chatter goes to the log
+                                 redirect_stdout=False, redirect_stderr=False)
         self._task = None
 
     def __enter__(self) -> ProgressBar:
@@ -42,7 +44,10 @@ class ProgressBar:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._task is not None and not any(exc):
+        if any(exc):
+            # a failed run ends with its one-line error, not a half-filled bar above it
+            self._bar.live.transient = True
+        elif self._task is not None:
             self._bar.update(self._task, description=f"{self.title}: done",
                              completed=self._bar.tasks[0].total)
         self._bar.__exit__(*exc)  # type: ignore[arg-type]
