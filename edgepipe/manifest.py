@@ -89,6 +89,13 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def artifact_files(path: str | Path) -> list[Path]:
+    """The files of an artifact: itself, or those inside a folder such as an ``.mlpackage``,
+    in a stable order."""
+    path = Path(path)
+    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+
+
 def artifact_sha256(path: str | Path) -> str:
     """sha256 of an artifact: a file, or a folder such as an ``.mlpackage``.
 
@@ -99,7 +106,7 @@ def artifact_sha256(path: str | Path) -> str:
     if path.is_file():
         return file_sha256(path)
     digest = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+    for p in artifact_files(path):
         digest.update(str(p.relative_to(path)).encode())
         digest.update(file_sha256(p).encode())
     return digest.hexdigest()

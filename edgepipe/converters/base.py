@@ -56,10 +56,11 @@ class Converter:
         raise NotImplementedError
 
 
-def float_spec(name: str, shape: tuple[int, ...] | list[int], layout: str = "NCHW"
-               ) -> TensorSpec:
-    return TensorSpec(name=name, shape=[int(s) for s in shape], dtype="float32", layout=layout)
-
-
 def output_layout(shape: tuple[int, ...] | list[int]) -> str:
     return "NCHW" if len(shape) == 4 else "NC"
+
+
+def float_spec(name: str, shape: tuple[int, ...] | list[int]) -> TensorSpec:
+    """A float32 tensor as PyTorch lays it out: NCHW images/masks, NC logits."""
+    return TensorSpec(name=name, shape=[int(s) for s in shape], dtype="float32",
+                      layout=output_layout(shape))

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgepipeError
-from ..manifest import Manifest, artifact_sha256, save_manifest, write_atomic
+from ..manifest import (
+    Manifest,
+    artifact_files,
+    artifact_sha256,
+    save_manifest,
+    write_atomic,
+)
 from . import CONVERTERS
 from .base import Converted, Converter
 from .images import builtin_calibration_images, folder_images, parity_photos
@@ -65,8 +71,7 @@ def check_formats(formats: list[str]) -> list[Converter]:
 
 
 def _size_mb(path: Path) -> float:
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    return sum(p.stat().st_size for p in files) / 1e6
+    return sum(p.stat().st_size for p in artifact_files(path)) / 1e6
 
 
 def build_manifest(src: SourceModel, converter: Converter, c: Converted) -> Manifest:
@@ -141,6 +146,7 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     # kept only when a converter fails, and named in the error
     log = Path(tempfile.gettempdir()) / f"edgepipe-convert-{out.name}-{os.getpid()}.log"
+    keep_log = False
     try:
         with native_output_to(log):
             progress.step("loading model")
@@ -159,6 +165,7 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
                 except EdgepipeError:
                     raise
                 except Exception as exc:
+                    keep_log = True
                     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                     raise EdgepipeError(
                         f"{converter.format} {precision} conversion of {req.model} failed: "
@@ -181,13 +188,10 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
         write_atomic(work / "report.json", json.dumps(report, indent=2))
         write_atomic(work / "report.html", render_report(report))
         _replace_dir(work, out)
-        log.unlink(missing_ok=True)
         return report
-    except EdgepipeError as exc:
-        shutil.rmtree(work, ignore_errors=True)
-        if "full log" not in str(exc):
-            log.unlink(missing_ok=True)
-        raise
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    finally:
+        if not keep_log:
+            log.unlink(missing_ok=True)

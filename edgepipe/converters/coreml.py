@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..manifest import TensorSpec
-from .base import Converted, Converter, float_spec, output_layout
+from .base import Converted, Converter, float_spec
 from .source import SourceModel, hswish_form
 
 
@@ -74,8 +74,7 @@ class CoreMLConverter(Converter):
             shutil.rmtree(path)
         model.save(str(path))
         validation = validate_mlpackage(path)
-        out_shape = src.reference(example).shape
-        outputs = [float_spec(validation["outputs"][0], out_shape, output_layout(out_shape))]
+        outputs = [float_spec(validation["outputs"][0], src.output_shape)]
         inputs: list[TensorSpec] = [float_spec("input", example.shape)]
         return Converted(path=path, precision=precision, inputs=inputs, outputs=outputs,
                          quantization=quant, graph={"op_count": validation["op_count"]},

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .base import Converted, Converter, float_spec, output_layout
+from .base import Converted, Converter, float_spec
 from .quantize import quantize_pt2e
 from .source import SourceModel, hswish_form
 
@@ -57,10 +57,9 @@ class ExecuTorchConverter(Converter):
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         stats = graph_stats(lowered)
         path.write_bytes(lowered.to_executorch().buffer)
-        out_shape = src.reference(example).shape
         return Converted(
             path=path, precision=precision,
             inputs=[float_spec("input", example.shape)],
-            outputs=[float_spec("output", out_shape, output_layout(out_shape))],
+            outputs=[float_spec("output", src.output_shape)],
             quantization=quant, graph=stats,
         )

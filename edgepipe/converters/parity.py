@@ -23,8 +23,9 @@ class ParityReference:
     def __init__(self, src: SourceModel, photos: dict[str, np.ndarray]) -> None:
         self.src = src
         self.names = list(photos)
-        self.inputs = [b.numpy() for b in src.batches(list(photos.values()))]
-        self.outputs = [src.reference(b) for b in src.batches(list(photos.values()))]
+        batches = src.batches(list(photos.values()))
+        self.inputs = [b.numpy() for b in batches]
+        self.outputs = [src.reference(b) for b in batches]
 
     def _label(self, index: int) -> str:
         labels = self.src.labels

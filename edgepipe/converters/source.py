@@ -26,6 +26,7 @@ class SourceModel:
     preprocessing: Preprocessing
     labels: list[str] | None
     weights_sha256: str | None
+    output_shape: tuple[int, ...] = ()  # set by load_source_model from a real forward pass
 
     @property
     def task(self) -> str:
@@ -106,6 +107,7 @@ def load_source_model(
     if info.task == "classification" and out.ndim != 2:
         raise EdgepipeError(f"model {name} returns shape {out.shape}: a classifier must "
                             "return (batch, classes); pass --task segmentation for masks")
+    source.output_shape = tuple(out.shape)
     return source
 
 

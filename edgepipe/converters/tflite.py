@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,22 +17,21 @@ from .source import SourceModel, hswish_form
 _EDGE_OPS = {"QUANTIZE", "DEQUANTIZE"}
 
 
-def litert_graph_stats(path: Path) -> dict[str, object]:
+def litert_graph_stats(interp: Any) -> dict[str, object]:
     """XNNPACK partitions after delegation, ops left outside, and float ops in an int8 graph.
 
     LiteRT lists delegate nodes after the original ones once tensors are allocated; an
     original node whose outputs feed a delegate but come from none ran outside XNNPACK.
+    ``interp`` is a LiteRT Interpreter whose tensors are not allocated yet.
     """
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(path), num_threads=1)
     original = interp._get_ops_details()
     interp.allocate_tensors()
     delegates = [op for op in interp._get_ops_details()[len(original):]
                  if op["op_name"] == "DELEGATE"]
     produced = {t for d in delegates for t in d["outputs"]}
     consumed = {t for d in delegates for t in d["inputs"]}
-    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interp.get_tensor_details()}
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name
+              for t in interp.get_tensor_details()}
     outside: Counter[str] = Counter()
     float_ops: Counter[str] = Counter()
     for op in original:
@@ -46,11 +46,7 @@ def litert_graph_stats(path: Path) -> dict[str, object]:
             "float_ops": dict(float_ops), "ops": dict(Counter(o["op_name"] for o in original))}
 
 
-def _tensor_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(path))
-
+def _tensor_specs(interp: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
     def spec(d: dict, layout: str) -> TensorSpec:
         scale, zero = d["quantization"]
         q = {"scale": float(scale), "zero_point": int(zero),
@@ -59,7 +55,8 @@ def _tensor_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
                           dtype="float32", layout=layout, quantization=q)
 
     inputs = [spec(d, "NHWC") for d in interp.get_input_details()]
-    outputs = [spec(d, output_layout(d["shape"])) for d in interp.get_output_details()]
+    outputs = [spec(d, output_layout(d["shape"]))
+               for d in interp.get_output_details()]
     return inputs, outputs
 
 
@@ -97,6 +94,9 @@ class TFLiteConverter(Converter):
             else:
                 edge = litert_torch.convert(nhwc, (example,))
         edge.export(str(path))
-        inputs, outputs = _tensor_specs(path)
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_path=str(path), num_threads=1)
+        inputs, outputs = _tensor_specs(interp)
         return Converted(path=path, precision=precision, inputs=inputs, outputs=outputs,
-                         quantization=quant, graph=litert_graph_stats(path))
+                         quantization=quant, graph=litert_graph_stats(interp))
