@@ -58,6 +58,236 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_agent(sub: argparse._SubParsersAction) -> None:
+    agent = sub.add_parser("agent", help="the agent that runs on the device").add_subparsers(
+        dest="agent_command", required=True)
+    p = agent.add_parser("serve", help="serve the agent's HTTP API (needs no torch)")
+    p.add_argument("--data", type=Path, default=Path.home() / ".edgepipe" / "agent",
+                   help="folder for artifacts, jobs and the token (default ~/.edgepipe/agent)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: reach it through ssh or adb)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks one)")
+    p.add_argument("--token", help="the token clients must send (default: $EDGEPIPE_AGENT_TOKEN"
+                                   ", else the one saved in --data, else a new one)")
+    p.add_argument("--max-upload-mb", type=int, default=1024, help="largest upload accepted")
+    p.set_defaults(func=_run_agent_serve)
+
+
+def _run_agent_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .device.agent import AgentConfig, load_or_create_token, serve
+
+    token = load_or_create_token(args.data, args.token or os.environ.get("EDGEPIPE_AGENT_TOKEN"))
+    config = AgentConfig(data=args.data, token=token, host=args.host, port=args.port,
+                         max_upload_mb=args.max_upload_mb)
+
+    def ready(url: str) -> None:
+        print(f"edgepipe agent listening on {url} (data {args.data}; token in "
+              f"{args.data / 'token'} unless given)", flush=True)
+
+    serve(config, ready)
+    return 0
+
+
+def _add_device(sub: argparse._SubParsersAction) -> None:
+    device = sub.add_parser("device", help="devices this host measures on").add_subparsers(
+        dest="device_command", required=True)
+    p = device.add_parser("add", help="register a device's agent")
+    p.add_argument("name")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="the agent's URL, reachable from here")
+    where.add_argument("--ssh", metavar="USER@HOST", help="reach the agent through ssh")
+    where.add_argument("--adb", metavar="SERIAL", help="reach the agent through adb forward")
+    p.add_argument("--token", required=True, help="the agent's token")
+    _ssh_options(p)
+    p.set_defaults(func=_run_device_add)
+    p = device.add_parser("list", help="list registered devices")
+    p.set_defaults(func=_run_device_list)
+    p = device.add_parser("remove", help="forget a device")
+    p.add_argument("name")
+    p.set_defaults(func=_run_device_remove)
+    p = device.add_parser("info", help="what the device says about itself")
+    p.add_argument("name")
+    p.set_defaults(func=_run_device_info)
+    p = device.add_parser("bootstrap", help="install the agent on a Pi over ssh (wheel, venv, "
+                                            "systemd user service) and register it")
+    p.add_argument("--ssh", metavar="USER@HOST", required=True)
+    p.add_argument("--name", help="device name to register (default: the host name)")
+    p.add_argument("--token", help="agent token (default: a new random one)")
+    p.add_argument("--python", default="python3", help="Python on the device")
+    p.add_argument("--remote-dir", default="~/.edgepipe", help="install folder on the device")
+    _ssh_options(p)
+    p.set_defaults(func=_run_device_bootstrap)
+
+
+def _ssh_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agent-port", type=int, default=8765,
+                   help="the agent's port on the device (ssh/adb; default 8765)")
+    p.add_argument("--ssh-port", type=int, help="ssh port on the device")
+    p.add_argument("--identity", type=Path, help="ssh private key")
+    p.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an ssh -o option, e.g. StrictHostKeyChecking=accept-new (repeatable)")
+
+
+def _ssh_args(args: argparse.Namespace) -> list[str]:
+    extra = []
+    if args.ssh_port:
+        extra += ["-p", str(args.ssh_port)]
+    if args.identity:
+        extra += ["-i", str(args.identity)]
+    for option in args.ssh_option:
+        extra += ["-o", option]
+    return extra
+
+
+def _run_device_add(args: argparse.Namespace) -> int:
+    from .device.registry import Device, add_device
+
+    kind, target = next((k, v) for k in ("url", "ssh", "adb") if (v := getattr(args, k)))
+    add_device(Device(args.name, kind, target, args.token, args.agent_port,
+                      _ssh_args(args) if kind == "ssh" else []))
+    print(f"added device {args.name} ({kind} {target})")
+    return 0
+
+
+def _run_device_list(args: argparse.Namespace) -> int:
+    from .device.registry import load_devices
+
+    for d in load_devices().values():
+        print(f"{d.name}\t{d.kind}\t{d.target}")
+    return 0
+
+
+def _run_device_remove(args: argparse.Namespace) -> int:
+    from .device.registry import remove_device
+
+    remove_device(args.name)
+    print(f"removed device {args.name}")
+    return 0
+
+
+def _run_device_info(args: argparse.Namespace) -> int:
+    import json
+
+    from .device.registry import connect, get_device
+
+    with connect(get_device(args.name)) as client:
+        print(json.dumps(client.info(), indent=2))
+    return 0
+
+
+def _run_device_bootstrap(args: argparse.Namespace) -> int:
+    from .device.bootstrap import bootstrap
+
+    bootstrap(args.ssh, _ssh_args(args), name=args.name, token=args.token, python=args.python,
+              remote_dir=args.remote_dir, agent_port=args.agent_port)
+    return 0
+
+
+def _add_deploy_profile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("deploy", help="push the artifacts of a convert run to a device")
+    p.add_argument("out", type=Path, help="a convert output folder, or one .tflite/.pte")
+    p.add_argument("--device", required=True, help="a device added with `edgepipe device add`")
+    p.set_defaults(func=_run_deploy)
+    p = sub.add_parser("profile", help="measure an artifact on a device: whole-model latency, "
+                                       "memory and a per-operator table")
+    p.add_argument("artifact", type=Path, help="a .tflite or .pte with its manifest")
+    p.add_argument("--device", required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--affinity", help="CPUs to pin to, e.g. 2,3 (Linux)")
+    p.add_argument("--no-per-op", action="store_true", help="skip the per-operator profile")
+    p.add_argument("--top", type=int, default=15, help="rows of the per-op table to print")
+    p.add_argument("--out", type=Path, action="append", default=[],
+                   help="write the per-op table (.csv or .json; repeatable)")
+    p.set_defaults(func=_run_profile)
+
+
+def _run_deploy(args: argparse.Namespace) -> int:
+    from .device.profiling import deploy, deployable
+    from .device.registry import connect, get_device
+    from .ui import console
+
+    paths, skipped = deployable(args.out)
+    with connect(get_device(args.device)) as client:
+        for meta in deploy(client, paths):
+            console.print(f"deployed {meta['name']} ({meta['size'] / 1e6:.2f} MB, "
+                          f"sha256 {meta['sha256'][:12]}…) to {args.device}")
+    for note in skipped:
+        console.print(f"skipped {note}")
+    return 0
+
+
+def _run_profile(args: argparse.Namespace) -> int:
+    from .device.op_table import write_table
+    from .device.profiling import profile
+    from .device.registry import connect, get_device
+    from .ui import JobProgress, print_profile
+
+    affinity = [int(c) for c in args.affinity.split(",")] if args.affinity else None
+    with connect(get_device(args.device)) as client, \
+            JobProgress(f"{args.artifact.name} on {args.device}") as progress:
+        result = profile(client, args.artifact, threads=args.threads, warmup=args.warmup,
+                         runs=args.runs, affinity=affinity, per_op=not args.no_per_op,
+                         on_progress=progress.update)
+    print_profile(result, args.top)
+    for path in args.out:
+        if not result.per_op:
+            from .errors import EdgepipeError
+
+            raise EdgepipeError(f"no per-op table to write to {path}: {result.per_op_note}")
+        write_table(result.per_op, path)
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_manifest(sub: argparse._SubParsersAction) -> None:
+    manifest = sub.add_parser("manifest", help="artifact manifests").add_subparsers(
+        dest="manifest_command", required=True)
+    p = manifest.add_parser("init", help="write a starting manifest for a .tflite/.pte made "
+                                         "elsewhere, from its inputs and outputs")
+    p.add_argument("file", type=Path)
+    p.add_argument("--labels", type=Path, help="a text file of class names, one per line")
+    p.add_argument("--force", action="store_true", help="replace an existing manifest")
+    p.set_defaults(func=_run_manifest_init)
+
+
+def _run_manifest_init(args: argparse.Namespace) -> int:
+    from .device.inspect_artifact import init_manifest
+
+    path, guesses = init_manifest(args.file, args.labels, args.force)
+    print(f"wrote {path}; check these guesses:")
+    for g in guesses:
+        print(f"  - {g}")
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the whole job: convert, deploy, profile on every device, "
+                                   "HTML report",
+                       description="Convert a model, deploy it to every configured device, "
+                                   "profile it there and write OUT/report.html. With no config "
+                                   "and no device: MobileNetV3-Small on an agent started on "
+                                   "this machine.")
+    p.add_argument("config", nargs="?", type=Path, help="a TOML config (see docs/run.toml)")
+    p.add_argument("-o", "--out", type=Path, default=Path("out/run"),
+                   help="output folder (default out/run)")
+    p.set_defaults(func=_run_pipeline)
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from .pipeline.config import load_config
+    from .pipeline.run import run_pipeline
+    from .ui import ProgressBar, console, print_run_summary
+
+    run = run_pipeline(load_config(args.config), args.out, ProgressBar)
+    print_run_summary(run)
+    console.print(f"wrote {args.out / 'report.html'} (and run.json, artifacts/)")
+    return 0 if all(not d["errors"] for d in run["devices"]) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgepipe",
@@ -66,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_convert(sub)
     sub.add_parser("models", help="list built-in models").set_defaults(func=_run_models)
+    _add_agent(sub)
+    _add_device(sub)
+    _add_deploy_profile(sub)
+    _add_manifest(sub)
+    _add_run(sub)
     return parser
 
 

@@ -81,6 +81,11 @@ class Manifest:
         return cls(**data)
 
 
+def tensor_layout(shape: tuple[int, ...] | list[int]) -> str:
+    """How PyTorch lays a tensor out: NCHW images/masks, NC logits."""
+    return "NCHW" if len(shape) == 4 else "NC"
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

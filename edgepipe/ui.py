@@ -84,3 +84,72 @@ def print_convert_table(report: dict[str, Any]) -> None:
                       f"{latency:.2f}" if latency is not None else "—",
                       str(a["graph"].get("delegate_partitions", "—")))
     console.print(table)
+
+
+class JobProgress:
+    """A progress bar fed by an agent job's state (``update`` takes the job as JSON)."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self._bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                                 transient=True)
+        self._task = None
+
+    def __enter__(self) -> JobProgress:
+        self._bar.__enter__()
+        self._task = self._bar.add_task(self.title, total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)  # type: ignore[arg-type]
+
+    def update(self, job: dict[str, Any]) -> None:
+        progress = job.get("progress") or {}
+        phase = progress.get("phase", job["state"])
+        self._bar.update(self._task, description=f"{self.title}: {phase}",
+                         total=progress.get("total"), completed=progress.get("done", 0))
+
+
+def print_profile(result: Any, top: int | None = 15) -> None:
+    """Whole-model stats and the per-op table of a ``ProfileResult``."""
+    lat, device = result.latency, result.device
+    console.print(f"[bold]{result.artifact}[/] ({result.format} {result.precision}) on "
+                  f"{device.get('hostname')} [{device.get('cpu_model')}], {result.runtime}, "
+                  f"{result.threads} thread(s)")
+    console.print(f"  median {lat['median_ms']:.3f} ms · mean {lat['mean_ms']:.3f} ± "
+                  f"{lat['std_ms']:.3f} · p10 {lat['p10_ms']:.3f} · p90 {lat['p90_ms']:.3f} · "
+                  f"min {lat['min_ms']:.3f} · n={lat['count']} · load {result.load_ms:.0f} ms · "
+                  f"peak RSS {result.memory['peak_rss_mb']:.0f} MB")
+    if not result.per_op:
+        console.print(f"  per-op: not available — {result.per_op_note}")
+        return
+    rows = sorted(result.per_op, key=lambda r: -r.median_ms)[:top]
+    table = Table(title=f"slowest {len(rows)} of {len(result.per_op)} ops "
+                        f"(total {result.per_op_total_ms:.3f} ms, ETDump)")
+    for col in ("op", "type", "delegated", "median ms", "share"):
+        table.add_column(col, justify="right" if col in ("median ms", "share") else "left")
+    for r in rows:
+        table.add_row(r.name, r.type, "yes" if r.delegated else "no", f"{r.median_ms:.3f}",
+                      f"{r.share:.1%}")
+    console.print(table)
+    if result.per_op_note:
+        console.print(f"  note: {result.per_op_note}")
+
+
+def print_run_summary(run: dict[str, Any]) -> None:
+    print_convert_table(run["conversion"])
+    for entry in run["devices"]:
+        table = Table(title=f"on {entry['name']} "
+                            f"({(entry.get('info') or {}).get('cpu_model', '?')})")
+        for col in ("artifact", "threads", "median ms", "p10–p90 ms", "peak RSS MB", "per-op"):
+            table.add_column(col, justify="left" if col == "artifact" else "right")
+        for r in entry["results"]:
+            lat = r["latency"]
+            table.add_row(r["artifact"], str(r["threads"]), f"{lat['median_ms']:.3f}",
+                          f"{lat['p10_ms']:.3f}–{lat['p90_ms']:.3f}",
+                          f"{r['memory']['peak_rss_mb']:.0f}",
+                          f"{len(r['per_op'])} ops" if r["per_op"] else "n/a")
+        console.print(table)
+        for error in entry["errors"]:
+            console.print(f"[red]error:[/] {error}")

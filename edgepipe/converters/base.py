@@ -12,6 +12,7 @@ import torch
 
 from ..errors import missing_extra
 from ..manifest import TensorSpec
+from ..manifest import tensor_layout as output_layout
 from .source import SourceModel
 
 
@@ -27,6 +28,8 @@ class Converted:
     graph: dict[str, Any] = field(default_factory=dict)  # partitions, ops left outside
     runnable_here: bool = True
     validation: dict[str, Any] | None = None  # for artifacts this machine cannot run
+    # files the host keeps beside the artifact but never ships (ExecuTorch's ETRecord)
+    companions: dict[str, str] = field(default_factory=dict)
 
 
 class Converter:
@@ -54,10 +57,6 @@ class Converter:
     def convert(self, src: SourceModel, precision: str, calibration: list[torch.Tensor],
                 path: Path) -> Converted:
         raise NotImplementedError
-
-
-def output_layout(shape: tuple[int, ...] | list[int]) -> str:
-    return "NCHW" if len(shape) == 4 else "NC"
 
 
 def float_spec(name: str, shape: tuple[int, ...] | list[int]) -> TensorSpec:

@@ -54,12 +54,17 @@ class ExecuTorchConverter(Converter):
                          "weights": "int8 per-channel", "activations": "int8 per-tensor",
                          "calibration_images": len(calibration)}
             program = torch.export.export(module, (example,))
-        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        # the ETRecord lets the host name the ops of an ETDump profiled on the device
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
+                                              generate_etrecord=True)
         stats = graph_stats(lowered)
-        path.write_bytes(lowered.to_executorch().buffer)
+        program_et = lowered.to_executorch()
+        path.write_bytes(program_et.buffer)
+        etrecord = path.with_name(path.stem + ".etrecord")
+        program_et.get_etrecord().save(str(etrecord))
         return Converted(
             path=path, precision=precision,
             inputs=[float_spec("input", example.shape)],
             outputs=[float_spec("output", src.output_shape)],
-            quantization=quant, graph=stats,
+            quantization=quant, graph=stats, companions={"etrecord": etrecord.name},
         )

@@ -5,21 +5,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px}
-th{background:#f3f3f3}td.num{text-align:right}.bad{color:#b00020;font-weight:bold}
-.bar{background:#4a7bd0;height:12px;display:inline-block}
-"""
-
-
-def _parity_text(parity: dict[str, Any]) -> str:
-    if not parity.get("executed"):
-        return escape(parity.get("reason", "not executed"))
-    agree = parity.get("top1_agreement", parity.get("pixel_agreement"))
-    kind = "top-1" if "top1_agreement" in parity else "pixels"
-    return (f"{kind} {agree:.0%}, max |Δ| {parity['max_abs_error']:.3g}, "
-            f"cosine ≥ {parity['min_cosine_similarity']:.4f}")
+from ..report_parts import STYLE, parity_text
 
 
 def render_report(report: dict[str, Any]) -> str:
@@ -34,7 +20,7 @@ def render_report(report: dict[str, Any]) -> str:
         floats = a["graph"].get("float_ops") if a["precision"] == "int8" else None
         rows.append(
             f"<tr><td>{escape(a['format'])}</td><td>{escape(a['precision'])}</td>"
-            f"<td class=num>{a['size_mb']:.2f}</td><td>{_parity_text(a['parity'])}</td>"
+            f"<td class=num>{a['size_mb']:.2f}</td><td>{parity_text(a['parity'])}</td>"
             f"<td>{bar}</td><td class=num>{a['graph'].get('delegate_partitions', '—')}</td>"
             f"<td>{escape(str(outside)) if outside else '—'}</td>"
             f"<td>{escape(str(floats)) if floats else '—'}</td></tr>")
@@ -49,7 +35,7 @@ def render_report(report: dict[str, Any]) -> str:
                 f"({p['artifact_score']:.3f})</td></tr>")
     size = "x".join(str(s) for s in report["input_size"])
     return f"""<!doctype html><html><head><meta charset="utf-8">
-<title>edgepipe: {escape(report['model'])}</title><style>{_STYLE}</style></head><body>
+<title>edgepipe: {escape(report['model'])}</title><style>{STYLE}</style></head><body>
 <h1>{escape(report['model'])} {size}</h1>
 <p>task: {escape(report['task'])} · width ×{report['width_mult']} ·
 weights: {escape(f"sha256 {report['weights_sha256']}" if report['weights_sha256']

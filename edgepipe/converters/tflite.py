@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..manifest import TensorSpec
-from .base import Converted, Converter, output_layout
+from ..device.inspect_artifact import litert_tensor_specs
+from .base import Converted, Converter
 from .quantize import quantize_pt2e
 from .source import SourceModel, hswish_form
 
@@ -44,20 +44,6 @@ def litert_graph_stats(interp: Any) -> dict[str, object]:
             float_ops[op["op_name"]] += 1
     return {"delegate_partitions": len(delegates), "ops_outside_delegate": dict(outside),
             "float_ops": dict(float_ops), "ops": dict(Counter(o["op_name"] for o in original))}
-
-
-def _tensor_specs(interp: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    def spec(d: dict, layout: str) -> TensorSpec:
-        scale, zero = d["quantization"]
-        q = {"scale": float(scale), "zero_point": int(zero),
-             "dtype": np.dtype(d["dtype"]).name} if scale else None
-        return TensorSpec(name=d["name"], shape=[int(s) for s in d["shape"]],
-                          dtype="float32", layout=layout, quantization=q)
-
-    inputs = [spec(d, "NHWC") for d in interp.get_input_details()]
-    outputs = [spec(d, output_layout(d["shape"]))
-               for d in interp.get_output_details()]
-    return inputs, outputs
 
 
 class TFLiteConverter(Converter):
@@ -97,6 +83,6 @@ class TFLiteConverter(Converter):
         from ai_edge_litert.interpreter import Interpreter
 
         interp = Interpreter(model_path=str(path), num_threads=1)
-        inputs, outputs = _tensor_specs(interp)
+        inputs, outputs = litert_tensor_specs(interp)
         return Converted(path=path, precision=precision, inputs=inputs, outputs=outputs,
                          quantization=quant, graph=litert_graph_stats(interp))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -33,15 +34,24 @@ class LatencyStats:
         return asdict(self)
 
 
-def measure_latency(runner: Runner, x: np.ndarray, warmup: int = 5, runs: int = 30
-                    ) -> LatencyStats:
-    """Time ``invoke`` alone: input copies and (de)quantization are set up once, outside."""
+def measure_latency(runner: Runner, x: np.ndarray, warmup: int = 5, runs: int = 30,
+                    on_progress: Callable[[int, int], None] | None = None) -> LatencyStats:
+    """Time ``invoke`` alone: input copies and (de)quantization are set up once, outside.
+
+    ``on_progress(done, total)`` is called now and then between runs, outside the timed part.
+    """
     runner.run(x)
-    for _ in range(warmup):
+    total = warmup + runs
+    every = max(1, total // 20)
+    for i in range(warmup):
         runner.invoke()
+        if on_progress and i % every == 0:
+            on_progress(i + 1, total)
     samples = []
-    for _ in range(runs):
+    for i in range(runs):
         start = time.perf_counter()
         runner.invoke()
         samples.append(time.perf_counter() - start)
+        if on_progress and (warmup + i) % every == 0:
+            on_progress(warmup + i + 1, total)
     return LatencyStats.from_seconds(samples)

@@ -52,6 +52,21 @@ def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> 
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
 
 
+def litert_interpreter(path: Path, threads: int = 1):  # -> Interpreter
+    """A LiteRT interpreter (tensors not allocated yet), with a clear error for a bad file."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:  # tflite-runtime: no wheels for Python >= 3.12, kept for old Pi images
+            from tflite_runtime.interpreter import Interpreter  # type: ignore
+        except ImportError:
+            raise missing_extra("the LiteRT runtime (ai-edge-litert)", "device") from None
+    try:
+        return Interpreter(model_path=str(path), num_threads=threads)
+    except (ValueError, RuntimeError) as exc:
+        raise EdgepipeError(f"LiteRT cannot load {Path(path).name}: {exc}") from None
+
+
 @dataclass
 class LiteRTRunner:
     """A ``.tflite`` on ai-edge-litert (or tflite-runtime on old images)."""
@@ -61,18 +76,11 @@ class LiteRTRunner:
     runtime: str = "litert"
 
     def __post_init__(self) -> None:
+        self._interp = litert_interpreter(self.path, self.threads)
         try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError:
-            try:  # tflite-runtime: no wheels for Python >= 3.12, kept for old Pi images
-                from tflite_runtime.interpreter import Interpreter  # type: ignore
-            except ImportError:
-                raise missing_extra("the LiteRT runtime (ai-edge-litert)", "device") from None
-        try:
-            self._interp = Interpreter(model_path=str(self.path), num_threads=self.threads)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise EdgepipeError(f"LiteRT cannot load {self.path.name}: {exc}") from None
+            raise EdgepipeError(f"LiteRT cannot run {self.path.name}: {exc}") from None
         self._inputs = self._interp.get_input_details()
         self._outputs = self._interp.get_output_details()
 

@@ -1,0 +1,114 @@
+"""A client for the agent's HTTP API (standard library only)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgepipeError
+from ..manifest import file_sha256, load_manifest, manifest_path
+
+
+class AgentClient:
+    def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def _request(self, method: str, path: str, body: bytes | Any = None,
+                 content_type: str = "application/json", length: int | None = None,
+                 raw: bool = False) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        data = body
+        if body is not None and content_type == "application/json":
+            data = json.dumps(body).encode()
+        if data is not None:
+            headers["Content-Type"] = content_type
+            headers["Content-Length"] = str(length if length is not None else len(data))
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read())["error"]
+            except (ValueError, KeyError):
+                message = exc.reason
+            raise EdgepipeError(f"agent at {self.url} answered {exc.code}: {message}") from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise EdgepipeError(f"cannot reach the agent at {self.url} ({reason}): is "
+                                f"`edgepipe agent serve` running there?") from None
+        return payload if raw else json.loads(payload)
+
+    # -- calls ---------------------------------------------------------------------------
+    def health(self) -> dict:
+        return self._request("GET", "/health")
+
+    def info(self) -> dict:
+        return self._request("GET", "/v1/info")
+
+    def artifacts(self) -> list[dict]:
+        return self._request("GET", "/v1/artifacts")["artifacts"]
+
+    def upload(self, artifact: Path) -> dict:
+        """Upload an artifact and its manifest (``<file>.json``); skipped when already there."""
+        artifact = Path(artifact)
+        if not artifact.is_file():
+            raise EdgepipeError(f"{artifact} is not a file: deploy .tflite and .pte artifacts")
+        mpath = manifest_path(artifact)
+        if not mpath.is_file():
+            raise EdgepipeError(f"{artifact.name} has no manifest ({mpath.name}): write one "
+                                f"with `edgepipe manifest init {artifact}`")
+        manifest = load_manifest(artifact)
+        sha = file_sha256(artifact)
+        if manifest.file_sha256 != sha:
+            raise EdgepipeError(f"{mpath.name} describes another file (sha256 "
+                                f"{manifest.file_sha256[:12]}…): convert again or run "
+                                f"`edgepipe manifest init {artifact}`")
+        present = {a["sha256"]: a for a in self.artifacts()}
+        if sha not in present:
+            size = artifact.stat().st_size
+            with open(artifact, "rb") as f:
+                self._request("PUT", f"/v1/artifacts/{sha}?name={artifact.name}", f,
+                              "application/octet-stream", length=size)
+        return self._request("PUT", f"/v1/artifacts/{sha}/manifest", asdict(manifest))
+
+    def delete(self, sha: str) -> dict:
+        return self._request("DELETE", f"/v1/artifacts/{sha}")
+
+    def submit(self, **spec: Any) -> dict:
+        return self._request("POST", "/v1/jobs", spec)
+
+    def job(self, job_id: str) -> dict:
+        return self._request("GET", f"/v1/jobs/{job_id}")
+
+    def jobs(self) -> list[dict]:
+        return self._request("GET", "/v1/jobs")["jobs"]
+
+    def etdump(self, job_id: str) -> bytes:
+        return self._request("GET", f"/v1/jobs/{job_id}/etdump", raw=True)
+
+    def wait(self, job_id: str, on_progress: Callable[[dict], None] | None = None,
+             timeout: float = 3600.0, poll: float = 0.2) -> dict:
+        """Poll a job until it is done; a failed job raises with the agent's message."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_progress:
+                on_progress(job)
+            if job["state"] == "done":
+                return job
+            if job["state"] == "failed":
+                raise EdgepipeError(f"job {job_id} failed on the device: {job['error']}")
+            if time.monotonic() > deadline:
+                raise EdgepipeError(f"job {job_id} is still {job['state']} after {timeout:.0f}"
+                                    f" s: collect it later with its id")
+            time.sleep(poll)

@@ -1,0 +1,58 @@
+"""An agent on this machine, as a real process on loopback (``edgepipe run`` with no device,
+tests, benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import EdgepipeError
+
+READY = "edgepipe agent listening on "
+
+
+def start_agent(data: Path, token: str, python: list[str] | None = None,
+                env: dict[str, str] | None = None, timeout: float = 60.0,
+                extra_args: tuple[str, ...] = ()) -> tuple[str, subprocess.Popen]:
+    """Start ``edgepipe agent serve --port 0`` and wait for the URL it prints."""
+    proc = subprocess.Popen(
+        [*(python or [sys.executable]), "-m", "edgepipe.cli", "agent", "serve", "--port", "0",
+         "--data", str(data), *extra_args],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, **(env or {}), "EDGEPIPE_AGENT_TOKEN": token})
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the first line says where it listens
+        if line.startswith(READY):
+            return line[len(READY):].split()[0], proc
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise EdgepipeError(f"the local agent did not start (exit code {proc.wait()}); run "
+                        f"`edgepipe agent serve --data {data}` to see why")
+
+
+def stop_agent(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def local_agent(data: Path, token: str | None = None) -> Iterator[tuple[str, str]]:
+    """(url, token) of an agent running while the block runs."""
+    token = token or secrets.token_urlsafe(16)
+    url, proc = start_agent(data, token)
+    try:
+        yield url, token
+    finally:
+        stop_agent(proc)

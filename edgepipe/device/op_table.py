@@ -1,0 +1,98 @@
+"""Per-operator tables, one shape for every runtime (host side).
+
+ExecuTorch: the device sends back the ETDump; the host reads it with the ETRecord written at
+conversion (``executorch.devtools``, so the device never needs devtools). XNNPACK reports its
+own kernels ("Convolution (NHWC, F32) DWConv #3"); operators outside the delegate appear under
+their ATen names. A runtime with no per-op profiler gets no table and a reason, never numbers
+made up from something else.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgepipeError, missing_extra
+
+AGGREGATE_EVENTS = {"Method::execute", "DELEGATE_CALL", "Method::init", "Program::load_method"}
+
+
+@dataclass
+class OpRow:
+    name: str
+    type: str
+    delegated: bool
+    median_ms: float
+    share: float  # of the whole model's median time
+
+
+def op_type(event_name: str) -> str:
+    """'Convolution (NHWC, QC8) DWConv #1' -> 'Convolution DWConv'."""
+    name = re.sub(r"\s*#\d+$", "", event_name)
+    name = re.sub(r"\s*\([^)]*\)", "", name)
+    return " ".join(name.split()) or event_name
+
+
+def executorch_op_table(etdump: Path, etrecord: Path | None) -> tuple[list[OpRow], float]:
+    """Rows in execution order and the whole model's median time (ms)."""
+    try:
+        from executorch.devtools import Inspector
+    except ImportError:
+        raise missing_extra("executorch.devtools (reads ETDump on the host)",
+                            "executorch") from None
+    try:
+        inspector = Inspector(etdump_path=str(etdump),
+                              etrecord=str(etrecord) if etrecord and etrecord.is_file() else None)
+        frame = inspector.to_dataframe()
+    except Exception as exc:  # devtools raises bare Exceptions on a damaged dump
+        raise EdgepipeError(f"cannot read the ETDump {etdump.name}: {exc}") from None
+    frame = frame[frame["event_block_name"] == "Execute"]
+    total_rows = frame[frame["event_name"] == "Method::execute"]
+    total = statistics.median(total_rows.iloc[0]["raw"]) if len(total_rows) else 0.0
+    rows = []
+    for _, event in frame.iterrows():
+        if event["event_name"] in AGGREGATE_EVENTS or not event["raw"]:
+            continue
+        median = float(statistics.median(event["raw"]))
+        delegated = bool(event["is_delegated_op"])
+        types = event["op_types"] if isinstance(event["op_types"], list) else []
+        kind = op_type(event["event_name"]) if delegated or not types else types[0]
+        rows.append(OpRow(event["event_name"], kind, delegated, median, 0.0))
+    if not total:
+        total = sum(r.median_ms for r in rows)
+    for r in rows:
+        r.share = r.median_ms / total if total else 0.0
+    return rows, float(total)
+
+
+def by_type(rows: list[OpRow]) -> list[dict[str, Any]]:
+    """Time per operator type, largest first (what a bar chart shows)."""
+    totals: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        t = totals.setdefault(r.type, {"type": r.type, "count": 0, "ms": 0.0, "share": 0.0})
+        t["count"] += 1
+        t["ms"] += r.median_ms
+        t["share"] += r.share
+    return sorted(totals.values(), key=lambda t: -t["ms"])
+
+
+def write_table(rows: list[OpRow], path: Path) -> None:
+    """CSV or JSON by the file's suffix."""
+    from ..manifest import write_atomic
+
+    if path.suffix == ".json":
+        write_atomic(path, json.dumps([asdict(r) for r in rows], indent=1))
+    elif path.suffix == ".csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(OpRow.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+        write_atomic(path, buffer.getvalue())
+    else:
+        raise EdgepipeError(f"write the per-op table as .csv or .json, not {path.suffix or path}")

@@ -1,0 +1,164 @@
+"""The host's list of devices, and how to reach each one's agent.
+
+``url``: the agent is reachable as is (same machine, or a trusted network).
+``ssh``: an ssh tunnel to the agent's loopback port (the agent never listens outside).
+``adb``: ``adb forward`` to an Android phone's agent (Termux). The forward is all edgepipe does
+with adb; there is no phone here, so this path is the one not exercised by the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import EdgepipeError
+from ..manifest import write_atomic
+from .agent import DEFAULT_PORT
+from .client import AgentClient
+
+DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def config_home() -> Path:
+    return Path(os.environ.get("EDGEPIPE_HOME") or Path.home() / ".config" / "edgepipe")
+
+
+@dataclass
+class Device:
+    name: str
+    kind: str  # "url" | "ssh" | "adb"
+    target: str  # the URL, USER@HOST, or adb serial
+    token: str
+    agent_port: int = DEFAULT_PORT  # the agent's port on the device (ssh, adb)
+    ssh_options: list[str] = field(default_factory=list)  # extra `ssh` arguments
+
+
+def _registry_path() -> Path:
+    return config_home() / "devices.json"
+
+
+def load_devices() -> dict[str, Device]:
+    path = _registry_path()
+    if not path.is_file():
+        return {}
+    try:
+        return {name: Device(**d) for name, d in json.loads(path.read_text()).items()}
+    except (ValueError, TypeError) as exc:
+        raise EdgepipeError(f"device registry {path} is not valid ({exc}): fix or delete "
+                            f"it and add the devices again") from None
+
+
+def save_devices(devices: dict[str, Device]) -> None:
+    path = _registry_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps({n: asdict(d) for n, d in devices.items()}, indent=2))
+    path.chmod(0o600)  # it holds tokens
+
+
+def add_device(device: Device) -> None:
+    if not DEVICE_NAME.match(device.name):
+        raise EdgepipeError(f"invalid device name '{device.name}': letters, digits, . _ -")
+    if device.kind == "url" and not device.target.startswith(("http://", "https://")):
+        raise EdgepipeError(f"--url must start with http:// or https://, got {device.target}")
+    devices = load_devices()
+    devices[device.name] = device
+    save_devices(devices)
+
+
+def remove_device(name: str) -> None:
+    devices = load_devices()
+    get_device(name, devices)
+    del devices[name]
+    save_devices(devices)
+
+
+def get_device(name: str, devices: dict[str, Device] | None = None) -> Device:
+    devices = load_devices() if devices is None else devices
+    if name not in devices:
+        known = ", ".join(devices) or "none yet"
+        raise EdgepipeError(f"no device named '{name}' (known: {known}): add it with "
+                            f"`edgepipe device add {name} --url URL --token T`")
+    return devices[name]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(client: AgentClient, proc: subprocess.Popen | None, what: str,
+                  timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.health()
+            return
+        except EdgepipeError as exc:
+            if proc is not None and proc.poll() is not None:
+                err = (proc.stderr.read() if proc.stderr else b"").decode().strip()
+                raise EdgepipeError(f"{what} failed: {err.splitlines()[-1] if err else exc}"
+                                    ) from None
+            if time.monotonic() > deadline:
+                raise EdgepipeError(f"{what}: no agent answered within {timeout:.0f} s "
+                                    f"({exc})") from None
+            time.sleep(0.2)
+
+
+def _need(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise EdgepipeError(f"`{tool}` is not installed on this host: install {package}")
+    return path
+
+
+def ssh_base(device: Device) -> list[str]:
+    return [_need("ssh", "openssh-client"), "-o", "BatchMode=yes", *device.ssh_options,
+            device.target]
+
+
+@contextmanager
+def connect(device: Device) -> Iterator[AgentClient]:
+    """A client for the device's agent, with the tunnel or forward open while in use."""
+    if device.kind == "url":
+        client = AgentClient(device.target, device.token)
+        yield client
+        return
+    local = free_port()
+    client = AgentClient(f"http://127.0.0.1:{local}", device.token)
+    if device.kind == "ssh":
+        base = ssh_base(device)
+        proc = subprocess.Popen(
+            [*base[:-1], "-N", "-o", "ExitOnForwardFailure=yes",
+             "-L", f"127.0.0.1:{local}:127.0.0.1:{device.agent_port}", base[-1]],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _wait_healthy(client, proc, f"ssh tunnel to {device.target}")
+            yield client
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    elif device.kind == "adb":
+        adb = _need("adb", "Android platform-tools (adb)")
+        forward = [adb, "-s", device.target, "forward"]
+        result = subprocess.run([*forward, f"tcp:{local}", f"tcp:{device.agent_port}"],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise EdgepipeError(f"adb forward to {device.target} failed: "
+                                f"{result.stderr.strip() or result.stdout.strip()}")
+        try:
+            _wait_healthy(client, None, f"adb forward to {device.target}")
+            yield client
+        finally:
+            subprocess.run([*forward, "--remove", f"tcp:{local}"], capture_output=True)
+    else:
+        raise EdgepipeError(f"device {device.name} has unknown kind {device.kind}")

@@ -1,0 +1,224 @@
+"""The agent's data folder: artifacts by content (sha256) and jobs, all on disk.
+
+Everything is written to a temporary name and renamed into place, so a crash or a killed agent
+leaves the old state or the new one, never half a file. Names that arrive over the network
+are checked before they touch a path: nothing can be written outside the data folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ..manifest import Manifest, write_atomic
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+JOB_ID = re.compile(r"^[0-9a-f]{12}$")
+RUNNABLE_SUFFIXES = (".tflite", ".pte")
+
+
+class StoreError(Exception):
+    """A request the store refuses: ``status`` is the HTTP status the agent answers with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def check_sha256(sha: str) -> str:
+    if not SHA256.match(sha):
+        raise StoreError(400, f"'{sha[:80]}' is not a sha256 (64 lowercase hex digits)")
+    return sha
+
+
+def check_artifact_name(name: str) -> str:
+    if not ARTIFACT_NAME.match(name) or not name.endswith(RUNNABLE_SUFFIXES):
+        raise StoreError(400, f"invalid artifact name '{name[:80]}': use a plain file name "
+                              f"(letters, digits, . _ -) ending in .tflite or .pte")
+    return name
+
+
+@dataclass
+class ArtifactStore:
+    root: Path
+
+    def __post_init__(self) -> None:
+        (self.root / "artifacts").mkdir(parents=True, exist_ok=True)
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def folder(self, sha: str) -> Path:
+        return self.root / "artifacts" / check_sha256(sha)
+
+    def receive(self, sha: str, name: str, body: BinaryIO, length: int) -> tuple[dict, bool]:
+        """Stream an upload to disk, verify its sha256, move it into place.
+
+        Returns (metadata, created). An artifact already stored is kept as it is.
+        """
+        check_artifact_name(name)
+        dest = self.folder(sha)
+        staging = Path(tempfile.mkdtemp(prefix="upload-", dir=self.root / "tmp"))
+        try:
+            digest, remaining = hashlib.sha256(), length
+            with open(staging / name, "wb") as f:
+                while remaining > 0:
+                    chunk = body.read(min(1 << 20, remaining))
+                    if not chunk:
+                        raise StoreError(400, f"upload ended after {length - remaining} of "
+                                              f"{length} bytes: send the whole file")
+                    digest.update(chunk)
+                    f.write(chunk)
+                    remaining -= len(chunk)
+            if digest.hexdigest() != sha:
+                raise StoreError(400, f"upload of {name} is corrupted: its sha256 is "
+                                      f"{digest.hexdigest()[:12]}…, not {sha[:12]}…; upload again")
+            meta = {"sha256": sha, "name": name, "size": length, "uploaded": time.time()}
+            (staging / "meta.json").write_text(json.dumps(meta))
+            if dest.exists():
+                return self.describe(sha), False
+            os.replace(staging, dest)
+            return self.describe(sha), True
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def put_manifest(self, sha: str, data: dict[str, Any]) -> dict:
+        folder = self._existing(sha)
+        try:
+            manifest = Manifest.from_dict(data)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise StoreError(400, f"not a valid edgepipe manifest ({exc}): write one with "
+                                  f"`edgepipe manifest init FILE`") from None
+        if manifest.file_sha256 != sha:
+            raise StoreError(400, f"the manifest describes file_sha256 "
+                                  f"{manifest.file_sha256[:12]}…, not artifact {sha[:12]}…")
+        write_atomic(folder / "manifest.json", manifest.to_json())
+        return self.describe(sha)
+
+    def _existing(self, sha: str) -> Path:
+        folder = self.folder(sha)
+        if not (folder / "meta.json").is_file():
+            raise StoreError(404, f"no artifact {sha[:12]}… on this device: upload it first")
+        return folder
+
+    def describe(self, sha: str) -> dict:
+        folder = self._existing(sha)
+        meta = json.loads((folder / "meta.json").read_text())
+        return {**meta, "has_manifest": (folder / "manifest.json").is_file()}
+
+    def path(self, sha: str) -> Path:
+        folder = self._existing(sha)
+        return folder / json.loads((folder / "meta.json").read_text())["name"]
+
+    def manifest(self, sha: str) -> dict | None:
+        path = self._existing(sha) / "manifest.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def list(self) -> list[dict]:
+        shas = [p.name for p in (self.root / "artifacts").iterdir() if SHA256.match(p.name)]
+        return sorted((self.describe(s) for s in shas), key=lambda m: m["uploaded"])
+
+    def delete(self, sha: str) -> None:
+        folder = self._existing(sha)
+        trash = self.root / "tmp" / f"deleted-{sha}-{os.getpid()}"
+        os.replace(folder, trash)  # gone at once for readers, removed after
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+@dataclass
+class JobSpec:
+    """One benchmark: the artifact, how to run it, and how many times."""
+
+    artifact: str
+    runtime: str | None = None  # default: the artifact's own (by suffix)
+    threads: int = 1
+    warmup: int = 10
+    runs: int = 50
+    affinity: list[int] | None = None
+    profile: bool = True  # a per-operator table where the runtime can make one
+    profile_runs: int = 10
+
+    @classmethod
+    def from_dict(cls, data: Any) -> JobSpec:
+        if not isinstance(data, dict):
+            raise StoreError(400, "a job is a JSON object: {\"artifact\": SHA256, ...}")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise StoreError(400, f"unknown job field(s): {', '.join(sorted(unknown))}")
+        if "artifact" not in data:
+            raise StoreError(400, "a job needs \"artifact\": the sha256 of an uploaded file")
+        spec = cls(**data)
+        limits = {"threads": (1, 256), "warmup": (0, 100_000), "runs": (1, 1_000_000),
+                  "profile_runs": (1, 10_000)}
+        for name, (low, high) in limits.items():
+            value = getattr(spec, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise StoreError(400, f"job field {name} must be an integer in {low}..{high}")
+        if spec.affinity is not None and (
+                not isinstance(spec.affinity, list) or not spec.affinity
+                or not all(isinstance(c, int) and c >= 0 for c in spec.affinity)):
+            raise StoreError(400, "job field affinity must be a non-empty list of CPU numbers")
+        check_sha256(spec.artifact)
+        return spec
+
+
+@dataclass
+class Job:
+    id: str
+    spec: JobSpec
+    state: str = "queued"  # queued | running | done | failed
+    progress: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        data = dict(data)
+        data["spec"] = JobSpec(**data["spec"])
+        return cls(**data)
+
+
+@dataclass
+class JobStore:
+    root: Path
+
+    def __post_init__(self) -> None:
+        (self.root / "jobs").mkdir(parents=True, exist_ok=True)
+
+    def folder(self, job_id: str) -> Path:
+        if not JOB_ID.match(job_id):
+            raise StoreError(404, f"no job {job_id[:40]}")
+        return self.root / "jobs" / job_id
+
+    def save(self, job: Job) -> None:
+        folder = self.folder(job.id)
+        folder.mkdir(exist_ok=True)
+        write_atomic(folder / "job.json", json.dumps(job.to_dict(), indent=1))
+
+    def load(self, job_id: str) -> Job:
+        path = self.folder(job_id) / "job.json"
+        if not path.is_file():
+            raise StoreError(404, f"no job {job_id} on this device")
+        return Job.from_dict(json.loads(path.read_text()))
+
+    def all(self) -> list[Job]:
+        jobs = []
+        for path in (self.root / "jobs").glob("*/job.json"):
+            try:
+                jobs.append(Job.from_dict(json.loads(path.read_text())))
+            except (ValueError, TypeError, KeyError):
+                continue  # a job file from another version: skipped, not fatal
+        return sorted(jobs, key=lambda j: j.created)

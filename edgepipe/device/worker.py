@@ -1,0 +1,124 @@
+"""One benchmark job, run in its own process by the agent.
+
+A process per job: a runtime that crashes on a bad artifact takes the job down, not the
+agent; the peak memory is the job's own; and the job pins its CPUs without touching the
+agent's. Progress goes to stdout as JSON lines; the result to ``result.json`` in the job folder.
+
+    python -m edgepipe.device.worker JOB_FOLDER ARTIFACT MANIFEST
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EdgepipeError
+from ..manifest import Manifest, write_atomic
+from .bench import measure_latency
+from .runtimes import open_runner
+
+LITERT_NO_PER_OP = ("LiteRT gives no per-operator timing from Python: ai-edge-litert has no "
+                    "profiler API, and the per-op profiler lives in TFLite's benchmark_model "
+                    "binary, which is not part of any wheel. Whole-model latency is measured.")
+
+
+def _rss_mb() -> float:
+    """Resident memory now (Linux /proc), in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _peak_rss_mb() -> float:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    except ImportError:
+        return float("nan")
+
+
+def report(**fields: Any) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def example_input(manifest: Manifest, seed: int = 0) -> np.ndarray:
+    """What the runner takes: the manifest's float32 input (its layout), random but seeded."""
+    spec = manifest.inputs[0]
+    return np.random.default_rng(seed).standard_normal(spec.shape).astype(np.float32)
+
+
+def executorch_etdump(artifact: Path, x: np.ndarray, threads: int, runs: int,
+                      out: Path) -> dict[str, Any]:
+    """Run with ETDump on; the host turns the dump into a table with the ETRecord."""
+    import torch
+    from executorch.extension.pybindings import portable_lib
+
+    portable_lib._unsafe_reset_threadpool(threads)
+    module = portable_lib._load_for_executorch(str(artifact), enable_etdump=True,
+                                               debug_buffer_size=0)
+    inputs = [torch.from_numpy(x)]
+    for _ in range(runs):
+        module.forward(inputs)
+    module.write_etdump_result_to_file(str(out))
+    return {"available": True, "source": "etdump", "file": out.name, "runs": runs}
+
+
+def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any]:
+    spec = json.loads((job_dir / "job.json").read_text())["spec"]
+    if spec.get("affinity"):
+        os.sched_setaffinity(0, spec["affinity"])
+    manifest = Manifest.from_dict(json.loads(manifest_path.read_text()))
+    x = example_input(manifest)
+    rss_before = _rss_mb()
+    report(phase="loading", done=0, total=1)
+    load_start = time.perf_counter()
+    runner = open_runner(artifact, spec["threads"])
+    load_ms = (time.perf_counter() - load_start) * 1000
+    stats = measure_latency(
+        runner, x, spec["warmup"], spec["runs"],
+        on_progress=lambda done, total: report(phase="measuring", done=done, total=total))
+    result: dict[str, Any] = {
+        "runtime": runner.runtime,
+        "threads": spec["threads"],
+        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else None,
+        "latency": stats.to_dict(),
+        "load_ms": load_ms,
+        "memory": {"rss_before_load_mb": rss_before, "peak_rss_mb": _peak_rss_mb()},
+        "input": {"shape": list(x.shape), "dtype": "float32", "data": "seeded normal noise"},
+    }
+    if not spec["profile"]:
+        result["per_op"] = {"available": False, "reason": "not asked for (profile=false)"}
+    elif runner.runtime == "executorch":
+        report(phase="profiling per op", done=0, total=1)
+        result["per_op"] = executorch_etdump(artifact, x, spec["threads"],
+                                             spec["profile_runs"], job_dir / "etdump.etdp")
+    else:
+        result["per_op"] = {"available": False, "reason": LITERT_NO_PER_OP}
+    return result
+
+
+def main(argv: list[str]) -> int:
+    job_dir, artifact, manifest = (Path(a) for a in argv)
+    try:
+        result = run_job(job_dir, artifact, manifest)
+    except EdgepipeError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    write_atomic(job_dir / "result.json", json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,88 @@
+"""The pipeline's configuration: a TOML file, or the built-in default.
+
+    [model]
+    name = "mobilenet_v3_small"   # or module:factory
+    width = 1.0
+    size = 224
+    weights = "imagenet"          # a .pth, `imagenet` (MobileNetV2), or omit for random init
+    formats = ["executorch", "tflite", "coreml"]
+    int8 = true
+
+    [measure]
+    threads = [1, 2]
+    warmup = 10
+    runs = 50
+    per_op = true
+
+    devices = ["pi5", "pixel"]    # registered with `edgepipe device add`; none: this machine
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgepipeError
+
+
+@dataclass
+class ModelSection:
+    name: str = "mobilenet_v3_small"
+    width: float = 1.0
+    size: int | None = None
+    weights: str | None = None
+    task: str | None = None
+    formats: list[str] = field(default_factory=lambda: ["executorch", "tflite", "coreml"])
+    int8: bool = True
+
+
+@dataclass
+class MeasureSection:
+    threads: list[int] = field(default_factory=lambda: [1])
+    warmup: int = 10
+    runs: int = 50
+    per_op: bool = True
+
+
+@dataclass
+class PipelineConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    measure: MeasureSection = field(default_factory=MeasureSection)
+    devices: list[str] = field(default_factory=list)  # empty: an agent on this machine
+
+
+def _section(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise EdgepipeError(f"[{where}] must be a table of settings")
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise EdgepipeError(f"unknown setting(s) in [{where}]: {', '.join(sorted(unknown))} "
+                            f"(known: {', '.join(sorted(known))})")
+    return cls(**data)
+
+
+def load_config(path: Path | None) -> PipelineConfig:
+    if path is None:
+        return PipelineConfig()
+    import tomllib  # Python 3.11+: the host side; the device side never reads configs
+
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise EdgepipeError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise EdgepipeError(f"config {path} is not valid TOML: {exc}") from None
+    unknown = set(data) - {"model", "measure", "devices"}
+    if unknown:
+        raise EdgepipeError(f"unknown section(s) in {path}: {', '.join(sorted(unknown))} "
+                            f"(use [model], [measure] and devices = [...])")
+    config = PipelineConfig(
+        model=_section(ModelSection, data.get("model", {}), "model"),
+        measure=_section(MeasureSection, data.get("measure", {}), "measure"),
+        devices=list(data.get("devices", [])))
+    if not config.measure.threads or not all(
+            isinstance(t, int) and t > 0 for t in config.measure.threads):
+        raise EdgepipeError("[measure] threads must be a list of positive integers")
+    return config

@@ -1,0 +1,90 @@
+"""The pipeline's HTML report: sizes, parity, latency per format and precision on each
+device, and the per-operator breakdown as charts. Self-contained (inline SVG)."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from ..device.op_table import OpRow, by_type
+from ..report_parts import STYLE, hbar_svg, parity_text
+
+
+def _artifact_table(conversion: dict[str, Any]) -> str:
+    rows = []
+    for a in conversion["artifacts"]:
+        host = f"{a['latency']['median_ms']:.2f}" if a["latency"] else "—"
+        rows.append(f"<tr><td>{escape(a['file'])}</td><td>{escape(a['format'])}</td>"
+                    f"<td>{escape(a['precision'])}</td><td class=num>{a['size_mb']:.2f}</td>"
+                    f"<td>{parity_text(a['parity'])}</td><td class=num>{host}</td>"
+                    f"<td class=num>{a['graph'].get('delegate_partitions', '—')}</td></tr>")
+    return ("<table><tr><th>artifact</th><th>format</th><th>precision</th><th>size MB</th>"
+            "<th>parity vs PyTorch</th><th>host ms</th><th>XNNPACK partitions</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _device_section(entry: dict[str, Any]) -> str:
+    info = entry.get("info") or {}
+    head = (f"<h2>Device {escape(entry['name'])}</h2><p>{escape(str(info.get('cpu_model')))}"
+            f" · {info.get('cores')} cores · {escape(str(info.get('machine')))} · "
+            f"{escape(', '.join(f'{k} {v}' for k, v in (info.get('runtimes') or {}).items()))}"
+            f" · fingerprint {escape(str(info.get('fingerprint')))}</p>")
+    errors = "".join(f'<p class="bad">{escape(e)}</p>' for e in entry["errors"])
+    results = entry["results"]
+    if not results:
+        return head + errors
+    rows, bars = [], []
+    for r in results:
+        lat = r["latency"]
+        label = f"{r['format']} {r['precision']} ×{r['threads']}"
+        bars.append((label, lat["median_ms"]))
+        rows.append(
+            f"<tr><td>{escape(r['artifact'])}</td><td>{escape(r['runtime'])}</td>"
+            f"<td class=num>{r['threads']}</td><td class=num>{lat['median_ms']:.3f}</td>"
+            f"<td class=num>{lat['p10_ms']:.3f} – {lat['p90_ms']:.3f}</td>"
+            f"<td class=num>{lat['std_ms']:.3f}</td><td class=num>{lat['count']}</td>"
+            f"<td class=num>{r['memory']['peak_rss_mb']:.0f}</td>"
+            f"<td class=num>{r['load_ms']:.0f}</td></tr>")
+    table = ("<table><tr><th>artifact</th><th>runtime</th><th>threads</th><th>median ms</th>"
+             "<th>p10 – p90 ms</th><th>std ms</th><th>runs</th><th>peak RSS MB</th>"
+             "<th>load ms</th></tr>" + "".join(rows) + "</table>")
+    return (head + errors + table + "<h3>Median latency</h3>" + hbar_svg(bars)
+            + "".join(_per_op_section(r) for r in results))
+
+
+def _per_op_section(result: dict[str, Any]) -> str:
+    title = (f"<h3>Per operator: {escape(result['artifact'])}, {result['threads']} "
+             f"thread(s)</h3>")
+    if not result["per_op"]:
+        return title + f'<p class="note">Not available: {escape(result["per_op_note"] or "")}</p>'
+    rows = [OpRow(**r) for r in result["per_op"]]
+    types = by_type(rows)[:12]
+    chart = hbar_svg([(f"{t['type']} ×{t['count']}", t["ms"]) for t in types])
+    top = sorted(rows, key=lambda r: -r.median_ms)[:10]
+    table = ("<table><tr><th>op</th><th>type</th><th>delegated</th><th>median ms</th>"
+             "<th>share</th></tr>" + "".join(
+                 f"<tr><td>{escape(r.name)}</td><td>{escape(r.type)}</td>"
+                 f"<td>{'yes' if r.delegated else 'no'}</td><td class=num>{r.median_ms:.4f}</td>"
+                 f"<td class=num>{r.share:.1%}</td></tr>" for r in top) + "</table>")
+    note = f'<p class="note">{escape(result["per_op_note"])}</p>' if result["per_op_note"] else ""
+    return (title + f"<p>{len(rows)} ops, {result['per_op_total_ms']:.3f} ms in all (ETDump, "
+            f"median per op). Time per operator type:</p>" + chart
+            + "<p>Slowest operators:</p>" + table + note)
+
+
+def render_run_report(run: dict[str, Any]) -> str:
+    conversion = run["conversion"]
+    size = "x".join(str(s) for s in conversion["input_size"])
+    weights = (f"weights sha256 {conversion['weights_sha256'][:12]}…"
+               if conversion["weights_sha256"] else
+               "random init (seeded), BatchNorm re-estimated on real photos")
+    skipped = "".join(f"<li>{escape(s)}</li>" for s in run["skipped"])
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>edgepipe run: {escape(conversion['model'])}</title><style>{STYLE}</style></head><body>
+<h1>{escape(conversion['model'])} {size}</h1>
+<p>{escape(conversion['task'])} · width ×{conversion['width_mult']} · {escape(weights)}</p>
+<h2>Artifacts</h2>{_artifact_table(conversion)}
+{f'<p class="note">Not measured on devices:</p><ul>{skipped}</ul>' if skipped else ''}
+{''.join(_device_section(d) for d in run['devices'])}
+</body></html>
+"""

@@ -1,0 +1,48 @@
+"""Pieces shared by the HTML reports: style, parity text, and SVG bar charts (no plotting
+library needed, so a report renders the same on any host)."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px}
+th{background:#f3f3f3}td.num{text-align:right}.bad{color:#b00020;font-weight:bold}
+.bar{background:#4a7bd0;height:12px;display:inline-block}.note{color:#555;font-size:90%}
+svg text{font-family:system-ui,sans-serif;font-size:12px}
+"""
+
+PALETTE = ["#4a7bd0", "#e8833a", "#5aa469", "#c2504f", "#8a6bbe", "#8c6d31", "#d17ab5",
+           "#7f7f7f", "#b5bd37", "#3bb3c3"]
+
+
+def parity_text(parity: dict[str, Any]) -> str:
+    if not parity.get("executed"):
+        return escape(parity.get("reason", "not executed"))
+    agree = parity.get("top1_agreement", parity.get("pixel_agreement"))
+    kind = "top-1" if "top1_agreement" in parity else "pixels"
+    return (f"{kind} {agree:.0%}, max |Δ| {parity['max_abs_error']:.3g}, "
+            f"cosine ≥ {parity['min_cosine_similarity']:.4f}")
+
+
+def hbar_svg(items: list[tuple[str, float]], unit: str = "ms", width: int = 640,
+             colors: list[str] | None = None) -> str:
+    """A horizontal bar chart: one labelled bar per (label, value)."""
+    if not items:
+        return ""
+    label_w, row_h, pad = 260, 22, 70
+    top = max(v for _, v in items) or 1.0
+    scale = (width - label_w - pad) / top
+    bars = []
+    for i, (label, value) in enumerate(items):
+        y = i * row_h
+        color = (colors or PALETTE)[i % len(colors or PALETTE)]
+        bars.append(
+            f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{escape(label)}</text>'
+            f'<rect x="{label_w}" y="{y + 4}" width="{max(1.0, value * scale):.1f}" '
+            f'height="{row_h - 8}" fill="{color}"/>'
+            f'<text x="{label_w + value * scale + 4:.1f}" y="{y + 15}">{value:.3g} {unit}</text>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
+            f'height="{len(items) * row_h + 4}">{"".join(bars)}</svg>')
