@@ -4,9 +4,11 @@ tests, benchmarks)."""
 from __future__ import annotations
 
 import os
+import queue
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,20 +21,39 @@ READY = "edgepipe agent listening on "
 
 def start_agent(data: Path, token: str, python: list[str] | None = None,
                 env: dict[str, str] | None = None, timeout: float = 60.0,
-                extra_args: tuple[str, ...] = ()) -> tuple[str, subprocess.Popen]:
-    """Start ``edgepipe agent serve --port 0`` and wait for the URL it prints."""
+                extra_args: tuple[str, ...] = (), prelude: str = ""
+                ) -> tuple[str, subprocess.Popen]:
+    """Start ``edgepipe agent serve --port 0`` and wait for the URL it prints.
+
+    ``python``: the interpreter command (an emulator prefix works); ``prelude``: code run in
+    the agent's process before it starts (tests use it to hide packages).
+    """
+    entry = (["-c", f"import sys\n{prelude}\nfrom edgepipe.cli import main\n"
+                    f"sys.exit(main(sys.argv[1:]))"] if prelude else ["-m", "edgepipe.cli"])
     proc = subprocess.Popen(
-        [*(python or [sys.executable]), "-m", "edgepipe.cli", "agent", "serve", "--port", "0",
+        [*(python or [sys.executable]), *entry, "agent", "serve", "--port", "0",
          "--data", str(data), *extra_args],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, **(env or {}), "EDGEPIPE_AGENT_TOKEN": token})
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
     deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    for line in proc.stdout:  # the first line says where it listens
-        if line.startswith(READY):
-            return line[len(READY):].split()[0], proc
-        if time.monotonic() > deadline:
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
             break
+        if line is None:
+            break
+        if line.startswith(READY):  # the first line says where it listens
+            return line[len(READY):].split()[0], proc
     proc.kill()
     raise EdgepipeError(f"the local agent did not start (exit code {proc.wait()}); run "
                         f"`edgepipe agent serve --data {data}` to see why")

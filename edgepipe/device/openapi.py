@@ -70,6 +70,10 @@ def openapi_document(version: str) -> dict[str, Any]:
         "paths": {
             "/health": {"get": _op("liveness (no token)", _json("Object"), errors=(),
                                    open_call=True)},
+            "/v1/health": {"get": _op("liveness (no token)", _json("Object"), errors=(),
+                                      open_call=True)},
+            "/v1/openapi.json": {"get": _op("this description", _json("Object"),
+                                            errors=(401,))},
             "/v1/info": {"get": _op("CPU, clocks, heat, memory, OS, runtimes, fingerprint",
                                     _json("Object"), errors=(401,))},
             "/v1/artifacts": {"get": _op("list uploaded artifacts", _json("Object"),

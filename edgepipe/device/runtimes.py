@@ -9,6 +9,7 @@ and int8 (de)quantization at the edges happen here, once, for every caller.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -35,13 +36,22 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def installed_runtimes() -> dict[str, str]:
     """Runtimes importable here, with versions (what a device reports about itself)."""
     found = {}
-    for runtime, dists in (("litert", ("ai-edge-litert", "tflite-runtime")),
-                           ("executorch", ("executorch",))):
-        for dist in dists:
-            if (v := _version(dist)) is not None:
+    for runtime, candidates in (
+            ("litert", (("ai-edge-litert", "ai_edge_litert"),
+                        ("tflite-runtime", "tflite_runtime"))),
+            ("executorch", (("executorch", "executorch"),))):
+        for dist, module in candidates:
+            if (v := _version(dist)) is not None and _importable(module):
                 found[runtime] = f"{dist} {v}"
                 break
     return found

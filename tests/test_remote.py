@@ -1,0 +1,144 @@
+"""The agent reached the ways a real device is: through a real sshd, and on aarch64.
+
+sshd: Debian's openssh-server started by the test on a loopback port with keys made for it.
+aarch64: an arm64 Debian Python with the aarch64 wheels, run under qemu-aarch64-static
+(software emulation, ~100x slower: it proves the device side works on ARM, not its speed).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgepipe.device.client import AgentClient
+from edgepipe.device.local import start_agent, stop_agent
+from edgepipe.device.registry import free_port
+from edgepipe.errors import EdgepipeError
+
+from .conftest import artifact, run_cli
+
+TOKEN = "remote-token"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sshd exited: {proc.stderr.read().decode()}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError("sshd did not listen")
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    binary = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not Path(binary).exists() or not shutil.which("ssh-keygen"):
+        pytest.skip("openssh-server is not installed (.ci/run installs it)")
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
+    d = tmp_path_factory.mktemp("sshd")
+    for key in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)],
+                       check=True)
+    shutil.copy(d / "user_key.pub", d / "authorized_keys")
+    port = free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\n"
+        f"PidFile {d / 'sshd.pid'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
+        "StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\nAllowTcpForwarding yes\n")
+    proc = subprocess.Popen([binary, "-D", "-e", "-f", str(d / "sshd_config")],
+                            stderr=subprocess.PIPE)
+    _wait_port(port, proc)
+    yield port, d / "user_key"
+    proc.terminate()
+    proc.wait()
+
+
+def test_deploy_and_profile_through_a_real_sshd(small_conversion, sshd, tmp_path):
+    """The agent listens on loopback only; the host reaches it through an ssh tunnel."""
+    out, report = small_conversion
+    ssh_port, key = sshd
+    url, agent = start_agent(tmp_path / "data", TOKEN)
+    try:
+        agent_port = int(url.rsplit(":", 1)[1])
+        env = {"EDGEPIPE_HOME": str(tmp_path / "home")}
+        done = run_cli("device", "add", "pi", "--ssh", f"{getpass.getuser()}@127.0.0.1",
+                       "--ssh-port", str(ssh_port), "--identity", str(key),
+                       "--ssh-option", "StrictHostKeyChecking=no",
+                       "--ssh-option", "UserKnownHostsFile=/dev/null",
+                       "--agent-port", str(agent_port), "--token", TOKEN, env=env)
+        assert done.returncode == 0, done.stderr
+        done = run_cli("deploy", str(out), "--device", "pi", env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("deployed ") == 4
+        direct = AgentClient(url, TOKEN)
+        assert len(direct.artifacts()) == 4
+        info = run_cli("device", "info", "pi", env=env)
+        assert info.returncode == 0, info.stderr
+        assert json.loads(info.stdout)["fingerprint"] == direct.info()["fingerprint"]
+        tflite = out / artifact(report, "tflite", "int8")["file"]
+        done = run_cli("profile", str(tflite), "--device", "pi", "--runs", "5", env=env)
+        assert done.returncode == 0, done.stderr
+        assert direct.jobs()[-1]["result"]["latency"]["count"] == 5
+        # a wrong key: the tunnel fails with ssh's own reason, in one line
+        run_cli("device", "add", "bad", "--ssh", f"nobody-here@127.0.0.1", "--ssh-port",
+                str(ssh_port), "--identity", str(key), "--ssh-option",
+                "StrictHostKeyChecking=no", "--ssh-option", "UserKnownHostsFile=/dev/null",
+                "--agent-port", str(agent_port), "--token", TOKEN, env=env)
+        bad = run_cli("deploy", str(out), "--device", "bad", env=env)
+        assert bad.returncode == 2 and "ssh tunnel to nobody-here@127.0.0.1 failed" in bad.stderr
+        assert "Traceback" not in bad.stderr
+    finally:
+        stop_agent(agent)
+
+
+def aarch64_python() -> tuple[list[str], dict[str, str]]:
+    """The arm64 Python under qemu (built once, cached), and the environment it needs."""
+    qemu = shutil.which("qemu-aarch64-static")
+    if qemu is None:
+        pytest.skip("qemu-user-static is not installed (.ci/run installs it)")
+    cache = Path(os.environ.get("EDGEPIPE_AARCH64_CACHE",
+                                Path.home() / ".cache" / "edgepipe-tests" / "aarch64"))
+    subprocess.run([str(REPO / "tests" / "aarch64" / "build_rootfs.sh"), str(cache)],
+                   check=True, env={**os.environ, "PYTHON": sys.executable})
+    root = cache / "rootfs"
+    python = [qemu, "-L", str(root), str(root / "usr" / "bin" / "python3.11")]
+    env = {"PYTHONPATH": f"{cache / 'site'}:{REPO}", "PYTHONNOUSERSITE": "1",
+           "EDGEPIPE_WORKER_PYTHON": " ".join(python)}
+    return python, env
+
+
+@pytest.mark.slow
+def test_agent_on_aarch64_under_emulation(small_conversion, tmp_path):
+    out, report = small_conversion
+    python, env = aarch64_python()
+    url, agent = start_agent(tmp_path / "data", TOKEN, python=python, env=env, timeout=300)
+    try:
+        client = AgentClient(url, TOKEN, timeout=300)
+        info = client.info()
+        assert info["machine"] == "aarch64"
+        assert info["runtimes"] == {"litert": "ai-edge-litert 2.1.6"}  # no torch, no ExecuTorch
+        sha = client.upload(out / artifact(report, "tflite", "int8")["file"])["sha256"]
+        job = client.wait(client.submit(artifact=sha, warmup=1, runs=5)["id"], timeout=900,
+                          poll=1.0)
+        assert job["result"]["latency"]["count"] == 5 and job["result"]["runtime"] == "litert"
+        assert "no per-operator timing" in job["result"]["per_op"]["reason"]
+        pte = client.upload(out / artifact(report, "executorch", "int8")["file"])["sha256"]
+        with pytest.raises(EdgepipeError, match="executorch is not installed on this device"):
+            client.submit(artifact=pte)
+    finally:
+        stop_agent(agent)
