@@ -29,8 +29,8 @@ def artifact(report: dict, fmt: str, precision: str) -> dict:
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 900,
-            prelude: str = "") -> subprocess.CompletedProcess:
+            prelude: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The real ``edgepipe`` command in a subprocess (``prelude`` runs first, in-process)."""
     code = f"import sys\n{prelude}\nfrom edgepipe.cli import main\nsys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)

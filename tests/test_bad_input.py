@@ -93,3 +93,19 @@ def test_packaged_weights_alias_for_other_models(tmp_path):
     proc = run_cli("convert", "mobilenet_v3_small", "--weights", "imagenet",
                    "-o", str(tmp_path / "o"))
     _one_line_error(proc, "no packaged imagenet weights for mobilenet_v3_small")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[model\nname=", "not valid TOML"),
+    ("[model]\nnmae = 'x'", "unknown setting(s) in [model]: nmae"),
+    ("[measure]\nthreads = [0]", "threads must be a list of positive integers"),
+    ("[extras]\n", "unknown section(s)"),
+    ("devices = ['nowhere']", "no device named 'nowhere'"),
+])
+def test_bad_pipeline_config_fails_before_any_work(tmp_path, text, message):
+    config = tmp_path / "run.toml"
+    config.write_text(text)
+    proc = run_cli("run", str(config), "-o", str(tmp_path / "out"),
+                   env={"EDGEPIPE_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

@@ -42,8 +42,8 @@ def test_real_mobilenet_v2_every_format_agrees_with_pytorch(tmp_path):
         assert artifact(report, fmt, precision)["graph"]["delegate_partitions"] == 1
 
 
-@pytest.mark.parametrize("model", ["mobilenet_v3_small", "mobilenet_v3_large",
-                                   "lraspp_mobilenet_v3_large"])
+# MobileNetV3-Small full size is what `edgepipe run` converts by default: tested below
+@pytest.mark.parametrize("model", ["mobilenet_v3_large", "lraspp_mobilenet_v3_large"])
 def test_full_size_model_to_all_six_artifacts(tmp_path, model):
     report = convert(ConvertRequest(model=model, out=tmp_path / model, int8=True))
     assert {(a["format"], a["precision"]) for a in report["artifacts"]} == ALL_SIX
@@ -58,3 +58,28 @@ def test_full_size_model_to_all_six_artifacts(tmp_path, model):
         else:
             assert a["parity"]["min_cosine_similarity"] > int8_cosine
         assert a["graph"]["ops_outside_delegate"] == {}, (fmt, precision)
+
+
+def test_run_with_no_arguments_is_the_whole_job(tmp_path):
+    """`edgepipe run`: MobileNetV3-Small to six artifacts, a local agent started for real,
+    deploy, profile, per-op table, one HTML report."""
+    proc = run_cli("run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out" / "run"
+    run = json.loads((out / "run.json").read_text())
+    assert {(a["format"], a["precision"]) for a in run["conversion"]["artifacts"]} == ALL_SIX
+    assert artifact(run["conversion"], "executorch", "fp32")["parity"]["top1_agreement"] == 1.0
+    (device,) = run["devices"]
+    assert device["name"] == "this-machine" and not device["errors"]
+    measured = {(r["format"], r["precision"]): r for r in device["results"]}
+    assert set(measured) == set(RUNNABLE)  # Core ML is listed as not measured
+    assert any("Core ML" in s for s in run["skipped"])
+    for r in measured.values():
+        assert r["latency"]["count"] == 50 and r["latency"]["median_ms"] > 0
+        assert r["device"]["fingerprint"] == device["info"]["fingerprint"]
+    assert len(measured[("executorch", "int8")]["per_op"]) > 50
+    assert measured[("tflite", "int8")]["per_op"] is None
+    html = (out / "report.html").read_text()
+    for text in ("Device this-machine", "Per operator", "<svg", "Median latency",
+                 "mobilenet_v3_small_int8.pte", "Not available"):
+        assert text in html, text

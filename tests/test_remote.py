@@ -95,7 +95,7 @@ def test_deploy_and_profile_through_a_real_sshd(small_conversion, sshd, tmp_path
         assert done.returncode == 0, done.stderr
         assert direct.jobs()[-1]["result"]["latency"]["count"] == 5
         # a wrong key: the tunnel fails with ssh's own reason, in one line
-        run_cli("device", "add", "bad", "--ssh", f"nobody-here@127.0.0.1", "--ssh-port",
+        run_cli("device", "add", "bad", "--ssh", "nobody-here@127.0.0.1", "--ssh-port",
                 str(ssh_port), "--identity", str(key), "--ssh-option",
                 "StrictHostKeyChecking=no", "--ssh-option", "UserKnownHostsFile=/dev/null",
                 "--agent-port", str(agent_port), "--token", TOKEN, env=env)
@@ -142,3 +142,29 @@ def test_agent_on_aarch64_under_emulation(small_conversion, tmp_path):
             client.submit(artifact=pte)
     finally:
         stop_agent(agent)
+
+
+def test_bootstrap_installs_a_working_agent_over_ssh(small_conversion, sshd, tmp_path):
+    """A wheel of this tree, a venv with the device extra, the agent started, registered."""
+    out, report = small_conversion
+    ssh_port, key = sshd
+    remote = tmp_path / "remote"
+    env = {"EDGEPIPE_HOME": str(tmp_path / "home")}
+    agent_port = free_port()
+    try:
+        done = run_cli("device", "bootstrap", "--ssh", f"{getpass.getuser()}@127.0.0.1",
+                       "--ssh-port", str(ssh_port), "--identity", str(key),
+                       "--ssh-option", "StrictHostKeyChecking=no",
+                       "--ssh-option", "UserKnownHostsFile=/dev/null",
+                       "--agent-port", str(agent_port), "--remote-dir", str(remote),
+                       "--name", "pi", env=env)
+        assert done.returncode == 0, done.stderr
+        assert "registered device pi" in done.stdout
+        assert (remote / "venv" / "bin" / "edgepipe").is_file()
+        assert not (REPO / "build").exists()  # the wheel is built from a copy
+        done = run_cli("profile", str(out / artifact(report, "tflite", "int8")["file"]),
+                       "--device", "pi", "--runs", "5", env=env)
+        assert done.returncode == 0, done.stderr
+        assert "median" in done.stdout
+    finally:
+        subprocess.run(["pkill", "-f", str(remote / "data")])

@@ -8,6 +8,7 @@ and int8 (de)quantization at the edges happen here, once, for every caller.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 from dataclasses import dataclass
@@ -154,6 +155,18 @@ class ExecuTorchRunner:
 
     def invoke(self) -> None:
         self._method.execute(self._last)
+
+
+def import_runtime(path: str | Path) -> None:
+    """Import the runtime an artifact needs, so that loading it can be timed alone
+    (ExecuTorch's bindings import torch: seconds, not model loading)."""
+    module = {".pte": "executorch.runtime", ".tflite": "ai_edge_litert.interpreter"}.get(
+        Path(path).suffix)
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass  # open_runner says which extra to install
 
 
 def open_runner(path: str | Path, threads: int = 1) -> Runner:

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import EdgepipeError
 from ..manifest import Manifest, write_atomic
 from .bench import measure_latency
-from .runtimes import open_runner
+from .runtimes import import_runtime, open_runner
 
 LITERT_NO_PER_OP = ("LiteRT gives no per-operator timing from Python: ai-edge-litert has no "
                     "profiler API, and the per-op profiler lives in TFLite's benchmark_model "
@@ -80,8 +80,9 @@ def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any
         os.sched_setaffinity(0, spec["affinity"])
     manifest = Manifest.from_dict(json.loads(manifest_path.read_text()))
     x = example_input(manifest)
-    rss_before = _rss_mb()
     report(phase="loading", done=0, total=1)
+    import_runtime(artifact)
+    rss_before = _rss_mb()  # with the runtime imported: what the model itself adds is peak - this
     load_start = time.perf_counter()
     runner = open_runner(artifact, spec["threads"])
     load_ms = (time.perf_counter() - load_start) * 1000

@@ -1,0 +1,112 @@
+"""``edgepipe device bootstrap --ssh USER@HOST``: install the agent on a Pi and register it.
+
+A wheel of this package is built here and copied over ssh; the device gets a venv with the
+``device`` extra (no torch) and a systemd user service. Where there is no systemd user session
+(Termux, containers) the agent is started with nohup instead, and the output says so.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import EdgepipeError
+from .registry import Device, add_device, connect, ssh_base
+
+UNIT = """[Unit]
+Description=edgepipe device agent
+After=network-online.target
+
+[Service]
+ExecStart={dir}/venv/bin/edgepipe agent serve --data {dir}/data --port {port}
+Restart=on-failure
+
+[Install]
+WantedBy=default.target
+"""
+
+INSTALL = """set -e
+dir={dir}
+cd "$dir"
+{python} -m venv venv
+venv/bin/pip install -q --disable-pip-version-check "$dir/{wheel}[device]"
+mkdir -p data
+(umask 077 && printf %s {token} > data/token)
+mkdir -p "$HOME/.config/systemd/user"
+cat > "$HOME/.config/systemd/user/edgepipe-agent.service" <<'UNIT'
+{unit}UNIT
+if systemctl --user daemon-reload 2>/dev/null \\
+        && systemctl --user enable --now edgepipe-agent >/dev/null 2>&1; then
+    loginctl enable-linger "$(id -un)" 2>/dev/null || true
+    echo "started: systemd user service edgepipe-agent (restarts on failure and at boot)"
+else
+    nohup "$dir/venv/bin/edgepipe" agent serve --data "$dir/data" --port {port} \\
+        > "$dir/agent.log" 2>&1 < /dev/null &
+    echo "started: with nohup, no systemd user session here (not restarted at boot)"
+fi
+"""
+
+
+def build_wheel(dest: Path) -> Path:
+    """A wheel of this source tree (bootstrap runs from a checkout or an sdist)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").is_file():
+        raise EdgepipeError("bootstrap builds a wheel of edgepipe and needs its source tree: "
+                            "run it from a clone of the repository")
+    # built from a copy: setuptools leaves build/ and egg-info folders where it builds
+    src = dest / "src"
+    shutil.copytree(root / "edgepipe", src / "edgepipe",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                           "--no-build-isolation", "-w", str(dest), str(src)],
+                          capture_output=True, text=True)
+    wheels = sorted(dest.glob("edgepipe-*.whl"))
+    if done.returncode != 0 or not wheels:
+        raise EdgepipeError(f"building the edgepipe wheel failed: "
+                            f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return wheels[-1]
+
+
+def _ssh(base: list[str], script: str, stdin: bytes | None = None, what: str = "") -> str:
+    done = subprocess.run([*base, script], input=stdin, capture_output=True)
+    if done.returncode != 0:
+        err = done.stderr.decode(errors="replace").strip().splitlines()
+        raise EdgepipeError(f"{what} on the device failed: {err[-1] if err else done.returncode}")
+    return done.stdout.decode(errors="replace")
+
+
+def bootstrap(target: str, ssh_args: list[str], name: str | None = None,
+              token: str | None = None, python: str = "python3",
+              remote_dir: str = "~/.edgepipe", agent_port: int = 8765) -> Device:
+    token = token or secrets.token_urlsafe(24)
+    host = target.split("@")[-1]
+    device = Device(name or host.replace(":", "-"), "ssh", target, token, agent_port, ssh_args)
+    base = ssh_base(device)
+    # ~ must expand on the device, in its user's home
+    rdir = remote_dir.replace("~", "$HOME", 1) if remote_dir.startswith("~") else \
+        shlex.quote(remote_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = build_wheel(Path(tmp))
+        print(f"built {wheel.name}; copying to {target}:{remote_dir}", flush=True)
+        _ssh(base, f'mkdir -p "{rdir}" && cat > "{rdir}/{wheel.name}"', wheel.read_bytes(),
+             "copying the wheel")
+    script = INSTALL.format(dir=f'"{rdir}"' if rdir.startswith("$HOME") else rdir,
+                            python=shlex.quote(python), wheel=wheel.name,
+                            token=shlex.quote(token), port=agent_port,
+                            unit=UNIT.format(port=agent_port, dir="%h" + remote_dir[1:]
+                                             if remote_dir.startswith("~") else remote_dir))
+    print("installing the agent (venv, the device extra) ...", flush=True)
+    print(_ssh(base, "sh -s", script.encode(), "installing the agent").strip(), flush=True)
+    add_device(device)
+    with connect(device) as client:
+        info = client.info()
+    print(f"registered device {device.name}: {info['cpu_model']}, {info['cores']} cores, "
+          f"runtimes {', '.join(info['runtimes']) or 'none'}")
+    return device
