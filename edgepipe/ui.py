@@ -29,11 +29,11 @@ console = Console(file=_stream, width=None if _stream.isatty() else 120)
 class ProgressBar:
     """A rich progress bar implementing the converters' ``Progress`` protocol."""
 
-    def __init__(self, title: str) -> None:
+    def __init__(self, title: str, transient: bool = False) -> None:
         self.title = title
         self._bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-                                 transient=False,
+                                 transient=transient,
                                  # keep Python's streams: converter chatter goes to the log
                                  redirect_stdout=False, redirect_stderr=False)
         self._task = None
@@ -86,23 +86,11 @@ def print_convert_table(report: dict[str, Any]) -> None:
     console.print(table)
 
 
-class JobProgress:
+class JobProgress(ProgressBar):
     """A progress bar fed by an agent job's state (``update`` takes the job as JSON)."""
 
     def __init__(self, title: str) -> None:
-        self.title = title
-        self._bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-                                 transient=True)
-        self._task = None
-
-    def __enter__(self) -> JobProgress:
-        self._bar.__enter__()
-        self._task = self._bar.add_task(self.title, total=None)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._bar.__exit__(*exc)  # type: ignore[arg-type]
+        super().__init__(title, transient=True)
 
     def update(self, job: dict[str, Any]) -> None:
         progress = job.get("progress") or {}

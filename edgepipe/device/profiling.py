@@ -96,14 +96,3 @@ def profile(client: AgentClient, artifact: Path, *, threads: int = 1, warmup: in
             out.per_op_note = ("no ETRecord beside the artifact: ops are named by the "
                                "runtime's events only")
     return out
-
-
-def format_result_rows(result: ProfileResult, top: int | None = None) -> list[OpRow]:
-    rows = result.per_op or []
-    return sorted(rows, key=lambda r: -r.median_ms)[:top] if top else rows
-
-
-def manifest_summary(artifact: Path) -> dict[str, Any]:
-    m = load_manifest(artifact)
-    return {"format": m.format, "precision": m.precision, "model": m.model,
-            "input": m.inputs[0].shape}
