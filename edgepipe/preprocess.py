@@ -23,12 +23,25 @@ def to_pil(image: np.ndarray | Image.Image) -> Image.Image:
     return Image.fromarray(array[..., :3])
 
 
+def _resized(w: int, h: int, pre: Preprocessing) -> tuple[int, int]:
+    scale = pre.resize / min(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def crop_box(w: int, h: int, pre: Preprocessing) -> tuple[float, float, float, float]:
+    """The part of a ``w``×``h`` frame the model sees (left, top, right, bottom), in frame
+    pixels: where a segmentation mask goes back onto the frame."""
+    rw, rh = _resized(w, h, pre)
+    th, tw = pre.size
+    left, top = (rw - tw) // 2, (rh - th) // 2
+    sx, sy = w / rw, h / rh
+    return left * sx, top * sy, (left + tw) * sx, (top + th) * sy
+
+
 def preprocess(image: np.ndarray | Image.Image, pre: Preprocessing) -> np.ndarray:
     """One RGB image (HWC uint8 or PIL) → float32 NCHW batch of one."""
     img = to_pil(image)
-    w, h = img.size
-    scale = pre.resize / min(w, h)
-    img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    img = img.resize(_resized(*img.size, pre), Image.BILINEAR)
     th, tw = pre.size
     left, top = (img.width - tw) // 2, (img.height - th) // 2
     img = img.crop((left, top, left + tw, top + th))

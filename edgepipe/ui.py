@@ -141,3 +141,14 @@ def print_run_summary(run: dict[str, Any]) -> None:
         console.print(table)
         for error in entry["errors"]:
             console.print(f"[red]error:[/] {error}")
+
+
+def print_demo_summary(summary: Any) -> None:
+    stages = " · ".join(f"{k} {v:.2f}" for k, v in summary.stage_ms.items())
+    console.print(
+        f"[bold]demo summary[/]: {summary.artifact} on {summary.runtime}, source "
+        f"{summary.source}\n  {summary.seconds:.1f} s · captured {summary.captured} · inferred "
+        f"{summary.inferred} · shown {summary.shown} · dropped "
+        f"{summary.captured - summary.inferred} · {summary.fps:.1f} FPS\n"
+        f"  mean ms: {stages}\n  RSS {summary.rss_start_mb:.0f} MB at start, "
+        f"{summary.rss_end_mb:.0f} MB at end")

@@ -23,6 +23,15 @@ def small_conversion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, di
     return out, report
 
 
+@pytest.fixture(scope="session")
+def real_v2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """torchvision's trained ImageNet MobileNetV2 through the real `edgepipe convert` command,
+    every format, fp32 and int8 (slow: ~2 minutes)."""
+    out = tmp_path_factory.mktemp("real_v2") / "v2"
+    proc = run_cli("convert", "mobilenet_v2", "--weights", "imagenet", "--int8", "-o", str(out))
+    return out, proc
+
+
 def artifact(report: dict, fmt: str, precision: str) -> dict:
     return next(a for a in report["artifacts"]
                 if a["format"] == fmt and a["precision"] == precision)

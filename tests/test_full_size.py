@@ -16,10 +16,9 @@ RUNNABLE = [("executorch", "fp32"), ("executorch", "int8"), ("tflite", "fp32"),
 ALL_SIX = {*RUNNABLE, ("coreml", "fp16"), ("coreml", "int8")}
 
 
-def test_real_mobilenet_v2_every_format_agrees_with_pytorch(tmp_path):
+def test_real_mobilenet_v2_every_format_agrees_with_pytorch(real_v2):
     """torchvision's trained ImageNet MobileNetV2, through the real command line."""
-    out = tmp_path / "v2"
-    proc = run_cli("convert", "mobilenet_v2", "--weights", "imagenet", "--int8", "-o", str(out))
+    out, proc = real_v2
     assert proc.returncode == 0, proc.stderr
     assert "Egyptian cat" not in proc.stderr and "executorch" in proc.stdout  # the table
     report = json.loads((out / "report.json").read_text())

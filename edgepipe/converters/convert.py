@@ -91,7 +91,7 @@ def build_manifest(src: SourceModel, converter: Converter, c: Converted) -> Mani
         quantization=c.quantization,
         source_weights_sha256=src.weights_sha256,
         tool_versions=converter.tool_versions(),
-        extra={"graph": c.graph, **c.companions},
+        extra={"graph": c.graph, "width_mult": src.width_mult, **c.companions},
     )
 
 

@@ -27,6 +27,7 @@ class SourceModel:
     labels: list[str] | None
     weights_sha256: str | None
     output_shape: tuple[int, ...] = ()  # set by load_source_model from a real forward pass
+    width_mult: float = 1.0
 
     @property
     def task(self) -> str:
@@ -108,6 +109,7 @@ def load_source_model(
         raise EdgepipeError(f"model {name} returns shape {out.shape}: a classifier must "
                             "return (batch, classes); pass --task segmentation for masks")
     source.output_shape = tuple(out.shape)
+    source.width_mult = width_mult
     return source
 
 

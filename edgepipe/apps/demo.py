@@ -1,0 +1,340 @@
+"""``edgepipe demo``: a converted model on live frames, with FPS and where the time goes.
+
+Three stages on their own threads, each handing over only its newest result (a slow stage
+drops frames instead of building up lag):
+
+    capture + preprocess  →  inference  →  decode + draw + display (main thread: GUI toolkits
+                                                                    want windows there)
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EdgepipeError
+from ..manifest import Manifest, load_manifest
+from ..preprocess import preprocess
+from .decode import Classification, OutputDecoder
+from .sources import FrameSource, open_source
+
+STAGES = ("capture", "preprocess", "inference", "postprocess")
+
+
+class Latest:
+    """A hand-over slot that keeps only the newest item."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: Any = None
+        self._seq = 0
+        self._ended = False
+
+    def put(self, item: Any) -> None:
+        with self._cond:
+            self._item, self._seq = item, self._seq + 1
+            self._cond.notify_all()
+
+    def end(self) -> None:
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    def take(self, seen: int, stop: threading.Event) -> tuple[int, Any] | None:
+        """The newest item after ``seen``; None once the producer ended (or on stop)."""
+        with self._cond:
+            while self._seq == seen and not self._ended and not stop.is_set():
+                self._cond.wait(0.1)
+            if self._seq != seen and not stop.is_set():
+                return self._seq, self._item
+            return None
+
+
+@dataclass
+class DemoSummary:
+    source: str
+    runtime: str
+    artifact: str
+    seconds: float
+    captured: int
+    inferred: int
+    shown: int
+    fps: float  # inferences per second, first start to last end
+    stage_ms: dict[str, float]  # mean per stage
+    rss_start_mb: float
+    rss_end_mb: float
+
+
+def rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+class TorchRunner:
+    """PyTorch eager, the reference: the model the artifact was converted from."""
+
+    runtime = "torch"
+
+    def __init__(self, module: Any, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self._torch, self._module = torch, module.eval()
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        with self._torch.no_grad():
+            return [self._module(self._torch.from_numpy(x)).numpy()]
+
+
+def pick_artifact(folder: Path, runtimes: dict[str, str]) -> Path:
+    """From a convert output: the fastest kind here, LiteRT int8 first (see the benchmarks)."""
+    order = ["_int8.tflite", "_fp32.tflite", "_int8.pte", "_fp32.pte"]
+    candidates = [p for suffix in order for p in sorted(folder.glob(f"*{suffix}"))
+                  if (p.suffix == ".tflite" and "litert" in runtimes)
+                  or (p.suffix == ".pte" and "executorch" in runtimes)]
+    if not candidates:
+        raise EdgepipeError(f"no .tflite or .pte in {folder} that this machine can run "
+                            f"(runtimes here: {', '.join(runtimes) or 'none'})")
+    return candidates[0]
+
+
+def open_model(target: str, runtime: str | None, threads: int, weights: str | None
+               ) -> tuple[Any, Manifest, str]:
+    """(runner, manifest, what it is) for an artifact, a convert folder, or with
+    ``runtime='torch'`` the PyTorch model named by an artifact's manifest or by name."""
+    from ..device.runtimes import installed_runtimes, open_runner
+
+    path = Path(target)
+    if path.is_dir():
+        path = pick_artifact(path, installed_runtimes())
+    if runtime == "torch":
+        return _torch_model(path if path.is_file() else None, target, threads, weights)
+    if not path.is_file():
+        raise EdgepipeError(f"{target} is not an artifact or a convert output folder (for a "
+                            f"built-in model on PyTorch pass --runtime torch)")
+    manifest = load_manifest(path)
+    runner = open_runner(path, threads)
+    if runtime and runtime != runner.runtime:
+        raise EdgepipeError(f"{path.name} runs on {runner.runtime}, not {runtime}")
+    return runner, manifest, path.name
+
+
+def _torch_model(artifact: Path | None, name: str, threads: int, weights: str | None
+                 ) -> tuple[Any, Manifest, str]:
+    from ..converters.images import builtin_calibration_images
+    from ..converters.source import load_source_model
+    from ..models.pretrained import resolve_weights
+
+    manifest = load_manifest(artifact) if artifact else None
+    model = manifest.model if manifest else name
+    width = (manifest.extra.get("width_mult", 1.0) if manifest else 1.0)
+    size = manifest.preprocessing.size[0] if manifest else None
+    if manifest and manifest.source_weights_sha256 and not weights:
+        raise EdgepipeError(f"{artifact.name} was converted from trained weights: pass them "
+                            f"with --weights (the same file, or `imagenet`)")
+    # a random init is rebuilt exactly as `convert` built it: same seed, same BN images
+    src = load_source_model(model, resolve_weights(model, weights), width, size,
+                            manifest.task if manifest else None,
+                            bn_images=builtin_calibration_images(32))
+    built = Manifest(format="torch", precision="fp32", file="", file_sha256="", model=model,
+                     task=src.task, inputs=[], outputs=[_spec(src.output_shape)],
+                     preprocessing=src.preprocessing, labels=src.labels)
+    return TorchRunner(src.module, threads), built, f"{model} (PyTorch eager)"
+
+
+def _spec(shape: tuple[int, ...]) -> Any:
+    from ..manifest import TensorSpec, tensor_layout
+
+    return TensorSpec("output", list(shape), "float32", tensor_layout(shape))
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.recent = {s: deque(maxlen=30) for s in STAGES}
+        self.total = {s: [] for s in STAGES}
+        self.done_times: deque[float] = deque(maxlen=60)
+        self.captured = self.inferred = self.shown = 0
+        self.first_start: float | None = None
+        self.last_end: float | None = None
+
+    def add(self, stage: str, ms: float) -> None:
+        with self.lock:
+            self.recent[stage].append(ms)
+            self.total[stage].append(ms)
+
+    def fps(self) -> float:
+        with self.lock:
+            t = list(self.done_times)
+        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
+
+    def now_ms(self) -> dict[str, float]:
+        with self.lock:
+            return {s: statistics.fmean(v) if v else 0.0 for s, v in self.recent.items()}
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"fps": self.fps(), "frames": self.inferred, "stages": self.now_ms()}
+
+
+def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
+             runtime: str | None = None, threads: int = 1, weights: str | None = None,
+             loop: bool = False, realtime: bool = False, duration: float | None = None,
+             max_frames: int | None = None, web_host: str = "127.0.0.1", web_port: int = 8080,
+             token: str | None = None, log: Path | None = None, log_every: float = 2.0,
+             on_ready: Any = None) -> DemoSummary:
+    rss_start = rss_mb()
+    runner, manifest, what = open_model(target, runtime, threads, weights)
+    decoder = OutputDecoder(manifest)
+    frames = source if not isinstance(source, str) else open_source(source, realtime, loop)
+    stats, stop = Stats(), threading.Event()
+    captured, inferred = Latest(), Latest()
+    errors: list[BaseException] = []
+    from .draw import draw_classification, draw_hud, draw_segmentation
+    from .sources import _cv2
+
+    cv2 = _cv2()
+    display = _open_display(cv2, display_spec, frames, web_host, web_port, token, what, stats)
+    if on_ready:
+        on_ready(display)
+
+    def capture() -> None:
+        try:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                frame = frames.read()
+                t1 = time.perf_counter()
+                if frame is None:
+                    break
+                x = preprocess(frame, manifest.preprocessing)
+                stats.add("capture", (t1 - t0) * 1000)
+                stats.add("preprocess", (time.perf_counter() - t1) * 1000)
+                stats.captured += 1
+                captured.put((stats.captured, frame, x))
+                if max_frames and stats.captured >= max_frames:
+                    break
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            captured.end()
+
+    def infer() -> None:
+        seen = 0
+        try:
+            while (item := captured.take(seen, stop)) is not None:
+                seen, (index, frame, x) = item
+                t0 = time.perf_counter()
+                outputs = runner.run(x)
+                t1 = time.perf_counter()
+                stats.add("inference", (t1 - t0) * 1000)
+                with stats.lock:
+                    stats.first_start = stats.first_start or t0
+                    stats.last_end = t1
+                    stats.done_times.append(t1)
+                    stats.inferred += 1
+                inferred.put((index, frame, outputs))
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+        finally:
+            inferred.end()
+
+    threads_ = [threading.Thread(target=capture, name="capture", daemon=True),
+                threading.Thread(target=infer, name="inference", daemon=True)]
+    for t in threads_:
+        t.start()
+    log_file = open(log, "w") if log else None  # noqa: SIM115 - closed below
+    started = last_log = time.perf_counter()
+    ok = False
+    try:
+        seen = 0
+        while (item := inferred.take(seen, stop)) is not None:
+            seen, (index, frame, outputs) = item
+            t0 = time.perf_counter()
+            result = decoder(outputs)
+            if display.draws:
+                canvas = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+                if isinstance(result, Classification):
+                    draw_classification(cv2, canvas, result)
+                else:
+                    draw_segmentation(cv2, canvas, result, manifest.preprocessing)
+                draw_hud(cv2, canvas, stats.fps(), stats.now_ms(), runner.runtime)
+            stats.add("postprocess", (time.perf_counter() - t0) * 1000)
+            if display.draws:
+                display.show(canvas)
+            stats.shown += 1
+            if log_file:  # per frame, for checking what the model said when
+                log_file.write(json.dumps({"frame": index, **_prediction(result)}) + "\n")
+            now = time.perf_counter()
+            if log_every and now - last_log >= log_every:
+                last_log = now
+                print(_hud_line(stats), file=sys.stderr, flush=True)
+            if display.stopped() or (duration and now - started >= duration):
+                break
+        ok = not errors
+    except KeyboardInterrupt:
+        ok = True  # Ctrl-C is the normal way to stop a camera demo
+    finally:
+        stop.set()
+        for t in threads_:
+            t.join(timeout=5)
+        frames.close()
+        display.close(ok=ok)
+        if log_file:
+            log_file.close()
+    if errors:
+        exc = errors[0]
+        if isinstance(exc, EdgepipeError):
+            raise exc
+        raise EdgepipeError(f"the demo stopped: {type(exc).__name__}: {exc}") from None
+    span = (stats.last_end - stats.first_start) if stats.first_start and stats.last_end else 0
+    return DemoSummary(
+        source=frames.name, runtime=runner.runtime, artifact=what,
+        seconds=time.perf_counter() - started, captured=stats.captured,
+        inferred=stats.inferred, shown=stats.shown,
+        fps=(stats.inferred - 1) / span if span > 0 and stats.inferred > 1 else 0.0,
+        stage_ms={s: statistics.fmean(v) if v else 0.0 for s, v in stats.total.items()},
+        rss_start_mb=rss_start, rss_end_mb=rss_mb())
+
+
+def _prediction(result: Any) -> dict[str, Any]:
+    if isinstance(result, Classification):
+        return {"top": [[label, round(p, 4)] for label, p in result.top]}
+    return {"classes": {k: round(v, 4) for k, v in list(result.shares.items())[:5]}}
+
+
+def _hud_line(stats: Stats) -> str:
+    stages = " · ".join(f"{k} {v:.1f}" for k, v in stats.now_ms().items())
+    return f"demo: {stats.fps():6.1f} FPS · ms {stages} · frames {stats.inferred}"
+
+
+def _open_display(cv2, spec: str, frames: FrameSource, host: str, port: int,
+                  token: str | None, title: str, stats: Stats):
+    from .displays import FileDisplay, NoDisplay, WebDisplay, WindowDisplay
+
+    if spec == "none":
+        return NoDisplay()
+    if spec == "window":
+        return WindowDisplay(cv2)
+    if spec == "web":
+        return WebDisplay(cv2, host, port, token, title, stats.snapshot)
+    if spec.startswith("file:") and len(spec) > 5:
+        return FileDisplay(cv2, Path(spec[5:]), getattr(frames, "fps", None) or 15.0)
+    raise EdgepipeError(f"unknown display '{spec}': use window, web, file:OUT.mp4 or none")
+
+
+def summary_dict(summary: DemoSummary) -> dict[str, Any]:
+    return asdict(summary)

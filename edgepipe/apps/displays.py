@@ -1,0 +1,221 @@
+"""Where annotated frames go: a window, a web page (MJPEG), a video file, or nowhere."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from html import escape
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+
+from ..errors import EdgepipeError
+
+
+class NoDisplay:
+    """``--display none``: nothing is drawn; the demo only measures."""
+
+    draws = False
+    name = "none"
+
+    def show(self, frame_bgr: np.ndarray) -> None:
+        pass
+
+    def stopped(self) -> bool:
+        return False
+
+    def close(self, ok: bool = True) -> None:
+        pass
+
+
+class FileDisplay(NoDisplay):
+    """The annotated video, written under a temporary name and renamed when complete."""
+
+    draws = True
+
+    def __init__(self, cv2, path: Path, fps: float) -> None:
+        self._cv2, self.path, self.fps = cv2, Path(path), fps
+        if self.path.suffix.lower() not in (".mp4", ".avi"):
+            raise EdgepipeError(f"write the video as .mp4 or .avi, not {self.path.name}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.partial-",
+                                   suffix=self.path.suffix, dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._writer = None
+        self.frames = 0
+        self.name = f"file {self.path}"
+
+    def show(self, frame_bgr: np.ndarray) -> None:
+        if self._writer is None:
+            h, w = frame_bgr.shape[:2]
+            fourcc = "mp4v" if self.path.suffix.lower() == ".mp4" else "MJPG"
+            self._writer = self._cv2.VideoWriter(str(self._tmp),
+                                                 self._cv2.VideoWriter_fourcc(*fourcc),
+                                                 self.fps, (w, h))
+            if not self._writer.isOpened():
+                raise EdgepipeError(f"OpenCV cannot write {self.path.name} here")
+        self._writer.write(frame_bgr)
+        self.frames += 1
+
+    def close(self, ok: bool = True) -> None:
+        if self._writer is not None:
+            self._writer.release()
+        if ok and self.frames:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
+
+
+class WindowDisplay(NoDisplay):
+    """An OpenCV window (needs a screen and an OpenCV built with a GUI). q or Esc stops."""
+
+    draws = True
+    name = "window"
+    TITLE = "edgepipe demo (q to quit)"
+
+    def __init__(self, cv2) -> None:
+        self._cv2, self._stop = cv2, False
+        try:
+            cv2.namedWindow(self.TITLE, cv2.WINDOW_NORMAL)
+        except cv2.error:
+            raise EdgepipeError("no window here (no screen, or opencv-python-headless): use "
+                                "--display web, --display file:OUT.mp4 or --display none"
+                                ) from None
+
+    def show(self, frame_bgr: np.ndarray) -> None:
+        self._cv2.imshow(self.TITLE, frame_bgr)
+        if self._cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            self._stop = True
+
+    def stopped(self) -> bool:
+        return self._stop
+
+    def close(self, ok: bool = True) -> None:
+        self._cv2.destroyAllWindows()
+
+
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>edgepipe demo</title>
+<style>body{{background:#111;color:#ddd;font-family:system-ui,sans-serif;margin:1em}}
+img{{max-width:100%;border:1px solid #444}}#stats{{font-family:monospace;margin:.5em 0}}
+</style></head><body><h3>edgepipe demo: {title}</h3>
+<img id="live" src="/stream.mjpg{query}" alt="live stream">
+<div id="stats">waiting for frames…</div>
+<script>
+const img = document.getElementById("live");
+img.addEventListener("load", () => document.body.dataset.live = "1");
+async function poll() {{
+  try {{
+    const s = await (await fetch("/stats.json{query}")).json();
+    document.getElementById("stats").textContent =
+      `${{s.fps.toFixed(1)}} FPS · frames ${{s.frames}} · ` +
+      Object.entries(s.stages).map(([k, v]) => `${{k}} ${{v.toFixed(1)}} ms`).join(" · ");
+  }} catch (e) {{}}
+  setTimeout(poll, 1000);
+}}
+poll();
+</script></body></html>"""
+
+
+class WebDisplay(NoDisplay):
+    """An MJPEG stream and a small page, for a headless Pi watched from a laptop.
+
+    It streams a camera: it binds to 127.0.0.1 unless a host is given, and with a token every
+    request must carry ``?token=``.
+    """
+
+    draws = True
+
+    def __init__(self, cv2, host: str = "127.0.0.1", port: int = 8080, token: str | None = None,
+                 title: str = "", stats: Callable[[], dict[str, Any]] | None = None,
+                 quality: int = 80) -> None:
+        self._cv2, self._quality = cv2, quality
+        self._jpeg: bytes | None = None
+        self._seq = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self.stats = stats or (lambda: {})
+        display = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                url = urlsplit(self.path)
+                given = parse_qs(url.query).get("token", [""])[-1]
+                if token and not hmac.compare_digest(given.encode(), token.encode()):
+                    return self._send(401, "text/plain", b"add ?token=TOKEN to the address\n")
+                query = f"?token={token}" if token else ""
+                if url.path == "/":
+                    page = PAGE.format(title=escape(title), query=query).encode()
+                    self._send(200, "text/html; charset=utf-8", page)
+                elif url.path == "/stats.json":
+                    self._send(200, "application/json", json.dumps(display.stats()).encode())
+                elif url.path == "/snapshot.jpg" and display._jpeg:
+                    self._send(200, "image/jpeg", display._jpeg)
+                elif url.path == "/stream.mjpg":
+                    display._stream(self)
+                else:
+                    self._send(404, "text/plain", b"not found\n")
+
+            def _send(self, status: int, kind: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise EdgepipeError(f"cannot serve on {host}:{port}: {exc.strerror}; pick another "
+                                f"--port") from None
+        self._server.daemon_threads = True
+        bound_host, bound_port = self._server.server_address[:2]
+        self.url = f"http://{bound_host}:{bound_port}/" + (f"?token={token}" if token else "")
+        self.name = f"web {self.url}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def _stream(self, handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        handler.send_header("Cache-Control", "no-store")
+        handler.end_headers()
+        seen = -1
+        try:
+            while True:
+                with self._cond:
+                    if self._seq == seen and not self._closed:
+                        self._cond.wait(timeout=1)
+                    if self._closed:
+                        return
+                    if self._seq == seen or self._jpeg is None:
+                        continue
+                    seen, jpeg = self._seq, self._jpeg
+                handler.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                    + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the viewer closed the page
+
+    def show(self, frame_bgr: np.ndarray) -> None:
+        ok, jpeg = self._cv2.imencode(".jpg", frame_bgr,
+                                      [self._cv2.IMWRITE_JPEG_QUALITY, self._quality])
+        if ok:
+            with self._cond:
+                self._jpeg, self._seq = jpeg.tobytes(), self._seq + 1
+                self._cond.notify_all()
+
+    def close(self, ok: bool = True) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._server.shutdown()
+        self._server.server_close()

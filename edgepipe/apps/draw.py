@@ -1,0 +1,74 @@
+"""Drawing on frames (OpenCV): the HUD, top-3 labels, a class mask with its legend."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..manifest import Preprocessing
+from ..preprocess import crop_box
+from .decode import Classification, Segmentation
+
+FONT_SCALE = 0.5
+
+
+def pascal_palette(n: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map (class i's RGB colour), background black."""
+    palette = np.zeros((n, 3), np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette[i] = (r, g, b)
+    return palette
+
+
+PALETTE = pascal_palette()
+
+
+def _text(cv2, img: np.ndarray, text: str, org: tuple[int, int],
+          color: tuple[int, int, int] = (255, 255, 255)) -> None:
+    """Text on a dark box: readable on any frame."""
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, FONT_SCALE, 1)
+    x, y = org
+    cv2.rectangle(img, (x - 2, y - h - 3), (x + w + 2, y + base), (0, 0, 0), -1)
+    cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, FONT_SCALE, color, 1, cv2.LINE_AA)
+
+
+def draw_hud(cv2, img: np.ndarray, fps: float, stages: dict[str, float], runtime: str) -> None:
+    _text(cv2, img, f"{fps:5.1f} FPS  {runtime}", (8, 20), (80, 255, 80))
+    line = "  ".join(f"{k} {v:.1f}" for k, v in stages.items())
+    _text(cv2, img, f"ms: {line}", (8, 42))
+
+
+def draw_classification(cv2, img: np.ndarray, result: Classification) -> None:
+    y0 = img.shape[0] - 12 - 22 * (len(result.top) - 1)
+    for i, (label, prob) in enumerate(result.top):
+        _text(cv2, img, f"{prob:6.1%}  {label}", (8, y0 + 22 * i),
+              (255, 255, 0) if i == 0 else (255, 255, 255))
+
+
+def draw_segmentation(cv2, img: np.ndarray, result: Segmentation, pre: Preprocessing,
+                      alpha: float = 0.5, legend: int = 5) -> None:
+    """Blend the class colours over the part of the frame the model saw; legend of the
+    largest classes."""
+    h, w = img.shape[:2]
+    left, top, right, bottom = (int(round(v)) for v in crop_box(w, h, pre))
+    left, top, right, bottom = max(0, left), max(0, top), min(w, right), min(h, bottom)
+    colours = PALETTE[result.classes % len(PALETTE)][..., ::-1]  # RGB -> BGR
+    mask = cv2.resize(colours, (right - left, bottom - top), interpolation=cv2.INTER_NEAREST)
+    fg = cv2.resize((result.classes > 0).astype(np.uint8), (right - left, bottom - top),
+                    interpolation=cv2.INTER_NEAREST).astype(bool)
+    region = img[top:bottom, left:right]
+    blended = cv2.addWeighted(region, 1 - alpha, mask, alpha, 0)
+    region[fg] = blended[fg]
+    cv2.rectangle(img, (left, top), (right - 1, bottom - 1), (200, 200, 200), 1)
+    y = h - 12 - 22 * (min(legend, len(result.shares)) - 1)
+    for label, share in list(result.shares.items())[:legend]:
+        index = result.labels.index(label)
+        r, g, b = (int(c) for c in PALETTE[index % len(PALETTE)])
+        cv2.rectangle(img, (8, y - 12), (22, y + 2), (b, g, r), -1)
+        _text(cv2, img, f"{label} {share:.0%}", (28, y))
+        y += 22
