@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -368,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgepipe: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug of ours: one line, the traceback on request
+        if os.environ.get("EDGEPIPE_DEBUG"):
+            raise
+        print(f"edgepipe: internal error: {type(exc).__name__}: {exc} (rerun with "
+              f"EDGEPIPE_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

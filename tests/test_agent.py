@@ -184,6 +184,10 @@ def test_bad_requests_get_clear_4xx_and_the_agent_keeps_serving(small_conversion
 
     assert client.health()["status"] == "ok"
     assert client.info()["cores"] >= 1
+    client.delete(sha)
+    assert raw(client, "GET", f"/v1/artifacts/{sha}", headers=auth())[0] == 404
+    with pytest.raises(EdgepipeError, match="answered 400: affinity"):
+        client.submit(artifact=file_sha256(junk), affinity=[4096])
 
 
 def test_runtime_not_installed_and_agent_without_torch(small_conversion, tmp_path):
@@ -211,7 +215,8 @@ def test_finished_job_survives_a_killed_agent(small_conversion, tmp_path):
     client = AgentClient(url, TOKEN)
     fingerprint = client.info()["fingerprint"]
     sha = client.upload(out / artifact(report, "tflite", "fp32")["file"])["sha256"]
-    finished = client.wait(client.submit(artifact=sha, runs=7)["id"], timeout=120)
+    finished = client.wait(client.submit(artifact=sha, runs=7, affinity=[0])["id"], timeout=120)
+    assert finished["result"]["affinity"] == [0]  # pinned to CPU 0
     os.kill(proc.pid, signal.SIGKILL)  # no clean shutdown
     proc.wait()
     url, proc = start_agent(data, TOKEN)

@@ -166,7 +166,9 @@ class Stats:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.recent = {s: deque(maxlen=30) for s in STAGES}
-        self.total = {s: [] for s in STAGES}
+        # running sums, not lists: a camera demo runs for hours
+        self.sums = {s: 0.0 for s in STAGES}
+        self.counts = {s: 0 for s in STAGES}
         self.done_times: deque[float] = deque(maxlen=60)
         self.captured = self.inferred = self.shown = 0
         self.first_start: float | None = None
@@ -175,7 +177,8 @@ class Stats:
     def add(self, stage: str, ms: float) -> None:
         with self.lock:
             self.recent[stage].append(ms)
-            self.total[stage].append(ms)
+            self.sums[stage] += ms
+            self.counts[stage] += 1
 
     def fps(self) -> float:
         with self.lock:
@@ -212,8 +215,11 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
         on_ready(display)
 
     def capture() -> None:
+        pace = getattr(frames, "wait", None)
         try:
             while not stop.is_set():
+                if pace:
+                    pace()
                 t0 = time.perf_counter()
                 frame = frames.read()
                 t1 = time.perf_counter()
@@ -306,7 +312,8 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
         seconds=time.perf_counter() - started, captured=stats.captured,
         inferred=stats.inferred, shown=stats.shown,
         fps=(stats.inferred - 1) / span if span > 0 and stats.inferred > 1 else 0.0,
-        stage_ms={s: statistics.fmean(v) if v else 0.0 for s, v in stats.total.items()},
+        stage_ms={s: stats.sums[s] / stats.counts[s] if stats.counts[s] else 0.0
+                  for s in STAGES},
         rss_start_mb=rss_start, rss_end_mb=rss_mb())
 
 

@@ -84,12 +84,15 @@ class OpenCVSource:
         self._period = 1.0 / self.fps if (realtime and self.fps) else 0.0
         self._next = time.perf_counter()
 
-    def read(self) -> np.ndarray | None:
+    def wait(self) -> None:
+        """Pace a file like a camera (``realtime``); not counted as capture time."""
         if self._period:
             self._next += self._period
             delay = self._next - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
+
+    def read(self) -> np.ndarray | None:
         ok, frame = self._capture.read()
         if not ok and self._loop and not isinstance(self._target, int):
             self._capture.set(self._cv2.CAP_PROP_POS_FRAMES, 0)

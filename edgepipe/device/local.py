@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import EdgepipeError
+from .registry import stop_process
 
 READY = "edgepipe agent listening on "
 
@@ -60,12 +61,7 @@ def start_agent(data: Path, token: str, python: list[str] | None = None,
 
 
 def stop_agent(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc, grace=10.0)
 
 
 @contextmanager

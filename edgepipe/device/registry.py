@@ -114,6 +114,16 @@ def _wait_healthy(client: AgentClient, proc: subprocess.Popen | None, what: str,
             time.sleep(0.2)
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL: ssh can linger on a forwarded channel it still thinks open."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _need(tool: str, package: str) -> str:
     path = shutil.which(tool)
     if path is None:
@@ -145,8 +155,7 @@ def connect(device: Device) -> Iterator[AgentClient]:
             _wait_healthy(client, proc, f"ssh tunnel to {device.target}")
             yield client
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            stop_process(proc)
     elif device.kind == "adb":
         adb = _need("adb", "Android platform-tools (adb)")
         forward = [adb, "-s", device.target, "forward"]
