@@ -48,6 +48,7 @@ def preprocess(image: np.ndarray | Image.Image, pre: Preprocessing) -> np.ndarra
     th, tw = pre.size
     img = img.resize((tw, th), Image.BILINEAR, box=crop_box(*img.size, pre))
     std = np.asarray(pre.std, np.float32)
-    x = np.asarray(img, dtype=np.float32) * (1 / (255 * std)) - np.asarray(pre.mean,
-                                                                          np.float32) / std
+    x = np.asarray(img, dtype=np.float32)  # a new array: scaled in place, no temporaries
+    x *= 1 / (255 * std)
+    x -= np.asarray(pre.mean, np.float32) / std
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
