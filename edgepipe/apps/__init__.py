@@ -1,1 +1,1 @@
-"""apps"""
+"""The live camera demo: sources, output decoding, drawing, displays, the threaded loop."""

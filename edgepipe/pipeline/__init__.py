@@ -1,1 +1,1 @@
-"""pipeline"""
+"""``edgepipe run``: convert → deploy → profile on every device → one HTML report."""

@@ -1,1 +1,1 @@
-"""search"""
+"""NetAdapt and MnasNet-style search on measured latency (a later issue)."""
