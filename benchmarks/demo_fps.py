@@ -77,6 +77,8 @@ def main() -> None:
                       f"demo {demo.fps:7.1f} FPS  ratio {ratio:.3f}  (mean ms: {stages})",
                       flush=True)
         print(f"worst demo/pure {min(rows):.3f} (goal >= 0.90)\n")
+        if args.memory_seconds <= 0:
+            return
 
         out, report = converted(f"mobilenet_v3_{args.models[0]}")
         path = out / next(a["file"] for a in report["artifacts"]

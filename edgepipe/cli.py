@@ -319,6 +319,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="web display: require ?token=TOKEN on every request")
     p.add_argument("--log", type=Path, help="write each frame's prediction as JSON lines")
     p.add_argument("--summary", type=Path, help="write the summary as JSON")
+    p.add_argument("--inference-process", choices=["auto", "on", "off"], default="auto",
+                   help="run inference in a process of its own (auto: for ExecuTorch, whose "
+                        "Python bindings hold the GIL while computing)")
     p.set_defaults(func=_run_demo)
 
 
@@ -333,7 +336,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     summary = run_demo(args.target, args.source, args.display, args.runtime, args.threads,
                        args.weights, args.loop, args.realtime, args.duration, args.max_frames,
-                       args.host, args.port, args.token, args.log, on_ready=ready)
+                       args.host, args.port, args.token, args.log, on_ready=ready,
+                       inference_process=args.inference_process)
     print_demo_summary(summary)
     if args.summary:
         from .manifest import write_atomic

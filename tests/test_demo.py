@@ -261,3 +261,26 @@ def test_web_display_shows_a_live_image_in_headless_chromium(small_conversion, v
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_executorch_runs_in_a_process_of_its_own_with_the_same_answers(small_conversion,
+                                                                       tmp_path):
+    """ExecuTorch's bindings hold the GIL while computing: the demo runs it in a child
+    process by default. Same frames, same predictions as in-process; the child is gone after."""
+    import multiprocessing
+
+    out, report = small_conversion
+    pte = str(out / artifact(report, "executorch", "int8")["file"])
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("chelsea", "coffee", "astronaut"):
+        cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(photo(name), cv2.COLOR_RGB2BGR))
+    logs = {}
+    for mode in ("auto", "off"):
+        logs[mode] = tmp_path / f"{mode}.jsonl"
+        summary = run_demo(pte, str(folder), "none", log=logs[mode], inference_process=mode)
+        assert summary.runtime == "executorch" and summary.captured == 3
+    by_frame = [{p["frame"]: p["top"] for p in log_lines(logs[m])} for m in ("auto", "off")]
+    shared = set(by_frame[0]) & set(by_frame[1])
+    assert shared and all(by_frame[0][f] == by_frame[1][f] for f in shared)
+    assert not [p for p in multiprocessing.active_children() if p.name == "edgepipe-inference"]

@@ -112,11 +112,16 @@ def pick_artifact(folder: Path, runtimes: dict[str, str]) -> Path:
     return candidates[0]
 
 
-def open_model(target: str, runtime: str | None, threads: int, weights: str | None
-               ) -> tuple[Any, Manifest, str]:
+def open_model(target: str, runtime: str | None, threads: int, weights: str | None,
+               inference_process: str = "auto") -> tuple[Any, Manifest, str]:
     """(runner, manifest, what it is) for an artifact, a convert folder, or with
-    ``runtime='torch'`` the PyTorch model named by an artifact's manifest or by name."""
-    from ..device.runtimes import installed_runtimes, open_runner
+    ``runtime='torch'`` the PyTorch model named by an artifact's manifest or by name.
+
+    ``inference_process``: ``auto`` runs ExecuTorch in a process of its own (its bindings hold
+    the GIL while computing, which would stall capture), ``on`` does so for any runtime.
+    """
+    from ..device.runtimes import RUNTIME_FOR_SUFFIX, installed_runtimes, open_runner
+    from .inference_process import ProcessRunner
 
     path = Path(target)
     if path.is_dir():
@@ -127,10 +132,15 @@ def open_model(target: str, runtime: str | None, threads: int, weights: str | No
         raise EdgepipeError(f"{target} is not an artifact or a convert output folder (for a "
                             f"built-in model on PyTorch pass --runtime torch)")
     manifest = load_manifest(path)
-    runner = open_runner(path, threads)
-    if runtime and runtime != runner.runtime:
-        raise EdgepipeError(f"{path.name} runs on {runner.runtime}, not {runtime}")
-    return runner, manifest, path.name
+    own = RUNTIME_FOR_SUFFIX.get(path.suffix)
+    if runtime and own and runtime != own:
+        raise EdgepipeError(f"{path.name} runs on {own}, not {runtime}")
+    if inference_process not in ("auto", "on", "off"):
+        raise EdgepipeError(f"--inference-process is auto, on or off, not {inference_process}")
+    if inference_process == "on" or (inference_process == "auto" and own == "executorch"):
+        shape = (1, 3, *manifest.preprocessing.size)
+        return ProcessRunner(path, threads, shape), manifest, path.name
+    return open_runner(path, threads), manifest, path.name
 
 
 def _torch_model(artifact: Path | None, name: str, threads: int, weights: str | None
@@ -198,9 +208,21 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
              loop: bool = False, realtime: bool = False, duration: float | None = None,
              max_frames: int | None = None, web_host: str = "127.0.0.1", web_port: int = 8080,
              token: str | None = None, log: Path | None = None, log_every: float = 2.0,
-             on_ready: Any = None) -> DemoSummary:
+             on_ready: Any = None, inference_process: str = "auto") -> DemoSummary:
     rss_start = rss_mb()
-    runner, manifest, what = open_model(target, runtime, threads, weights)
+    runner, manifest, what = open_model(target, runtime, threads, weights, inference_process)
+    try:
+        return _run(runner, manifest, what, rss_start, source, display_spec, realtime, loop,
+                    duration, max_frames, web_host, web_port, token, log, log_every, on_ready)
+    finally:
+        if hasattr(runner, "close"):
+            runner.close()
+
+
+def _run(runner: Any, manifest: Manifest, what: str, rss_start: float,
+         source: str | FrameSource, display_spec: str, realtime: bool, loop: bool,
+         duration: float | None, max_frames: int | None, web_host: str, web_port: int,
+         token: str | None, log: Path | None, log_every: float, on_ready: Any) -> DemoSummary:
     decoder = OutputDecoder(manifest)
     frames = source if not isinstance(source, str) else open_source(source, realtime, loop)
     stats, stop = Stats(), threading.Event()
