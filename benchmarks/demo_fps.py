@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from runtimes import converted  # benchmarks/runtimes.py: cached conversions
 
-from edgepipe.apps.demo import rss_mb, run_demo
+from edgepipe.apps.demo import run_demo
+from edgepipe.device.bench import rss_mb
 from edgepipe.device.runtimes import open_runner
 from edgepipe.manifest import load_manifest
 from edgepipe.preprocess import preprocess

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..device.bench import rss_mb
 from ..errors import EdgepipeError
 from ..manifest import Manifest, load_manifest
 from ..preprocess import preprocess
@@ -72,16 +73,6 @@ class DemoSummary:
     stage_ms: dict[str, float]  # mean per stage
     rss_start_mb: float
     rss_end_mb: float
-
-
-def rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 class TorchRunner:

@@ -20,23 +20,12 @@ import numpy as np
 
 from ..errors import EdgepipeError
 from ..manifest import Manifest, write_atomic
-from .bench import measure_latency
+from .bench import measure_latency, rss_mb
 from .runtimes import import_runtime, open_runner
 
 LITERT_NO_PER_OP = ("LiteRT gives no per-operator timing from Python: ai-edge-litert has no "
                     "profiler API, and the per-op profiler lives in TFLite's benchmark_model "
                     "binary, which is not part of any wheel. Whole-model latency is measured.")
-
-
-def _rss_mb() -> float:
-    """Resident memory now (Linux /proc), in MB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 def _peak_rss_mb() -> float:
@@ -82,7 +71,7 @@ def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any
     x = example_input(manifest)
     report(phase="loading", done=0, total=1)
     import_runtime(artifact)
-    rss_before = _rss_mb()  # with the runtime imported: what the model itself adds is peak - this
+    rss_before = rss_mb()  # with the runtime imported: what the model itself adds is peak - this
     load_start = time.perf_counter()
     runner = open_runner(artifact, spec["threads"])
     load_ms = (time.perf_counter() - load_start) * 1000
