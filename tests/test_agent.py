@@ -135,6 +135,14 @@ def test_bad_requests_get_clear_4xx_and_the_agent_keeps_serving(small_conversion
     status, err = raw(client, "PUT", f"/v1/artifacts/{sha}?name=big.tflite",
                       headers=auth(**{"Content-Length": str(9 << 20)}))
     assert status == 413 and "limit" in err["error"]
+    big = tmp_path / "big.tflite"
+    big.write_bytes(b"\0" * (9 << 20))
+    shutil.copy(out / (tflite.name + ".json"), tmp_path / "big.tflite.json")
+    manifest = json.loads((tmp_path / "big.tflite.json").read_text())
+    manifest["file_sha256"] = file_sha256(big)
+    (tmp_path / "big.tflite.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgepipeError, match="over the agent's upload limit of 8 MiB"):
+        client.upload(big)  # the client says so before sending 9 MB for nothing
 
     # names that try to leave the data folder
     for name in ("../../evil.tflite", "..%2F..%2Fevil.tflite", "/etc/passwd.tflite",

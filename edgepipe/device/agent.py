@@ -31,6 +31,7 @@ from .store import ArtifactStore, JobSpec, JobStore, StoreError
 API = "/v1"
 MAX_JSON_BYTES = 16 << 20  # a manifest with 1000 labels is ~40 kB; this is generous
 DEFAULT_PORT = 8765
+DRAIN_LIMIT = 64 << 20  # a refused body up to this size is read and dropped, not cut off
 
 
 @dataclass
@@ -40,6 +41,18 @@ class AgentConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     max_upload_mb: int = 1024
+
+
+class _CountingReader:
+    """The request body, counting what has been read of it."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw, self.count = raw, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.count += len(data)
+        return data
 
 
 class ApiError(Exception):
@@ -111,6 +124,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- plumbing ------------------------------------------------------------------------
     def _dispatch(self, method: str) -> None:
+        self.body = _CountingReader(self.rfile)
         try:
             url = urlsplit(self.path)
             self.query = {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -121,6 +135,8 @@ class Handler(BaseHTTPRequestHandler):
             handler(**match.groupdict())
         except (ApiError, StoreError) as exc:
             if method in ("PUT", "POST"):
+                if exc.status not in (411, 413):
+                    self._drain()
                 self.close_connection = True  # the body may be unread: drop the connection
             self._send_json({"error": str(exc)}, exc.status)
         except Exception as exc:  # a bug must not take the agent down: answer and go on
@@ -140,6 +156,22 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:  # noqa: N802
         self._dispatch("DELETE")
+
+    def _drain(self) -> None:
+        """Read what is left of a refused request's body (when small), so that the client
+        finishes sending and reads our answer instead of a broken pipe."""
+        try:
+            rest = int(self.headers.get("Content-Length", 0)) - self.body.count
+        except ValueError:
+            return
+        if not 0 < rest <= DRAIN_LIMIT:
+            return
+        self.connection.settimeout(10)  # a client that lies about its length cannot hold us
+        try:
+            while rest > 0 and (chunk := self.body.read(min(rest, 1 << 20))):
+                rest -= len(chunk)
+        except OSError:
+            pass
 
     def _check_token(self) -> None:
         header = self.headers.get("Authorization", "")
@@ -167,7 +199,7 @@ class Handler(BaseHTTPRequestHandler):
     def _json_body(self) -> Any:
         length = self._length(MAX_JSON_BYTES)
         try:
-            return json.loads(self.rfile.read(length) or b"null")
+            return json.loads(self.body.read(length) or b"null")
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "the request body is not valid JSON") from None
 
@@ -199,7 +231,7 @@ class Handler(BaseHTTPRequestHandler):
         if not name:
             raise ApiError(400, "say the file name: PUT /v1/artifacts/SHA256?name=model.tflite")
         length = self._length(self.agent.config.max_upload_mb << 20)
-        meta, created = self.agent.artifacts.receive(sha, name, self.rfile, length)
+        meta, created = self.agent.artifacts.receive(sha, name, self.body, length)
         self._send_json(meta, 201 if created else 200)
 
     def do_get_artifact(self, sha: str) -> None:

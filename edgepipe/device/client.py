@@ -76,6 +76,11 @@ class AgentClient:
         present = {a["sha256"]: a for a in self.artifacts()}
         if sha not in present:
             size = artifact.stat().st_size
+            limit = self.info().get("max_upload_mb")
+            if limit is not None and size > limit << 20:
+                raise EdgepipeError(f"{artifact.name} is {size / 1e6:.1f} MB, over the agent's "
+                                    f"upload limit of {limit} MiB: restart the agent with a "
+                                    f"larger --max-upload-mb")
             with open(artifact, "rb") as f:
                 self._request("PUT", f"/v1/artifacts/{sha}?name={artifact.name}", f,
                               "application/octet-stream", length=size)
