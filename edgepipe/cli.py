@@ -75,8 +75,6 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_agent_serve(args: argparse.Namespace) -> int:
-    import os
-
     from .device.agent import AgentConfig, load_or_create_token, serve
 
     token = load_or_create_token(args.data, args.token or os.environ.get("EDGEPIPE_AGENT_TOKEN"))
@@ -236,8 +234,6 @@ def _run_profile(args: argparse.Namespace) -> int:
     print_profile(result, args.top)
     for path in args.out:
         if not result.per_op:
-            from .errors import EdgepipeError
-
             raise EdgepipeError(f"no per-op table to write to {path}: {result.per_op_note}")
         write_table(result.per_op, path)
         print(f"wrote {path}")

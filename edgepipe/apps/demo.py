@@ -26,6 +26,7 @@ from ..errors import EdgepipeError
 from ..manifest import Manifest, load_manifest
 from ..preprocess import preprocess
 from .decode import Classification, OutputDecoder
+from .inference_process import ProcessRunner
 from .sources import FrameSource, open_source
 
 STAGES = ("capture", "preprocess", "inference", "postprocess")
@@ -112,7 +113,6 @@ def open_model(target: str, runtime: str | None, threads: int, weights: str | No
     the GIL while computing, which would stall capture), ``on`` does so for any runtime.
     """
     from ..device.runtimes import RUNTIME_FOR_SUFFIX, installed_runtimes, open_runner
-    from .inference_process import ProcessRunner
 
     path = Path(target)
     if path.is_dir():
@@ -136,6 +136,7 @@ def open_model(target: str, runtime: str | None, threads: int, weights: str | No
 
 def _torch_model(artifact: Path | None, name: str, threads: int, weights: str | None
                  ) -> tuple[Any, Manifest, str]:
+    from ..converters.base import float_spec
     from ..converters.images import builtin_calibration_images
     from ..converters.source import load_source_model
     from ..models.pretrained import resolve_weights
@@ -152,15 +153,9 @@ def _torch_model(artifact: Path | None, name: str, threads: int, weights: str | 
                             manifest.task if manifest else None,
                             bn_images=builtin_calibration_images(32))
     built = Manifest(format="torch", precision="fp32", file="", file_sha256="", model=model,
-                     task=src.task, inputs=[], outputs=[_spec(src.output_shape)],
+                     task=src.task, inputs=[], outputs=[float_spec("output", src.output_shape)],
                      preprocessing=src.preprocessing, labels=src.labels)
     return TorchRunner(src.module, threads), built, f"{model} (PyTorch eager)"
-
-
-def _spec(shape: tuple[int, ...]) -> Any:
-    from ..manifest import TensorSpec, tensor_layout
-
-    return TensorSpec("output", list(shape), "float32", tensor_layout(shape))
 
 
 class Stats:
@@ -203,132 +198,124 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
     rss_start = rss_mb()
     runner, manifest, what = open_model(target, runtime, threads, weights, inference_process)
     try:
-        return _run(runner, manifest, what, rss_start, source, display_spec, realtime, loop,
-                    duration, max_frames, web_host, web_port, token, log, log_every, on_ready)
-    finally:
-        if hasattr(runner, "close"):
-            runner.close()
+        decoder = OutputDecoder(manifest)
+        frames = source if not isinstance(source, str) else open_source(source, realtime, loop)
+        stats, stop = Stats(), threading.Event()
+        captured, inferred = Latest(), Latest()
+        errors: list[BaseException] = []
+        from .draw import draw_classification, draw_hud, draw_segmentation
+        from .sources import import_cv2
 
+        cv2 = import_cv2()
+        display = _open_display(cv2, display_spec, frames, web_host, web_port, token, what, stats)
+        if on_ready:
+            on_ready(display)
 
-def _run(runner: Any, manifest: Manifest, what: str, rss_start: float,
-         source: str | FrameSource, display_spec: str, realtime: bool, loop: bool,
-         duration: float | None, max_frames: int | None, web_host: str, web_port: int,
-         token: str | None, log: Path | None, log_every: float, on_ready: Any) -> DemoSummary:
-    decoder = OutputDecoder(manifest)
-    frames = source if not isinstance(source, str) else open_source(source, realtime, loop)
-    stats, stop = Stats(), threading.Event()
-    captured, inferred = Latest(), Latest()
-    errors: list[BaseException] = []
-    from .draw import draw_classification, draw_hud, draw_segmentation
-    from .sources import _cv2
+        def capture() -> None:
+            pace = getattr(frames, "wait", None)
+            try:
+                while not stop.is_set():
+                    if pace:
+                        pace()
+                    t0 = time.perf_counter()
+                    frame = frames.read()
+                    t1 = time.perf_counter()
+                    if frame is None:
+                        break
+                    x = preprocess(frame, manifest.preprocessing)
+                    stats.add("capture", (t1 - t0) * 1000)
+                    stats.add("preprocess", (time.perf_counter() - t1) * 1000)
+                    stats.captured += 1
+                    captured.put((stats.captured, frame, x))
+                    if max_frames and stats.captured >= max_frames:
+                        break
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                captured.end()
 
-    cv2 = _cv2()
-    display = _open_display(cv2, display_spec, frames, web_host, web_port, token, what, stats)
-    if on_ready:
-        on_ready(display)
+        def infer() -> None:
+            seen = 0
+            try:
+                while (item := captured.take(seen, stop)) is not None:
+                    seen, (index, frame, x) = item
+                    t0 = time.perf_counter()
+                    outputs = runner.run(x)
+                    t1 = time.perf_counter()
+                    stats.add("inference", (t1 - t0) * 1000)
+                    with stats.lock:
+                        stats.first_start = stats.first_start or t0
+                        stats.last_end = t1
+                        stats.done_times.append(t1)
+                        stats.inferred += 1
+                    inferred.put((index, frame, outputs))
+            except BaseException as exc:
+                errors.append(exc)
+                stop.set()
+            finally:
+                inferred.end()
 
-    def capture() -> None:
-        pace = getattr(frames, "wait", None)
-        try:
-            while not stop.is_set():
-                if pace:
-                    pace()
-                t0 = time.perf_counter()
-                frame = frames.read()
-                t1 = time.perf_counter()
-                if frame is None:
-                    break
-                x = preprocess(frame, manifest.preprocessing)
-                stats.add("capture", (t1 - t0) * 1000)
-                stats.add("preprocess", (time.perf_counter() - t1) * 1000)
-                stats.captured += 1
-                captured.put((stats.captured, frame, x))
-                if max_frames and stats.captured >= max_frames:
-                    break
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            captured.end()
-
-    def infer() -> None:
-        seen = 0
-        try:
-            while (item := captured.take(seen, stop)) is not None:
-                seen, (index, frame, x) = item
-                t0 = time.perf_counter()
-                outputs = runner.run(x)
-                t1 = time.perf_counter()
-                stats.add("inference", (t1 - t0) * 1000)
-                with stats.lock:
-                    stats.first_start = stats.first_start or t0
-                    stats.last_end = t1
-                    stats.done_times.append(t1)
-                    stats.inferred += 1
-                inferred.put((index, frame, outputs))
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
-        finally:
-            inferred.end()
-
-    threads_ = [threading.Thread(target=capture, name="capture", daemon=True),
-                threading.Thread(target=infer, name="inference", daemon=True)]
-    for t in threads_:
-        t.start()
-    log_file = open(log, "w") if log else None  # noqa: SIM115 - closed below
-    started = last_log = time.perf_counter()
-    ok = False
-    try:
-        seen = 0
-        while (item := inferred.take(seen, stop)) is not None:
-            seen, (index, frame, outputs) = item
-            t0 = time.perf_counter()
-            result = decoder(outputs)
-            if display.draws:
-                canvas = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
-                if isinstance(result, Classification):
-                    draw_classification(cv2, canvas, result)
-                else:
-                    draw_segmentation(cv2, canvas, result, manifest.preprocessing)
-                draw_hud(cv2, canvas, stats.fps(), stats.now_ms(), runner.runtime)
-            stats.add("postprocess", (time.perf_counter() - t0) * 1000)
-            if display.draws:
-                display.show(canvas)
-            stats.shown += 1
-            if log_file:  # per frame, for checking what the model said when
-                log_file.write(json.dumps({"frame": index, **_prediction(result)}) + "\n")
-            now = time.perf_counter()
-            if log_every and now - last_log >= log_every:
-                last_log = now
-                print(_hud_line(stats), file=sys.stderr, flush=True)
-            if display.stopped() or (duration and now - started >= duration):
-                break
-        ok = not errors
-    except KeyboardInterrupt:
-        ok = True  # Ctrl-C is the normal way to stop a camera demo
-    finally:
-        stop.set()
+        threads_ = [threading.Thread(target=capture, name="capture", daemon=True),
+                    threading.Thread(target=infer, name="inference", daemon=True)]
         for t in threads_:
-            t.join(timeout=5)
-        frames.close()
-        display.close(ok=ok)
-        if log_file:
-            log_file.close()
-    if errors:
-        exc = errors[0]
-        if isinstance(exc, EdgepipeError):
-            raise exc
-        raise EdgepipeError(f"the demo stopped: {type(exc).__name__}: {exc}") from None
-    span = (stats.last_end - stats.first_start) if stats.first_start and stats.last_end else 0
-    return DemoSummary(
-        source=frames.name, runtime=runner.runtime, artifact=what,
-        seconds=time.perf_counter() - started, captured=stats.captured,
-        inferred=stats.inferred, shown=stats.shown,
-        fps=(stats.inferred - 1) / span if span > 0 and stats.inferred > 1 else 0.0,
-        stage_ms={s: stats.sums[s] / stats.counts[s] if stats.counts[s] else 0.0
-                  for s in STAGES},
-        rss_start_mb=rss_start, rss_end_mb=rss_mb())
+            t.start()
+        log_file = open(log, "w") if log else None  # noqa: SIM115 - closed below
+        started = last_log = time.perf_counter()
+        ok = False
+        try:
+            seen = 0
+            while (item := inferred.take(seen, stop)) is not None:
+                seen, (index, frame, outputs) = item
+                t0 = time.perf_counter()
+                result = decoder(outputs)
+                if display.draws:
+                    canvas = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+                    if isinstance(result, Classification):
+                        draw_classification(cv2, canvas, result)
+                    else:
+                        draw_segmentation(cv2, canvas, result, manifest.preprocessing)
+                    draw_hud(cv2, canvas, stats.fps(), stats.now_ms(), runner.runtime)
+                stats.add("postprocess", (time.perf_counter() - t0) * 1000)
+                if display.draws:
+                    display.show(canvas)
+                stats.shown += 1
+                if log_file:  # per frame, for checking what the model said when
+                    log_file.write(json.dumps({"frame": index, **_prediction(result)}) + "\n")
+                now = time.perf_counter()
+                if log_every and now - last_log >= log_every:
+                    last_log = now
+                    print(_hud_line(stats), file=sys.stderr, flush=True)
+                if display.stopped() or (duration and now - started >= duration):
+                    break
+            ok = not errors
+        except KeyboardInterrupt:
+            ok = True  # Ctrl-C is the normal way to stop a camera demo
+        finally:
+            stop.set()
+            for t in threads_:
+                t.join(timeout=5)
+            frames.close()
+            display.close(ok=ok)
+            if log_file:
+                log_file.close()
+        if errors:
+            exc = errors[0]
+            if isinstance(exc, EdgepipeError):
+                raise exc
+            raise EdgepipeError(f"the demo stopped: {type(exc).__name__}: {exc}") from None
+        span = (stats.last_end - stats.first_start) if stats.first_start and stats.last_end else 0
+        return DemoSummary(
+            source=frames.name, runtime=runner.runtime, artifact=what,
+            seconds=time.perf_counter() - started, captured=stats.captured,
+            inferred=stats.inferred, shown=stats.shown,
+            fps=(stats.inferred - 1) / span if span > 0 and stats.inferred > 1 else 0.0,
+            stage_ms={s: stats.sums[s] / stats.counts[s] if stats.counts[s] else 0.0
+                      for s in STAGES},
+            rss_start_mb=rss_start, rss_end_mb=rss_mb())
 
+    finally:
+        if isinstance(runner, ProcessRunner):
+            runner.close()
 
 def _prediction(result: Any) -> dict[str, Any]:
     if isinstance(result, Classification):

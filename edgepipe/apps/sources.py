@@ -27,7 +27,7 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
-def _cv2():
+def import_cv2():  # -> the cv2 module, or the error naming the extra
     try:
         import cv2
     except ImportError:
@@ -70,7 +70,7 @@ class OpenCVSource:
     """A camera index, a video file or a stream URL. ``realtime`` paces a file at its FPS."""
 
     def __init__(self, target: int | str, realtime: bool = False, loop: bool = False) -> None:
-        cv2 = _cv2()
+        cv2 = import_cv2()
         self._cv2 = cv2
         self.name = f"camera {target}" if isinstance(target, int) else str(target)
         self._target, self._loop = target, loop

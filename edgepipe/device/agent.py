@@ -12,7 +12,6 @@ import json
 import re
 import secrets
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -22,8 +21,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .. import __version__
+from ..errors import EdgepipeError
 from ..manifest import write_atomic
-from .info import device_info
+from .info import cpu_frequencies, device_info, memory_mb, temperatures
 from .jobs import JobQueue
 from .openapi import openapi_document
 from .store import ArtifactStore, JobSpec, JobStore, StoreError
@@ -108,10 +108,10 @@ class Agent:
         if self._info is None:
             self._info = {**device_info(), "agent_version": __version__,
                           "max_upload_mb": self.config.max_upload_mb}
+            return self._info
         # clocks and heat change between calls: read them fresh, keep the rest
-        fresh = device_info()
-        return {**self._info, **{k: fresh[k] for k in ("cpu_frequencies", "temperatures_c",
-                                                       "memory")}}
+        return {**self._info, "cpu_frequencies": cpu_frequencies(),
+                "temperatures_c": temperatures(), "memory": memory_mb()}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -280,8 +280,8 @@ def make_server(config: AgentConfig) -> tuple[ThreadingHTTPServer, Agent]:
         server = ThreadingHTTPServer((config.host, config.port), handler)
     except OSError as exc:
         agent.queue.stop()
-        raise ApiError(0, f"cannot listen on {config.host}:{config.port}: {exc.strerror}; "
-                          f"pick another --port") from None
+        raise EdgepipeError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}; "
+                            f"pick another --port") from None
     server.daemon_threads = True
     return server, agent
 
@@ -312,18 +312,3 @@ def serve(config: AgentConfig, ready: Callable[[str], None] | None = None) -> No
     finally:
         agent.queue.stop()
         server.server_close()
-
-
-def serve_in_thread(config: AgentConfig) -> tuple[str, Callable[[], None]]:
-    """An agent inside this process (used by the overhead benchmark): (url, stop)."""
-    server, agent = make_server(config)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        server.shutdown()
-        agent.queue.stop()
-        server.server_close()
-
-    host, port = server.server_address[:2]
-    return f"http://{host}:{port}", stop

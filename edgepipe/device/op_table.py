@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgepipeError, missing_extra
+from ..manifest import write_atomic
 
 AGGREGATE_EVENTS = {"Method::execute", "DELEGATE_CALL", "Method::init", "Program::load_method"}
 
@@ -84,8 +85,6 @@ def by_type(rows: list[OpRow]) -> list[dict[str, Any]]:
 
 def write_table(rows: list[OpRow], path: Path) -> None:
     """CSV or JSON by the file's suffix."""
-    from ..manifest import write_atomic
-
     if path.suffix == ".json":
         write_atomic(path, json.dumps([asdict(r) for r in rows], indent=1))
     elif path.suffix == ".csv":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,6 @@ class ProfileResult:
     per_op: list[OpRow] | None = None
     per_op_total_ms: float | None = None
     per_op_note: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def profile(client: AgentClient, artifact: Path, *, threads: int = 1, warmup: int = 10,
