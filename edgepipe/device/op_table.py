@@ -14,6 +14,7 @@ import io
 import json
 import re
 import statistics
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,11 @@ def executorch_op_table(etdump: Path, etrecord: Path | None) -> tuple[list[OpRow
         raise missing_extra("executorch.devtools (reads ETDump on the host)",
                             "executorch") from None
     try:
-        inspector = Inspector(etdump_path=str(etdump),
-                              etrecord=str(etrecord) if etrecord and etrecord.is_file() else None)
-        frame = inspector.to_dataframe()
+        with warnings.catch_warnings():  # devtools warns once per op kwarg it does not map
+            warnings.simplefilter("ignore")
+            inspector = Inspector(etdump_path=str(etdump), etrecord=str(etrecord)
+                                  if etrecord and etrecord.is_file() else None)
+            frame = inspector.to_dataframe()
     except Exception as exc:  # devtools raises bare Exceptions on a damaged dump
         raise EdgepipeError(f"cannot read the ETDump {etdump.name}: {exc}") from None
     frame = frame[frame["event_block_name"] == "Execute"]
