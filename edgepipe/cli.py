@@ -342,6 +342,190 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_lut(sub: argparse._SubParsersAction) -> None:
+    lut = sub.add_parser("lut", help="latency lookup tables: collect on a device, predict, "
+                                     "evaluate").add_subparsers(dest="lut_command", required=True)
+
+    def target_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="this-machine",
+                       help="a registered device, or this-machine (an agent started here; "
+                            "default)")
+        p.add_argument("--runtime", choices=["executorch", "litert"], default="executorch")
+        p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+        p.add_argument("--threads", type=int, default=1)
+
+    p = lut.add_parser("collect", help="measure every unit of a search space on a device")
+    target_args(p)
+    p.add_argument("--space", default="default",
+                   help="default, tiny, or a JSON file of SearchSpace fields")
+    p.add_argument("--out", type=Path, help="table file (default: EDGEPIPE_HOME/tables/"
+                                            "<fingerprint>-<runtime>-<precision>-t<N>.json)")
+    p.add_argument("--jobs", type=int, default=2, help="conversions in parallel (default 2)")
+    p.add_argument("--calibration", type=int, default=6,
+                   help="whole networks measured to fit the per-model overhead (default 6)")
+    p.add_argument("--batch", type=int, default=240,
+                   help="units per agent job; the table is saved after each (default 240)")
+    p.set_defaults(func=_run_lut_collect)
+
+    p = lut.add_parser("evaluate", help="measure random networks whole and compare with the "
+                                        "table's predictions")
+    p.add_argument("--table", type=Path, required=True)
+    p.add_argument("--device", default="this-machine")
+    p.add_argument("--count", type=int, default=100, help="networks (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--naive", type=int, default=10,
+                   help="networks also predicted by a naive per-op sum (default 10)")
+    p.add_argument("--out", type=Path, default=Path("out/lut-eval"))
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--force", action="store_true",
+                   help="evaluate on a device the table was not measured on")
+    p.set_defaults(func=_run_lut_evaluate)
+
+    p = lut.add_parser("predict", help="predicted latency of a network from a table")
+    p.add_argument("--arch", default="large",
+                   help="large, small (MobileNetV3 seeds) or a JSON architecture file")
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--table", type=Path, help="default: the table for the target (collected "
+                                              "here, or shipped)")
+    target_args(p)
+    p.add_argument("--force", action="store_true",
+                   help="use a table measured for another device or settings")
+    p.set_defaults(func=_run_lut_predict)
+
+    p = lut.add_parser("list", help="tables collected here and shipped with edgepipe")
+    p.set_defaults(func=_run_lut_list)
+
+
+def _device_info(name: str) -> dict:
+    from .device.local import LOCAL
+    from .device.registry import connect, get_device
+
+    if name == LOCAL:
+        from .device.info import device_info
+
+        return device_info()
+    with connect(get_device(name)) as client:
+        return client.info()
+
+
+def _run_lut_collect(args: argparse.Namespace) -> int:
+    from .device.local import open_device
+    from .device.registry import config_home
+    from .latency_tables.collect import CollectRequest, MeasureSettings, collect
+    from .latency_tables.table import Target, table_name
+    from .models.space import load_space
+    from .ui import PhaseProgress, console
+
+    space = load_space(args.space)
+    home = config_home()
+    workdir = home / "lut-work" / space.digest()[:12]  # programs cached for a resumed run
+    with open_device(args.device, workdir) as client:  # a local agent keeps its data there
+        info = client.info()
+        target = Target(info["fingerprint"], args.runtime, args.precision, args.threads)
+        out = args.out or home / "tables" / table_name(target)
+        req = CollectRequest(space, args.runtime, args.precision, args.threads, out, workdir,
+                             args.jobs, args.calibration, MeasureSettings(batch=args.batch))
+        with PhaseProgress() as progress:
+            table = collect(req, client, progress)
+    times = table.method["collection_s"]
+    ref = table.reference
+    console.print(f"{len(table.units)} units ({times['programs']} programs) for "
+                  f"{table.describe()}: converted in {times['convert']:.0f} s, measured in "
+                  f"{times['measure']:.0f} s, {times['total']:.0f} s in all")
+    console.print(f"overhead fit on {len(table.overhead.models)} networks: measured ≈ "
+                  f"{table.overhead.scale:.3f} × Σunits + {table.overhead.per_unit_ms:.4f} ms × "
+                  f"units + {table.overhead.offset_ms:.3f} ms; "
+                  f"reference unit: {ref['references']} checks, {ref['disturbed_references']} "
+                  f"found the device slower and their units were measured again"
+                  + (f" [bold red](FLAGGED: {ref['unsettled_segments']} segment(s) never "
+                     "settled)" if ref.get("flagged") else ""))
+    console.print(f"wrote {out}")
+    return 0
+
+
+def _run_lut_evaluate(args: argparse.Namespace) -> int:
+    from .device.local import open_device
+    from .device.registry import config_home
+    from .latency_tables.evaluate import EvaluateRequest, evaluate
+    from .latency_tables.table import LatencyTable, Target
+    from .models.space import SearchSpace
+    from .ui import PhaseProgress, console
+
+    table = LatencyTable.load(args.table)
+    workdir = config_home() / "lut-work" / SearchSpace.from_dict(table.space).digest()[:12]
+    with open_device(args.device, workdir) as client:
+        info = client.info()
+        table.check_target(Target(info["fingerprint"], table.runtime, table.precision,
+                                  table.threads), args.force)
+        req = EvaluateRequest(args.table, args.out, workdir, args.count, args.seed,
+                              args.naive, args.jobs)
+        with PhaseProgress() as progress:
+            report = evaluate(req, client, progress)
+    for name, label in (("prediction", "units + overhead"),
+                        ("unit_sum_without_overhead", "units, raw sum"),
+                        ("naive_per_op_sum", "naive per-op sum")):
+        m = report[name]
+        if m.get("count"):
+            console.print(f"{label:>18}: {m['count']} networks, within ±5 % "
+                          f"{m['within_5pct']:.1%}, ±10 % {m['within_10pct']:.1%}, RMSE "
+                          f"{m['rmse_pct']:.2f} %, Kendall tau {m['kendall_tau']:.3f}")
+    console.print(f"wrote {args.out}/evaluation.json and scatter.png")
+    return 0
+
+
+def _run_lut_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .device.registry import config_home
+    from .errors import EdgepipeError
+    from .latency_tables.table import LatencyTable, Target, find_table, known_tables
+    from .models.space import Architecture, SearchSpace
+    from .ui import console
+
+    info = _device_info(args.device)
+    target = Target(info["fingerprint"], args.runtime, args.precision, args.threads)
+    path = args.table or find_table(target, config_home())
+    if path is None:
+        shipped = [p for p in known_tables(config_home()) if f"-{args.runtime}-" in p.name]
+        if not shipped or not args.force:
+            raise EdgepipeError(
+                f"no latency table for {args.device} ({args.runtime} {args.precision}, "
+                f"{args.threads} thread(s)): collect one with `edgepipe lut collect`, or pass "
+                "--force to use a shipped table measured on another machine")
+        path = shipped[0]
+    table = LatencyTable.load(path)
+    table.check_target(target, args.force)
+    space = SearchSpace.from_dict(table.space)
+    if args.arch in ("large", "small"):
+        arch = space.seed_architecture(args.arch, args.resolution, args.width)
+    else:
+        try:
+            arch = Architecture.from_dict(json.loads(Path(args.arch).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise EdgepipeError(f"cannot read architecture {args.arch}: {exc}: give large, "
+                                "small or a JSON file written by edgepipe") from None
+    console.print(f"{args.arch} @ {arch.resolution}: predicted {table.predict(arch):.3f} ms "
+                  f"(units sum {table.unit_sum_ms(arch):.3f} ms) from {path.name}, "
+                  f"{table.describe()}")
+    return 0
+
+
+def _run_lut_list(args: argparse.Namespace) -> int:
+    from .device.registry import config_home
+    from .errors import EdgepipeError
+    from .latency_tables.table import LatencyTable, known_tables
+    from .ui import console
+
+    for path in known_tables(config_home()):
+        try:
+            table = LatencyTable.load(path)
+            console.print(f"{path}: {len(table.units)} units, {table.describe()}")
+        except EdgepipeError as exc:
+            console.print(f"{path}: [red]{exc}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgepipe",
@@ -356,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_manifest(sub)
     _add_run(sub)
     _add_demo(sub)
+    _add_lut(sub)
     return parser
 
 

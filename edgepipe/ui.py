@@ -7,7 +7,13 @@ import sys
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
@@ -84,6 +90,31 @@ def print_convert_table(report: dict[str, Any]) -> None:
                       f"{latency:.2f}" if latency is not None else "—",
                       str(a["graph"].get("delegate_partitions", "—")))
     console.print(table)
+
+
+class PhaseProgress:
+    """One bar per phase of a long job (latency tables), with counts, elapsed time and ETA."""
+
+    def __init__(self) -> None:
+        self._bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                                 redirect_stdout=False, redirect_stderr=False)
+        self._task = None
+
+    def __enter__(self) -> PhaseProgress:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)  # type: ignore[arg-type]
+
+    def phase(self, name: str, total: int) -> None:
+        self._task = self._bar.add_task(name, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        if self._task is not None:
+            self._bar.advance(self._task, n)
 
 
 class JobProgress(ProgressBar):

@@ -39,6 +39,7 @@ class Converter:
     requires: tuple[str, ...] = ()  # importable module names
     distributions: tuple[str, ...] = ()  # for tool_versions
     precisions: tuple[str, ...] = ("fp32", "int8")
+    dynamic_size: bool = False  # one program runs at many input sizes (SourceModel.dynamic_size)
 
     def check_installed(self) -> None:
         for module in self.requires:
@@ -55,7 +56,9 @@ class Converter:
         return versions
 
     def convert(self, src: SourceModel, precision: str, calibration: list[torch.Tensor],
-                path: Path) -> Converted:
+                path: Path, debug_info: bool = True) -> Converted:
+        """Write ``path``. ``debug_info``: also write what per-op profiling needs (where the
+        format has such a companion file)."""
         raise NotImplementedError
 
 

@@ -50,7 +50,7 @@ class CoreMLConverter(Converter):
     precisions = ("fp16", "int8")
 
     def convert(self, src: SourceModel, precision: str, calibration: list[torch.Tensor],
-                path: Path) -> Converted:
+                path: Path, debug_info: bool = True) -> Converted:
         import coremltools as ct
 
         example = src.example_input()

@@ -32,9 +32,10 @@ class ExecuTorchConverter(Converter):
     extra = "executorch"
     requires = ("executorch",)
     distributions = ("executorch", "torchao")
+    dynamic_size = True  # XNNPACK takes a dynamic height/width at static speed (measured)
 
     def convert(self, src: SourceModel, precision: str, calibration: list[torch.Tensor],
-                path: Path) -> Converted:
+                path: Path, debug_info: bool = True) -> Converted:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer,
@@ -53,18 +54,23 @@ class ExecuTorchConverter(Converter):
                 quant = {"scheme": "PT2E static, XNNPACKQuantizer symmetric",
                          "weights": "int8 per-channel", "activations": "int8 per-tensor",
                          "calibration_images": len(calibration)}
-            program = torch.export.export(module, (example,))
-        # the ETRecord lets the host name the ops of an ETDump profiled on the device
+            program = torch.export.export(module, (example,),
+                                          dynamic_shapes=src.dynamic_shapes())
+        # the ETRecord lets the host name the ops of an ETDump profiled on the device; it
+        # costs lowering time and ~10 MB, so latency-table units go without (debug_info)
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
-                                              generate_etrecord=True)
+                                              generate_etrecord=debug_info)
         stats = graph_stats(lowered)
         program_et = lowered.to_executorch()
         path.write_bytes(program_et.buffer)
-        etrecord = path.with_name(path.stem + ".etrecord")
-        program_et.get_etrecord().save(str(etrecord))
+        companions = {}
+        if debug_info:
+            etrecord = path.with_name(path.stem + ".etrecord")
+            program_et.get_etrecord().save(str(etrecord))
+            companions["etrecord"] = etrecord.name
         return Converted(
             path=path, precision=precision,
             inputs=[float_spec("input", example.shape)],
             outputs=[float_spec("output", src.output_shape)],
-            quantization=quant, graph=stats, companions={"etrecord": etrecord.name},
+            quantization=quant, graph=stats, companions=companions,
         )

@@ -28,13 +28,25 @@ class SourceModel:
     weights_sha256: str | None
     output_shape: tuple[int, ...] = ()  # set by load_source_model from a real forward pass
     width_mult: float = 1.0
+    in_channels: int = 3
+    # (min, max) height and width the program accepts; None: only the example's size.
+    # Latency-table units are lowered once and measured at every resolution of the space.
+    dynamic_size: tuple[int, int] | None = None
 
     @property
     def task(self) -> str:
         return self.info.task
 
     def example_input(self) -> torch.Tensor:
-        return torch.zeros(1, 3, *self.preprocessing.size)
+        return torch.zeros(1, self.in_channels, *self.preprocessing.size)
+
+    def dynamic_shapes(self) -> tuple[dict[int, object], ...] | None:
+        """torch.export's description of a dynamic height and width (None: static)."""
+        if self.dynamic_size is None:
+            return None
+        low, high = self.dynamic_size
+        return ({2: torch.export.Dim("height", min=low, max=high),
+                 3: torch.export.Dim("width", min=low, max=high)},)
 
     def batches(self, images: list[np.ndarray]) -> list[torch.Tensor]:
         """Images → preprocessed single-image batches, as every runtime will see them."""
@@ -110,6 +122,19 @@ def load_source_model(
                             "return (batch, classes); pass --task segmentation for masks")
     source.output_shape = tuple(out.shape)
     source.width_mult = width_mult
+    return source
+
+
+def source_from_module(name: str, module: nn.Module, input_shape: list[int],
+                       dynamic_size: tuple[int, int] | None = None) -> SourceModel:
+    """A bare module (a latency-table unit, a searched network) as converters take it:
+    random weights, no labels, no preprocessing beyond the input size."""
+    module = module.eval()
+    size = (int(input_shape[2]), int(input_shape[3]))
+    source = SourceModel(name, module, ModelInfo(name, "classification", None, size[0]),
+                         Preprocessing(size=size, resize=size[0]), None, None,
+                         in_channels=int(input_shape[1]), dynamic_size=dynamic_size)
+    source.output_shape = tuple(source.reference(source.example_input()).shape)
     return source
 
 

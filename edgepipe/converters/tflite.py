@@ -54,7 +54,7 @@ class TFLiteConverter(Converter):
     distributions = ("litert-torch", "ai-edge-litert", "torchao")
 
     def convert(self, src: SourceModel, precision: str, calibration: list[torch.Tensor],
-                path: Path) -> Converted:
+                path: Path, debug_info: bool = True) -> Converted:
         import litert_torch
 
         # Images arrive HWC: an NHWC input saves the device a transpose per frame.

@@ -67,3 +67,38 @@ def measure_latency(runner: Runner, x: np.ndarray, warmup: int = 5, runs: int = 
         if on_progress and (warmup + i) % every == 0:
             on_progress(warmup + i + 1, total)
     return LatencyStats.from_seconds(samples)
+
+
+def median_ci_pct(samples: list[float]) -> float:
+    """Half-width of the median's 95% confidence interval, in % of the median (from order
+    statistics: no assumption about the shape of the distribution)."""
+    ordered = sorted(samples)
+    n = len(ordered)
+    if n < 6:
+        return float("inf")
+    spread = 1.96 * n ** 0.5 / 2
+    low, high = int(max(0, n / 2 - spread)), int(min(n - 1, n / 2 + spread))
+    middle = ordered[n // 2]
+    return (ordered[high] - ordered[low]) / 2 / middle * 100 if middle > 0 else float("inf")
+
+
+def measure_until_stable(runner: Runner, x: np.ndarray, warmup: int, min_runs: int,
+                         max_runs: int, stable_pct: float, max_seconds: float = 5.0
+                         ) -> tuple[LatencyStats, float]:
+    """Run until the median is known to within ``stable_pct`` % (95% confidence), or
+    ``max_runs`` / ``max_seconds`` is reached. Returns the statistics and that half-width."""
+    runner.run(x)
+    for _ in range(warmup):
+        runner.invoke()
+    samples: list[float] = []
+    began = time.perf_counter()
+    while len(samples) < max_runs:
+        for _ in range(min(10, max_runs - len(samples))):
+            start = time.perf_counter()
+            runner.invoke()
+            samples.append(time.perf_counter() - start)
+        if len(samples) < min_runs:
+            continue
+        if median_ci_pct(samples) <= stable_pct or time.perf_counter() - began > max_seconds:
+            break
+    return LatencyStats.from_seconds(samples), median_ci_pct(samples)

@@ -58,8 +58,9 @@ class AgentClient:
     def artifacts(self) -> list[dict]:
         return self._request("GET", "/v1/artifacts")["artifacts"]
 
-    def upload(self, artifact: Path) -> dict:
-        """Upload an artifact and its manifest (``<file>.json``); skipped when already there."""
+    def upload(self, artifact: Path, check_present: bool = True) -> dict:
+        """Upload an artifact and its manifest (``<file>.json``); skipped when already there
+        (``check_present=False``: the caller knows it is not)."""
         artifact = Path(artifact)
         if not artifact.is_file():
             raise EdgepipeError(f"{artifact} is not a file: deploy .tflite and .pte artifacts")
@@ -73,7 +74,7 @@ class AgentClient:
             raise EdgepipeError(f"{mpath.name} describes another file (sha256 "
                                 f"{manifest.file_sha256[:12]}…): convert again or run "
                                 f"`edgepipe manifest init {artifact}`")
-        present = {a["sha256"]: a for a in self.artifacts()}
+        present = {a["sha256"]: a for a in self.artifacts()} if check_present else {}
         if sha not in present:
             size = artifact.stat().st_size
             limit = self.info().get("max_upload_mb")

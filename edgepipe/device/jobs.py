@@ -16,7 +16,9 @@ import threading
 import time
 import uuid
 from collections import deque
+from pathlib import Path
 
+from ..manifest import write_atomic
 from .runtimes import RUNTIME_FOR_SUFFIX, installed_runtimes
 from .store import ArtifactStore, Job, JobSpec, JobStore, StoreError
 
@@ -51,20 +53,9 @@ class JobQueue:
         self._thread.start()
 
     def submit(self, spec: JobSpec) -> Job:
-        path = self.artifacts.path(spec.artifact)  # 404 when not uploaded
-        own = RUNTIME_FOR_SUFFIX[path.suffix]
-        runtime = spec.runtime or own
-        if runtime not in ("litert", "executorch"):
-            raise StoreError(400, f"unknown runtime '{runtime}': use litert or executorch")
-        if runtime != own:
-            raise StoreError(400, f"{path.name} is a {own} artifact; it cannot run on {runtime}")
-        if runtime not in self.runtimes:
-            have = ", ".join(self.runtimes) or "none"
-            raise StoreError(400, f"runtime {runtime} is not installed on this device "
-                                  f"(installed: {have}); install it or deploy another format")
-        if self.artifacts.manifest(spec.artifact) is None:
-            raise StoreError(409, f"{path.name} has no manifest on this device: upload one "
-                                  f"(`edgepipe manifest init FILE` writes a starting one)")
+        runtime = None
+        for sha in dict.fromkeys(spec.artifacts):
+            runtime = self._check_artifact(sha, spec.runtime or runtime)  # one per batch
         if spec.affinity is not None and hasattr(os, "sched_getaffinity"):
             allowed = os.sched_getaffinity(0)
             if not set(spec.affinity) <= allowed:
@@ -78,6 +69,24 @@ class JobQueue:
             self._pending.append(job.id)
             self._wake.notify()
         return job
+
+    def _check_artifact(self, sha: str, asked: str | None) -> str:
+        """The runtime that runs this uploaded artifact, or why it cannot run here."""
+        path = self.artifacts.path(sha)  # 404 when not uploaded
+        own = RUNTIME_FOR_SUFFIX[path.suffix]
+        runtime = asked or own
+        if runtime not in ("litert", "executorch"):
+            raise StoreError(400, f"unknown runtime '{runtime}': use litert or executorch")
+        if runtime != own:
+            raise StoreError(400, f"{path.name} is a {own} artifact; it cannot run on {runtime}")
+        if runtime not in self.runtimes:
+            have = ", ".join(self.runtimes) or "none"
+            raise StoreError(400, f"runtime {runtime} is not installed on this device "
+                                  f"(installed: {have}); install it or deploy another format")
+        if self.artifacts.manifest(sha) is None:
+            raise StoreError(409, f"{path.name} has no manifest on this device: upload one "
+                                  f"(`edgepipe manifest init FILE` writes a starting one)")
+        return runtime
 
     def get(self, job_id: str) -> Job:
         with self._lock:
@@ -112,15 +121,24 @@ class JobQueue:
         self.jobs.save(job)
         folder = self.jobs.folder(job.id)
         try:
-            artifact = self.artifacts.path(job.spec.artifact)
-            manifest = self.artifacts.folder(job.spec.artifact) / "manifest.json"
+            paths = {sha: (self.artifacts.path(sha),
+                           self.artifacts.folder(sha) / "manifest.json")
+                     for sha in job.spec.artifacts}
         except StoreError as exc:  # deleted while queued
             self._finish(job, error=str(exc))
             return
         (folder / "result.json").unlink(missing_ok=True)
+        if job.spec.items:  # the worker reads the batch's file paths from the job folder
+            write_atomic(folder / "batch.json", json.dumps(
+                [{"path": str(paths[i["artifact"]][0]), "shape": i["shape"]}
+                 for i in job.spec.items]))
+            args = [str(folder)]
+            artifact = Path(f"a batch of {len(job.spec.items)}")
+        else:
+            artifact, manifest = paths[job.spec.artifact]
+            args = [str(folder), str(artifact), str(manifest)]
         proc = subprocess.Popen(
-            [*worker_command(), "-m", "edgepipe.device.worker", str(folder), str(artifact),
-             str(manifest)],
+            [*worker_command(), "-m", "edgepipe.device.worker", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         stderr: list[str] = []
         drain = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)

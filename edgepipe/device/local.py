@@ -15,7 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import EdgepipeError
-from .registry import stop_process
+from .client import AgentClient
+from .registry import connect, get_device, stop_process
+
+LOCAL = "this-machine"  # the device name of an agent started here for the duration of a command
 
 READY = "edgepipe agent listening on "
 
@@ -73,3 +76,15 @@ def local_agent(data: Path, token: str | None = None) -> Iterator[tuple[str, str
         yield url, token
     finally:
         stop_agent(proc)
+
+
+@contextmanager
+def open_device(name: str, workdir: Path) -> Iterator[AgentClient]:
+    """A client for a registered device, or for an agent started here (``LOCAL``) whose data
+    folder is ``workdir/agent``."""
+    if name == LOCAL:
+        with local_agent(workdir / "agent") as (url, token):
+            yield AgentClient(url, token)
+    else:
+        with connect(get_device(name)) as client:
+            yield client

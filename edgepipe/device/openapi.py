@@ -47,8 +47,9 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "Error": {"type": "object", "properties": {"error": {"type": "string"}},
                           "required": ["error"]},
                 "Object": {"type": "object"},
-                "JobSpec": {"type": "object", "required": ["artifact"],
-                            "additionalProperties": False, "properties": {
+                "JobSpec": {"type": "object", "additionalProperties": False,
+                            "description": "artifact, or items (a batch) is required",
+                            "properties": {
                                 "artifact": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                                 "runtime": {"enum": ["litert", "executorch", None]},
                                 "threads": {"type": "integer", "minimum": 1, "maximum": 256},
@@ -57,7 +58,16 @@ def openapi_document(version: str) -> dict[str, Any]:
                                 "affinity": {"type": ["array", "null"],
                                              "items": {"type": "integer", "minimum": 0}},
                                 "profile": {"type": "boolean"},
-                                "profile_runs": {"type": "integer", "minimum": 1}}},
+                                "profile_runs": {"type": "integer", "minimum": 1},
+                                "items": {"type": ["array", "null"], "maxItems": 5000,
+                                          "items": {"type": "object", "properties": {
+                                              "artifact": {"type": "string"},
+                                              "shape": {"type": "array",
+                                                        "items": {"type": "integer"}}}}},
+                                "min_runs": {"type": "integer", "minimum": 1},
+                                "stable_pct": {"type": "number", "minimum": 0,
+                                               "maximum": 100},
+                                "max_seconds": {"type": "number", "minimum": 0}}},
                 "Job": {"type": "object", "properties": {
                     "id": {"type": "string"}, "state": {
                         "enum": ["queued", "running", "done", "failed"]},

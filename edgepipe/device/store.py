@@ -132,18 +132,33 @@ class ArtifactStore:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+MAX_BATCH = 5000
+
+
 @dataclass
 class JobSpec:
-    """One benchmark: the artifact, how to run it, and how many times."""
+    """One benchmark: the artifact, how to run it, and how many times.
 
-    artifact: str
+    A batch (``items``) measures many artifacts, each at given input shapes, in one worker:
+    what a latency table needs (thousands of small programs, one process start).
+    """
+
+    artifact: str = ""
     runtime: str | None = None  # default: the artifact's own (by suffix)
     threads: int = 1
     warmup: int = 10
-    runs: int = 50
+    runs: int = 50  # in a batch: the most runs per item
     affinity: list[int] | None = None
     profile: bool = True  # a per-operator table where the runtime can make one
     profile_runs: int = 10
+    items: list[dict[str, Any]] | None = None  # [{"artifact": SHA256, "shape": [1, C, H, W]}]
+    min_runs: int = 20  # batch items stop once their median is known to within stable_pct
+    stable_pct: float = 1.0
+    max_seconds: float = 5.0  # ... or after this long (per item)
+
+    @property
+    def artifacts(self) -> list[str]:
+        return [i["artifact"] for i in self.items] if self.items else [self.artifact]
 
     @classmethod
     def from_dict(cls, data: Any) -> JobSpec:
@@ -152,11 +167,12 @@ class JobSpec:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise StoreError(400, f"unknown job field(s): {', '.join(sorted(unknown))}")
-        if "artifact" not in data:
-            raise StoreError(400, "a job needs \"artifact\": the sha256 of an uploaded file")
+        if "artifact" not in data and "items" not in data:
+            raise StoreError(400, "a job needs \"artifact\": the sha256 of an uploaded file "
+                                  "(or \"items\": a batch of them)")
         spec = cls(**data)
         limits = {"threads": (1, 256), "warmup": (0, 100_000), "runs": (1, 1_000_000),
-                  "profile_runs": (1, 10_000)}
+                  "profile_runs": (1, 10_000), "min_runs": (1, 1_000_000)}
         for name, (low, high) in limits.items():
             value = getattr(spec, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
@@ -165,8 +181,28 @@ class JobSpec:
                 not isinstance(spec.affinity, list) or not spec.affinity
                 or not all(isinstance(c, int) and c >= 0 for c in spec.affinity)):
             raise StoreError(400, "job field affinity must be a non-empty list of CPU numbers")
-        check_sha256(spec.artifact)
+        for name, high in (("stable_pct", 100), ("max_seconds", 3600)):
+            value = getattr(spec, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                    or not 0 <= value <= high:
+                raise StoreError(400, f"job field {name} must be a number in 0..{high}")
+        if spec.items is not None:
+            _check_items(spec.items)
+        for sha in spec.artifacts:
+            check_sha256(sha)
         return spec
+
+
+def _check_items(items: Any) -> None:
+    if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
+        raise StoreError(400, f"job field items must be a list of 1..{MAX_BATCH} items")
+    for item in items:
+        shape = item.get("shape") if isinstance(item, dict) else None
+        if not isinstance(item, dict) or set(item) != {"artifact", "shape"} or not (
+                isinstance(shape, list) and 1 <= len(shape) <= 6
+                and all(isinstance(d, int) and 0 < d <= 65536 for d in shape)):
+            raise StoreError(400, "each batch item is {\"artifact\": SHA256, \"shape\": "
+                                  "[positive integers]}")
 
 
 @dataclass

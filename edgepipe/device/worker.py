@@ -5,6 +5,7 @@ agent; the peak memory is the job's own; and the job pins its CPUs without touch
 agent's. Progress goes to stdout as JSON lines; the result to ``result.json`` in the job folder.
 
     python -m edgepipe.device.worker JOB_FOLDER ARTIFACT MANIFEST
+    python -m edgepipe.device.worker JOB_FOLDER      (a batch: JOB_FOLDER/batch.json)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..errors import EdgepipeError
 from ..manifest import Manifest, write_atomic
-from .bench import measure_latency, rss_mb
+from .bench import measure_latency, measure_until_stable, rss_mb
 from .runtimes import import_runtime, open_runner
 
 LITERT_NO_PER_OP = ("LiteRT gives no per-operator timing from Python: ai-edge-litert has no "
@@ -99,10 +100,37 @@ def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any
     return result
 
 
+def run_batch(job_dir: Path) -> dict[str, Any]:
+    """Measure each item (an artifact at an input shape) until its median is stable."""
+    spec = json.loads((job_dir / "job.json").read_text())["spec"]
+    if spec.get("affinity"):
+        os.sched_setaffinity(0, spec["affinity"])
+    items = json.loads((job_dir / "batch.json").read_text())
+    import_runtime(items[0]["path"])
+    runners: dict[str, Any] = {}
+    measured = []
+    began = time.perf_counter()
+    for i, item in enumerate(items):
+        report(phase="measuring", done=i, total=len(items))
+        path = item["path"]
+        if path not in runners:
+            runners = {path: open_runner(path, spec["threads"])}  # one program open at a time
+        x = np.random.default_rng(0).standard_normal(item["shape"]).astype(np.float32)
+        try:
+            stats, ci_pct = measure_until_stable(
+                runners[path], x, spec["warmup"], spec["min_runs"], spec["runs"],
+                spec["stable_pct"], spec["max_seconds"])
+        except (RuntimeError, ValueError) as exc:
+            raise EdgepipeError(f"{Path(path).name} at shape {item['shape']}: {exc}") from None
+        measured.append({**stats.to_dict(), "ci95_pct": round(ci_pct, 3)})
+    return {"runtime": next(iter(runners.values())).runtime, "threads": spec["threads"],
+            "items": measured, "seconds": time.perf_counter() - began}
+
+
 def main(argv: list[str]) -> int:
-    job_dir, artifact, manifest = (Path(a) for a in argv)
+    job_dir = Path(argv[0])
     try:
-        result = run_job(job_dir, artifact, manifest)
+        result = run_batch(job_dir) if len(argv) == 1 else run_job(job_dir, *map(Path, argv[1:]))
     except EdgepipeError as exc:
         print(str(exc), file=sys.stderr)
         return 2

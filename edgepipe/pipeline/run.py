@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ..converters.convert import ConvertRequest, Progress, convert
-from ..device.client import AgentClient
-from ..device.local import local_agent
+from ..device.local import LOCAL, open_device
 from ..device.profiling import deploy, deployable, profile
-from ..device.registry import connect, get_device
+from ..device.registry import get_device
 from ..errors import EdgepipeError
 from ..manifest import write_atomic
 from ..models.pretrained import resolve_weights
 from .config import PipelineConfig
 from .report import render_run_report
-
-LOCAL = "this-machine"
-
-
-@contextmanager
-def _device_client(name: str, out: Path) -> Iterator[AgentClient]:
-    if name == LOCAL:
-        with local_agent(out / "agent") as (url, token):
-            yield AgentClient(url, token)
-    else:
-        with connect(get_device(name)) as client:
-            yield client
 
 
 def measure_on_device(name: str, artifacts: list[Path], config: PipelineConfig, out: Path,
@@ -38,7 +25,7 @@ def measure_on_device(name: str, artifacts: list[Path], config: PipelineConfig, 
     """Deploy and profile every artifact at every thread count on one device."""
     entry: dict[str, Any] = {"name": name, "results": [], "errors": []}
     try:
-        with _device_client(name, out) as client:
+        with open_device(name, out) as client:
             entry["info"] = client.info()
             deploy(client, artifacts, on_step=lambda s: step(f"{name}: {s}"))
             for path in artifacts:

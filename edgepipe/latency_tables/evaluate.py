@@ -1,0 +1,216 @@
+"""``edgepipe lut evaluate``: how well a table predicts whole networks measured on the device.
+
+N random architectures of the table's space (seeded) are converted and measured whole; the
+prediction is compared with the measurement: share within ±5 % and ±10 %, RMSE %, Kendall's
+tau (what a search needs: the right order), and a scatter plot. The naive alternative, a sum of
+separately measured convs and activations, is measured on the first few of them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..device.client import AgentClient
+from ..manifest import write_atomic
+from ..models.space import SearchSpace
+from .collect import (
+    MeasureSettings,
+    Progress,
+    arch_program,
+    measure_items,
+    program_for,
+    unit_programs,
+    upload_programs,
+)
+from .drift import DriftGuard
+from .programs import ProgramSpec, convert_programs, program_path, takes_dynamic_size
+from .table import LatencyTable
+from .units import Unit, naive_ops, units_of
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float:
+    """Kendall's tau-b (ties counted on neither side): the share of pairs ranked alike."""
+    concordant = discordant = ties_a = ties_b = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif da == db:
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = np.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
+    return float((concordant - discordant) / denominator) if denominator else float("nan")
+
+
+def error_metrics(predicted: list[float], measured: list[float]) -> dict[str, float]:
+    p, m = np.asarray(predicted), np.asarray(measured)
+    rel = (p - m) / m * 100
+    return {"count": len(m), "within_5pct": float(np.mean(np.abs(rel) <= 5)),
+            "within_10pct": float(np.mean(np.abs(rel) <= 10)),
+            "rmse_pct": float(np.sqrt(np.mean(rel ** 2))),
+            "mean_error_pct": float(rel.mean()), "max_abs_error_pct": float(np.abs(rel).max()),
+            "kendall_tau": kendall_tau(list(p), list(m))}
+
+
+@dataclass
+class EvaluateRequest:
+    table_path: Path
+    out: Path
+    workdir: Path
+    count: int = 100
+    seed: int = 0
+    naive_count: int = 10
+    jobs: int = 2
+
+
+def evaluate(req: EvaluateRequest, client: AgentClient, progress: Progress | None = None
+             ) -> dict[str, Any]:
+    progress = progress or Progress()
+    table = LatencyTable.load(req.table_path)
+    space = SearchSpace.from_dict(table.space)
+    archs = space.architectures(req.count, seed=req.seed)
+    folder = req.workdir / f"{table.runtime}-{table.precision}"
+    specs = [arch_program(a) for a in archs]
+    naive_units = {op.key: op for a in archs[:req.naive_count] for u in units_of(a)
+                   for op in naive_ops(u)}
+    dynamic = takes_dynamic_size(table.runtime)
+    naive_specs = unit_programs([u for u in naive_units.values() if u.key not in table.units],
+                                dynamic)
+    saved = (table.reference or {}).get("unit")
+    reference = Unit(saved["kind"], saved["hw"], tuple(saved["params"])) if saved else None
+    ref_specs = unit_programs([reference], dynamic) if reference else {}
+    todo = specs + list(naive_specs.values()) + list(ref_specs.values())
+    progress.phase("converting networks and naive ops", len(todo))
+    convert_programs(todo, table.runtime, table.precision, folder, req.jobs,
+                     on_done=lambda _k: progress.advance())
+    paths = [program_path(folder, s, table.runtime) for s in todo]
+    progress.phase("uploading", len(paths))
+    shas = upload_programs(client, paths, progress.advance)
+
+    def item(programs: dict[str, ProgramSpec], unit: Unit) -> dict[str, Any]:
+        path = program_path(folder, program_for(programs, unit), table.runtime)
+        return {"artifact": shas[path], "shape": unit.input_shape()}
+
+    settings = MeasureSettings(**{k: v for k, v in table.method.items()
+                                  if k in MeasureSettings.__dataclass_fields__})
+    # the table's reference unit brackets these measurements too (see drift.py)
+    guard = settings.guard(item(ref_specs, reference)) if reference else None
+    whole = settings.whole_job(table.threads)
+    progress.phase("measuring networks", len(archs))
+    rows = []
+    for start in range(0, len(archs), 20):  # one worker per 20 networks
+        chunk = list(zip(archs, specs, strict=True))[start:start + 20]
+        measured = _measure(client, guard, whole, [
+            [{"artifact": shas[program_path(folder, spec, table.runtime)],
+              "shape": list(spec.input_shape)}] for _, spec in chunk], per_job=20)
+        for (arch, _), stats in zip(chunk, measured, strict=True):
+            rows.append({"arch": arch.to_dict(), "name": f"{arch.seed}@{arch.resolution}",
+                         "measured_ms": stats[0]["median_ms"],
+                         "ci95_pct": stats[0]["ci95_pct"],
+                         "unsettled": stats[0].get("unsettled", False),
+                         "unit_sum_ms": table.unit_sum_ms(arch),
+                         "predicted_ms": table.predict(arch)})
+        progress.advance(len(chunk))
+
+    naive: dict[str, Any] = {"count": 0}
+    if naive_units:
+        op_times = dict(table.units)
+        missing = [u for u in naive_units.values() if u.key not in op_times]
+        progress.phase("measuring naive ops", len(missing))
+        segments = [missing[i:i + settings.segment]
+                    for i in range(0, len(missing), settings.segment)]
+        results = _measure(client, guard, settings.job(table.threads),
+                           [[item(naive_specs, u) for u in seg] for seg in segments],
+                           settings.batch)
+        for seg, stats in zip(segments, results, strict=True):
+            for u, s in zip(seg, stats, strict=True):
+                op_times[u.key] = s
+        progress.advance(len(missing))
+        for row, arch in zip(rows[:req.naive_count], archs[:req.naive_count], strict=True):
+            row["naive_sum_ms"] = sum(op_times[op.key]["median_ms"] for u in units_of(arch)
+                                      for op in naive_ops(u))
+        naive_rows = rows[:req.naive_count]
+        naive = error_metrics([r["naive_sum_ms"] for r in naive_rows],
+                              [r["measured_ms"] for r in naive_rows])
+        naive["units_same_networks"] = error_metrics(
+            [r["predicted_ms"] for r in naive_rows], [r["measured_ms"] for r in naive_rows])
+
+    measured = [r["measured_ms"] for r in rows]
+    report = {
+        "table": str(req.table_path), "device": table.describe(), "seed": req.seed,
+        "prediction": error_metrics([r["predicted_ms"] for r in rows], measured),
+        "unit_sum_without_overhead": error_metrics([r["unit_sum_ms"] for r in rows], measured),
+        "naive_per_op_sum": naive,
+        "overhead": {k: v for k, v in asdict(table.overhead).items() if k != "models"}
+        if table.overhead else None,
+        "drift": guard.summary() if guard else None,
+        "networks": rows,
+    }
+    req.out.mkdir(parents=True, exist_ok=True)
+    write_atomic(req.out / "evaluation.json", json.dumps(report, indent=1))
+    scatter_plot(rows, table.describe(), req.out / "scatter.png")
+    return report
+
+
+def _measure(client: AgentClient, guard: DriftGuard | None, job: dict[str, Any],
+             segments: list[list[dict[str, Any]]], per_job: int | None = None
+             ) -> list[list[dict[str, float]]]:
+    def measure(items: list[dict[str, Any]]) -> list[dict[str, float]]:
+        return measure_items(client, items, job)
+
+    if guard is None:  # a table without a reference (hand-made): measured as it comes
+        flat = measure([i for seg in segments for i in seg])
+        out, cursor = [], 0
+        for seg in segments:
+            out.append(flat[cursor:cursor + len(seg)])
+            cursor += len(seg)
+        return out
+    return guard.measure(measure, segments, per_job=per_job)
+
+
+def scatter_plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
+    """Predicted vs measured, the ±5/10 % bands, and the naive per-op sums where measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = np.array([r["measured_ms"] for r in rows])
+    predicted = np.array([r["predicted_ms"] for r in rows])
+    low, high = measured.min() * 0.85, measured.max() * 1.15
+    naive = [(r["measured_ms"], r["naive_sum_ms"]) for r in rows if "naive_sum_ms" in r]
+    if naive:
+        high = max(high, max(n for _, n in naive) * 1.05)
+        low = min(low, min(n for _, n in naive) * 0.95)
+    line = np.array([low, high])
+    fig, ax = plt.subplots(figsize=(6.4, 6.0), dpi=110)
+    ax.fill_between(line, line * 0.9, line * 1.1, color="#dbe9f6", label="±10 %")
+    ax.fill_between(line, line * 0.95, line * 1.05, color="#a9cbe8", label="±5 %")
+    ax.plot(line, line, color="#555", lw=0.8)
+    ax.scatter(measured, predicted, s=14, color="#1f5fa8", zorder=3,
+               label=f"units + overhead ({len(rows)} networks)")
+    if naive:
+        ax.scatter(*zip(*naive, strict=True), s=18, marker="x", color="#c0392b", zorder=3,
+                   label=f"naive per-op sum ({len(naive)})")
+    ax.set_xlim(low, high)
+    ax.set_ylim(low, high)
+    ax.set_xlabel("measured latency (ms, median)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title(title, fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)

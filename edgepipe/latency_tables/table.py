@@ -1,0 +1,159 @@
+"""A latency table: measured units for one device, runtime, precision and thread count.
+
+Stored as JSON, versioned by ``format_version``; written atomically, so a killed collection
+leaves the last complete state. A table only answers for the device and settings it was
+measured with: :meth:`LatencyTable.check_target` refuses anything else unless forced.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgepipeError
+from ..manifest import write_atomic
+from ..models.space import Architecture
+from .units import Unit, units_of
+
+FORMAT = "edgepipe-latency-table"
+FORMAT_VERSION = 1
+SHIPPED = Path(__file__).parent / "data"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a prediction is for: a device (by fingerprint) and how the model will run."""
+
+    fingerprint: str
+    runtime: str
+    precision: str
+    threads: int
+
+
+@dataclass
+class Overhead:
+    """measured ≈ scale · Σ units + per_unit_ms · (number of units) + offset_ms, fitted on
+    whole networks measured on the device (see ``collect.fit_overhead``)."""
+
+    scale: float = 1.0
+    offset_ms: float = 0.0
+    models: list[dict[str, Any]] = field(default_factory=list)  # name, sum_ms, measured_ms
+    per_unit_ms: float = 0.0
+
+
+@dataclass
+class LatencyTable:
+    device: dict[str, Any]  # fingerprint, cpu_model, machine, cores, hostname
+    runtime: str  # "executorch" | "litert"
+    runtime_version: str
+    precision: str
+    threads: int
+    space: dict[str, Any]
+    method: dict[str, Any]  # how units were measured: warm-up, runs, stability, converter
+    units: dict[str, dict[str, float]] = field(default_factory=dict)  # key -> statistics
+    reference: dict[str, Any] = field(default_factory=dict)  # drift checks
+    overhead: Overhead | None = None
+    created: float = field(default_factory=time.time)
+
+    @property
+    def target(self) -> Target:
+        return Target(self.device["fingerprint"], self.runtime, self.precision, self.threads)
+
+    def describe(self) -> str:
+        return (f"{self.device.get('cpu_model', '?')} (fingerprint {self.device['fingerprint']}),"
+                f" {self.runtime} {self.precision}, {self.threads} thread(s)")
+
+    # --- prediction ----------------------------------------------------------------------
+    def unit_sum_ms(self, arch: Architecture) -> float:
+        missing = [u.key for u in units_of(arch) if u.key not in self.units]
+        if missing:
+            raise EdgepipeError(
+                f"the latency table has no entry for {len(missing)} unit(s) of this network, "
+                f"e.g. {missing[0]}: it was collected for another search space; collect one "
+                "for this space with `edgepipe lut collect`")
+        return sum(self.units[u.key]["median_ms"] for u in units_of(arch))
+
+    def predict(self, arch: Architecture) -> float:
+        """Predicted latency (ms) of a whole network: units summed, overhead added."""
+        total = self.unit_sum_ms(arch)
+        if self.overhead is None:
+            return total
+        o = self.overhead
+        return o.scale * total + o.per_unit_ms * len(units_of(arch)) + o.offset_ms
+
+    def naive_sum_ms(self, ops: list[Unit]) -> float:
+        return sum(self.units[u.key]["median_ms"] for u in ops)
+
+    def check_target(self, target: Target, force: bool = False) -> None:
+        """Refuse to predict for another device or other settings (unless forced)."""
+        mismatch = [f"{name} {mine!r} ≠ {theirs!r}"
+                    for name, mine, theirs in zip(
+                        ("device fingerprint", "runtime", "precision", "threads"),
+                        (self.target.fingerprint, self.runtime, self.precision, self.threads),
+                        (target.fingerprint, target.runtime, target.precision, target.threads),
+                        strict=True) if mine != theirs]
+        if mismatch and not force:
+            raise EdgepipeError(
+                f"the latency table was measured for {self.describe()}, not for this target "
+                f"({'; '.join(mismatch)}): collect a table there with `edgepipe lut collect` "
+                "or pass --force to use it anyway")
+
+    # --- storage --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **data}
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(self.to_dict(), indent=1, sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        path = Path(path)
+        if not path.is_file():
+            raise EdgepipeError(f"latency table {path} does not exist: give a table file "
+                                f"(`edgepipe lut list` shows the known ones)")
+        redo = "collect it again with `edgepipe lut collect` or restore the file"
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise EdgepipeError(f"latency table {path} is corrupted (not JSON: {exc}): "
+                                f"{redo}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise EdgepipeError(f"{path} is not an edgepipe latency table: {redo}")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise EdgepipeError(f"latency table {path} has format version "
+                                f"{data.get('format_version')}; this edgepipe reads "
+                                f"{FORMAT_VERSION}: {redo}")
+        data = {k: v for k, v in data.items() if k not in ("format", "format_version")}
+        try:
+            overhead = data.pop("overhead")
+            table = cls(**data, overhead=Overhead(**overhead) if overhead else None)
+            bad = [k for k, v in table.units.items()
+                   if not isinstance(v, dict) or not isinstance(v.get("median_ms"), (int, float))
+                   or not v["median_ms"] > 0]
+            if bad or not isinstance(table.device.get("fingerprint"), str):
+                raise ValueError(f"entry {bad[0]!r} has no positive median_ms" if bad
+                                 else "no device fingerprint")
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise EdgepipeError(f"latency table {path} is corrupted ({exc}): {redo}") from None
+        return table
+
+
+def table_name(target: Target) -> str:
+    return f"{target.fingerprint}-{target.runtime}-{target.precision}-t{target.threads}.json"
+
+
+def known_tables(home: Path) -> list[Path]:
+    """Tables collected here (``EDGEPIPE_HOME/tables``) and those shipped with edgepipe."""
+    return sorted((home / "tables").glob("*.json")) + sorted(SHIPPED.glob("*.json"))
+
+
+def find_table(target: Target, home: Path) -> Path | None:
+    for path in known_tables(home):
+        if path.name == table_name(target):
+            return path
+    return None

@@ -1,0 +1,217 @@
+"""Latency tables: the space, unit keys, collection against a real local agent (killed and
+resumed), prediction, refusal of a foreign table, corrupted files, evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgepipe.errors import EdgepipeError
+from edgepipe.latency_tables.collect import fit_overhead, space_units, unit_programs
+from edgepipe.latency_tables.evaluate import error_metrics, kendall_tau
+from edgepipe.latency_tables.table import SHIPPED, LatencyTable, Target
+from edgepipe.latency_tables.units import naive_ops, units_of
+from edgepipe.models.space import SPACES, Architecture, SearchSpace, build_architecture
+
+from .conftest import run_cli
+
+
+def test_default_space_holds_both_seeds_and_every_sample_has_table_units():
+    space = SPACES["default"]
+    keys = {u.key for u in space_units(space)}
+    for seed in ("large", "small"):
+        arch = space.seed_architecture(seed)
+        assert space.contains(arch)
+        assert {u.key for u in units_of(arch)} <= keys
+    archs = space.architectures(40, seed=3)
+    assert len({a.digest() for a in archs}) == 40  # distinct
+    assert archs == space.architectures(40, seed=3)  # seeded
+    for arch in archs:
+        assert {u.key for u in units_of(arch)} <= keys
+        assert Architecture.from_dict(json.loads(json.dumps(arch.to_dict()))) == arch
+    # a sampled network is a plain config models/ builds, with the right output
+    import torch
+
+    arch = archs[0]
+    out = build_architecture(arch)(torch.zeros(1, 3, arch.resolution, arch.resolution))
+    assert out.shape == (1, 1000)
+
+
+def test_unit_keys_are_readable_and_name_what_changes_the_time():
+    large = SPACES["default"].seed_architecture("large")
+    keys = [u.key for u in units_of(large)]
+    assert keys[0] == "stem-in:224x224x3-out:112x112x16-k:3-s:2-act:hs"
+    assert keys[4] == "ir-in:56x56x24-out:28x28x40-e:72-k:5-s:2-se:1-act:re"
+    assert keys[-1] == "head-in:7x7x160-conv:960-act:hs-fc:1280-fc:1000"
+    assert len(keys) == 1 + 15 + 1
+    # one ExecuTorch program per unit shape, measured at every resolution
+    units = space_units(SPACES["default"])
+    programs = unit_programs(units, dynamic=True)
+    assert len(programs) < len(units) / 3
+    # the naive alternative: convs, activations, SE, add measured apart
+    ops = naive_ops(units_of(large)[3])
+    assert [o.kind for o in ops] == ["conv", "act", "conv", "act", "conv", "add"]
+
+
+def test_metrics_and_overhead_fit():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = random.Random(1)
+    a = [rng.random() for _ in range(30)]
+    b = [x + rng.gauss(0, 0.2) for x in a]
+    assert kendall_tau(a, b) == pytest.approx(scipy_stats.kendalltau(a, b)[0], abs=1e-9)
+    m = error_metrics([104, 96, 111, 100], [100, 100, 100, 100])
+    assert (m["within_5pct"], m["within_10pct"]) == (0.75, 0.75)
+    # the overhead fit recovers how a known device turns unit sums into network times
+    models = [{"sum_ms": s, "units": n, "measured_ms": 0.9 * s + 0.02 * n + 0.3}
+              for s, n in ((5, 14), (8, 17), (11, 15), (13, 20), (6, 18))]
+    fit = fit_overhead(models)
+    assert (fit.scale, fit.per_unit_ms, fit.offset_ms) == pytest.approx((0.9, 0.02, 0.3))
+
+
+def test_shipped_table_predicts_the_seeds_in_their_known_order():
+    tables = sorted(SHIPPED.glob("*executorch-fp32-t1.json"))
+    assert tables, "edgepipe ships an ExecuTorch fp32 1-thread table"
+    table = LatencyTable.load(tables[0])
+    space = SearchSpace.from_dict(table.space)
+    large = table.predict(space.seed_architecture("large"))
+    small = table.predict(space.seed_architecture("small"))
+    assert 2 * small < large  # V3-Small is ~3x faster than Large on CPUs (paper, table 3)
+    assert table.predict(space.seed_architecture("large", 160)) < large
+    assert table.overhead is not None and len(table.overhead.models) >= 4
+
+
+def _collect(home: Path, *extra: str) -> subprocess.Popen:
+    code = "import sys\nfrom edgepipe.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "lut", "collect", "--space", "tiny", "--out",
+         str(home / "t.json"), "--calibration", "4", *extra],
+        env={**os.environ, "EDGEPIPE_HOME": str(home)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_collect_killed_resumes_then_predict_evaluate_refuse(tmp_path):
+    home = tmp_path / "home"
+    table_file = home / "t.json"
+    first = _collect(home, "--batch", "6")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and first.poll() is None:
+        if table_file.is_file() and len(json.loads(table_file.read_text())["units"]) >= 6:
+            break
+        time.sleep(0.2)
+    assert first.poll() is None, first.communicate()
+    os.killpg(first.pid, signal.SIGKILL)  # the command, its converters and its agent
+    first.wait()
+    partial = json.loads(table_file.read_text())  # written atomically: whole, readable
+    assert 6 <= len(partial["units"]) < len(space_units(SPACES["tiny"]))
+    assert partial["overhead"] is None
+
+    second = _collect(home, "--batch", "6")
+    out, err = second.communicate(timeout=900)
+    assert second.returncode == 0, err
+    table = LatencyTable.load(table_file)
+    assert set(table.units) == {u.key for u in space_units(SPACES["tiny"])}
+    for key, stats in partial["units"].items():  # kept, not measured again
+        assert table.units[key] == stats
+    assert table.method["collection_s"]["convert"] < 5  # every program was already converted
+    assert len(table.reference["samples"]) >= 2 and "accepted_spread_pct" in table.reference
+    for stats in table.units.values():
+        assert stats["count"] >= 15 and stats["median_ms"] > 0 and "ci95_pct" in stats
+    assert "units (" in out and "wrote" in out
+
+    env = {"EDGEPIPE_HOME": str(home)}
+    arch = tmp_path / "arch.json"  # a network of the tiny space, as a search would save it
+    arch.write_text(json.dumps(SPACES["tiny"].architectures(1, seed=5)[0].to_dict()))
+    run = run_cli("lut", "predict", "--table", str(table_file), "--arch", str(arch), env=env)
+    assert run.returncode == 0, run.stderr
+    small96 = float(run.stdout.split("predicted ")[1].split(" ms")[0])
+    assert small96 > 0
+    run = run_cli("lut", "predict", "--table", str(table_file), "--arch", "large", env=env)
+    assert run.returncode == 2 and "no entry for" in run.stderr  # not a network of this space
+
+    # a table from another device is refused, unless forced
+    foreign = json.loads(table_file.read_text())
+    foreign["device"]["fingerprint"] = "0123456789abcdef"
+    (tmp_path / "foreign.json").write_text(json.dumps(foreign))
+    run = run_cli("lut", "predict", "--table", str(tmp_path / "foreign.json"), "--arch",
+                  str(arch), env=env)
+    assert run.returncode == 2 and "fingerprint" in run.stderr and "--force" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    run = run_cli("lut", "predict", "--table", str(tmp_path / "foreign.json"), "--arch",
+                  str(arch), "--force", env=env)
+    assert run.returncode == 0 and f"{small96:.3f}" in run.stdout
+    with pytest.raises(EdgepipeError, match="threads"):
+        table.check_target(Target(table.device["fingerprint"], "executorch", "fp32", 4))
+
+    # corrupted files: one clear line each
+    for name, text in (("cut.json", table_file.read_text()[:500]),
+                       ("other.json", json.dumps({"hello": 1})),
+                       ("bad-entry.json", table_file.read_text().replace(
+                           '"median_ms": ', '"median_ms": -', 1))):
+        (tmp_path / name).write_text(text)
+        run = run_cli("lut", "predict", "--table", str(tmp_path / name), env=env)
+        assert run.returncode == 2, name
+        assert "latency table" in run.stderr or "not an edgepipe" in run.stderr, run.stderr
+        assert "collect it again" in run.stderr and "Traceback" not in run.stderr
+
+    # evaluation: whole networks measured on the agent, compared with the predictions
+    run = run_cli("lut", "evaluate", "--table", str(table_file), "--count", "5", "--naive", "1",
+                  "--out", str(tmp_path / "eval"), env=env)
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["prediction"]["count"] == 5 and len(report["networks"]) == 5
+    for row in report["networks"]:
+        assert row["measured_ms"] > 0 and row["predicted_ms"] > 0
+    assert report["naive_per_op_sum"]["count"] == 1
+    assert (tmp_path / "eval" / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "within ±5 %" in run.stdout
+
+
+def test_batch_jobs_are_checked_by_the_agent(tmp_path):
+    from edgepipe.device.client import AgentClient
+    from edgepipe.device.local import start_agent, stop_agent
+
+    url, proc = start_agent(tmp_path / "agent", "tok")
+    try:
+        client = AgentClient(url, "tok")
+        for items, needle in (([], "1..5000"), ([{"artifact": "0" * 64}], "shape"),
+                              ([{"artifact": "0" * 64, "shape": [1, -3]}], "shape"),
+                              ([{"artifact": "0" * 64, "shape": [1, 3]}], "upload it first")):
+            with pytest.raises(EdgepipeError, match=needle):
+                client.submit(items=items)
+        with pytest.raises(EdgepipeError, match="stable_pct"):
+            client.submit(items=[{"artifact": "0" * 64, "shape": [1]}], stable_pct=-1)
+    finally:
+        stop_agent(proc)
+
+
+def test_drift_guard_measures_a_disturbed_segment_again():
+    """The retry policy, on a simulated device that is 1.6x slower during its second job
+    (what the shared host here does for seconds at a time)."""
+    from edgepipe.latency_tables.drift import DriftGuard
+
+    calls = []
+
+    def measure(items):
+        calls.append(items)
+        slow = 1.6 if len(calls) == 2 else 1.0
+        return [{"median_ms": (0.3 if i["ref"] else i["ms"]) * slow} for i in items]
+
+    guard = DriftGuard({"ref": True}, limit_pct=3, retries=2)
+    segments = [[{"ref": False, "ms": 1.0}], [{"ref": False, "ms": 2.0}]]
+    assert [s[0]["median_ms"] for s in guard.measure(measure, segments)] == [1.0, 2.0]
+    assert [s[0]["median_ms"] for s in guard.measure(measure, segments)] == [1.0, 2.0]
+    assert len(calls) == 3  # the second batch was slow everywhere: measured again
+    assert guard.summary()["disturbed_references"] == 3 and not guard.summary()["flagged"]
+
+    always_slow = DriftGuard({"ref": True}, limit_pct=3, retries=1,
+                             samples=[{"median_ms": 0.3, "accepted": True}])
+    result = always_slow.measure(lambda items: [{"median_ms": 0.5} for _ in items], segments)
+    assert result[0][0]["unsettled"] and always_slow.summary()["flagged"]
