@@ -361,8 +361,8 @@ def _add_lut(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="table file (default: EDGEPIPE_HOME/tables/"
                                             "<fingerprint>-<runtime>-<precision>-t<N>.json)")
     p.add_argument("--jobs", type=int, default=2, help="conversions in parallel (default 2)")
-    p.add_argument("--calibration", type=int, default=6,
-                   help="whole networks measured to fit the per-model overhead (default 6)")
+    p.add_argument("--calibration", type=int, default=10,
+                   help="whole networks measured to fit the per-model overhead (default 10)")
     p.add_argument("--batch", type=int, default=240,
                    help="units per agent job; the table is saved after each (default 240)")
     p.set_defaults(func=_run_lut_collect)
@@ -433,9 +433,10 @@ def _run_lut_collect(args: argparse.Namespace) -> int:
     console.print(f"{len(table.units)} units ({times['programs']} programs) for "
                   f"{table.describe()}: converted in {times['convert']:.0f} s, measured in "
                   f"{times['measure']:.0f} s, {times['total']:.0f} s in all")
-    console.print(f"overhead fit on {len(table.overhead.models)} networks: measured ≈ "
-                  f"{table.overhead.scale:.3f} × Σunits + {table.overhead.per_unit_ms:.4f} ms × "
-                  f"units + {table.overhead.offset_ms:.3f} ms; "
+    fit = table.overhead
+    console.print(f"overhead fit on {len(fit.models)} networks: measured ≈ {fit.scale:.3f} × "
+                  f"Σunits + {fit.boundary_ms_per_m:.3f} ms × M boundary elements + "
+                  f"{fit.offset_ms:.3f} ms; "
                   f"reference unit: {ref['references']} checks, {ref['disturbed_references']} "
                   f"found the device slower and their units were measured again"
                   + (f" [bold red](FLAGGED: {ref['unsettled_segments']} segment(s) never "
@@ -464,7 +465,8 @@ def _run_lut_evaluate(args: argparse.Namespace) -> int:
             report = evaluate(req, client, progress)
     for name, label in (("prediction", "units + overhead"),
                         ("unit_sum_without_overhead", "units, raw sum"),
-                        ("naive_per_op_sum", "naive per-op sum")):
+                        ("naive_per_op_sum", "naive per-op sum"),
+                        ("repeatability", "pass 2 vs pass 1")):
         m = report[name]
         if m.get("count"):
             console.print(f"{label:>18}: {m['count']} networks, within ±5 % "

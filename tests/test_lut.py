@@ -70,10 +70,10 @@ def test_metrics_and_overhead_fit():
     m = error_metrics([104, 96, 111, 100], [100, 100, 100, 100])
     assert (m["within_5pct"], m["within_10pct"]) == (0.75, 0.75)
     # the overhead fit recovers how a known device turns unit sums into network times
-    models = [{"sum_ms": s, "units": n, "measured_ms": 0.9 * s + 0.02 * n + 0.3}
-              for s, n in ((5, 14), (8, 17), (11, 15), (13, 20), (6, 18))]
+    models = [{"sum_ms": s, "boundary_m": e, "measured_ms": 0.9 * s - 0.4 * e + 0.3}
+              for s, e in ((5, 1.4), (8, 1.7), (11, 1.5), (13, 2.0), (6, 1.8))]
     fit = fit_overhead(models)
-    assert (fit.scale, fit.per_unit_ms, fit.offset_ms) == pytest.approx((0.9, 0.02, 0.3))
+    assert (fit.scale, fit.boundary_ms_per_m, fit.offset_ms) == pytest.approx((0.9, -0.4, 0.3))
 
 
 def test_shipped_table_predicts_the_seeds_in_their_known_order():
@@ -85,14 +85,14 @@ def test_shipped_table_predicts_the_seeds_in_their_known_order():
     small = table.predict(space.seed_architecture("small"))
     assert 2 * small < large  # V3-Small is ~3x faster than Large on CPUs (paper, table 3)
     assert table.predict(space.seed_architecture("large", 160)) < large
-    assert table.overhead is not None and len(table.overhead.models) >= 4
+    assert table.overhead is not None and len(table.overhead.models) >= 5
 
 
 def _collect(home: Path, *extra: str) -> subprocess.Popen:
     code = "import sys\nfrom edgepipe.cli import main\nsys.exit(main(sys.argv[1:]))"
     return subprocess.Popen(
         [sys.executable, "-c", code, "lut", "collect", "--space", "tiny", "--out",
-         str(home / "t.json"), "--calibration", "4", *extra],
+         str(home / "t.json"), "--calibration", "5", *extra],
         env={**os.environ, "EDGEPIPE_HOME": str(home)}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True)
 

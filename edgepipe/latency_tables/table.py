@@ -35,13 +35,13 @@ class Target:
 
 @dataclass
 class Overhead:
-    """measured ≈ scale · Σ units + per_unit_ms · (number of units) + offset_ms, fitted on
-    whole networks measured on the device (see ``collect.fit_overhead``)."""
+    """measured ≈ scale · Σ units + boundary_ms_per_m · (M elements at unit boundaries)
+    + offset_ms, fitted on whole networks measured on the device (``collect.fit_overhead``)."""
 
     scale: float = 1.0
     offset_ms: float = 0.0
-    models: list[dict[str, Any]] = field(default_factory=list)  # name, sum_ms, measured_ms
-    per_unit_ms: float = 0.0
+    models: list[dict[str, Any]] = field(default_factory=list)  # name, sums, measured_ms
+    boundary_ms_per_m: float = 0.0
 
 
 @dataclass
@@ -82,7 +82,7 @@ class LatencyTable:
         if self.overhead is None:
             return total
         o = self.overhead
-        return o.scale * total + o.per_unit_ms * len(units_of(arch)) + o.offset_ms
+        return o.scale * total + o.boundary_ms_per_m * boundary_melements(arch) + o.offset_ms
 
     def naive_sum_ms(self, ops: list[Unit]) -> float:
         return sum(self.units[u.key]["median_ms"] for u in ops)
@@ -141,6 +141,11 @@ class LatencyTable:
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise EdgepipeError(f"latency table {path} is corrupted ({exc}): {redo}") from None
         return table
+
+
+def boundary_melements(arch: Architecture) -> float:
+    """Millions of elements crossing unit boundaries (see ``Unit.boundary_elements``)."""
+    return sum(u.boundary_elements for u in units_of(arch)) / 1e6
 
 
 def table_name(target: Target) -> str:

@@ -60,6 +60,17 @@ class Unit:
     def input_shape(self) -> list[int]:
         return [1, self.in_channels, self.hw, self.hw]
 
+    @property
+    def boundary_elements(self) -> int:
+        """Elements of the unit's input and output: alone, a unit converts both between the
+        runtime's layout (NHWC) and the program's (NCHW); inside a network it does not."""
+        out_channels = {"stem": 1, "ir": 3, "conv": 1}.get(self.kind)
+        stride = {"stem": 2, "ir": 6, "conv": 3}.get(self.kind)
+        if out_channels is None or stride is None:
+            return self.hw * self.hw * self.in_channels * 2
+        out_hw = _out_hw(self.hw, 2 if self.kind == "stem" else self.params[stride])
+        return self.hw * self.hw * self.in_channels + out_hw * out_hw * self.params[out_channels]
+
     def module(self) -> nn.Module:
         return _MODULES[self.kind](*self.params).eval()
 
