@@ -215,3 +215,18 @@ def test_drift_guard_measures_a_disturbed_segment_again():
                              samples=[{"median_ms": 0.3, "accepted": True}])
     result = always_slow.measure(lambda items: [{"median_ms": 0.5} for _ in items], segments)
     assert result[0][0]["unsettled"] and always_slow.summary()["flagged"]
+
+
+def test_litert_table_one_program_per_unit(tmp_path):
+    """LiteRT programs have one input size each: a table converts one per unit, and the
+    worker (no torch needed for LiteRT) measures them."""
+    home = tmp_path / "home"
+    run = run_cli("lut", "collect", "--space", "tiny", "--runtime", "litert", "--calibration",
+                  "3", "--out", str(home / "lite.json"), env={"EDGEPIPE_HOME": str(home)})
+    assert run.returncode == 0, run.stderr
+    table = LatencyTable.load(home / "lite.json")
+    assert table.runtime == "litert" and table.runtime_version.startswith("ai-edge-litert")
+    times = table.method["collection_s"]
+    assert times["programs"] == times["units"] == len(table.units)
+    arch = SPACES["tiny"].architectures(1, seed=2)[0]
+    assert table.predict(arch) > 0 and table.overhead.scale > 0
