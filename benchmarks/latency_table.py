@@ -3,6 +3,7 @@ accuracy on random networks measured whole.
 
     python benchmarks/latency_table.py [--space default] [--count 100] [--naive 10]
                                        [--table EXISTING.json]   # skip the collection
+                                       [--home DIR]  # reuse converted programs of an earlier run
 
 Collects the space's ExecuTorch fp32 1-thread table on an agent started on this machine, in a
 fresh EDGEPIPE_HOME (nothing cached: every program converted), then evaluates it on ``--count``
@@ -34,8 +35,10 @@ def main() -> None:
     parser.add_argument("--naive", type=int, default=10)
     parser.add_argument("--table", type=Path)
     parser.add_argument("--out", type=Path, default=Path("out/bench-lut"))
+    parser.add_argument("--home", type=Path, help="an EDGEPIPE_HOME whose converted programs "
+                                                  "are reused (default: a new, empty one)")
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="edgepipe-bench-lut-"))
+    home = args.home or Path(tempfile.mkdtemp(prefix="edgepipe-bench-lut-"))
     table = args.table
     if table is None:
         table = args.out / "table.json"

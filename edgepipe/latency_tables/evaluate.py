@@ -28,7 +28,13 @@ from .collect import (
     upload_programs,
 )
 from .drift import DriftGuard
-from .programs import ProgramSpec, convert_programs, program_path, takes_dynamic_size
+from .programs import (
+    ProgramSpec,
+    convert_programs,
+    is_converted,
+    program_path,
+    takes_dynamic_size,
+)
 from .table import LatencyTable
 from .units import Unit, naive_ops, units_of
 
@@ -91,8 +97,9 @@ def evaluate(req: EvaluateRequest, client: AgentClient, progress: Progress | Non
     reference = Unit(saved["kind"], saved["hw"], tuple(saved["params"])) if saved else None
     ref_specs = unit_programs([reference], dynamic) if reference else {}
     todo = specs + list(naive_specs.values()) + list(ref_specs.values())
-    progress.phase("converting networks and naive ops", len(todo))
-    convert_programs(todo, table.runtime, table.precision, folder, req.jobs,
+    unconverted = [s for s in todo if not is_converted(folder, s, table.runtime)]
+    progress.phase("converting networks and naive ops", len(unconverted))
+    convert_programs(unconverted, table.runtime, table.precision, folder, req.jobs,
                      on_done=lambda _k: progress.advance())
     paths = [program_path(folder, s, table.runtime) for s in todo]
     progress.phase("uploading", len(paths))
