@@ -20,6 +20,8 @@ class AgentClient:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self._upload_limit: int | None = None
+        self._limit_known = False
 
     def _request(self, method: str, path: str, body: bytes | Any = None,
                  content_type: str = "application/json", length: int | None = None,
@@ -77,7 +79,10 @@ class AgentClient:
         present = {a["sha256"]: a for a in self.artifacts()} if check_present else {}
         if sha not in present:
             size = artifact.stat().st_size
-            limit = self.info().get("max_upload_mb")
+            if not self._limit_known:  # fixed for an agent's life: asked once
+                self._upload_limit = self.info().get("max_upload_mb")
+                self._limit_known = True
+            limit = self._upload_limit
             if limit is not None and size > limit << 20:
                 raise EdgepipeError(f"{artifact.name} is {size / 1e6:.1f} MB, over the agent's "
                                     f"upload limit of {limit} MiB: restart the agent with a "

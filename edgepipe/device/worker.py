@@ -64,10 +64,16 @@ def executorch_etdump(artifact: Path, x: np.ndarray, threads: int, runs: int,
     return {"available": True, "source": "etdump", "file": out.name, "runs": runs}
 
 
-def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any]:
+def _start(job_dir: Path) -> dict[str, Any]:
+    """The job's spec, with the process pinned to the CPUs it asks for."""
     spec = json.loads((job_dir / "job.json").read_text())["spec"]
     if spec.get("affinity"):
         os.sched_setaffinity(0, spec["affinity"])
+    return spec
+
+
+def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any]:
+    spec = _start(job_dir)
     manifest = Manifest.from_dict(json.loads(manifest_path.read_text()))
     x = example_input(manifest)
     report(phase="loading", done=0, total=1)
@@ -102,9 +108,7 @@ def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any
 
 def run_batch(job_dir: Path) -> dict[str, Any]:
     """Measure each item (an artifact at an input shape) until its median is stable."""
-    spec = json.loads((job_dir / "job.json").read_text())["spec"]
-    if spec.get("affinity"):
-        os.sched_setaffinity(0, spec["affinity"])
+    spec = _start(job_dir)
     items = json.loads((job_dir / "batch.json").read_text())
     import_runtime(items[0]["path"])
     runners: dict[str, Any] = {}

@@ -199,7 +199,7 @@ def _open_table(req: CollectRequest, info: dict[str, Any]) -> LatencyTable:
                 "input": "seeded normal noise", "statistic": "median"})
 
 
-def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
 
@@ -242,7 +242,7 @@ def collect(req: CollectRequest, client: AgentClient, progress: Progress | None 
     progress.phase("measuring units", len(todo))
     job = req.settings.job(req.threads)
     measure_started = time.perf_counter()
-    segments = list(_batches(todo, min(req.settings.segment, req.settings.batch)))
+    segments = list(chunks(todo, min(req.settings.segment, req.settings.batch)))
 
     def keep(i: int, results: list[dict[str, float]]) -> None:
         for unit, stats in zip(segments[i], results, strict=True):
@@ -266,7 +266,7 @@ def collect(req: CollectRequest, client: AgentClient, progress: Progress | None 
                                  segments + segments)
         table.overhead = fit_overhead([
             {"name": _arch_name(arch), "sum_ms": table.unit_sum_ms(arch),
-             "boundary_m": boundary_melements(arch),
+             "boundary_m": boundary_melements(units_of(arch)),
              "measured_ms": min(first[0]["median_ms"], second[0]["median_ms"])}
             for arch, first, second in zip(calib, measured[:len(calib)],
                                            measured[len(calib):], strict=True)])

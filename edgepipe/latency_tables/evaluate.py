@@ -22,6 +22,7 @@ from .collect import (
     MeasureSettings,
     Progress,
     arch_program,
+    chunks,
     measure_items,
     program_for,
     unit_programs,
@@ -122,9 +123,9 @@ def evaluate(req: EvaluateRequest, client: AgentClient, progress: Progress | Non
     passes = []
     for _ in range(2):
         measured = []
-        for start in range(0, len(segments), 20):  # one worker per 20 networks
-            measured += _measure(client, guard, whole, segments[start:start + 20], per_job=20)
-            progress.advance(len(segments[start:start + 20]) / 2)
+        for chunk in chunks(segments, 20):  # one worker per 20 networks
+            measured += _measure(client, guard, whole, chunk, per_job=20)
+            progress.advance(len(chunk) / 2)
         passes.append([m[0] for m in measured])
     rows = []
     for arch, first, second in zip(archs, *passes, strict=True):
@@ -140,8 +141,7 @@ def evaluate(req: EvaluateRequest, client: AgentClient, progress: Progress | Non
         op_times = dict(table.units)
         missing = [u for u in naive_units.values() if u.key not in op_times]
         progress.phase("measuring naive ops", len(missing))
-        segments = [missing[i:i + settings.segment]
-                    for i in range(0, len(missing), settings.segment)]
+        segments = list(chunks(missing, settings.segment))
         results = _measure(client, guard, settings.job(table.threads),
                            [[item(naive_specs, u) for u in seg] for seg in segments],
                            settings.batch)

@@ -67,25 +67,26 @@ class LatencyTable:
                 f" {self.runtime} {self.precision}, {self.threads} thread(s)")
 
     # --- prediction ----------------------------------------------------------------------
-    def unit_sum_ms(self, arch: Architecture) -> float:
-        missing = [u.key for u in units_of(arch) if u.key not in self.units]
+    def _sum_ms(self, units: list[Unit]) -> float:
+        missing = [u.key for u in units if u.key not in self.units]
         if missing:
             raise EdgepipeError(
                 f"the latency table has no entry for {len(missing)} unit(s) of this network, "
                 f"e.g. {missing[0]}: it was collected for another search space; collect one "
                 "for this space with `edgepipe lut collect`")
-        return sum(self.units[u.key]["median_ms"] for u in units_of(arch))
+        return sum(self.units[u.key]["median_ms"] for u in units)
+
+    def unit_sum_ms(self, arch: Architecture) -> float:
+        return self._sum_ms(units_of(arch))
 
     def predict(self, arch: Architecture) -> float:
         """Predicted latency (ms) of a whole network: units summed, overhead added."""
-        total = self.unit_sum_ms(arch)
+        units = units_of(arch)  # once: a search predicts thousands of networks
+        total = self._sum_ms(units)
         if self.overhead is None:
             return total
         o = self.overhead
-        return o.scale * total + o.boundary_ms_per_m * boundary_melements(arch) + o.offset_ms
-
-    def naive_sum_ms(self, ops: list[Unit]) -> float:
-        return sum(self.units[u.key]["median_ms"] for u in ops)
+        return o.scale * total + o.boundary_ms_per_m * boundary_melements(units) + o.offset_ms
 
     def check_target(self, target: Target, force: bool = False) -> None:
         """Refuse to predict for another device or other settings (unless forced)."""
@@ -143,9 +144,9 @@ class LatencyTable:
         return table
 
 
-def boundary_melements(arch: Architecture) -> float:
+def boundary_melements(units: list[Unit]) -> float:
     """Millions of elements crossing unit boundaries (see ``Unit.boundary_elements``)."""
-    return sum(u.boundary_elements for u in units_of(arch)) / 1e6
+    return sum(u.boundary_elements for u in units) / 1e6
 
 
 def table_name(target: Target) -> str:
