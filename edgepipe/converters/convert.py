@@ -133,6 +133,13 @@ class Progress:
     def step(self, description: str) -> None: ...
 
 
+def _artifact_stem(model: str) -> str:
+    """File names of the artifacts: a model file (searched network) gives its own name."""
+    if model.endswith(".json"):
+        return Path(model).stem
+    return model.replace(":", "_").replace(".", "_").replace("/", "_")
+
+
 def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, Any]:
     """Run the conversion; returns the report also written to ``OUT/report.json``."""
     progress = progress or Progress()
@@ -156,7 +163,7 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
             progress.step("PyTorch reference on real photos")
             reference = ParityReference(src, parity_photos())
             results = []
-            stem = req.model.replace(":", "_").replace(".", "_")
+            stem = _artifact_stem(req.model)
             for converter, precision in jobs:
                 progress.step(f"{converter.format} {precision}: converting")
                 path = work / f"{stem}_{precision}{converter.suffix}"

@@ -14,6 +14,7 @@ from torch import nn
 from ..errors import EdgepipeError
 from ..manifest import Preprocessing
 from ..models import ModelInfo, create_model, load_weights
+from ..models.batchnorm import recalibrate_batchnorm
 from ..models.blocks import HardSwish
 from ..preprocess import preprocess
 
@@ -75,26 +76,6 @@ def default_preprocessing(task: str, size: int) -> Preprocessing:
     return Preprocessing(size=(size, size), resize=resize)
 
 
-@torch.no_grad()
-def recalibrate_batchnorm(module: nn.Module, batches: list[torch.Tensor]) -> None:
-    """Re-estimate BatchNorm statistics on real images.
-
-    A random-init MobileNetV3 has unit running variances and outputs ~1e-10 logits: parity
-    numbers on it mean nothing until the statistics match real activations.
-    """
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over all batches
-    module.train()
-    x = torch.cat(batches)
-    for chunk in x.split(8):
-        module(chunk)
-    module.eval()
-
-
 def load_source_model(
     name: str,
     weights: str | Path | None = None,
@@ -110,7 +91,8 @@ def load_source_model(
         raise EdgepipeError(f"input size {size} is out of range: use 32 to 2048 pixels")
     pre = default_preprocessing(info.task, size)
     sha = load_weights(module, weights) if weights else None
-    source = SourceModel(name, module, info, pre, label_names(info.label_set), sha)
+    labels = list(info.labels) if info.labels else label_names(info.label_set)
+    source = SourceModel(name, module, info, pre, labels, sha)
     if sha is None and bn_images:
         recalibrate_batchnorm(module, source.batches(bn_images))
     try:

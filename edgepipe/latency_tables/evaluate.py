@@ -17,7 +17,7 @@ import numpy as np
 
 from ..device.client import AgentClient
 from ..manifest import write_atomic
-from ..models.space import SearchSpace
+from ..models.space import Architecture, SearchSpace
 from .collect import (
     MeasureSettings,
     Progress,
@@ -81,43 +81,50 @@ class EvaluateRequest:
     jobs: int = 2
 
 
-def evaluate(req: EvaluateRequest, client: AgentClient, progress: Progress | None = None
-             ) -> dict[str, Any]:
-    progress = progress or Progress()
-    table = LatencyTable.load(req.table_path)
-    space = SearchSpace.from_dict(table.space)
-    archs = space.architectures(req.count, seed=req.seed)
-    folder = req.workdir / f"{table.runtime}-{table.precision}"
-    specs = [arch_program(a) for a in archs]
-    naive_units = {op.key: op for a in archs[:req.naive_count] for u in units_of(a)
-                   for op in naive_ops(u)}
-    dynamic = takes_dynamic_size(table.runtime)
-    naive_specs = unit_programs([u for u in naive_units.values() if u.key not in table.units],
-                                dynamic)
+def _reference(table: LatencyTable) -> Unit | None:
     saved = (table.reference or {}).get("unit")
-    reference = Unit(saved["kind"], saved["hw"], tuple(saved["params"])) if saved else None
-    ref_specs = unit_programs([reference], dynamic) if reference else {}
-    todo = specs + list(naive_specs.values()) + list(ref_specs.values())
-    unconverted = [s for s in todo if not is_converted(folder, s, table.runtime)]
-    progress.phase("converting networks and naive ops", len(unconverted))
-    convert_programs(unconverted, table.runtime, table.precision, folder, req.jobs,
+    return Unit(saved["kind"], saved["hw"], tuple(saved["params"])) if saved else None
+
+
+def _prepare(specs: list[ProgramSpec], table: LatencyTable, client: AgentClient, folder: Path,
+             jobs: int, progress: Progress, what: str) -> dict[Path, str]:
+    """Convert what is not converted yet, upload what the agent lacks: sha256 per program."""
+    unconverted = [s for s in specs if not is_converted(folder, s, table.runtime)]
+    progress.phase(f"converting {what}", len(unconverted))
+    convert_programs(unconverted, table.runtime, table.precision, folder, jobs,
                      on_done=lambda _k: progress.advance())
-    paths = [program_path(folder, s, table.runtime) for s in todo]
+    paths = [program_path(folder, s, table.runtime) for s in specs]
     progress.phase("uploading", len(paths))
-    shas = upload_programs(client, paths, progress.advance)
+    return upload_programs(client, paths, progress.advance)
 
-    def item(programs: dict[str, ProgramSpec], unit: Unit) -> dict[str, Any]:
-        path = program_path(folder, program_for(programs, unit), table.runtime)
-        return {"artifact": shas[path], "shape": unit.input_shape()}
 
-    settings = MeasureSettings(**{k: v for k, v in table.method.items()
-                                  if k in MeasureSettings.__dataclass_fields__})
-    # the table's reference unit brackets these measurements too (see drift.py)
-    guard = settings.guard(item(ref_specs, reference)) if reference else None
+def _settings(table: LatencyTable) -> MeasureSettings:
+    return MeasureSettings(**{k: v for k, v in table.method.items()
+                              if k in MeasureSettings.__dataclass_fields__})
+
+
+def measure_networks(archs: list[Architecture], table: LatencyTable, client: AgentClient,
+                     workdir: Path, jobs: int = 2, progress: Progress | None = None
+                     ) -> tuple[list[dict[str, Any]], DriftGuard | None]:
+    """Whole networks converted for the table's runtime and measured on the device as the
+    table's units were (same settings, same reference unit bracketing them): every network
+    twice, in two passes minutes apart; the faster counts (a slowdown of the device only ever
+    adds time) and the two passes say how repeatable a measurement is here."""
+    progress = progress or Progress()
+    folder = workdir / f"{table.runtime}-{table.precision}"
+    specs = [arch_program(a) for a in archs]
+    reference = _reference(table)
+    ref_specs = unit_programs([reference], takes_dynamic_size(table.runtime)) \
+        if reference else {}
+    shas = _prepare(specs + list(ref_specs.values()), table, client, folder, jobs, progress,
+                    "networks")
+    settings = _settings(table)
+    guard = None
+    if reference:
+        path = program_path(folder, program_for(ref_specs, reference), table.runtime)
+        guard = settings.guard({"artifact": shas[path], "shape": reference.input_shape()})
     whole = settings.whole_job(table.threads)
     progress.phase("measuring networks", len(archs))
-    # every network twice, in two passes minutes apart; the faster counts (a slowdown of the
-    # device only ever adds time) and the two passes say how repeatable a measurement is here
     segments = [[{"artifact": shas[program_path(folder, spec, table.runtime)],
                   "shape": list(spec.input_shape)}] for spec in specs]
     passes = []
@@ -127,23 +134,46 @@ def evaluate(req: EvaluateRequest, client: AgentClient, progress: Progress | Non
             measured += _measure(client, guard, whole, chunk, per_job=20)
             progress.advance(len(chunk) / 2)
         passes.append([m[0] for m in measured])
-    rows = []
-    for arch, first, second in zip(archs, *passes, strict=True):
-        rows.append({"arch": arch.to_dict(), "name": f"{arch.seed}@{arch.resolution}",
-                     "measured_ms": min(first["median_ms"], second["median_ms"]),
-                     "passes_ms": [first["median_ms"], second["median_ms"]],
-                     "ci95_pct": max(first["ci95_pct"], second["ci95_pct"]),
-                     "unsettled": first.get("unsettled", False) and second.get("unsettled", False),
-                     "unit_sum_ms": table.unit_sum_ms(arch), "predicted_ms": table.predict(arch)})
+    rows = [{"arch": arch.to_dict(), "name": f"{arch.seed}@{arch.resolution}",
+             "measured_ms": min(first["median_ms"], second["median_ms"]),
+             "passes_ms": [first["median_ms"], second["median_ms"]],
+             "ci95_pct": max(first["ci95_pct"], second["ci95_pct"]),
+             "unsettled": first.get("unsettled", False) and second.get("unsettled", False)}
+            for arch, first, second in zip(archs, *passes, strict=True)]
+    return rows, guard
+
+
+def evaluate(req: EvaluateRequest, client: AgentClient, progress: Progress | None = None
+             ) -> dict[str, Any]:
+    progress = progress or Progress()
+    table = LatencyTable.load(req.table_path)
+    space = SearchSpace.from_dict(table.space)
+    archs = space.architectures(req.count, seed=req.seed)
+    rows, guard = measure_networks(archs, table, client, req.workdir, req.jobs, progress)
+    for row, arch in zip(rows, archs, strict=True):
+        row["unit_sum_ms"] = table.unit_sum_ms(arch)
+        row["predicted_ms"] = table.predict(arch)
 
     naive: dict[str, Any] = {"count": 0}
+    naive_units = {op.key: op for a in archs[:req.naive_count] for u in units_of(a)
+                   for op in naive_ops(u)}
     if naive_units:
         op_times = dict(table.units)
         missing = [u for u in naive_units.values() if u.key not in op_times]
+        folder = req.workdir / f"{table.runtime}-{table.precision}"
+        naive_specs = unit_programs(missing, takes_dynamic_size(table.runtime))
+        shas = _prepare(list(naive_specs.values()), table, client, folder, req.jobs, progress,
+                        "naive ops")
+        settings = _settings(table)
+
+        def item(unit: Unit) -> dict[str, Any]:
+            path = program_path(folder, program_for(naive_specs, unit), table.runtime)
+            return {"artifact": shas[path], "shape": unit.input_shape()}
+
         progress.phase("measuring naive ops", len(missing))
         segments = list(chunks(missing, settings.segment))
         results = _measure(client, guard, settings.job(table.threads),
-                           [[item(naive_specs, u) for u in seg] for seg in segments],
+                           [[item(u) for u in seg] for seg in segments],
                            settings.batch)
         for seg, stats in zip(segments, results, strict=True):
             for u, s in zip(seg, stats, strict=True):

@@ -24,6 +24,7 @@ class ModelInfo:
     task: str  # "classification" | "segmentation"
     label_set: str | None  # "imagenet", "voc" or None (user model)
     default_size: int
+    labels: tuple[str, ...] | None = None  # a searched model's own class names
 
 
 _BUILDERS: dict[str, tuple[ModelInfo, Callable[[float], nn.Module]]] = {
@@ -56,6 +57,8 @@ def create_model(name: str, width_mult: float = 1.0, task: str | None = None, se
                  ) -> tuple[nn.Module, ModelInfo]:
     """Build a named model (random init, seeded: the same command gives the same artifact),
     or call ``module:factory`` for any other module."""
+    if name.endswith(".json"):
+        return _from_model_file(Path(name), seed)
     if ":" in name:
         return _from_factory(name, task or "classification"), ModelInfo(
             name, task or "classification", None, 224)
@@ -70,6 +73,21 @@ def create_model(name: str, width_mult: float = 1.0, task: str | None = None, se
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return build(width_mult).eval(), info
+
+
+def _from_model_file(path: Path, seed: int) -> tuple[nn.Module, ModelInfo]:
+    """A network `edgepipe search` wrote (model.json; its weights are given as --weights)."""
+    from .space import build_architecture, load_architecture
+
+    if not path.is_file():
+        raise EdgepipeError(f"model file {path} does not exist: give a model.json written by "
+                            "`edgepipe search`, or a built-in model name")
+    arch, labels = load_architecture(path)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        module = build_architecture(arch)
+    return module, ModelInfo(path.parent.name or path.stem, "classification", None,
+                             arch.resolution, tuple(labels) if labels else None)
 
 
 def _from_factory(spec: str, task: str) -> nn.Module:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from torch import nn
 
@@ -44,6 +45,30 @@ class Architecture:
 
 def build_architecture(arch: Architecture) -> nn.Module:
     return MobileNet(arch.network).eval()
+
+
+MODEL_FORMAT = "edgepipe-model"
+
+
+def model_file_dict(arch: Architecture, labels: list[str] | None, **extra: object) -> dict:
+    """What a searched network is saved as: its architecture and class names (the weights
+    are a state_dict beside it). `edgepipe convert`, `lut predict` and `demo` read it."""
+    return {"format": MODEL_FORMAT, "architecture": arch.to_dict(), "labels": labels, **extra}
+
+
+def load_architecture(path: str | Path) -> tuple[Architecture, list[str] | None]:
+    """An architecture file: a model file (above) or a bare ``Architecture.to_dict()``."""
+    from ..errors import EdgepipeError
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and data.get("format") == MODEL_FORMAT:
+            return Architecture.from_dict(data["architecture"]), data.get("labels")
+        return Architecture.from_dict(data), None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EdgepipeError(f"cannot read architecture {path}: {exc}: give a model.json "
+                            "written by `edgepipe search` or an architecture JSON") from None
 
 
 @dataclass(frozen=True)
@@ -194,8 +219,6 @@ SPACES = {
 
 def load_space(name_or_path: str) -> SearchSpace:
     """A named space, or a JSON file of SearchSpace fields."""
-    from pathlib import Path
-
     from ..errors import EdgepipeError
 
     if name_or_path in SPACES:

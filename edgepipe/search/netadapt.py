@@ -1,0 +1,204 @@
+"""NetAdapt (Yang et al. 2018) as MobileNetV3 used it: shrink a trained network step by step
+on a device's measured latency.
+
+Each step proposes, for every expansion layer and every bottleneck group (blocks tied by
+residual adds, shrunk together), the smallest cut in filters that lowers the predicted latency
+by at least δ; each proposal inherits the largest-L2 filters and is fine-tuned for T steps;
+the step keeps the one with the best ΔAccuracy / |ΔLatency|. At the target latency the last
+network is fine-tuned longer. Steps are the path; the target only says where to stop on it,
+so a finished search can be continued to a lower target in the same folder.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgepipeError
+from ..latency_tables.estimate import Estimator
+from ..models.space import Architecture
+from .data import DataSpec, load_dataset
+from .results import Progress, finish_model, plot_netadapt_path
+from .state import SearchRecord, load_weights, save_weights
+from .surgery import (
+    bottleneck_groups,
+    expansion_layers,
+    inherit_weights,
+    shrink_bottleneck,
+    shrink_expansion,
+)
+from .train import TrainSettings, TrainTask
+from .workers import Runner
+
+
+@dataclass
+class NetAdaptSettings:
+    delta_pct: float = 1.0  # each step cuts at least this share of the seed's latency
+    finetune_steps: int = 20  # T: training steps per proposal
+    final_steps: int = 600  # the long fine-tune at the target
+    pretrain_steps: int = 600  # trains the seed first when no weights are given
+    finetune_lr: float = 5e-4
+    final_lr: float = 1e-3
+    seed: int = 0
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+
+@dataclass
+class Proposal:
+    change: str  # "expansion 3: 88 -> 80" | "bottleneck 2 (blocks 1,2): 24 -> 16"
+    arch: Architecture
+    predicted_ms: float
+
+
+def propose(arch: Architecture, estimator: Estimator, delta_ms: float) -> list[Proposal]:
+    """One proposal per expansion layer and per bottleneck group: the fewest filters removed
+    (in steps of 8) that cut the predicted latency by ``delta_ms``; none where no cut does."""
+    net, base = arch.network, estimator.predict(arch)
+    found = []
+
+    def smallest_cut(label: str, current: int, shrink) -> None:
+        for channels in range(current - 8, 7, -8):
+            new = shrink(channels)
+            if new is None:
+                continue
+            candidate = Architecture(new, arch.resolution, arch.seed)
+            ms = estimator.predict(candidate)
+            if base - ms >= delta_ms:
+                found.append(Proposal(f"{label}: {current} -> {channels}", candidate, ms))
+                return
+
+    for i in [*expansion_layers(net), len(net.blocks)]:
+        current = net.last_conv_channels if i == len(net.blocks) \
+            else net.blocks[i].expanded_channels
+        label = "head conv" if i == len(net.blocks) else f"expansion {i}"
+        smallest_cut(label, current, lambda c, i=i: shrink_expansion(net, i, c))
+    for g, members in enumerate(bottleneck_groups(net)):
+        current = net.stem_channels if members == [-1] else net.blocks[members[-1]].out_channels
+        names = ",".join("stem" if m < 0 else str(m) for m in members)
+        smallest_cut(f"bottleneck {g} ({names})", current,
+                     lambda c, g=g: shrink_bottleneck(net, g, c))
+    return found
+
+
+@dataclass
+class NetAdaptRequest:
+    seed_arch: Architecture
+    data: DataSpec
+    estimator: Estimator
+    out: Path
+    target_ms: float
+    weights: Path | None = None
+    settings: NetAdaptSettings = field(default_factory=NetAdaptSettings)
+
+    def record_settings(self) -> dict[str, Any]:
+        """What must match for a search to resume (not the target: it picks where to stop)."""
+        return {"seed_arch": self.seed_arch.to_dict(), "data": self.data.to_dict(),
+                "weights": str(self.weights) if self.weights else None,
+                "table": self.estimator.table.describe(), **asdict(self.settings)}
+
+
+def run_netadapt(req: NetAdaptRequest, runner: Runner, progress: Progress | None = None
+                 ) -> dict[str, Any]:
+    progress = progress or Progress()
+    record = SearchRecord(req.out, "netadapt", req.record_settings())
+    ds = load_dataset(req.data)
+    s = req.settings
+    est = req.estimator
+    if not record.get("steps"):
+        record["steps"] = [_seed_step(req, runner, progress)]
+        record.save()
+    steps = record["steps"]
+    seed_ms = steps[0]["predicted_ms"]
+    if req.target_ms >= seed_ms:
+        raise EdgepipeError(f"the target {req.target_ms:.3f} ms is not below the seed's "
+                            f"predicted {seed_ms:.3f} ms: give a lower --target-ms or "
+                            "--target-pct below 100")
+    delta = s.delta_pct / 100 * seed_ms
+    reached = next((st for st in steps if st["predicted_ms"] <= req.target_ms), None)
+    while reached is None:
+        last = steps[-1]
+        arch = Architecture.from_dict(last["arch"])
+        proposals = propose(arch, est, delta)
+        if not proposals:
+            raise EdgepipeError(
+                f"no layer can be shrunk by {delta:.3f} ms any more (reached "
+                f"{last['predicted_ms']:.3f} ms, target {req.target_ms:.3f} ms): give a higher "
+                f"target or a smaller --delta-pct; the path so far is in {record.path}")
+        step_no = len(steps)
+        state = load_weights(req.out / last["weights"])
+        tasks = [TrainTask(p.arch.to_dict(), req.data, s.finetune_steps,
+                           s.seed * 1_000_003 + step_no * 1000 + i,
+                           inherit_weights(state, arch.network, p.arch.network),
+                           _with_lr(s.train, s.finetune_lr), p.change)
+                 for i, p in enumerate(proposals)]
+        progress.phase(f"step {step_no}: {last['predicted_ms']:.2f} ms -> target "
+                       f"{req.target_ms:.2f} ms, {len(tasks)} proposals", len(tasks))
+        began = time.perf_counter()
+        results = runner.run(tasks, lambda _r: progress.advance())
+        scored = [(r.accuracy - last["accuracy"]) / (last["predicted_ms"] - p.predicted_ms)
+                  for p, r in zip(proposals, results, strict=True)]
+        best = max(range(len(proposals)), key=lambda i: scored[i])
+        weights = f"steps/step-{step_no:03d}.pth"
+        save_weights(req.out / weights, results[best].state)
+        steps.append({
+            "step": step_no, "change": proposals[best].change,
+            "arch": proposals[best].arch.to_dict(),
+            "predicted_ms": proposals[best].predicted_ms,
+            "measured_share": est.measured_share(proposals[best].arch),
+            "accuracy": results[best].accuracy, "weights": weights,
+            "seconds": time.perf_counter() - began,
+            "proposals": [{"change": p.change, "predicted_ms": p.predicted_ms,
+                           "accuracy": r.accuracy, "score": sc}
+                          for p, r, sc in zip(proposals, results, scored, strict=True)]})
+        record.save()
+        if proposals[best].predicted_ms <= req.target_ms:
+            reached = steps[-1]
+    final = _finalize(req, reached, runner, progress, ds.classes)
+    record.data.setdefault("finals", {})[f"{req.target_ms:.4f}"] = final
+    record.save()
+    plot_netadapt_path(steps, record["finals"], req.out / "path.png")
+    return {"record": record.data, "final": final}
+
+
+def _with_lr(settings: TrainSettings, lr: float) -> TrainSettings:
+    return TrainSettings(**{**asdict(settings), "lr": lr})
+
+
+def _seed_step(req: NetAdaptRequest, runner: Runner, progress: Progress) -> dict[str, Any]:
+    """Step 0: the seed, trained first when no weights are given, and its accuracy."""
+    s = req.settings
+    state = None
+    if req.weights:
+        from ..models.registry import load_weights as load_checked
+        from ..models.space import build_architecture
+
+        module = build_architecture(req.seed_arch)
+        load_checked(module, req.weights)  # one-line error on a mismatch
+        state = module.state_dict()
+    steps = 0 if state is not None else s.pretrain_steps
+    progress.phase("seed: " + (f"training {steps} steps" if steps else "accuracy"), 1)
+    result = runner.run([TrainTask(req.seed_arch.to_dict(), req.data, steps, s.seed, state,
+                                   s.train, "seed")], lambda _r: progress.advance())[0]
+    save_weights(req.out / "steps/step-000.pth", result.state)
+    return {"step": 0, "change": "seed" + (f" (trained {steps} steps)" if steps else ""),
+            "arch": req.seed_arch.to_dict(), "weights": "steps/step-000.pth",
+            "predicted_ms": req.estimator.predict(req.seed_arch),
+            "measured_share": req.estimator.measured_share(req.seed_arch),
+            "accuracy": result.accuracy}
+
+
+def _finalize(req: NetAdaptRequest, step: dict[str, Any], runner: Runner,
+              progress: Progress, labels: list[str]) -> dict[str, Any]:
+    s = req.settings
+    progress.phase(f"final fine-tune: {s.final_steps} steps at {step['predicted_ms']:.2f} ms", 1)
+    arch = Architecture.from_dict(step["arch"])
+    task = TrainTask(step["arch"], req.data, s.final_steps, s.seed * 7 + 1,
+                     load_weights(req.out / step["weights"]), _with_lr(s.train, s.final_lr),
+                     "final")
+    result = runner.run([task], lambda _r: progress.advance())[0]
+    return finish_model(req.out / "final", arch, result, labels, req.estimator,
+                        {"search": "netadapt", "target_ms": req.target_ms,
+                         "from_step": step["step"], "path_accuracy": step["accuracy"],
+                         "training_steps": step["step"] * s.finetune_steps + s.final_steps})
