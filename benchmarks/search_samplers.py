@@ -6,7 +6,7 @@ ACC · (LAT/T)^w; T is a share of MobileNetV3-Small's predicted latency. Reporte
 the best reward found (mean ± std over seeds), that network's accuracy and latency, and the
 mean reward of the last round (where the sampler has moved to).
 
-    python benchmarks/search_samplers.py [--samples 32] [--seeds 2] [--out out/search-samplers]
+    python benchmarks/search_samplers.py [--samples 24] [--seeds 2] [--out out/search-samplers]
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from edgepipe.ui import PhaseProgress
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--samples", type=int, default=24)
     ap.add_argument("--per-round", type=int, default=4)
-    ap.add_argument("--proxy-steps", type=int, default=100)
+    ap.add_argument("--proxy-steps", type=int, default=60)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--target-pct", type=float, default=70)
     ap.add_argument("--w", type=float, default=-0.07)

@@ -29,7 +29,7 @@ from edgepipe.latency_tables.table import SHIPPED, LatencyTable
 from edgepipe.manifest import write_atomic
 from edgepipe.models.space import SearchSpace
 from edgepipe.search.baseline import width_above, width_for_latency
-from edgepipe.search.data import DataSpec
+from edgepipe.search.data import DataSpec, load_dataset
 from edgepipe.search.netadapt import NetAdaptRequest, NetAdaptSettings, run_netadapt
 from edgepipe.search.state import load_weights
 from edgepipe.search.surgery import inherit_weights
@@ -48,13 +48,17 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=600)
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--data", default="digits",
+                    help="digits (built in) or an ImageFolder-layout folder of your own")
+    ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--out", type=Path, default=Path("out/search-study"))
     args = ap.parse_args()
     began = time.time()
     table_path = next(SHIPPED.glob("*-executorch-fp32-t1.json"))
     est = Estimator(LatencyTable.load(table_path))
-    data = DataSpec()
-    seed_arch = SearchSpace(num_classes=10).seed_architecture("small", args.resolution)
+    data = DataSpec(args.data, args.image_size)
+    classes = len(load_dataset(data).classes)
+    seed_arch = SearchSpace(num_classes=classes).seed_architecture("small", args.resolution)
     seed_ms = est.predict(seed_arch)
     targets = sorted((int(t) for t in args.targets.split(",")), reverse=True)
     rows = []

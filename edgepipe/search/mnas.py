@@ -117,6 +117,16 @@ class Controller(nn.Module):
         return picks, log_p, entropy
 
 
+def mutate(choice: list[int], sizes: list[int], rng: random.Random) -> list[int]:
+    """Regularised evolution's mutation: one decision (of those with a choice) changed."""
+    free = [i for i, n in enumerate(sizes) if n > 1]
+    child = list(choice)
+    if free:
+        i = rng.choice(free)
+        child[i] = rng.choice([v for v in range(sizes[i]) if v != child[i]])
+    return child
+
+
 def reward(accuracy: float, latency_ms: float, target_ms: float, w: float) -> float:
     """MnasNet's soft constraint: ACC · (LAT / T)^w."""
     return accuracy * (latency_ms / target_ms) ** w
@@ -187,16 +197,8 @@ class _Learner:
         for _ in range(count):
             parent = max(rng.sample(population, min(self.s.tournament, len(population))),
                          key=lambda h: h["reward"])
-            children.append(self._mutate(parent["choice"], rng))
+            children.append(mutate(parent["choice"], self.decisions.sizes, rng))
         return children
-
-    def _mutate(self, choice: list[int], rng: random.Random) -> list[int]:
-        free = [i for i, n in enumerate(self.decisions.sizes) if n > 1]
-        child = list(choice)
-        if free:
-            i = rng.choice(free)
-            child[i] = rng.choice([v for v in range(self.decisions.sizes[i]) if v != child[i]])
-        return child
 
     def learn(self, batch: list[dict[str, Any]]) -> None:
         if self.s.sampler != "rl":

@@ -106,15 +106,15 @@ def run_netadapt(req: NetAdaptRequest, runner: Runner, progress: Progress | None
     ds = load_dataset(req.data)
     s = req.settings
     est = req.estimator
+    seed_ms = est.predict(req.seed_arch)
+    if req.target_ms >= seed_ms:  # before the seed is trained: that takes a while
+        raise EdgepipeError(f"the target {req.target_ms:.3f} ms is not below the seed's "
+                            f"predicted {seed_ms:.3f} ms: give a lower --target-ms or "
+                            "--target-pct below 100")
     if not record.get("steps"):
         record["steps"] = [_seed_step(req, runner, progress)]
         record.save()
     steps = record["steps"]
-    seed_ms = steps[0]["predicted_ms"]
-    if req.target_ms >= seed_ms:
-        raise EdgepipeError(f"the target {req.target_ms:.3f} ms is not below the seed's "
-                            f"predicted {seed_ms:.3f} ms: give a lower --target-ms or "
-                            "--target-pct below 100")
     delta = s.delta_pct / 100 * seed_ms
     reached = next((st for st in steps if st["predicted_ms"] <= req.target_ms), None)
     while reached is None:
