@@ -20,10 +20,11 @@ import pytest
 import torch
 
 from edgepipe.device.local import start_agent, stop_agent
+from edgepipe.errors import EdgepipeError
 from edgepipe.latency_tables.estimate import Estimator, _unit_from_key
 from edgepipe.latency_tables.table import SHIPPED, LatencyTable
 from edgepipe.models.mobilenet import MobileNet, mobilenet_v3_config
-from edgepipe.models.space import SearchSpace
+from edgepipe.models.space import SPACES, SearchSpace
 from edgepipe.search.baseline import width_for_latency
 from edgepipe.search.mnas import Controller, Decisions, mutate, reward
 from edgepipe.search.surgery import (
@@ -40,6 +41,14 @@ TABLE = next(SHIPPED.glob("*-executorch-fp32-t1.json"))
 # a few seconds per step: what the CLI tests give NetAdapt (real training, tiny budgets)
 QUICK_NETADAPT = ("--delta-pct", "3", "--finetune-steps", "2", "--pretrain-steps", "20",
                   "--final-steps", "10", "--table", str(TABLE))
+
+
+@pytest.fixture(scope="module")
+def tiny_space(tmp_path_factory) -> Path:
+    """The tiny space (one choice per block) at a resolution the shipped table measured."""
+    path = tmp_path_factory.mktemp("space") / "tiny160.json"
+    path.write_text(json.dumps({**SPACES["tiny"].to_dict(), "resolutions": [160]}))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +126,13 @@ def test_estimator_is_exact_on_table_units_and_close_on_held_out_ones(estimator)
         held = table.units.pop(key)
         try:
             guess, measured = Estimator(table).unit_ms(_unit_from_key(key))
+        except EdgepipeError:  # it was the only unit of its shape: refused, not guessed
+            continue
         finally:
             table.units[key] = held
         assert not measured
         errors.append(abs(guess - held["median_ms"]) / held["median_ms"] * 100)
-    assert np.median(errors) < 10, errors
+    assert len(errors) >= 20 and np.median(errors) < 10, errors
     # narrower networks are predicted faster, monotonically
     widths = [estimator.predict(space.seed_architecture("small", 224, w))
               for w in (1.0, 0.75, 0.5)]
@@ -234,7 +245,8 @@ def test_netadapt_on_digits_killed_resumes_then_converts_and_deploys(tmp_path):
     assert again.stderr.count("\n") == 1
 
 
-def test_both_searches_on_an_image_folder_with_local_workers(tmp_path, image_folder):
+def test_both_searches_on_an_image_folder_with_local_workers(tmp_path, image_folder,
+                                                            tiny_space):
     out = tmp_path / "folder-na"
     done = run_cli("search", "netadapt", "--data", str(image_folder), "--target-pct", "90",
                    "--workers", "2", "--no-verify", *QUICK_NETADAPT, "-o", str(out))
@@ -245,7 +257,7 @@ def test_both_searches_on_an_image_folder_with_local_workers(tmp_path, image_fol
     assert model["architecture"]["network"]["num_classes"] == 3
 
     out = tmp_path / "folder-mnas"
-    done = run_cli("search", "mnas", "--data", str(image_folder), "--space", "tiny",
+    done = run_cli("search", "mnas", "--data", str(image_folder), "--space", str(tiny_space),
                    "--sampler", "evolution", "--samples", "6", "--per-round", "2",
                    "--proxy-steps", "3", "--final-steps", "3", "--target-ms", "0.5",
                    "--workers", "2", "--no-verify", "--table", str(TABLE), "-o", str(out))
@@ -262,9 +274,9 @@ def test_both_searches_on_an_image_folder_with_local_workers(tmp_path, image_fol
     assert (out / "samples.png").is_file() and (out / "final" / "weights.pth").is_file()
 
 
-def test_mnas_rl_on_digits_resumes_and_measures_its_result(tmp_path):
+def test_mnas_rl_on_digits_resumes_and_measures_its_result(tmp_path, tiny_space):
     out = tmp_path / "rl"
-    args = ("mnas", "--space", "tiny", "--sampler", "rl", "--samples", "8", "--per-round",
+    args = ("mnas", "--space", str(tiny_space), "--sampler", "rl", "--samples", "8", "--per-round",
             "2", "--proxy-steps", "4", "--final-steps", "5", "--target-ms", "0.4",
             "--workers", "1", "--table", str(TABLE))
     home = {"EDGEPIPE_HOME": str(tmp_path / "home")}
@@ -296,7 +308,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_mnas_on_a_local_ray_cluster(tmp_path):
+def test_mnas_on_a_local_ray_cluster(tmp_path, tiny_space):
     pytest.importorskip("ray")
     ray_bin = Path(sys.executable).with_name("ray")
     port = _free_port()
@@ -307,7 +319,7 @@ def test_mnas_on_a_local_ray_cluster(tmp_path):
     assert start.returncode == 0, start.stderr
     try:
         out = tmp_path / "ray"
-        done = run_cli("search", "mnas", "--space", "tiny", "--sampler", "random",
+        done = run_cli("search", "mnas", "--space", str(tiny_space), "--sampler", "random",
                        "--samples", "4", "--per-round", "4", "--proxy-steps", "3",
                        "--final-steps", "3", "--target-ms", "0.4", "--no-verify",
                        "--ray", f"127.0.0.1:{port}", "--table", str(TABLE), "-o", str(out))
@@ -318,7 +330,7 @@ def test_mnas_on_a_local_ray_cluster(tmp_path):
     finally:
         subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
-    bad = run_cli("search", "mnas", "--space", "tiny", "--samples", "2", "--ray",
+    bad = run_cli("search", "mnas", "--space", str(tiny_space), "--samples", "2", "--ray",
                   f"127.0.0.1:{_free_port()}", "--table", str(TABLE), "-o", str(tmp_path / "x"))
     assert bad.returncode == 2 and "cannot connect to the Ray cluster" in bad.stderr
 
@@ -331,6 +343,8 @@ def test_bad_search_input_gets_one_line(tmp_path):
         (("netadapt", "--model", str(tmp_path / "m.json")), "cannot read architecture"),
         (("mnas", "--skeleton", "medium", "--target-ms", "1"), "no 'medium' skeleton"),
         (("netadapt", "--workers", "0", "--target-pct", "90"), "--workers must be"),
+        # a space the table never measured (64 px): refused, not guessed
+        (("mnas", "--space", "tiny", "--samples", "2", "--target-ms", "1"), "no entry for"),
     ]
     (tmp_path / "empty").mkdir()
     cases.append((("netadapt", "--data", str(tmp_path / "empty")), "class folder"))

@@ -6,7 +6,8 @@ thousands of units). A missing unit is estimated from the measured unit of the s
 (kind, input size, kernel, stride, SE, activation) nearest in channels, scaled by a cost model:
 latency ≈ a·(1x1 and dense MACs) + b·(depthwise MACs) + c·(elements written) + d, fitted on
 the whole table. The measured neighbour carries what the cost model misses (XNNPACK's
-per-shape efficiency); the model only carries the difference in channels.
+per-shape efficiency); the model only carries the difference in channels. A unit of a shape the
+table never measured (another resolution, kernel...) is refused: that is another space.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from ..errors import EdgepipeError
 from ..models.blocks import BlockConfig, se_channels
 from ..models.space import Architecture
 from .table import LatencyTable, boundary_melements
@@ -90,8 +92,11 @@ class Estimator:
 
     def _estimate(self, u: Unit) -> float:
         near = self._by_shape.get(_shape_key(u))
-        if not near:
-            return max(self.model_ms(u), 1e-3)
+        if not near:  # another resolution, kernel, activation...: nothing to scale from
+            raise EdgepipeError(
+                f"the latency table has no entry for {u.key}, nor any measured unit of its "
+                "shape (only channel counts are estimated): it was collected for another "
+                "search space; collect one for this space with `edgepipe lut collect`")
         mine = _channels(u)
         best = min(near, key=lambda n: sum(abs(math.log(a / b))
                                            for a, b in zip(_channels(n), mine, strict=True)))
