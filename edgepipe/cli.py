@@ -608,7 +608,7 @@ def _search_setup(args: argparse.Namespace):
     from .latency_tables.estimate import Estimator
     from .search.data import DataSpec, load_dataset
 
-    table, path = _table_for(args)
+    table, _ = _table_for(args)
     data = DataSpec(args.data, args.image_size)
     return Estimator(table), data, load_dataset(data)
 

@@ -65,10 +65,6 @@ class SearchRecord:
         record.out, record.path, record.data = out, out / "search.json", data
         return record
 
-    @property
-    def resumed(self) -> bool:
-        return self.path.is_file()
-
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
 

@@ -9,7 +9,6 @@ extra: ``pip install 'edgepipe[ray]'``, then ``--ray ADDRESS`` (``ray start --he
 from __future__ import annotations
 
 import multiprocessing
-import os
 import socket
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -140,6 +139,3 @@ def open_runner(workers: int, ray_address: str | None = None) -> Iterator[Runner
     finally:
         runner.close()
 
-
-def default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
