@@ -257,6 +257,13 @@ def scatter_plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
     ax.set_title(title, fontsize=8)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure so readers never see half a PNG, and free it."""
+    import matplotlib.pyplot as plt
+
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
     plt.close(fig)

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..latency_tables.collect import Progress
 from ..latency_tables.estimate import Estimator
+from ..latency_tables.evaluate import save_figure
 from ..manifest import write_atomic
 from ..models.space import Architecture, model_file_dict
 from .state import save_weights
@@ -60,13 +61,6 @@ def _pyplot():
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    _pyplot().close(fig)
-    tmp.replace(path)
-
-
 def plot_netadapt_path(steps: list[dict[str, Any]], finals: dict[str, Any], path: Path) -> None:
     """Accuracy against predicted latency, step by step, and the fine-tuned finals."""
     plt = _pyplot()
@@ -84,7 +78,7 @@ def plot_netadapt_path(steps: list[dict[str, Any]], finals: dict[str, Any], path
     ax.set_title("NetAdapt path", fontsize=9)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_samples(samples: list[dict[str, Any]], target_ms: float, path: Path,
@@ -104,4 +98,4 @@ def plot_samples(samples: list[dict[str, Any]], target_ms: float, path: Path,
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
