@@ -21,6 +21,7 @@ from runtimes import converted  # benchmarks/runtimes.py: cached conversions
 
 from edgepipe.device.bench import measure_latency
 from edgepipe.device.client import AgentClient
+from edgepipe.device.identity import machine_line
 from edgepipe.device.local import start_agent, stop_agent
 from edgepipe.device.runtimes import open_runner
 from edgepipe.manifest import load_manifest
@@ -70,7 +71,8 @@ def main() -> None:
         finally:
             stop_agent(proc)
     worst = max(r[3] for r in rows)
-    print(f"\n{args.threads} thread(s), {args.runs} runs after {args.warmup} warm-up, median of "
+    print(f"\n{machine_line()}")
+    print(f"{args.threads} thread(s), {args.runs} runs after {args.warmup} warm-up, median of "
           f"{args.rounds} interleaved rounds. Worst ratio agent/direct: {worst:.3f} "
           f"(goal <= 1.02: {'met' if worst <= 1.02 else 'NOT met'}); geometric mean "
           f"{statistics.geometric_mean(r[3] for r in rows):.3f}")

@@ -23,6 +23,7 @@ from runtimes import converted  # benchmarks/runtimes.py: cached conversions
 
 from edgepipe.apps.demo import run_demo
 from edgepipe.device.bench import rss_mb
+from edgepipe.device.identity import machine_line
 from edgepipe.device.runtimes import open_runner
 from edgepipe.manifest import load_manifest
 from edgepipe.preprocess import preprocess
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", nargs="+", default=["large", "small"])
     args = parser.parse_args()
+    print(machine_line())
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "photos.mp4"
         make_video(video)

@@ -17,6 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
+from edgepipe.device.identity import machine_line
 from edgepipe.latency_tables.estimate import Estimator
 from edgepipe.latency_tables.table import SHIPPED, LatencyTable
 from edgepipe.manifest import write_atomic
@@ -61,7 +62,9 @@ def main() -> None:
                              "last_round_reward": statistics.mean(s["reward"] for s in last),
                              "last_round_ms": statistics.mean(s["predicted_ms"] for s in last)})
     summary = {}
-    print(f"\ntarget T = {target:.3f} ms ({args.target_pct:.0f} % of MobileNetV3-Small), "
+    print(f"\n{machine_line()}\npredicted latency from the shipped table, not checked here "
+          f"(the samplers' comparison needs no device): {est.table.describe()}")
+    print(f"target T = {target:.3f} ms ({args.target_pct:.0f} % of MobileNetV3-Small), "
           f"w = {args.w}, {args.samples} networks × {args.proxy_steps} steps per search, "
           f"{args.seeds} seeds")
     print(f"{'sampler':>10} {'best reward':>16} {'its acc %':>10} {'its ms':>8} "

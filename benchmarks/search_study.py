@@ -22,9 +22,11 @@ import statistics
 import time
 from pathlib import Path
 
+from edgepipe.device.identity import machine_line
 from edgepipe.device.local import LOCAL, open_device
 from edgepipe.latency_tables.estimate import Estimator
 from edgepipe.latency_tables.evaluate import measure_networks
+from edgepipe.latency_tables.sentinels import check_table, check_words
 from edgepipe.latency_tables.table import SHIPPED, LatencyTable
 from edgepipe.manifest import write_atomic
 from edgepipe.models.space import SearchSpace
@@ -108,6 +110,8 @@ def main() -> None:
         distinct = {json.dumps(r["arch"], sort_keys=True): r["arch"] for r in rows}
         archs = [Architecture.from_dict(a) for a in distinct.values()]
         with open_device(LOCAL, args.out / "device") as client:
+            # the table is checked where the finals are measured: its figures say if it held
+            check = check_table(est.table, client, args.out / "device", progress=progress)
             measured, _ = measure_networks(archs, est.table, client, args.out / "device",
                                            progress=progress)
         by_arch = {json.dumps(a.to_dict(), sort_keys=True): m["measured_ms"]
@@ -116,11 +120,13 @@ def main() -> None:
             r["measured_ms"] = by_arch[json.dumps(r["arch"], sort_keys=True)]
     summary = summarise(rows, seed_ms)
     report = {"seed_predicted_ms": seed_ms, "table": est.table.describe(),
+              "table_check": check, "machine": machine_line(),
               "settings": vars(args) | {"out": str(args.out)}, "summary": summary,
               "rows": rows, "seconds": time.time() - began}
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out / "study.json", json.dumps(report, indent=1))
     plot(rows, seed_ms, args.out / "study.png")
+    print(f"\n{machine_line()}\ntable {table_path.name}: {check_words(check)}")
     print_table(summary, seed_ms, time.time() - began)
 
 

@@ -106,8 +106,10 @@ def _add_device(sub: argparse._SubParsersAction) -> None:
     p = device.add_parser("remove", help="forget a device")
     p.add_argument("name")
     p.set_defaults(func=_run_device_remove)
-    p = device.add_parser("info", help="what the device says about itself")
-    p.add_argument("name")
+    p = device.add_parser("info", help="what the device says about itself: its identity "
+                                       "(what a latency table is valid for), clocks, heat")
+    p.add_argument("name", help="a registered device, or this-machine")
+    p.add_argument("--json", action="store_true", help="everything, as JSON")
     p.set_defaults(func=_run_device_info)
     p = device.add_parser("bootstrap", help="install the agent on a Pi over ssh (wheel, venv, "
                                             "systemd user service) and register it")
@@ -169,10 +171,28 @@ def _run_device_remove(args: argparse.Namespace) -> int:
 def _run_device_info(args: argparse.Namespace) -> int:
     import json
 
-    from .device.registry import connect, get_device
+    from .device.identity import FIELDS, field_words
 
-    with connect(get_device(args.name)) as client:
-        print(json.dumps(client.info(), indent=2))
+    info = _device_info(args.name)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    identity = info.get("identity") or {}
+    print(f"{args.name}: {info.get('identity_words') or info.get('cpu_model')}")
+    print(f"  fingerprint {info.get('fingerprint')} (made of: {', '.join(FIELDS)})")
+    for field in FIELDS:
+        if field in identity:
+            print(f"  {field:>10}: {field_words(identity, field)}")
+    freqs = info.get("cpu_frequencies") or []
+    cur = [c.get("cur_mhz") for c in freqs]
+    clocks = f"{', '.join(str(c) for c in cur)} MHz" if any(cur) else "not exposed"
+    print(f"  clocks now: {clocks}; governors: "
+          f"{', '.join(info.get('governors') or []) or 'not exposed'}")
+    temps = ", ".join(f"{k} {v:.0f} °C" for k, v in (info.get("temperatures_c") or {}).items())
+    throttled = info.get("throttled") or "not readable (no vcgencmd)"
+    print(f"  temperatures: {temps or 'not exposed'}; throttling: {throttled}")
+    runtimes = ", ".join(f"{k} ({v})" for k, v in (info.get("runtimes") or {}).items())
+    print(f"  runtimes: {runtimes or 'none'}; host name {info.get('hostname')}")
     return 0
 
 
@@ -195,13 +215,34 @@ def _add_deploy_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--min-runs", "--runs", dest="runs", type=int, default=50,
+                   help="at least this many timed runs (default 50)")
+    p.add_argument("--min-seconds", type=float, default=0.0,
+                   help="... and more runs until they add up to this many seconds (MLPerf "
+                        "Mobile's floor is 60; default 0)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="measure this many times, each in a job of its own, and say whether "
+                        "the medians agree within 5 %% (MLPerf Mobile's rule; default 1)")
+    p.add_argument("--cooldown", type=float, default=0.0, metavar="SECONDS",
+                   help="pause between repeats (default 0)")
+    p.add_argument("--raw", type=Path, metavar="FILE.json",
+                   help="write every run's time (ms) of every repeat to this file")
     p.add_argument("--affinity", help="CPUs to pin to, e.g. 2,3 (Linux)")
     p.add_argument("--no-per-op", action="store_true", help="skip the per-operator profile")
     p.add_argument("--top", type=int, default=15, help="rows of the per-op table to print")
     p.add_argument("--out", type=Path, action="append", default=[],
                    help="write the per-op table (.csv or .json; repeatable)")
     p.set_defaults(func=_run_profile)
+
+
+def _cpu_list(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(c) for c in text.split(",")]
+    except ValueError:
+        raise EdgepipeError(f"--affinity {text!r} is not a list of CPU numbers, e.g. 0,1") \
+            from None
 
 
 def _run_deploy(args: argparse.Namespace) -> int:
@@ -223,15 +264,28 @@ def _run_profile(args: argparse.Namespace) -> int:
     from .device.op_table import write_table
     from .device.profiling import profile
     from .device.registry import connect, get_device
+    from .manifest import write_atomic
     from .ui import JobProgress, print_profile
 
-    affinity = [int(c) for c in args.affinity.split(",")] if args.affinity else None
+    affinity = _cpu_list(args.affinity)
+    if args.repeat < 1 or args.cooldown < 0 or args.min_seconds < 0:
+        raise EdgepipeError("--repeat takes 1 or more, --cooldown and --min-seconds 0 or more")
     with connect(get_device(args.device)) as client, \
             JobProgress(f"{args.artifact.name} on {args.device}") as progress:
         result = profile(client, args.artifact, threads=args.threads, warmup=args.warmup,
                          runs=args.runs, affinity=affinity, per_op=not args.no_per_op,
-                         on_progress=progress.update)
+                         on_progress=progress.update, repeat=args.repeat,
+                         cooldown_s=args.cooldown, min_seconds=args.min_seconds,
+                         raw=args.raw is not None)
     print_profile(result, args.top)
+    if args.raw:
+        import json
+
+        write_atomic(args.raw, json.dumps(
+            {"artifact": result.artifact, "device": result.device, "unit": "ms",
+             "repeats": [{"job_id": r["job_id"], "raw_ms": r["latency"].get("raw_ms")}
+                         for r in result.repeats or []]}))
+        print(f"wrote {args.raw}")
     for path in args.out:
         if not result.per_op:
             raise EdgepipeError(f"no per-op table to write to {path}: {result.per_op_note}")
@@ -364,10 +418,10 @@ def _add_lut(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="table file (default: EDGEPIPE_HOME/tables/"
                                             "<fingerprint>-<runtime>-<precision>-t<N>.json)")
     p.add_argument("--jobs", type=int, default=2, help="conversions in parallel (default 2)")
-    p.add_argument("--calibration", type=int, default=10,
-                   help="whole networks measured to fit the per-model overhead (default 10)")
-    p.add_argument("--batch", type=int, default=240,
-                   help="units per agent job; the table is saved after each (default 240)")
+    p.add_argument("--calibration", type=int, default=12,
+                   help="whole networks measured to fit the per-model overhead (default 12)")
+    p.add_argument("--batch", type=int, default=480,
+                   help="units per agent job; the table is saved after each (default 480)")
     p.set_defaults(func=_run_lut_collect)
 
     p = lut.add_parser("evaluate", help="measure random networks whole and compare with the "
@@ -384,7 +438,19 @@ def _add_lut(sub: argparse._SubParsersAction) -> None:
                    help="evaluate on a device the table was not measured on")
     p.set_defaults(func=_run_lut_evaluate)
 
-    p = lut.add_parser("predict", help="predicted latency of a network from a table")
+    p = lut.add_parser("check", help="measure a table's sentinels on the device again and "
+                                     "say whether the table still holds (exit 1 if not)")
+    p.add_argument("--table", type=Path, help="default: the table for the target (collected "
+                                              "here, or shipped)")
+    target_args(p)
+    p.add_argument("--affinity", help="CPUs the sentinels run on, e.g. 0")
+    p.add_argument("--jobs", type=int, default=2, help="conversions in parallel (default 2)")
+    p.add_argument("--force", action="store_true",
+                   help="check a table measured for another device or settings")
+    p.set_defaults(func=_run_lut_check)
+
+    p = lut.add_parser("predict", help="predicted latency of a network from a table, checked "
+                                       "on the device first")
     p.add_argument("--arch", default="large",
                    help="large, small (MobileNetV3 seeds) or a JSON architecture file")
     p.add_argument("--resolution", type=int, default=224)
@@ -394,10 +460,29 @@ def _add_lut(sub: argparse._SubParsersAction) -> None:
     target_args(p)
     p.add_argument("--force", action="store_true",
                    help="use a table measured for another device or settings")
+    _check_policy_args(p)
     p.set_defaults(func=_run_lut_predict)
 
     p = lut.add_parser("list", help="tables collected here and shipped with edgepipe")
     p.set_defaults(func=_run_lut_list)
+
+
+def _check_policy_args(p: argparse.ArgumentParser) -> None:
+    """What to do when the table's check finds drift (default: warn and go on)."""
+    policy = p.add_mutually_exclusive_group()
+    policy.add_argument("--strict", dest="on_drift", action="store_const", const="strict",
+                        help="refuse when the table's sentinels drifted over 5 %%")
+    policy.add_argument("--rescale", dest="on_drift", action="store_const", const="rescale",
+                        help="multiply predictions by the drift the check measured (said so)")
+    policy.add_argument("--recollect", dest="on_drift", action="store_const",
+                        const="recollect", help="collect the table again on the device when "
+                                                "it drifted, and use the new one")
+    policy.add_argument("--no-check", dest="on_drift", action="store_const", const="skip",
+                        help="do not check the table on the device (the result says so)")
+    p.set_defaults(on_drift="warn")
+    p.add_argument("--check-max-age", type=float, default=60.0, metavar="MINUTES",
+                   help="reuse a check of this device and runtime younger than this "
+                        "(default 60; 0: always measure)")
 
 
 def _device_info(name: str) -> dict:
@@ -425,7 +510,8 @@ def _run_lut_collect(args: argparse.Namespace) -> int:
     workdir = home / "lut-work" / space.digest()[:12]  # programs cached for a resumed run
     with open_device(args.device, workdir) as client:  # a local agent keeps its data there
         info = client.info()
-        target = Target(info["fingerprint"], args.runtime, args.precision, args.threads)
+        target = Target(info["fingerprint"], args.runtime, args.precision, args.threads,
+                        info.get("identity"))
         out = args.out or home / "tables" / table_name(target)
         req = CollectRequest(space, args.runtime, args.precision, args.threads, out, workdir,
                              args.jobs, args.calibration, MeasureSettings(batch=args.batch))
@@ -444,6 +530,11 @@ def _run_lut_collect(args: argparse.Namespace) -> int:
                   f"found the device slower and their units were measured again"
                   + (f" [bold red](FLAGGED: {ref['unsettled_segments']} segment(s) never "
                      "settled)" if ref.get("flagged") else ""))
+    console.print("sentinels: " + "; ".join(f"{s['name']} {s['median_ms']:.3f} ms"
+                                            for s in table.sentinels))
+    flags = table.method.get("device_state_flags") or []
+    if flags:
+        console.print(f"[bold red]device state flagged in {len(flags)} job(s)[/]: {flags[0]}")
     console.print(f"wrote {out}")
     return 0
 
@@ -461,16 +552,17 @@ def _run_lut_evaluate(args: argparse.Namespace) -> int:
     with open_device(args.device, workdir) as client:
         info = client.info()
         table.check_target(Target(info["fingerprint"], table.runtime, table.precision,
-                                  table.threads), args.force)
+                                  table.threads, info.get("identity")), args.force)
         req = EvaluateRequest(args.table, args.out, workdir, args.count, args.seed,
                               args.naive, args.jobs)
         with PhaseProgress() as progress:
             report = evaluate(req, client, progress)
     for name, label in (("prediction", "units + overhead"),
+                        ("prediction_rescaled", "rescaled by check"),
                         ("unit_sum_without_overhead", "units, raw sum"),
                         ("naive_per_op_sum", "naive per-op sum"),
                         ("repeatability", "pass 2 vs pass 1")):
-        m = report[name]
+        m = report[name] or {}
         if m.get("count"):
             console.print(f"{label:>18}: {m['count']} networks, within ±5 % "
                           f"{m['within_5pct']:.1%}, ±10 % {m['within_10pct']:.1%}, RMSE "
@@ -479,26 +571,100 @@ def _run_lut_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table_for(args: argparse.Namespace):
-    """The table for --device/--runtime/--precision/--threads (or --table), checked."""
+def _find_table(args: argparse.Namespace, info: dict, own_settings: bool = False):
+    """The table for --device/--runtime/--precision/--threads (or --table), fitted to the
+    device (refused with the fields that differ, unless --force). ``own_settings``: a table
+    given with --table is compared on its device only (`lut check`)."""
     from .device.registry import config_home
-    from .errors import EdgepipeError
     from .latency_tables.table import LatencyTable, Target, find_table, known_tables
 
-    info = _device_info(args.device)
-    target = Target(info["fingerprint"], args.runtime, args.precision, args.threads)
+    target = Target(info["fingerprint"], args.runtime, args.precision, args.threads,
+                    info.get("identity"))
     path = args.table or find_table(target, config_home())
     if path is None:
         shipped = [p for p in known_tables(config_home()) if f"-{args.runtime}-" in p.name]
         if not shipped or not args.force:
             raise EdgepipeError(
-                f"no latency table for {args.device} ({args.runtime} {args.precision}, "
-                f"{args.threads} thread(s)): collect one with `edgepipe lut collect`, or pass "
-                "--force to use a shipped table measured on another machine")
+                f"no latency table for {args.device} ({info.get('identity_words')}; "
+                f"{args.runtime} {args.precision}, {args.threads} thread(s)): collect one with "
+                "`edgepipe lut collect`, or pass --force to use a table measured on another "
+                "device")
         path = shipped[0]
     table = LatencyTable.load(path)
+    if args.table is not None and own_settings:
+        target = Target(target.fingerprint, table.runtime, table.precision, table.threads,
+                        target.identity)
     table.check_target(target, args.force)
     return table, Path(path)
+
+
+def _table_use(args: argparse.Namespace):
+    """The table, checked on the device as --strict/--rescale/--recollect/--no-check say (a
+    recent check of the same device reused): a :class:`TableUse`."""
+    from contextlib import ExitStack
+
+    from .device.local import open_device
+    from .device.registry import config_home
+    from .latency_tables.sentinels import (
+        apply_policy,
+        check_table,
+        check_words,
+        needs_recollection,
+        use_table,
+    )
+    from .latency_tables.table import Target
+    from .models.space import SearchSpace
+    from .ui import PhaseProgress, console
+
+    info = _device_info(args.device)
+    table, path = _find_table(args, info)
+    home = config_home()
+    workdir = home / "lut-work" / SearchSpace.from_dict(table.space).digest()[:12]
+
+    def measure() -> dict:
+        with ExitStack() as stack:
+            client = stack.enter_context(open_device(args.device, workdir))
+            progress = stack.enter_context(PhaseProgress())
+            return check_table(table, client, workdir, getattr(args, "jobs", 2), progress)
+
+    use = use_table(path, table, args.on_drift, info, home, args.check_max_age * 60, measure)
+    if needs_recollection(use):
+        if use.check is not None:
+            console.print(f"[yellow]{check_words(use.check)}: collecting the table again")
+        target = Target(info["fingerprint"], table.runtime, table.precision, table.threads,
+                        info.get("identity"))
+        return _recollect(args, table, target, use)
+    return apply_policy(use)
+
+
+def _recollect(args: argparse.Namespace, stale, target, use):
+    """Collect the stale table's space again on the device, into EDGEPIPE_HOME/tables; the
+    new table replaces a stale one of the same name only once it is complete."""
+    import os
+
+    from .device.local import open_device
+    from .device.registry import config_home
+    from .latency_tables.collect import CollectRequest, MeasureSettings, collect
+    from .latency_tables.sentinels import TableUse
+    from .latency_tables.table import table_name
+    from .models.space import SearchSpace
+    from .ui import PhaseProgress, console
+
+    space = SearchSpace.from_dict(stale.space)
+    home = config_home()
+    workdir = home / "lut-work" / space.digest()[:12]
+    out = home / "tables" / table_name(target)
+    partial = out.with_name(out.stem + ".collecting.json")  # resumable, never half-replaces
+    with open_device(args.device, workdir) as client, PhaseProgress() as progress:
+        table = collect(CollectRequest(space, target.runtime, target.precision, target.threads,
+                                       partial, workdir,
+                                       settings=MeasureSettings.of_table(stale.method)),
+                        client, progress)
+    os.replace(partial, out)
+    console.print(f"wrote {out}")
+    fresh = TableUse(out, table, use.policy, fresh=True)
+    fresh.warnings = use.warnings + [f"collected again now into {out}"]
+    return fresh
 
 
 def _run_lut_predict(args: argparse.Namespace) -> int:
@@ -506,34 +672,85 @@ def _run_lut_predict(args: argparse.Namespace) -> int:
     from .models.space import SearchSpace, load_architecture
     from .ui import console
 
-    table, path = _table_for(args)
-    space = SearchSpace.from_dict(table.space)
+    use = _table_use(args)
+    space = SearchSpace.from_dict(use.table.space)
     if args.arch in ("large", "small"):
         arch = space.seed_architecture(args.arch, args.resolution, args.width)
     else:
         arch, _ = load_architecture(args.arch)
-    est = Estimator(table)
+    est = Estimator(use.table, use.factor, use.record())
     share = est.measured_share(arch)
-    console.print(f"{args.arch} @ {arch.resolution}: predicted {est.predict(arch):.3f} ms from "
-                  f"{path.name}, {table.describe()}"
-                  + ("" if share == 1 else f"; {share:.0%} of its units measured, the rest "
-                     "estimated from the nearest measured ones"))
+    for warning in use.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}")
+    console.print(f"{args.arch} @ {arch.resolution}: predicted {est.predict(arch):.3f} ms"
+                  + ("" if share == 1 else f" ({share:.0%} of its units measured, the rest "
+                     "estimated from the nearest measured ones)") + f"; {use.words()}")
     return 0
+
+
+def _run_lut_check(args: argparse.Namespace) -> int:
+    from .device.local import open_device
+    from .device.registry import config_home
+    from .latency_tables.sentinels import check_table, check_words, record_check
+    from .models.space import SearchSpace
+    from .ui import PhaseProgress, console
+
+    info = _device_info(args.device)
+    table, path = _find_table(args, info, own_settings=True)
+    home = config_home()
+    workdir = home / "lut-work" / SearchSpace.from_dict(table.space).digest()[:12]
+    with open_device(args.device, workdir) as client, PhaseProgress() as progress:
+        check = check_table(table, client, workdir, args.jobs, progress,
+                            affinity=_cpu_list(args.affinity))
+    written = record_check(path, table, check, home)
+    for s in check["sentinels"]:
+        console.print(f"  {s['name']}: {s['then_ms']:.3f} ms at collection, {s['now_ms']:.3f} "
+                      f"ms now (×{s['ratio']:.3f}; passes "
+                      f"{', '.join(f'{v:.3f}' for v in s['passes_ms'])})")
+    color = "green" if check["verdict"] == "ok" else "bold red"
+    console.print(f"[{color}]{check['verdict'].upper()}[/] — {check_words(check)} "
+                  f"(factor ×{check['factor']:.3f}, spread {check['spread_pct']:.1f} %, "
+                  f"{check['seconds']:.0f} s)")
+    console.print(f"recorded in {written}")
+    return 0 if check["verdict"] == "ok" else 1
 
 
 def _run_lut_list(args: argparse.Namespace) -> int:
     from .device.registry import config_home
     from .errors import EdgepipeError
+    from .latency_tables.sentinels import recorded_checks
     from .latency_tables.table import LatencyTable, known_tables
     from .ui import console
 
-    for path in known_tables(config_home()):
+    home = config_home()
+    for path in known_tables(home):
         try:
             table = LatencyTable.load(path)
-            console.print(f"{path}: {len(table.units)} units, {table.describe()}")
         except EdgepipeError as exc:
             console.print(f"{path}: [red]{exc}")
+            continue
+        checks = recorded_checks(path, table, home)
+        if checks:
+            last = checks[-1]
+            checked = (f"last checked {_age(last['time'])} ago on "
+                       f"{last['device'].get('hostname')}: {last['verdict']} "
+                       f"(×{last['factor']:.3f})")
+        else:
+            checked = "never checked" if table.sentinels else \
+                "cannot be checked (no sentinels: collect it again)"
+        console.print(f"{path}: {len(table.units)} units, {table.describe()}; collected "
+                      f"{_age(table.created)} ago; {checked}")
     return 0
+
+
+def _age(then: float) -> str:
+    import time
+
+    seconds = max(0.0, time.time() - then)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def _add_search(sub: argparse._SubParsersAction) -> None:
@@ -564,6 +781,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--table", type=Path, help="latency table (default: the device's)")
         p.add_argument("--force", action="store_true",
                        help="use a table measured on another device or with other settings")
+        _check_policy_args(p)
         p.add_argument("--no-verify", action="store_true",
                        help="skip measuring the result on the device")
         p.add_argument("-o", "--out", type=Path, required=True,
@@ -607,10 +825,15 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 def _search_setup(args: argparse.Namespace):
     from .latency_tables.estimate import Estimator
     from .search.data import DataSpec, load_dataset
+    from .ui import console
 
-    table, _ = _table_for(args)
     data = DataSpec(args.data, args.image_size)
-    return Estimator(table), data, load_dataset(data)
+    dataset = load_dataset(data)  # a bad folder is refused before the device is asked
+    use = _table_use(args)
+    for warning in use.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}")
+    console.print(f"latency from {use.words()}")
+    return Estimator(use.table, use.factor, use.record()), data, dataset
 
 
 def _search_target(args: argparse.Namespace, reference_ms: float, default_pct: float) -> float:
@@ -645,7 +868,9 @@ def _search_finish(args: argparse.Namespace, final: dict, estimator, kind: str) 
         record.save()
         console.print(f"measured on {args.device}: {check['measured_ms']:.3f} ms "
                       f"(predicted {check['predicted_ms']:.3f} ms, "
-                      f"{check['error_pct']:+.1f} %)")
+                      f"{check['error_pct']:+.1f} %"
+                      + (f", rescaled ×{estimator.factor:.3f}" if estimator.factor != 1 else "")
+                      + ")")
     console.print(f"next: edgepipe convert {final['model']} --weights {final['weights']} "
                   "-o <out>, then edgepipe deploy <out> --device <name>")
     return 0

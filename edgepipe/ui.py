@@ -134,12 +134,20 @@ def print_profile(result: Any, top: int | None = 15) -> None:
     """Whole-model stats and the per-op table of a ``ProfileResult``."""
     lat, device = result.latency, result.device
     console.print(f"[bold]{result.artifact}[/] ({result.format} {result.precision}) on "
-                  f"{device.get('hostname')} [{device.get('cpu_model')}], {result.runtime}, "
-                  f"{result.threads} thread(s)")
-    console.print(f"  median {lat['median_ms']:.3f} ms · mean {lat['mean_ms']:.3f} ± "
-                  f"{lat['std_ms']:.3f} · p10 {lat['p10_ms']:.3f} · p90 {lat['p90_ms']:.3f} · "
-                  f"min {lat['min_ms']:.3f} · n={lat['count']} · load {result.load_ms:.0f} ms · "
+                  f"{device.get('hostname')} [{device.get('identity_words')}], "
+                  f"{result.runtime}, {result.threads} thread(s)")
+    console.print(f"  {latency_words(lat)} · load {result.load_ms:.0f} ms · "
                   f"peak RSS {result.memory['peak_rss_mb']:.0f} MB")
+    for i, r in enumerate((result.repeats or []) if result.replicability else []):
+        console.print(f"  repeat {i + 1}: {latency_words(r['latency'])}")
+    if result.replicability:
+        rep = result.replicability
+        verdict = ("[green]replicable[/]" if rep["replicable"] else "[bold red]NOT "
+                   "replicable[/]")
+        console.print(f"  {verdict}: the {rep['repeats']} repeats' medians are "
+                      f"{rep['spread_pct']:.1f} % apart (MLPerf Mobile: within "
+                      f"{rep['within_pct']:g} %)")
+    console.print("  device state: " + state_words(result.device_state, result.flags))
     if not result.per_op:
         console.print(f"  per-op: not available — {result.per_op_note}")
         return
@@ -156,20 +164,50 @@ def print_profile(result: Any, top: int | None = 15) -> None:
         console.print(f"  note: {result.per_op_note}")
 
 
+def latency_words(lat: dict[str, Any]) -> str:
+    """median, p90, p99, mean ± std, runs and span of a latency record, on one line."""
+    return (f"median {lat['median_ms']:.3f} ms · p90 {lat['p90_ms']:.3f} · p99 "
+            f"{lat['p99_ms']:.3f} · mean {lat['mean_ms']:.3f} ± {lat['std_ms']:.3f} · min "
+            f"{lat['min_ms']:.3f} · n={lat['count']} over {lat['span_s']:.2f} s")
+
+
+def state_words(state: dict[str, Any] | None, flags: list[str] | None = None) -> str:
+    """A job's device state: the flags raised, or what was watched and found steady."""
+    if state is None:
+        return "not recorded (an older agent)"
+    if flags:
+        return "[bold red]FLAGGED[/]: " + "; ".join(flags)
+    readable = [k for k, v in state.get("readable", {}).items() if v]
+    if not readable:
+        return ("steady as far as known: this device exposes no frequency, governor, "
+                "temperature or throttling state (null in the result)")
+    return f"steady ({', '.join(readable)} watched at start and end)"
+
+
 def print_run_summary(run: dict[str, Any]) -> None:
     print_convert_table(run["conversion"])
     for entry in run["devices"]:
         table = Table(title=f"on {entry['name']} "
-                            f"({(entry.get('info') or {}).get('cpu_model', '?')})")
-        for col in ("artifact", "threads", "median ms", "p10–p90 ms", "peak RSS MB", "per-op"):
-            table.add_column(col, justify="left" if col == "artifact" else "right")
+                            f"({(entry.get('info') or {}).get('identity_words', '?')})")
+        for col in ("artifact", "threads", "median ms", "p90 ms", "p99 ms", "mean ± std",
+                    "peak RSS MB", "per-op", "device state"):
+            table.add_column(col, justify="left" if col in ("artifact", "device state")
+                             else "right")
         for r in entry["results"]:
             lat = r["latency"]
             table.add_row(r["artifact"], str(r["threads"]), f"{lat['median_ms']:.3f}",
-                          f"{lat['p10_ms']:.3f}–{lat['p90_ms']:.3f}",
+                          f"{lat['p90_ms']:.3f}", f"{lat['p99_ms']:.3f}",
+                          f"{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f}",
                           f"{r['memory']['peak_rss_mb']:.0f}",
-                          f"{len(r['per_op'])} ops" if r["per_op"] else "n/a")
+                          f"{len(r['per_op'])} ops" if r["per_op"] else "n/a",
+                          "[bold red]FLAGGED[/]: " + "; ".join(r["flags"]) if r.get("flags")
+                          else "steady" if r.get("device_state") else "not recorded")
         console.print(table)
+        from .pipeline.report import table_prediction_words
+
+        for line in entry.get("tables") or []:
+            words = table_prediction_words(line, entry["results"])
+            console.print(f"latency table: {line['words']}" + (f"; {words}" if words else ""))
         for error in entry["errors"]:
             console.print(f"[red]error:[/] {error}")
 

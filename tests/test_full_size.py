@@ -5,6 +5,7 @@ import json
 import pytest
 
 from edgepipe.converters.convert import ConvertRequest, convert
+from edgepipe.latency_tables.table import SHIPPED, LatencyTable
 from edgepipe.manifest import file_sha256
 from edgepipe.models.pretrained import resolve_weights
 
@@ -59,10 +60,13 @@ def test_full_size_model_to_all_six_artifacts(tmp_path, model):
         assert a["graph"]["ops_outside_delegate"] == {}, (fmt, precision)
 
 
+TABLE = next(SHIPPED.glob("*-executorch-fp32-t1.json"))
+
+
 def test_run_with_no_arguments_is_the_whole_job(tmp_path):
     """`edgepipe run`: MobileNetV3-Small to six artifacts, a local agent started for real,
     deploy, profile, per-op table, one HTML report."""
-    proc = run_cli("run", cwd=tmp_path)
+    proc = run_cli("run", cwd=tmp_path, env={"EDGEPIPE_HOME": str(tmp_path / "home")})
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out" / "run"
     run = json.loads((out / "run.json").read_text())
@@ -80,5 +84,18 @@ def test_run_with_no_arguments_is_the_whole_job(tmp_path):
     assert measured[("tflite", "int8")]["per_op"] is None
     html = (out / "report.html").read_text()
     for text in ("Device this-machine", "Per operator", "<svg", "Median latency",
-                 "mobilenet_v3_small_int8.pte", "Not available"):
+                 "mobilenet_v3_small_int8.pte", "Not available", "p99 ms", "device state"):
         assert text in html, text
+    for r in measured.values():
+        assert r["latency"]["p90_ms"] <= r["latency"]["p99_ms"] and r["device_state"]
+    # the shipped table is checked where the device is the CPU it was collected on; anywhere
+    # else the report says there is no table for this device
+    shipped = LatencyTable.load(TABLE)
+    if shipped.device["fingerprint"] == device["info"]["fingerprint"]:
+        (table,) = device["tables"]
+        assert table["check"]["verdict"] in ("ok", "drift") and "checked" in table["words"]
+        pred = table["model_prediction"]
+        assert pred["model"] == "mobilenet_v3_small" and pred["predicted_ms"] > 0
+        assert "Latency tables" in html and "predicts" in html
+    else:
+        assert device["tables"] == [] and "No latency table for this device" in html

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from edgepipe.errors import EdgepipeError
-from edgepipe.latency_tables.collect import fit_overhead, space_units, unit_programs
+from edgepipe.latency_tables.collect import fit_overhead, space_units
 from edgepipe.latency_tables.evaluate import error_metrics, kendall_tau
+from edgepipe.latency_tables.programs import unit_programs
 from edgepipe.latency_tables.table import SHIPPED, LatencyTable, Target
 from edgepipe.latency_tables.units import naive_ops, units_of
 from edgepipe.models.space import SPACES, Architecture, SearchSpace, build_architecture
@@ -74,6 +77,13 @@ def test_metrics_and_overhead_fit():
               for s, e in ((5, 1.4), (8, 1.7), (11, 1.5), (13, 2.0), (6, 1.8))]
     fit = fit_overhead(models)
     assert (fit.scale, fit.boundary_ms_per_m, fit.offset_ms) == pytest.approx((0.9, -0.4, 0.3))
+    # where the boundary elements explain nothing but noise, left-out networks say so
+    noise = random.Random(2)
+    models = [{"sum_ms": s, "boundary_m": noise.uniform(0.8, 2.0),
+               "measured_ms": (0.9 * s + 0.3) * noise.uniform(0.97, 1.03)}
+              for s in (2, 3, 5, 6, 8, 9, 11, 13, 17, 20, 26, 31)]
+    fit = fit_overhead(models)
+    assert fit.boundary_ms_per_m == 0 and fit.scale == pytest.approx(0.9, abs=0.05)
 
 
 def test_shipped_table_predicts_the_seeds_in_their_known_order():
@@ -97,8 +107,11 @@ def _collect(home: Path, *extra: str) -> subprocess.Popen:
         stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def test_collect_killed_resumes_then_predict_evaluate_refuse(tmp_path):
-    home = tmp_path / "home"
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    """The tiny space's table, collected on a local agent, killed after 6 units and resumed:
+    (EDGEPIPE_HOME, table file, the partial table at the kill, the resumed run's stdout)."""
+    home = tmp_path_factory.mktemp("lut") / "home"
     table_file = home / "t.json"
     first = _collect(home, "--batch", "6")
     deadline = time.monotonic() + 600
@@ -110,12 +123,16 @@ def test_collect_killed_resumes_then_predict_evaluate_refuse(tmp_path):
     os.killpg(first.pid, signal.SIGKILL)  # the command, its converters and its agent
     first.wait()
     partial = json.loads(table_file.read_text())  # written atomically: whole, readable
-    assert 6 <= len(partial["units"]) < len(space_units(SPACES["tiny"]))
-    assert partial["overhead"] is None
-
     second = _collect(home, "--batch", "6")
     out, err = second.communicate(timeout=900)
     assert second.returncode == 0, err
+    return home, table_file, partial, out
+
+
+def test_collect_killed_resumes(collected):
+    home, table_file, partial, out = collected
+    assert 6 <= len(partial["units"]) < len(space_units(SPACES["tiny"]))
+    assert partial["overhead"] is None and partial["sentinels"] == []
     table = LatencyTable.load(table_file)
     assert set(table.units) == {u.key for u in space_units(SPACES["tiny"])}
     for key, stats in partial["units"].items():  # kept, not measured again
@@ -124,37 +141,65 @@ def test_collect_killed_resumes_then_predict_evaluate_refuse(tmp_path):
     assert len(table.reference["samples"]) >= 2 and "accepted_spread_pct" in table.reference
     for stats in table.units.values():
         assert stats["count"] >= 15 and stats["median_ms"] > 0 and "ci95_pct" in stats
-    assert "units (" in out and "wrote" in out
+        assert stats["p90_ms"] <= stats["p99_ms"] and 0 < stats["cpu_share"] <= 1
+    assert "units (" in out and "wrote" in out and "sentinels: reference unit" in out
+    # the table knows the device by its identity, and carries its sentinels
+    from edgepipe.device.info import device_info
 
+    here = device_info()
+    assert table.device["fingerprint"] == here["fingerprint"]
+    assert table.device["identity"] == here["identity"]
+    names = [s["name"] for s in table.sentinels]
+    assert names[0].startswith("reference unit ") and names[1:3] == [
+        "mobilenet_v3_small@96 x0.5", "mobilenet_v3_large@96 x0.5"]
+    assert names[3].startswith("random small@")
+    for s in table.sentinels:
+        assert s["median_ms"] > 0 and s["sustained_ms"] >= s["median_ms"] * 0.9
+        assert len(s["passes_ms"]) == 2
+
+
+def test_predict_evaluate_and_refusals(collected, tmp_path):
+    home, table_file, _, _ = collected
+    table = LatencyTable.load(table_file)
     env = {"EDGEPIPE_HOME": str(home)}
     arch = tmp_path / "arch.json"  # a network of the tiny space, as a search would save it
     arch.write_text(json.dumps(SPACES["tiny"].architectures(1, seed=5)[0].to_dict()))
     run = run_cli("lut", "predict", "--table", str(table_file), "--arch", str(arch), env=env)
     assert run.returncode == 0, run.stderr
-    small96 = float(run.stdout.split("predicted ")[1].split(" ms")[0])
+    words = " ".join(run.stdout.split())
+    small96 = float(words.split("predicted ")[1].split(" ms")[0])
     assert small96 > 0
-    run = run_cli("lut", "predict", "--table", str(table_file), "--arch", "large", env=env)
+    assert f"table {table_file.name} (collected " in words and "checked" in words
+    run = run_cli("lut", "predict", "--table", str(table_file), "--arch", "large", "--no-check",
+                  env=env)
     assert run.returncode == 2 and "no entry for" in run.stderr  # not a network of this space
 
-    # a table from another device is refused, unless forced
+    # a table from another device is refused, naming what differs, unless forced
     foreign = json.loads(table_file.read_text())
+    identity = foreign["device"]["identity"]
+    identity["family"] = (identity["family"] or 0) + 1
+    identity["isa"] = [f for f in identity["isa"] if "vnni" not in f] + ["amx_int8"]
     foreign["device"]["fingerprint"] = "0123456789abcdef"
     (tmp_path / "foreign.json").write_text(json.dumps(foreign))
     run = run_cli("lut", "predict", "--table", str(tmp_path / "foreign.json"), "--arch",
                   str(arch), env=env)
-    assert run.returncode == 2 and "fingerprint" in run.stderr and "--force" in run.stderr
-    assert len(run.stderr.strip().splitlines()) == 1
+    assert run.returncode == 2 and "another device (table: family" in run.stderr
+    assert "amx_int8" in run.stderr and "this device: family" in run.stderr
+    assert "--force" in run.stderr and len(run.stderr.strip().splitlines()) == 1
     run = run_cli("lut", "predict", "--table", str(tmp_path / "foreign.json"), "--arch",
-                  str(arch), "--force", env=env)
+                  str(arch), "--force", "--no-check", env=env)
     assert run.returncode == 0 and f"{small96:.3f}" in run.stdout
+    assert "NOT CHECKED" in " ".join(run.stdout.split())
     with pytest.raises(EdgepipeError, match="threads"):
         table.check_target(Target(table.device["fingerprint"], "executorch", "fp32", 4))
 
-    # corrupted files: one clear line each
+    # corrupted files: one clear line each, nothing half-written
     for name, text in (("cut.json", table_file.read_text()[:500]),
                        ("other.json", json.dumps({"hello": 1})),
                        ("bad-entry.json", table_file.read_text().replace(
-                           '"median_ms": ', '"median_ms": -', 1))):
+                           '"median_ms": ', '"median_ms": -', 1)),
+                       ("bad-sentinel.json", json.dumps({**json.loads(table_file.read_text()),
+                                                         "sentinels": [{"name": "x"}]}))):
         (tmp_path / name).write_text(text)
         run = run_cli("lut", "predict", "--table", str(tmp_path / name), env=env)
         assert run.returncode == 2, name
@@ -172,6 +217,101 @@ def test_collect_killed_resumes_then_predict_evaluate_refuse(tmp_path):
     assert report["naive_per_op_sum"]["count"] == 1
     assert (tmp_path / "eval" / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "within ±5 %" in run.stdout
+
+
+def test_check_finds_a_core_shared_with_a_busy_process(collected, tmp_path):
+    """`lut check` once quietly, once with a CPU-bound process pinned to the measured core."""
+    home, table_file, _, _ = collected
+    env = {"EDGEPIPE_HOME": str(home)}
+    quiet = run_cli("lut", "check", "--table", str(table_file), "--affinity", "0", env=env)
+    assert quiet.returncode in (0, 1), quiet.stderr  # 1: drift (a noisy host, see below)
+    assert "the device runs the table's sentinels at ×" in " ".join(quiet.stdout.split())
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(busy.pid, {0})
+        loaded = run_cli("lut", "check", "--table", str(table_file), "--affinity", "0",
+                         env=env)
+    finally:
+        busy.kill()
+        busy.wait()
+    words = " ".join(loaded.stdout.split())
+    assert loaded.returncode == 1 and "DRIFT — drift: the device runs" in words, words
+    checks = LatencyTable.load(table_file).checks
+    quiet_check, loaded_check = checks[-2:]
+    assert loaded_check["verdict"] == "drift" and loaded_check["drift_pct"] > 5
+    # a core shared with a busy process runs whole networks at about half speed; a quiet one
+    # is within the noise of this shared host (±5 % usually; 12 % seen while other work ran)
+    assert abs(quiet_check["drift_pct"]) < 15
+    assert loaded_check["factor"] > 1.5 * quiet_check["factor"]
+    assert checks[-1]["affinity"] == [0] and len(checks[-1]["sentinels"]) == 4
+    (home / "tables").mkdir(exist_ok=True)  # where `lut list` looks
+    shutil.copy(table_file, home / "tables" / "collected.json")
+    listing = " ".join(run_cli("lut", "list", env=env).stdout.split())
+    assert "collected.json: 32 units" in listing
+    assert re.search(r"collected \d+ (s|min) ago; last checked \d+ s ago on ", listing)
+    assert "last checked" in listing and ": drift (×" in listing
+
+
+def test_a_drifted_table_warns_refuses_or_rescales(collected, tmp_path):
+    """A table whose sentinels ran twice as fast at collection as the device runs them now
+    (as one collected on a faster CPU): each policy does what it says."""
+    home, table_file, _, _ = collected
+    env = {"EDGEPIPE_HOME": str(home)}
+    fast = json.loads(table_file.read_text())
+    for s in fast["sentinels"]:
+        s["median_ms"] /= 2
+        s["sustained_ms"] /= 2
+    fast["checks"] = []
+    fast_file = tmp_path / "fast.json"
+    fast_file.write_text(json.dumps(fast))
+    arch = tmp_path / "arch.json"
+    arch.write_text(json.dumps(SPACES["tiny"].architectures(1, seed=5)[0].to_dict()))
+    base = ("lut", "predict", "--table", str(fast_file), "--arch", str(arch))
+    plain = run_cli(*base, "--no-check", env=env)
+    assert plain.returncode == 0, plain.stderr
+    unchecked = float(plain.stdout.split("predicted ")[1].split(" ms")[0])
+
+    warned = run_cli(*base, env=env)  # measures the sentinels: about ×2
+    words = " ".join(warned.stdout.split())
+    assert warned.returncode == 0 and "warning: drift: the device runs" in words, words
+    assert float(words.split("predicted ")[1].split(" ms")[0]) == pytest.approx(unchecked)
+    check = LatencyTable.load(fast_file).checks[-1]
+    assert check["verdict"] == "drift" and 1.6 < check["factor"] < 2.5
+
+    strict = run_cli(*base, "--strict", env=env)  # the check of a minute ago is reused
+    assert strict.returncode == 2 and "refused (--strict)" in strict.stderr
+    assert len(strict.stderr.strip().splitlines()) == 1
+    rescaled = run_cli(*base, "--rescale", env=env)
+    words = " ".join(rescaled.stdout.split())
+    assert rescaled.returncode == 0 and f"rescaled ×{check['factor']:.3f}" in words
+    assert float(words.split("predicted ")[1].split(" ms")[0]) == pytest.approx(
+        unchecked * check["factor"], rel=2e-3)
+    assert len(LatencyTable.load(fast_file).checks) == 1  # reused, not measured again
+
+    # a sentinel that cannot be converted: one line, and no prediction
+    broken = json.loads(fast_file.read_text())
+    broken["sentinels"][1]["arch"]["network"]["blocks"][1]["in_channels"] = 7  # no such net
+    broken["checks"] = []
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    run = run_cli("lut", "predict", "--table", str(tmp_path / "broken.json"), "--arch",
+                  str(arch), env=env)
+    assert run.returncode == 2 and "sentinels cannot be converted" in run.stderr
+    assert "nothing is predicted" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+    # a table of the first format has no sentinels: said, refused where a check is needed
+    old = json.loads(table_file.read_text())
+    old.update(format_version=1, sentinels=[], checks=[])
+    del old["device"]["identity"]
+    old_file = tmp_path / "old.json"
+    old_file.write_text(json.dumps(old))
+    run = run_cli("lut", "predict", "--table", str(old_file), "--arch", str(arch), env=env)
+    assert run.returncode == 0 and "cannot be checked: it has no sentinels" in " ".join(
+        run.stdout.split())
+    run = run_cli("lut", "predict", "--table", str(old_file), "--arch", str(arch), "--strict",
+                  env=env)
+    assert run.returncode == 2 and "no sentinels" in run.stderr
+    run = run_cli("lut", "check", "--table", str(old_file), env=env)
+    assert run.returncode == 2 and "cannot be checked" in run.stderr
 
 
 def test_batch_jobs_are_checked_by_the_agent(tmp_path):

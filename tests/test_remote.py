@@ -87,9 +87,12 @@ def test_deploy_and_profile_through_a_real_sshd(small_conversion, sshd, tmp_path
         assert done.stdout.count("deployed ") == 4
         direct = AgentClient(url, TOKEN)
         assert len(direct.artifacts()) == 4
-        info = run_cli("device", "info", "pi", env=env)
+        info = run_cli("device", "info", "pi", "--json", env=env)
         assert info.returncode == 0, info.stderr
         assert json.loads(info.stdout)["fingerprint"] == direct.info()["fingerprint"]
+        words = run_cli("device", "info", "pi", env=env)  # the identity, field by field
+        assert words.returncode == 0 and direct.info()["identity_words"] in words.stdout
+        assert "fingerprint " + direct.info()["fingerprint"] in words.stdout
         tflite = out / artifact(report, "tflite", "int8")["file"]
         done = run_cli("profile", str(tflite), "--device", "pi", "--runs", "5", env=env)
         assert done.returncode == 0, done.stderr

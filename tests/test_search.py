@@ -38,9 +38,14 @@ from edgepipe.search.surgery import (
 from .conftest import run_cli
 
 TABLE = next(SHIPPED.glob("*-executorch-fp32-t1.json"))
+# The shipped table is this project's CPU's; CI's may be another: --force uses it anyway, and
+# the searches that measure their result check it first and rescale it (--rescale), the others
+# do not touch the device (--no-check).
+SHIPPED_TABLE = ("--table", str(TABLE), "--force")
+NO_DEVICE = (*SHIPPED_TABLE, "--no-check", "--no-verify")
 # a few seconds per step: what the CLI tests give NetAdapt (real training, tiny budgets)
 QUICK_NETADAPT = ("--delta-pct", "3", "--finetune-steps", "2", "--pretrain-steps", "20",
-                  "--final-steps", "10", "--table", str(TABLE))
+                  "--final-steps", "10")
 
 
 @pytest.fixture(scope="module")
@@ -169,23 +174,48 @@ def test_rl_controller_learns_a_rewarded_choice_and_evolution_mutates_one_decisi
     assert sum(a != b for a, b in zip(child, choice, strict=True)) == 1
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_search_outlives_its_test():
+    """A test that fails while a search runs must not leave it running (and slowing the next
+    tests down): its process group is killed."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def _search(out: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     code = "import sys\nfrom edgepipe.cli import main\nsys.exit(main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, "search", *args, "-o", str(out)],
+    proc = subprocess.Popen([sys.executable, "-c", code, "search", *args, "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, **(env or {})})
+    _STARTED.append(proc)
+    return proc
 
 
 def _steps(out: Path) -> list[dict]:
     path = out / "search.json"
-    return json.loads(path.read_text())["steps"] if path.is_file() else []
+    return json.loads(path.read_text()).get("steps", []) if path.is_file() else []
 
 
-def test_netadapt_on_digits_killed_resumes_then_converts_and_deploys(tmp_path):
+@pytest.fixture(scope="module")
+def search_home(tmp_path_factory) -> dict[str, str]:
+    """One EDGEPIPE_HOME for the searches that measure on this machine: the shipped table's
+    sentinels are converted (and its check made) once for them all."""
+    return {"EDGEPIPE_HOME": str(tmp_path_factory.mktemp("search-home"))}
+
+
+def test_netadapt_on_digits_killed_resumes_then_converts_and_deploys(tmp_path, search_home):
     out = tmp_path / "na"
-    home = {"EDGEPIPE_HOME": str(tmp_path / "home")}
-    args = ("netadapt", "--target-pct", "80", "--workers", "1", *QUICK_NETADAPT)
-    first = _search(out, *args, "--no-verify", env=home)
+    home = search_home
+    args = ("netadapt", "--target-pct", "80", "--workers", "1", *QUICK_NETADAPT,
+            *SHIPPED_TABLE)
+    first = _search(out, *args, "--no-verify", "--no-check", env=home)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and first.poll() is None and len(_steps(out)) < 3:
         time.sleep(0.2)
@@ -196,11 +226,18 @@ def test_netadapt_on_digits_killed_resumes_then_converts_and_deploys(tmp_path):
     assert len(before) >= 3 and before[0]["change"].startswith("seed (trained 20 steps)")
 
     # the same command again: continues after the recorded steps, and checks on the device
-    second = _search(out, *args, env=home)
+    second = _search(out, *args, "--rescale", env=home)
     stdout, stderr = second.communicate(timeout=900)
     assert second.returncode == 0, stderr
     record = json.loads((out / "search.json").read_text())
     steps = record["steps"]
+    # the killed run did not check the table, the resumed one did, and says how it was used
+    unchecked, checked = record["table_checks"]
+    assert unchecked["check"] is None and "NOT CHECKED" in unchecked["words"]
+    assert checked["policy"] == "rescale" and checked["check"]["verdict"] in ("ok", "drift")
+    assert checked["factor"] == (checked["check"]["factor"]
+                                 if checked["check"]["verdict"] == "drift" else 1.0)
+    assert "latency from table" in stdout
     assert steps[:len(before)] == before  # kept as they were, not searched again
     seed_ms = steps[0]["predicted_ms"]
     for a, b in zip(steps, steps[1:], strict=False):
@@ -214,6 +251,7 @@ def test_netadapt_on_digits_killed_resumes_then_converts_and_deploys(tmp_path):
         final["from_step"] * 2 + 10
     check = record["device_checks"][-1]
     assert check["measured_ms"] > 0 and abs(check["error_pct"]) < 25
+    assert check["factor"] == checked["factor"]
     assert "measured on this-machine" in stdout and (out / "path.png").stat().st_size > 5000
 
     # the result is a normal model: convert takes it, deploy pushes it to an agent
@@ -239,8 +277,8 @@ def test_netadapt_on_digits_killed_resumes_then_converts_and_deploys(tmp_path):
         stop_agent(proc)
 
     # resuming with other settings is refused in one line
-    again = run_cli("search", *args[:-2], "--delta-pct", "5", "--table", str(TABLE),
-                    "-o", str(out), env=home)
+    again = run_cli("search", *args[:-3], "--delta-pct", "5", *NO_DEVICE, "-o", str(out),
+                    env=home)
     assert again.returncode == 2 and "other settings (delta_pct)" in again.stderr
     assert again.stderr.count("\n") == 1
 
@@ -249,7 +287,7 @@ def test_both_searches_on_an_image_folder_with_local_workers(tmp_path, image_fol
                                                             tiny_space):
     out = tmp_path / "folder-na"
     done = run_cli("search", "netadapt", "--data", str(image_folder), "--target-pct", "90",
-                   "--workers", "2", "--no-verify", *QUICK_NETADAPT, "-o", str(out))
+                   "--workers", "2", *NO_DEVICE, *QUICK_NETADAPT, "-o", str(out))
     assert done.returncode == 0, done.stderr
     assert "2 local worker processes" in done.stdout
     model = json.loads((out / "final" / "model.json").read_text())
@@ -260,7 +298,7 @@ def test_both_searches_on_an_image_folder_with_local_workers(tmp_path, image_fol
     done = run_cli("search", "mnas", "--data", str(image_folder), "--space", str(tiny_space),
                    "--sampler", "evolution", "--samples", "6", "--per-round", "2",
                    "--proxy-steps", "3", "--final-steps", "3", "--target-ms", "0.5",
-                   "--workers", "2", "--no-verify", "--table", str(TABLE), "-o", str(out))
+                   "--workers", "2", *NO_DEVICE, "-o", str(out))
     assert done.returncode == 0, done.stderr
     record = json.loads((out / "search.json").read_text())
     assert len(record["samples"]) == 6
@@ -274,17 +312,18 @@ def test_both_searches_on_an_image_folder_with_local_workers(tmp_path, image_fol
     assert (out / "samples.png").is_file() and (out / "final" / "weights.pth").is_file()
 
 
-def test_mnas_rl_on_digits_resumes_and_measures_its_result(tmp_path, tiny_space):
+def test_mnas_rl_on_digits_resumes_and_measures_its_result(tmp_path, tiny_space,
+                                                           search_home):
     out = tmp_path / "rl"
     args = ("mnas", "--space", str(tiny_space), "--sampler", "rl", "--samples", "8", "--per-round",
             "2", "--proxy-steps", "4", "--final-steps", "5", "--target-ms", "0.4",
-            "--workers", "1", "--table", str(TABLE))
-    home = {"EDGEPIPE_HOME": str(tmp_path / "home")}
-    first = _search(out, *args, "--no-verify", env=home)
+            "--workers", "1", *SHIPPED_TABLE)
+    home = search_home
+    first = _search(out, *args, "--no-verify", "--no-check", env=home)
     path = out / "search.json"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and first.poll() is None and not (
-            path.is_file() and len(json.loads(path.read_text())["samples"]) >= 2):
+            path.is_file() and len(json.loads(path.read_text()).get("samples", [])) >= 2):
         time.sleep(0.1)
     assert first.poll() is None, first.communicate()
     os.killpg(first.pid, signal.SIGKILL)
@@ -292,10 +331,11 @@ def test_mnas_rl_on_digits_resumes_and_measures_its_result(tmp_path, tiny_space)
     before = json.loads(path.read_text())["samples"]
     assert 2 <= len(before) < 8 and (out / "controller.pth").is_file()
 
-    second = _search(out, *args, env=home)
+    second = _search(out, *args, "--rescale", env=home)
     stdout, stderr = second.communicate(timeout=900)
     assert second.returncode == 0, stderr
     record = json.loads(path.read_text())
+    assert record["table_checks"][-1]["check"] is not None
     assert record["samples"][:len(before)] == before and len(record["samples"]) == 8
     assert record["final"]["search"] == "mnas/rl"
     assert record["device_checks"][-1]["measured_ms"] > 0
@@ -321,8 +361,8 @@ def test_mnas_on_a_local_ray_cluster(tmp_path, tiny_space):
         out = tmp_path / "ray"
         done = run_cli("search", "mnas", "--space", str(tiny_space), "--sampler", "random",
                        "--samples", "4", "--per-round", "4", "--proxy-steps", "3",
-                       "--final-steps", "3", "--target-ms", "0.4", "--no-verify",
-                       "--ray", f"127.0.0.1:{port}", "--table", str(TABLE), "-o", str(out))
+                       "--final-steps", "3", "--target-ms", "0.4", *NO_DEVICE,
+                       "--ray", f"127.0.0.1:{port}", "-o", str(out))
         assert done.returncode == 0, done.stderr
         assert "Ray cluster at" in done.stdout and "2 CPUs" in done.stdout
         record = json.loads((out / "search.json").read_text())
@@ -331,7 +371,7 @@ def test_mnas_on_a_local_ray_cluster(tmp_path, tiny_space):
         subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
     bad = run_cli("search", "mnas", "--space", str(tiny_space), "--samples", "2", "--ray",
-                  f"127.0.0.1:{_free_port()}", "--table", str(TABLE), "-o", str(tmp_path / "x"))
+                  f"127.0.0.1:{_free_port()}", *NO_DEVICE, "-o", str(tmp_path / "x"))
     assert bad.returncode == 2 and "cannot connect to the Ray cluster" in bad.stderr
 
 
@@ -349,6 +389,6 @@ def test_bad_search_input_gets_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     cases.append((("netadapt", "--data", str(tmp_path / "empty")), "class folder"))
     for args, expected in cases:
-        done = run_cli("search", *args, "--table", str(TABLE), "-o", str(tmp_path / "o"))
+        done = run_cli("search", *args, *NO_DEVICE, "-o", str(tmp_path / "o"))
         assert done.returncode == 2, (args, done.stderr)
         assert expected in done.stderr and done.stderr.count("\n") == 1, (args, done.stderr)

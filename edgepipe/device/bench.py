@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,32 +26,62 @@ def rss_mb() -> float:
 
 @dataclass
 class LatencyStats:
+    """One measurement's run times, in ms: median, p90 and p99 (MLPerf Mobile reports p90),
+    mean and spread (std), the span measured (s), and every run's time when kept (``raw_ms``).
+    Percentiles interpolate linearly (numpy's default).
+
+    ``sustained_ms`` is the wall time of the timed runs, back to back, per run: it counts
+    what a single run's timer cannot see, the time the process was not running between two
+    runs. A run shorter than the scheduler's slice (a few ms) is rarely interrupted, so a
+    core shared with another busy process halves the throughput and leaves the median as it
+    was. ``cpu_share`` (Σ runs / wall) says how much of the wall time the runs had the CPU:
+    ~1 on a quiet device, 0.5 on a core shared with one busy process.
+    """
+
     median_ms: float
     mean_ms: float
     std_ms: float
     p10_ms: float
     p90_ms: float
+    p99_ms: float
     min_ms: float
+    max_ms: float
     count: int
+    span_s: float  # the sum of the timed runs
+    sustained_ms: float | None = None
+    cpu_share: float | None = None
+    raw_ms: list[float] | None = None
 
     @classmethod
-    def from_seconds(cls, samples: list[float]) -> LatencyStats:
+    def from_seconds(cls, samples: list[float], raw: bool = False,
+                     wall_s: float | None = None) -> LatencyStats:
+        """From run times in seconds; ``wall_s``: the wall time the runs took back to back."""
         ms = np.asarray(samples) * 1000.0
         return cls(
             median_ms=float(np.median(ms)), mean_ms=float(ms.mean()), std_ms=float(ms.std()),
             p10_ms=float(np.percentile(ms, 10)), p90_ms=float(np.percentile(ms, 90)),
-            min_ms=float(ms.min()), count=len(ms),
+            p99_ms=float(np.percentile(ms, 99)), min_ms=float(ms.min()),
+            max_ms=float(ms.max()), count=len(ms), span_s=float(ms.sum() / 1000),
+            sustained_ms=wall_s * 1000 / len(ms) if wall_s else None,
+            cpu_share=min(1.0, float(ms.sum() / 1000 / wall_s)) if wall_s else None,
+            raw_ms=[round(float(v), 5) for v in ms] if raw else None,
         )
 
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if data["raw_ms"] is None:
+            del data["raw_ms"]
+        return data
 
 
 def measure_latency(runner: Runner, x: np.ndarray, warmup: int = 5, runs: int = 30,
-                    on_progress: Callable[[int, int], None] | None = None) -> LatencyStats:
+                    on_progress: Callable[[int, int], None] | None = None,
+                    min_seconds: float = 0.0, raw: bool = False) -> LatencyStats:
     """Time ``invoke`` alone: input copies and (de)quantization are set up once, outside.
 
-    ``on_progress(done, total)`` is called now and then between runs, outside the timed part.
+    At least ``runs`` timed runs, and more until the timed runs add up to ``min_seconds``
+    (MLPerf Mobile's floor on a measurement's span). ``on_progress(done, total)`` is called
+    now and then between runs, outside the timed part.
     """
     runner.run(x)
     total = warmup + runs
@@ -59,14 +90,25 @@ def measure_latency(runner: Runner, x: np.ndarray, warmup: int = 5, runs: int = 
         runner.invoke()
         if on_progress and i % every == 0:
             on_progress(i + 1, total)
-    samples = []
-    for i in range(runs):
+    samples: list[float] = []
+    wall = 0.0
+    while len(samples) < runs or sum(samples) < min_seconds:
+        left = runs - len(samples)  # exactly ``runs`` when no time floor asks for more
+        wall += timed_runs(runner, min(every, left) if left > 0 else every, samples)
+        if on_progress:
+            on_progress(warmup + len(samples), max(total, warmup + len(samples)))
+    return LatencyStats.from_seconds(samples, raw, wall)
+
+
+def timed_runs(runner: Runner, n: int, samples: list[float]) -> float:
+    """``n`` runs back to back, each one's time appended to ``samples``; the wall time of the
+    whole block (with whatever the process waited between runs), in seconds."""
+    block = time.perf_counter()
+    for _ in range(n):
         start = time.perf_counter()
         runner.invoke()
         samples.append(time.perf_counter() - start)
-        if on_progress and (warmup + i) % every == 0:
-            on_progress(warmup + i + 1, total)
-    return LatencyStats.from_seconds(samples)
+    return time.perf_counter() - block
 
 
 def median_ci_pct(samples: list[float]) -> float:
@@ -83,22 +125,20 @@ def median_ci_pct(samples: list[float]) -> float:
 
 
 def measure_until_stable(runner: Runner, x: np.ndarray, warmup: int, min_runs: int,
-                         max_runs: int, stable_pct: float, max_seconds: float = 5.0
-                         ) -> tuple[LatencyStats, float]:
+                         max_runs: int, stable_pct: float, max_seconds: float = 5.0,
+                         raw: bool = False) -> tuple[LatencyStats, float]:
     """Run until the median is known to within ``stable_pct`` % (95% confidence), or
     ``max_runs`` / ``max_seconds`` is reached. Returns the statistics and that half-width."""
     runner.run(x)
     for _ in range(warmup):
         runner.invoke()
     samples: list[float] = []
+    wall = 0.0
     began = time.perf_counter()
     while len(samples) < max_runs:
-        for _ in range(min(10, max_runs - len(samples))):
-            start = time.perf_counter()
-            runner.invoke()
-            samples.append(time.perf_counter() - start)
+        wall += timed_runs(runner, min(10, max_runs - len(samples)), samples)
         if len(samples) < min_runs:
             continue
         if median_ci_pct(samples) <= stable_pct or time.perf_counter() - began > max_seconds:
             break
-    return LatencyStats.from_seconds(samples), median_ci_pct(samples)
+    return LatencyStats.from_seconds(samples, raw, wall), median_ci_pct(samples)

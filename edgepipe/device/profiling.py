@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,9 @@ from .client import AgentClient
 from .op_table import OpRow, executorch_op_table
 from .store import RUNNABLE_SUFFIXES
 
-DEVICE_FIELDS = ("hostname", "fingerprint", "machine", "cpu_model", "cores", "runtimes")
+DEVICE_FIELDS = ("hostname", "fingerprint", "identity_words", "machine", "cpu_model", "cores",
+                 "runtimes")
+REPLICABLE_PCT = 5.0  # MLPerf Mobile: repeated runs' results within 5 % of each other
 
 
 def deployable(out_dir: Path) -> tuple[list[Path], list[str]]:
@@ -63,25 +67,57 @@ class ProfileResult:
     per_op: list[OpRow] | None = None
     per_op_total_ms: float | None = None
     per_op_note: str | None = None
+    device_state: dict[str, Any] | None = None  # the job's start/end state and its flags
+    flags: list[str] | None = None  # every repeat's device-state flags, in words
+    repeats: list[dict[str, Any]] | None = None  # per repeat: job, latency, flags
+    replicability: dict[str, Any] | None = None  # with more than one repeat
+
+
+def replicability(medians: list[float], within_pct: float = REPLICABLE_PCT) -> dict[str, Any]:
+    """Whether repeated measurements agree: (largest − smallest median) / smallest within
+    ``within_pct`` (MLPerf Mobile's rule for a result to count)."""
+    spread = (max(medians) - min(medians)) / min(medians) * 100
+    return {"repeats": len(medians), "medians_ms": medians, "spread_pct": spread,
+            "within_pct": within_pct, "replicable": spread <= within_pct}
 
 
 def profile(client: AgentClient, artifact: Path, *, threads: int = 1, warmup: int = 10,
             runs: int = 50, affinity: list[int] | None = None, per_op: bool = True,
             on_progress: Callable[[dict], None] | None = None,
-            device_info: dict[str, Any] | None = None) -> ProfileResult:
+            device_info: dict[str, Any] | None = None, repeat: int = 1,
+            cooldown_s: float = 0.0, min_seconds: float = 0.0, raw: bool = False
+            ) -> ProfileResult:
+    """Measure an artifact on the device ``repeat`` times (``cooldown_s`` apart, each in a
+    job of its own: at least ``runs`` runs and ``min_seconds`` of timed runs); the per-op
+    profile comes from the first. ``latency`` is the repeat with the median median."""
     artifact = Path(artifact)
     manifest = load_manifest(artifact)
     meta = client.upload(artifact)
-    job = client.submit(artifact=meta["sha256"], threads=threads, warmup=warmup, runs=runs,
-                        affinity=affinity, profile=per_op)
-    done = client.wait(job["id"], on_progress)
-    result = done["result"]
+    jobs = []
+    for i in range(repeat):
+        if i and cooldown_s:
+            time.sleep(cooldown_s)
+        job = client.submit(artifact=meta["sha256"], threads=threads, warmup=warmup,
+                            runs=runs, affinity=affinity, profile=per_op and i == 0,
+                            min_seconds=min_seconds, raw=raw)
+        jobs.append(client.wait(job["id"], on_progress))
+    first = jobs[0]
+    result = first["result"]
+    medians = [j["result"]["latency"]["median_ms"] for j in jobs]
+    middle = jobs[medians.index(statistics.median_low(medians))]
+    flags = [f"repeat {i + 1}: {f}" if repeat > 1 else f for i, j in enumerate(jobs)
+             for f in j["result"].get("device_state", {}).get("flags", [])]
     info = device_info or client.info()
     out = ProfileResult(
         artifact=artifact.name, format=manifest.format, precision=manifest.precision,
         model=manifest.model, device={k: info.get(k) for k in DEVICE_FIELDS},
-        job_id=job["id"], runtime=result["runtime"], threads=result["threads"],
-        latency=result["latency"], memory=result["memory"], load_ms=result["load_ms"])
+        job_id=first["id"], runtime=result["runtime"], threads=result["threads"],
+        latency=middle["result"]["latency"], memory=result["memory"],
+        load_ms=result["load_ms"], device_state=result.get("device_state"), flags=flags,
+        repeats=[{"job_id": j["id"], "latency": j["result"]["latency"],
+                  "flags": j["result"].get("device_state", {}).get("flags", [])}
+                 for j in jobs],
+        replicability=replicability(medians) if repeat > 1 else None)
     if not result["per_op"].get("available"):
         out.per_op_note = result["per_op"].get("reason")
     elif result["per_op"].get("source") == "etdump":
@@ -89,7 +125,7 @@ def profile(client: AgentClient, artifact: Path, *, threads: int = 1, warmup: in
         etrecord_path = artifact.with_name(etrecord) if etrecord else None
         with tempfile.TemporaryDirectory() as tmp:
             dump = Path(tmp) / "etdump.etdp"
-            dump.write_bytes(client.etdump(job["id"]))
+            dump.write_bytes(client.etdump(first["id"]))
             out.per_op, out.per_op_total_ms = executorch_op_table(dump, etrecord_path)
         if etrecord_path is None or not etrecord_path.is_file():
             out.per_op_note = ("no ETRecord beside the artifact: ops are named by the "

@@ -147,7 +147,9 @@ class JobSpec:
     runtime: str | None = None  # default: the artifact's own (by suffix)
     threads: int = 1
     warmup: int = 10
-    runs: int = 50  # in a batch: the most runs per item
+    runs: int = 50  # the fewest timed runs; in a batch: the most runs per item
+    min_seconds: float = 0.0  # ... and more until the timed runs add up to this (not batches)
+    raw: bool = False  # keep every run's time in the result (``raw_ms``)
     affinity: list[int] | None = None
     profile: bool = True  # a per-operator table where the runtime can make one
     profile_runs: int = 10
@@ -181,7 +183,9 @@ class JobSpec:
                 not isinstance(spec.affinity, list) or not spec.affinity
                 or not all(isinstance(c, int) and c >= 0 for c in spec.affinity)):
             raise StoreError(400, "job field affinity must be a non-empty list of CPU numbers")
-        for name, high in (("stable_pct", 100), ("max_seconds", 3600)):
+        if not isinstance(spec.raw, bool):
+            raise StoreError(400, "job field raw must be true or false")
+        for name, high in (("stable_pct", 100), ("max_seconds", 3600), ("min_seconds", 3600)):
             value = getattr(spec, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) \
                     or not 0 <= value <= high:

@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import EdgepipeError
 from ..manifest import Manifest, write_atomic
 from .bench import measure_latency, measure_until_stable, rss_mb
+from .info import device_state, state_changes
 from .runtimes import import_runtime, open_runner
 
 LITERT_NO_PER_OP = ("LiteRT gives no per-operator timing from Python: ai-edge-litert has no "
@@ -72,8 +73,38 @@ def _start(job_dir: Path) -> dict[str, Any]:
     return spec
 
 
+# below this share of the wall time on the CPU, a measurement did not have its core to itself
+CPU_SHARE_FLAG = 0.85
+
+
+def shared_cpu_flags(stats: list[dict[str, Any]]) -> list[str]:
+    """A flag when runs had the CPU less than :data:`CPU_SHARE_FLAG` of their wall time."""
+    shares = [s["cpu_share"] for s in stats if s.get("cpu_share") is not None]
+    low = [v for v in shares if v < CPU_SHARE_FLAG]
+    if not low:
+        return []
+    what = "the runs" if len(shares) == 1 else f"{len(low)} of {len(shares)} items' runs"
+    return [f"{what} had the CPU only {min(low):.0%} of their wall time: another process "
+            "shares the core"]
+
+
+def state_record(start: dict[str, Any], stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """The device's state at the job's start and end, and what changed between them
+    (``flags``: a fallen frequency, a changed governor, throttling that began, a core shared
+    with another process). ``readable`` says what the device exposes: with nothing readable,
+    no flag of that kind means nothing."""
+    end = device_state()
+    return {"start": start, "end": end,
+            "flags": state_changes(start, end) + shared_cpu_flags(stats),
+            "readable": {"frequency": any(c["cur_mhz"] for c in start["cpu"]),
+                         "governor": any(c["governor"] for c in start["cpu"]),
+                         "temperature": bool(start["temperatures_c"]),
+                         "throttling": start["throttled"] is not None}}
+
+
 def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any]:
     spec = _start(job_dir)
+    state = device_state()
     manifest = Manifest.from_dict(json.loads(manifest_path.read_text()))
     x = example_input(manifest)
     report(phase="loading", done=0, total=1)
@@ -84,7 +115,8 @@ def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any
     load_ms = (time.perf_counter() - load_start) * 1000
     stats = measure_latency(
         runner, x, spec["warmup"], spec["runs"],
-        on_progress=lambda done, total: report(phase="measuring", done=done, total=total))
+        on_progress=lambda done, total: report(phase="measuring", done=done, total=total),
+        min_seconds=spec.get("min_seconds", 0.0), raw=spec.get("raw", False))
     result: dict[str, Any] = {
         "runtime": runner.runtime,
         "threads": spec["threads"],
@@ -103,12 +135,14 @@ def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any
                                              spec["profile_runs"], job_dir / "etdump.etdp")
     else:
         result["per_op"] = {"available": False, "reason": LITERT_NO_PER_OP}
+    result["device_state"] = state_record(state, [result["latency"]])
     return result
 
 
 def run_batch(job_dir: Path) -> dict[str, Any]:
     """Measure each item (an artifact at an input shape) until its median is stable."""
     spec = _start(job_dir)
+    state = device_state()
     items = json.loads((job_dir / "batch.json").read_text())
     import_runtime(items[0]["path"])
     runners: dict[str, Any] = {}
@@ -123,12 +157,13 @@ def run_batch(job_dir: Path) -> dict[str, Any]:
         try:
             stats, ci_pct = measure_until_stable(
                 runners[path], x, spec["warmup"], spec["min_runs"], spec["runs"],
-                spec["stable_pct"], spec["max_seconds"])
+                spec["stable_pct"], spec["max_seconds"], raw=spec.get("raw", False))
         except (RuntimeError, ValueError) as exc:
             raise EdgepipeError(f"{Path(path).name} at shape {item['shape']}: {exc}") from None
         measured.append({**stats.to_dict(), "ci95_pct": round(ci_pct, 3)})
     return {"runtime": next(iter(runners.values())).runtime, "threads": spec["threads"],
-            "items": measured, "seconds": time.perf_counter() - began}
+            "items": measured, "seconds": time.perf_counter() - began,
+            "device_state": state_record(state, measured)}
 
 
 def main(argv: list[str]) -> int:

@@ -10,32 +10,36 @@
    the table is flagged when it never settles (:mod:`.drift`).
 4. Fit the per-model overhead on the whole networks. The table is saved after every batch:
    a killed collection resumes where it stopped, losing nothing already measured.
+5. Measure the sentinels (:mod:`.sentinels`): what every later check compares with.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..device.client import AgentClient
 from ..errors import EdgepipeError
-from ..manifest import file_sha256
 from ..models.space import Architecture, SearchSpace
 from .drift import DriftGuard
+from .measure import MeasureSettings, Progress, chunks, measure_items, upload_programs
 from .programs import (
-    ProgramSpec,
+    arch_program,
     convert_programs,
     is_converted,
+    program_for,
     program_path,
     takes_dynamic_size,
+    unit_programs,
 )
+from .sentinels import measure_sentinels, sentinel_definitions
 from .table import LatencyTable, Overhead, Target, boundary_melements
 from .units import Unit, block_unit, head_unit, stem_unit, units_of
 
-MIN_DYNAMIC_SIZE = 4
+__all__ = ["CollectRequest", "MeasureSettings", "Progress", "collect", "space_units",
+           "unit_programs"]
 
 
 def _halve(hw: int, times: int) -> int:
@@ -60,71 +64,12 @@ def space_units(space: SearchSpace) -> list[Unit]:
     return list(found.values())
 
 
-def unit_programs(units: list[Unit], dynamic: bool) -> dict[str, ProgramSpec]:
-    """Programs to convert, by program key; with ``dynamic`` one per unit shape, exported at
-    the largest size it is measured at and accepting every smaller one."""
-    groups: dict[str, list[Unit]] = {}
-    for u in units:
-        # torch.export specialises sizes 1 and 2 (broadcasts, an output of size 1): those
-        # few tiny inputs get programs of their own
-        shared = dynamic and u.hw >= MIN_DYNAMIC_SIZE
-        groups.setdefault(u.program_key if shared else u.key, []).append(u)
-    specs = {}
-    for key, members in groups.items():
-        biggest = max(members, key=lambda u: u.hw)
-        size_range = (MIN_DYNAMIC_SIZE, biggest.hw) if len(members) > 1 else None
-        specs[key] = ProgramSpec(key, "unit", (biggest, size_range),
-                                 tuple(biggest.input_shape()))
-    return specs
-
-
-def program_for(programs: dict[str, ProgramSpec], unit: Unit) -> ProgramSpec:
-    """The program that measures ``unit`` (its own, or its shape's dynamic one)."""
-    if unit.key in programs:
-        return programs[unit.key]
-    return programs[unit.program_key]
-
-
-def arch_program(arch: Architecture) -> ProgramSpec:
-    return ProgramSpec(f"arch-{arch.digest()[:16]}", "arch", (arch,),
-                       (1, 3, arch.resolution, arch.resolution))
-
-
 def calibration_architectures(space: SearchSpace, count: int) -> list[Architecture]:
     """The seeds plus random networks: what the per-model overhead is fitted on."""
     seeds = [space.seed_architecture(s, max(space.resolutions), max(space.width_mults))
              for s in space.seeds]
     seeds = [a for a in seeds if space.contains(a)]
     return (seeds + space.architectures(count, seed=10_000))[:max(count, len(seeds))]
-
-
-@dataclass
-class MeasureSettings:
-    warmup: int = 5
-    min_runs: int = 15
-    max_runs: int = 200
-    stable_pct: float = 1.0  # stop once the median's 95 % CI is within ±1 %
-    max_seconds: float = 1.0  # ... or after a second (the slowest units)
-    batch: int = 240  # units per agent job (one worker process)
-    segment: int = 30  # units between two reference measurements
-    whole_model_runs: int = 60
-    drift_limit_pct: float = 3.0
-    retries: int = 3
-
-    def job(self, threads: int) -> dict[str, Any]:
-        return {"threads": threads, "warmup": self.warmup, "runs": self.max_runs,
-                "min_runs": self.min_runs, "stable_pct": self.stable_pct,
-                "max_seconds": self.max_seconds, "profile": False}
-
-    def whole_job(self, threads: int) -> dict[str, Any]:
-        return {**self.job(threads), "min_runs": self.whole_model_runs, "stable_pct": 0.5,
-                "max_seconds": 3.0}
-
-    def guard(self, reference_item: dict[str, Any], saved: dict[str, Any] | None = None
-              ) -> DriftGuard:
-        saved = saved or {}
-        return DriftGuard(reference_item, self.drift_limit_pct, self.retries,
-                          list(saved.get("samples", [])), saved.get("unsettled_segments", 0))
 
 
 @dataclass
@@ -136,16 +81,8 @@ class CollectRequest:
     table_path: Path
     workdir: Path
     jobs: int = 2
-    calibration_models: int = 10
+    calibration_models: int = 12
     settings: MeasureSettings = field(default_factory=MeasureSettings)
-
-
-class Progress:
-    """What a collection reports (the CLI draws bars with ETA)."""
-
-    def phase(self, name: str, total: int) -> None: ...
-
-    def advance(self, n: int = 1) -> None: ...
 
 
 def _check_runtime(client: AgentClient, runtime: str) -> dict[str, Any]:
@@ -157,31 +94,13 @@ def _check_runtime(client: AgentClient, runtime: str) -> dict[str, Any]:
     return info
 
 
-def upload_programs(client: AgentClient, paths: list[Path],
-                    on_done: Callable[[], None] | None = None) -> dict[Path, str]:
-    """Upload what the agent does not have yet; the sha256 of each path."""
-    present = {a["sha256"] for a in client.artifacts()}
-    shas = {}
-    for path in paths:
-        shas[path] = file_sha256(path)
-        if shas[path] not in present:
-            client.upload(path, check_present=False)
-            present.add(shas[path])
-        if on_done:
-            on_done()
-    return shas
-
-
-def measure_items(client: AgentClient, items: list[dict[str, Any]], job: dict[str, Any]
-                  ) -> list[dict[str, float]]:
-    done = client.wait(client.submit(items=items, **job)["id"])
-    return done["result"]["items"]
-
-
 def _open_table(req: CollectRequest, info: dict[str, Any]) -> LatencyTable:
     """The table being collected: the saved one when it matches (resume), else a new one."""
-    device = {k: info.get(k) for k in ("fingerprint", "cpu_model", "machine", "cores",
-                                       "hostname")}
+    device = {k: info.get(k) for k in ("fingerprint", "identity", "identity_words",
+                                       "cpu_model", "machine", "cores", "hostname")}
+    if not device["identity"]:
+        raise EdgepipeError("the device's agent reports no identity (an older edgepipe): "
+                            "update edgepipe on the device, a table needs its identity")
     target = Target(device["fingerprint"], req.runtime, req.precision, req.threads)
     if req.table_path.is_file():
         table = LatencyTable.load(req.table_path)
@@ -196,12 +115,7 @@ def _open_table(req: CollectRequest, info: dict[str, Any]) -> LatencyTable:
         precision=req.precision, threads=req.threads, space=req.space.to_dict(),
         method={**req.settings.__dict__, "programs": "dynamic height/width"
                 if takes_dynamic_size(req.runtime) else "one per unit",
-                "input": "seeded normal noise", "statistic": "median"})
-
-
-def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+                "input": "seeded normal noise", "statistic": "min"})
 
 
 def collect(req: CollectRequest, client: AgentClient, progress: Progress | None = None
@@ -253,7 +167,8 @@ def collect(req: CollectRequest, client: AgentClient, progress: Progress | None 
         table.reference = _reference_record(reference, guard)
         table.save(req.table_path)
 
-    guard.measure(lambda items: measure_items(client, items, job),
+    flags = table.method.setdefault("device_state_flags", [])
+    guard.measure(lambda items: measure_items(client, items, job, flags),
                   [[item(u) for u in seg] for seg in segments], keep, req.settings.batch, save)
 
     if table.overhead is None:
@@ -262,7 +177,7 @@ def collect(req: CollectRequest, client: AgentClient, progress: Progress | None 
         segments = [[{"artifact": shas[program_path(folder, spec, req.runtime)],
                       "shape": list(spec.input_shape)}] for spec in arch_specs]
         # twice, apart, keeping the faster: a slowdown of the device only ever adds time
-        measured = guard.measure(lambda items: measure_items(client, items, whole),
+        measured = guard.measure(lambda items: measure_items(client, items, whole, flags),
                                  segments + segments)
         table.overhead = fit_overhead([
             {"name": _arch_name(arch), "sum_ms": table.unit_sum_ms(arch),
@@ -272,6 +187,10 @@ def collect(req: CollectRequest, client: AgentClient, progress: Progress | None 
                                            measured[len(calib):], strict=True)])
         table.reference = _reference_record(reference, guard)
         progress.advance(len(calib))
+        table.save(req.table_path)
+    if not table.sentinels:
+        table.sentinels = measure_sentinels(sentinel_definitions(req.space, reference), table,
+                                            client, req.workdir, req.jobs, progress)
     table.method["collection_s"] = {
         "convert": round(convert_s, 1), "measure": round(time.perf_counter() - measure_started,
                                                          1),
@@ -298,14 +217,16 @@ def reference_unit(units: list[Unit]) -> Unit:
 
 
 def fit_overhead(models: list[dict[str, float]]) -> Overhead:
-    """Relative least squares of measured on (Σ units, boundary elements, 1).
+    """Relative least squares of measured on (Σ units, 1), or (Σ units, boundary elements, 1)
+    where that predicts the calibration networks better, left out one at a time.
 
     A unit run alone is not the same unit inside a network: alone, it converts its input and
     output between the program's layout and the runtime's (inside a network tensors stay in
-    the runtime's layout), it pays a call, and its weights are hot in cache. Fitted on 100
-    networks here, the boundary term halved the share outside ±5 %. Relative: every network
-    counts the same, whatever its size. Fewer than 5 networks: scale and offset (3 or 4) or
-    the offset alone.
+    the runtime's layout), it pays a call, and its weights are hot in cache. The boundary term
+    halved the share of networks outside ±5 % on one host (AVX2) and did nothing on another
+    (AVX-512), where a fourth parameter fitted on a dozen noisy networks only added error:
+    leave-one-out error decides. Relative: every network counts the same, whatever its size.
+    Fewer than 3 networks: the offset alone.
     """
     import numpy as np
 
@@ -313,12 +234,23 @@ def fit_overhead(models: list[dict[str, float]]) -> Overhead:
     boundary = np.array([m["boundary_m"] for m in models])
     measured = np.array([m["measured_ms"] for m in models])
     ones = np.ones_like(sums)
-    if len(models) >= 5:
-        design = np.stack([sums, boundary, ones], axis=1)
-    elif len(models) >= 3:
-        design = np.stack([sums, 0 * ones, ones], axis=1)
-    else:
+    if len(models) < 3:
         return Overhead(1.0, float(np.mean(measured - sums)), models)
-    coef, *_ = np.linalg.lstsq(design / measured[:, None], ones, rcond=None)
-    scale, per_m, offset = (float(c) for c in coef)
+
+    def solve(design: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        coef, *_ = np.linalg.lstsq(design[keep] / measured[keep, None], ones[keep], rcond=None)
+        return coef
+
+    def loo_rmse(design: np.ndarray) -> float:
+        errors = []
+        for i in range(len(models)):
+            keep = np.arange(len(models)) != i
+            errors.append((design[i] @ solve(design, keep) - measured[i]) / measured[i])
+        return float(np.sqrt(np.mean(np.square(errors))))
+
+    designs = [np.stack([sums, 0 * ones, ones], axis=1)]
+    if len(models) >= 5:
+        designs.append(np.stack([sums, boundary, ones], axis=1))
+    design = min(designs, key=loo_rmse)
+    scale, per_m, offset = (float(c) for c in solve(design, np.ones(len(models), bool)))
     return Overhead(scale, offset, models, per_m)

@@ -66,17 +66,25 @@ def _channels(u: Unit) -> tuple[int, ...]:
 
 
 class Estimator:
-    """Predicts any network of the table's block vocabulary, measured units where it has them."""
+    """Predicts any network of the table's block vocabulary, measured units where it has them.
 
-    def __init__(self, table: LatencyTable) -> None:
+    ``factor`` multiplies every prediction: the drift a check of the table measured on the
+    device (``--rescale``); ``provenance`` is how the table was checked (recorded with the
+    predictions, see :class:`.sentinels.TableUse`).
+    """
+
+    def __init__(self, table: LatencyTable, factor: float = 1.0,
+                 provenance: dict | None = None) -> None:
         self.table = table
+        self.factor = factor
+        self.provenance = provenance
         units = [_unit_from_key(k) for k in table.units]
         self._by_shape: dict[tuple, list[Unit]] = defaultdict(list)
         for u in units:
             if u is not None:
                 self._by_shape[_shape_key(u)].append(u)
         self.coef = _fit([u for u in units if u is not None],
-                         [table.units[u.key]["median_ms"] for u in units if u is not None])
+                         [table.unit_ms(u.key) for u in units if u is not None])
         self._cache: dict[str, tuple[float, bool]] = {}
 
     def model_ms(self, u: Unit) -> float:
@@ -85,7 +93,7 @@ class Estimator:
     def unit_ms(self, u: Unit) -> tuple[float, bool]:
         """(milliseconds, measured?)"""
         if u.key in self.table.units:
-            return self.table.units[u.key]["median_ms"], True
+            return self.table.unit_ms(u.key), True
         if u.key not in self._cache:
             self._cache[u.key] = (self._estimate(u), False)
         return self._cache[u.key]
@@ -100,10 +108,14 @@ class Estimator:
         mine = _channels(u)
         best = min(near, key=lambda n: sum(abs(math.log(a / b))
                                            for a, b in zip(_channels(n), mine, strict=True)))
-        return self.table.units[best.key]["median_ms"] * self.model_ms(u) / self.model_ms(best)
+        return self.table.unit_ms(best.key) * self.model_ms(u) / self.model_ms(best)
 
     def predict(self, arch: Architecture) -> float:
-        """As :meth:`LatencyTable.predict`, with estimates for units the table lacks."""
+        """As :meth:`LatencyTable.predict`, with estimates for units the table lacks, times
+        ``factor``."""
+        return self.factor * self._predict(arch)
+
+    def _predict(self, arch: Architecture) -> float:
         units = units_of(arch)
         total = sum(self.unit_ms(u)[0] for u in units)
         o = self.table.overhead

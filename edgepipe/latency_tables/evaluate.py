@@ -3,12 +3,16 @@
 N random architectures of the table's space (seeded) are converted and measured whole; the
 prediction is compared with the measurement: share within ±5 % and ±10 %, RMSE %, Kendall's
 tau (what a search needs: the right order), and a scatter plot. The naive alternative, a sum of
-separately measured convs and activations, is measured on the first few of them.
+separately measured convs and activations, is measured on the first few of them. The table's
+sentinels are measured right before the networks (a check, :mod:`.sentinels`): the predictions
+are also scored rescaled by its factor, which takes out how much the whole device moved since
+collection, and the device against itself (each network measured twice) is scored beside them.
 """
 
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,23 +22,15 @@ import numpy as np
 from ..device.client import AgentClient
 from ..manifest import write_atomic
 from ..models.space import Architecture, SearchSpace
-from .collect import (
-    MeasureSettings,
-    Progress,
-    arch_program,
-    chunks,
-    measure_items,
-    program_for,
-    unit_programs,
-    upload_programs,
-)
 from .drift import DriftGuard
+from .measure import MeasureSettings, Progress, chunks, measure_items, prepare_programs
 from .programs import (
     ProgramSpec,
-    convert_programs,
-    is_converted,
+    arch_program,
+    program_for,
     program_path,
     takes_dynamic_size,
+    unit_programs,
 )
 from .table import LatencyTable
 from .units import Unit, naive_ops, units_of
@@ -88,19 +84,8 @@ def _reference(table: LatencyTable) -> Unit | None:
 
 def _prepare(specs: list[ProgramSpec], table: LatencyTable, client: AgentClient, folder: Path,
              jobs: int, progress: Progress, what: str) -> dict[Path, str]:
-    """Convert what is not converted yet, upload what the agent lacks: sha256 per program."""
-    unconverted = [s for s in specs if not is_converted(folder, s, table.runtime)]
-    progress.phase(f"converting {what}", len(unconverted))
-    convert_programs(unconverted, table.runtime, table.precision, folder, jobs,
-                     on_done=lambda _k: progress.advance())
-    paths = [program_path(folder, s, table.runtime) for s in specs]
-    progress.phase("uploading", len(paths))
-    return upload_programs(client, paths, progress.advance)
-
-
-def _settings(table: LatencyTable) -> MeasureSettings:
-    return MeasureSettings(**{k: v for k, v in table.method.items()
-                              if k in MeasureSettings.__dataclass_fields__})
+    return prepare_programs(specs, table.runtime, table.precision, client, folder, jobs,
+                            progress, what)
 
 
 def measure_networks(archs: list[Architecture], table: LatencyTable, client: AgentClient,
@@ -118,7 +103,7 @@ def measure_networks(archs: list[Architecture], table: LatencyTable, client: Age
         if reference else {}
     shas = _prepare(specs + list(ref_specs.values()), table, client, folder, jobs, progress,
                     "networks")
-    settings = _settings(table)
+    settings = MeasureSettings.of_table(table.method)
     guard = None
     if reference:
         path = program_path(folder, program_for(ref_specs, reference), table.runtime)
@@ -145,10 +130,17 @@ def measure_networks(archs: list[Architecture], table: LatencyTable, client: Age
 
 def evaluate(req: EvaluateRequest, client: AgentClient, progress: Progress | None = None
              ) -> dict[str, Any]:
+    from .sentinels import check_table
+
     progress = progress or Progress()
     table = LatencyTable.load(req.table_path)
     space = SearchSpace.from_dict(table.space)
     archs = space.architectures(req.count, seed=req.seed)
+    folder = req.workdir / f"{table.runtime}-{table.precision}"
+    _prepare([arch_program(a) for a in archs], table, client, folder, req.jobs, progress,
+             "networks")  # converted before the check, so that it is measured just before
+    check = check_table(table, client, req.workdir, req.jobs, progress) \
+        if table.sentinels else None
     rows, guard = measure_networks(archs, table, client, req.workdir, req.jobs, progress)
     for row, arch in zip(rows, archs, strict=True):
         row["unit_sum_ms"] = table.unit_sum_ms(arch)
@@ -164,7 +156,7 @@ def evaluate(req: EvaluateRequest, client: AgentClient, progress: Progress | Non
         naive_specs = unit_programs(missing, takes_dynamic_size(table.runtime))
         shas = _prepare(list(naive_specs.values()), table, client, folder, req.jobs, progress,
                         "naive ops")
-        settings = _settings(table)
+        settings = MeasureSettings.of_table(table.method)
 
         def item(unit: Unit) -> dict[str, Any]:
             path = program_path(folder, program_for(naive_specs, unit), table.runtime)
@@ -195,6 +187,9 @@ def evaluate(req: EvaluateRequest, client: AgentClient, progress: Progress | Non
         "repeatability": error_metrics(second, first),
         "table": str(req.table_path), "device": table.describe(), "seed": req.seed,
         "prediction": error_metrics([r["predicted_ms"] for r in rows], measured),
+        "check": check,
+        "prediction_rescaled": error_metrics(
+            [r["predicted_ms"] * check["factor"] for r in rows], measured) if check else None,
         "unit_sum_without_overhead": error_metrics([r["unit_sum_ms"] for r in rows], measured),
         "naive_per_op_sum": naive,
         "overhead": {k: v for k, v in asdict(table.overhead).items() if k != "models"}
@@ -254,7 +249,7 @@ def scatter_plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
     ax.set_ylim(low, high)
     ax.set_xlabel("measured latency (ms, median)")
     ax.set_ylabel("predicted latency (ms)")
-    ax.set_title(title, fontsize=8)
+    ax.set_title(textwrap.fill(title, 95), fontsize=7)  # the device's identity is long
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)

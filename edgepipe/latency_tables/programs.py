@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EdgepipeError
+from ..models.space import Architecture
+from .units import Unit
 
 SUFFIX = {"executorch": ".pte", "litert": ".tflite"}
 FORMAT = {"executorch": "executorch", "litert": "tflite"}
@@ -35,6 +37,39 @@ class ProgramSpec:
 
     def file_stem(self) -> str:
         return hashlib.sha256(self.key.encode()).hexdigest()[:20]
+
+
+# torch.export specialises sizes 1 and 2 (broadcasts, an output of size 1): units smaller than
+# this get programs of their own
+MIN_DYNAMIC_SIZE = 4
+
+
+def unit_programs(units: list[Unit], dynamic: bool) -> dict[str, ProgramSpec]:
+    """Programs to convert, by program key; with ``dynamic`` one per unit shape, exported at
+    the largest size it is measured at and accepting every smaller one."""
+    groups: dict[str, list[Unit]] = {}
+    for u in units:
+        shared = dynamic and u.hw >= MIN_DYNAMIC_SIZE
+        groups.setdefault(u.program_key if shared else u.key, []).append(u)
+    specs = {}
+    for key, members in groups.items():
+        biggest = max(members, key=lambda u: u.hw)
+        size_range = (MIN_DYNAMIC_SIZE, biggest.hw) if len(members) > 1 else None
+        specs[key] = ProgramSpec(key, "unit", (biggest, size_range),
+                                 tuple(biggest.input_shape()))
+    return specs
+
+
+def program_for(programs: dict[str, ProgramSpec], unit: Unit) -> ProgramSpec:
+    """The program that measures ``unit`` (its own, or its shape's dynamic one)."""
+    if unit.key in programs:
+        return programs[unit.key]
+    return programs[unit.program_key]
+
+
+def arch_program(arch: Architecture) -> ProgramSpec:
+    return ProgramSpec(f"arch-{arch.digest()[:16]}", "arch", (arch,),
+                       (1, 3, arch.resolution, arch.resolution))
 
 
 def takes_dynamic_size(runtime: str) -> bool:

@@ -2,7 +2,12 @@
 
 Stored as JSON, versioned by ``format_version``; written atomically, so a killed collection
 leaves the last complete state. A table only answers for the device and settings it was
-measured with: :meth:`LatencyTable.check_target` refuses anything else unless forced.
+measured with: :meth:`LatencyTable.check_target` refuses anything else unless forced, naming
+the fields of the device identity that differ. A table carries *sentinels* (a reference unit
+and whole networks with their latencies at collection) and the record of every check that
+measured them again (:mod:`.sentinels`): a table goes stale on the same board too.
+
+Format 1 (before device identities and sentinels) is still read; it cannot be checked.
 """
 
 from __future__ import annotations
@@ -13,24 +18,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..device.identity import describe_identity, diff_words
 from ..errors import EdgepipeError
 from ..manifest import write_atomic
 from ..models.space import Architecture
 from .units import Unit, units_of
 
 FORMAT = "edgepipe-latency-table"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SHIPPED = Path(__file__).parent / "data"
 
 
 @dataclass(frozen=True)
 class Target:
-    """What a prediction is for: a device (by fingerprint) and how the model will run."""
+    """What a prediction is for: a device (by fingerprint) and how the model will run.
+    ``identity`` (the device's, see :mod:`edgepipe.device.identity`) only words a refusal."""
 
     fingerprint: str
     runtime: str
     precision: str
     threads: int
+    identity: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass
@@ -46,7 +55,7 @@ class Overhead:
 
 @dataclass
 class LatencyTable:
-    device: dict[str, Any]  # fingerprint, cpu_model, machine, cores, hostname
+    device: dict[str, Any]  # fingerprint, identity, identity_words, cpu_model, hostname
     runtime: str  # "executorch" | "litert"
     runtime_version: str
     precision: str
@@ -57,16 +66,38 @@ class LatencyTable:
     reference: dict[str, Any] = field(default_factory=dict)  # drift checks
     overhead: Overhead | None = None
     created: float = field(default_factory=time.time)
+    # whole networks and the reference unit with their latencies at collection (.sentinels)
+    sentinels: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)  # every `lut check`, in order
+    format_version: int = FORMAT_VERSION
 
     @property
     def target(self) -> Target:
-        return Target(self.device["fingerprint"], self.runtime, self.precision, self.threads)
+        return Target(self.device["fingerprint"], self.runtime, self.precision, self.threads,
+                      self.device.get("identity"))
+
+    @property
+    def identity(self) -> dict[str, Any] | None:
+        return self.device.get("identity")
 
     def describe(self) -> str:
-        return (f"{self.device.get('cpu_model', '?')} (fingerprint {self.device['fingerprint']}),"
-                f" {self.runtime} {self.precision}, {self.threads} thread(s)")
+        identity = self.identity
+        where = describe_identity(identity) if identity else \
+            f"{self.device.get('cpu_model', '?')} (no device identity: format 1)"
+        return (f"{where} (fingerprint {self.device['fingerprint']}), {self.runtime} "
+                f"{self.precision}, {self.threads} thread(s)")
 
     # --- prediction ----------------------------------------------------------------------
+    @property
+    def statistic(self) -> str:
+        """The unit statistic predictions sum: ``min_ms`` (tables since format 2: the run of a
+        unit least disturbed by the host; see ``collect.fit_overhead``) or ``median_ms``."""
+        return "min_ms" if self.method.get("statistic") == "min" else "median_ms"
+
+    def unit_ms(self, key: str) -> float:
+        """A unit's time as predictions use it (:attr:`statistic`), in ms."""
+        return self.units[key][self.statistic]
+
     def _sum_ms(self, units: list[Unit]) -> float:
         missing = [u.key for u in units if u.key not in self.units]
         if missing:
@@ -74,7 +105,7 @@ class LatencyTable:
                 f"the latency table has no entry for {len(missing)} unit(s) of this network, "
                 f"e.g. {missing[0]}: it was collected for another search space; collect one "
                 "for this space with `edgepipe lut collect`")
-        return sum(self.units[u.key]["median_ms"] for u in units)
+        return sum(self.unit_ms(u.key) for u in units)
 
     def unit_sum_ms(self, arch: Architecture) -> float:
         return self._sum_ms(units_of(arch))
@@ -88,24 +119,41 @@ class LatencyTable:
         o = self.overhead
         return o.scale * total + o.boundary_ms_per_m * boundary_melements(units) + o.offset_ms
 
+    def mismatch(self, target: Target) -> list[str]:
+        """What differs between the table and a target, in words (empty: none)."""
+        found = [f"{name} {mine!r} ≠ {theirs!r}"
+                 for name, mine, theirs in zip(
+                     ("runtime", "precision", "threads"),
+                     (self.runtime, self.precision, self.threads),
+                     (target.runtime, target.precision, target.threads), strict=True)
+                 if mine != theirs]
+        if self.target.fingerprint != target.fingerprint:
+            if self.identity and target.identity:
+                words = diff_words(self.identity, target.identity, ("table", "this device"))
+                found.insert(0, f"another device ({words})" if words else
+                             f"device fingerprint {self.target.fingerprint} ≠ "
+                             f"{target.fingerprint}")
+            elif not self.identity:
+                found.insert(0, "a device of unknown identity (a format-1 table, fingerprint "
+                                f"{self.target.fingerprint}; this device: "
+                                f"{target.fingerprint})")
+            else:
+                found.insert(0, f"device fingerprint {self.target.fingerprint} ≠ "
+                                f"{target.fingerprint}")
+        return found
+
     def check_target(self, target: Target, force: bool = False) -> None:
         """Refuse to predict for another device or other settings (unless forced)."""
-        mismatch = [f"{name} {mine!r} ≠ {theirs!r}"
-                    for name, mine, theirs in zip(
-                        ("device fingerprint", "runtime", "precision", "threads"),
-                        (self.target.fingerprint, self.runtime, self.precision, self.threads),
-                        (target.fingerprint, target.runtime, target.precision, target.threads),
-                        strict=True) if mine != theirs]
+        mismatch = self.mismatch(target)
         if mismatch and not force:
             raise EdgepipeError(
-                f"the latency table was measured for {self.describe()}, not for this target "
-                f"({'; '.join(mismatch)}): collect a table there with `edgepipe lut collect` "
-                "or pass --force to use it anyway")
+                f"the latency table does not fit this target: {'; '.join(mismatch)}: collect "
+                "a table there with `edgepipe lut collect`, or pass --force to use it anyway")
 
     # --- storage --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **data}
+        return {"format": FORMAT, **data}
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,11 +173,11 @@ class LatencyTable:
                                 f"{redo}") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise EdgepipeError(f"{path} is not an edgepipe latency table: {redo}")
-        if data.get("format_version") != FORMAT_VERSION:
+        if data.get("format_version") not in READABLE_VERSIONS:
             raise EdgepipeError(f"latency table {path} has format version "
                                 f"{data.get('format_version')}; this edgepipe reads "
-                                f"{FORMAT_VERSION}: {redo}")
-        data = {k: v for k, v in data.items() if k not in ("format", "format_version")}
+                                f"{', '.join(map(str, READABLE_VERSIONS))}: {redo}")
+        data = {k: v for k, v in data.items() if k != "format"}
         try:
             overhead = data.pop("overhead")
             table = cls(**data, overhead=Overhead(**overhead) if overhead else None)
@@ -139,6 +187,10 @@ class LatencyTable:
             if bad or not isinstance(table.device.get("fingerprint"), str):
                 raise ValueError(f"entry {bad[0]!r} has no positive median_ms" if bad
                                  else "no device fingerprint")
+            if not isinstance(table.sentinels, list) or not isinstance(table.checks, list) \
+                    or any(not isinstance(s, dict) or not s.get("median_ms", 0) > 0
+                           for s in table.sentinels):
+                raise ValueError("its sentinels or checks are not lists of measurements")
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise EdgepipeError(f"latency table {path} is corrupted ({exc}): {redo}") from None
         return table

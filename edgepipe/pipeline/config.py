@@ -12,7 +12,11 @@
     threads = [1, 2]
     warmup = 10
     runs = 50
+    min_seconds = 0.0             # ... and more runs until they add up to this
+    repeat = 1                    # > 1: each measurement repeated, replicability judged
+    cooldown = 0.0                # seconds between repeats
     per_op = true
+    check_tables = true           # check the device's latency tables (sentinels) first
 
     devices = ["pi5", "pixel"]    # registered with `edgepipe device add`; none: this machine
 """
@@ -42,7 +46,11 @@ class MeasureSection:
     threads: list[int] = field(default_factory=lambda: [1])
     warmup: int = 10
     runs: int = 50
+    min_seconds: float = 0.0
+    repeat: int = 1
+    cooldown: float = 0.0
     per_op: bool = True
+    check_tables: bool = True
 
 
 @dataclass
@@ -85,4 +93,10 @@ def load_config(path: Path | None) -> PipelineConfig:
     if not config.measure.threads or not all(
             isinstance(t, int) and t > 0 for t in config.measure.threads):
         raise EdgepipeError("[measure] threads must be a list of positive integers")
+    m = config.measure
+    if not isinstance(m.repeat, int) or m.repeat < 1 or not isinstance(
+            m.cooldown, (int, float)) or m.cooldown < 0 or not isinstance(
+            m.min_seconds, (int, float)) or m.min_seconds < 0:
+        raise EdgepipeError("[measure] repeat must be 1 or more, cooldown and min_seconds 0 "
+                            "or more")
     return config

@@ -28,7 +28,8 @@ def _device_section(entry: dict[str, Any]) -> str:
     head = (f"<h2>Device {escape(entry['name'])}</h2><p>{escape(str(info.get('cpu_model')))}"
             f" · {info.get('cores')} cores · {escape(str(info.get('machine')))} · "
             f"{escape(', '.join(f'{k} {v}' for k, v in (info.get('runtimes') or {}).items()))}"
-            f" · fingerprint {escape(str(info.get('fingerprint')))}</p>")
+            f" · fingerprint {escape(str(info.get('fingerprint')))}</p>"
+            f"<p>{escape(str(info.get('identity_words')))}</p>")
     errors = "".join(f'<p class="bad">{escape(e)}</p>' for e in entry["errors"])
     results = entry["results"]
     if not results:
@@ -38,18 +39,56 @@ def _device_section(entry: dict[str, Any]) -> str:
         lat = r["latency"]
         label = f"{r['format']} {r['precision']} ×{r['threads']}"
         bars.append((label, lat["median_ms"]))
+        state = (f'<span class="bad">FLAGGED: {escape("; ".join(r["flags"]))}</span>'
+                 if r.get("flags") else "steady" if r.get("device_state") else "—")
         rows.append(
             f"<tr><td>{escape(r['artifact'])}</td><td>{escape(r['runtime'])}</td>"
             f"<td class=num>{r['threads']}</td><td class=num>{lat['median_ms']:.3f}</td>"
-            f"<td class=num>{lat['p10_ms']:.3f} – {lat['p90_ms']:.3f}</td>"
-            f"<td class=num>{lat['std_ms']:.3f}</td><td class=num>{lat['count']}</td>"
+            f"<td class=num>{lat['p90_ms']:.3f}</td><td class=num>{lat['p99_ms']:.3f}</td>"
+            f"<td class=num>{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f}</td>"
+            f"<td class=num>{lat['count']}</td>"
             f"<td class=num>{r['memory']['peak_rss_mb']:.0f}</td>"
-            f"<td class=num>{r['load_ms']:.0f}</td></tr>")
+            f"<td class=num>{r['load_ms']:.0f}</td><td>{state}</td></tr>")
     table = ("<table><tr><th>artifact</th><th>runtime</th><th>threads</th><th>median ms</th>"
-             "<th>p10 – p90 ms</th><th>std ms</th><th>runs</th><th>peak RSS MB</th>"
-             "<th>load ms</th></tr>" + "".join(rows) + "</table>")
-    return (head + errors + table + "<h3>Median latency</h3>" + hbar_svg(bars)
-            + "".join(_per_op_section(r) for r in results))
+             "<th>p90 ms</th><th>p99 ms</th><th>mean ± std ms</th><th>runs</th>"
+             "<th>peak RSS MB</th><th>load ms</th><th>device state</th></tr>"
+             + "".join(rows) + "</table>")
+    return (head + errors + _tables_section(entry) + table + "<h3>Median latency</h3>"
+            + hbar_svg(bars) + "".join(_per_op_section(r) for r in results))
+
+
+def _tables_section(entry: dict[str, Any]) -> str:
+    """The latency tables of the device and their checks, and what they predict."""
+    tables = entry.get("tables")
+    if tables is None:
+        return ""
+    if not tables:
+        return ('<p class="note">No latency table for this device (fingerprint '
+                f'{escape(str((entry.get("info") or {}).get("fingerprint")))}): collect one '
+                "with <code>edgepipe lut collect</code>.</p>")
+    items = "".join(f"<li>{escape(t['words'])}{_prediction(t, entry)}</li>" for t in tables)
+    return f"<h3>Latency tables</h3><ul>{items}</ul>"
+
+
+def table_prediction_words(table: dict[str, Any], results: list[dict[str, Any]]) -> str:
+    """The table's prediction for the run's model beside what the run measured, in words."""
+    pred = table.get("model_prediction")
+    if not pred:
+        return ""
+    measured = [r["latency"]["median_ms"] for r in results
+                if r["runtime"] == pred["runtime"] and r["precision"] == pred["precision"]
+                and r["threads"] == pred["threads"]]
+    text = (f"predicts {pred['predicted_ms']:.3f} ms for {pred['model']} ({pred['runtime']} "
+            f"{pred['precision']}, {pred['threads']} thread(s))")
+    if measured:
+        error = (pred["predicted_ms"] - measured[0]) / measured[0] * 100
+        text += f"; measured {measured[0]:.3f} ms ({error:+.1f} %)"
+    return text
+
+
+def _prediction(table: dict[str, Any], entry: dict[str, Any]) -> str:
+    words = table_prediction_words(table, entry["results"])
+    return f"<br>{escape(words)}" if words else ""
 
 
 def _per_op_section(result: dict[str, Any]) -> str:

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..converters.convert import ConvertRequest, Progress, convert
+from ..device.client import AgentClient
 from ..device.local import LOCAL, open_device
 from ..device.profiling import deploy, deployable, profile
-from ..device.registry import get_device
+from ..device.registry import config_home, get_device
 from ..errors import EdgepipeError
 from ..manifest import write_atomic
 from ..models.pretrained import resolve_weights
@@ -20,22 +21,66 @@ from .config import PipelineConfig
 from .report import render_run_report
 
 
+def check_device_tables(client: AgentClient, info: dict[str, Any], config: PipelineConfig
+                        ) -> list[dict[str, Any]]:
+    """The latency tables collected for this device (by fingerprint), each checked on it (a
+    check of the last hour reused) and, where the model is a point of the table's space,
+    its prediction for the model."""
+    from ..latency_tables.estimate import Estimator
+    from ..latency_tables.sentinels import apply_policy, check_table, use_table
+    from ..latency_tables.table import LatencyTable, known_tables
+    from ..models.space import SearchSpace
+
+    home = config_home()
+    found = []
+    for path in known_tables(home):
+        try:
+            table = LatencyTable.load(path)
+        except EdgepipeError:
+            continue  # `edgepipe lut list` says what is wrong with it
+        if table.device["fingerprint"] != info["fingerprint"]:
+            continue
+        space = SearchSpace.from_dict(table.space)
+        workdir = home / "lut-work" / space.digest()[:12]
+        use = use_table(path, table, "warn", info, home, 3600,
+                        lambda t=table, w=workdir: check_table(t, client, w))
+        record = apply_policy(use).record()
+        model = config.model
+        seed = {"mobilenet_v3_small": "small", "mobilenet_v3_large": "large"}.get(model.name)
+        size = model.size or 224
+        if seed and size in space.resolutions and model.width in space.width_mults:
+            arch = space.seed_architecture(seed, size, model.width)
+            record["model_prediction"] = {
+                "model": model.name, "precision": table.precision, "threads": table.threads,
+                "runtime": table.runtime, "predicted_ms": Estimator(table).predict(arch)}
+        found.append(record)
+    return found
+
+
 def measure_on_device(name: str, artifacts: list[Path], config: PipelineConfig, out: Path,
                       step: Callable[[str], None]) -> dict[str, Any]:
-    """Deploy and profile every artifact at every thread count on one device."""
+    """Check the device's latency tables, deploy and profile every artifact at every thread
+    count on one device."""
     entry: dict[str, Any] = {"name": name, "results": [], "errors": []}
+    m = config.measure
     try:
         with open_device(name, out) as client:
             entry["info"] = client.info()
+            if m.check_tables:
+                step(f"{name}: checking its latency tables")
+                try:
+                    entry["tables"] = check_device_tables(client, entry["info"], config)
+                except EdgepipeError as exc:
+                    entry["errors"].append(f"latency table check: {exc}")
             deploy(client, artifacts, on_step=lambda s: step(f"{name}: {s}"))
             for path in artifacts:
-                for threads in config.measure.threads:
+                for threads in m.threads:
                     step(f"{name}: {path.name}, {threads} thread(s)")
                     try:
-                        result = profile(client, path, threads=threads,
-                                         warmup=config.measure.warmup, runs=config.measure.runs,
-                                         per_op=config.measure.per_op,
-                                         device_info=entry["info"])
+                        result = profile(client, path, threads=threads, warmup=m.warmup,
+                                         runs=m.runs, per_op=m.per_op,
+                                         device_info=entry["info"], repeat=m.repeat,
+                                         cooldown_s=m.cooldown, min_seconds=m.min_seconds)
                         entry["results"].append(asdict(result))
                     except EdgepipeError as exc:  # one artifact failing keeps the others
                         entry["errors"].append(f"{path.name} ({threads} threads): {exc}")
@@ -65,7 +110,8 @@ def run_pipeline(config: PipelineConfig, out: Path,
     devices = config.devices or [LOCAL]
     results = []
     with progress(f"measuring on {', '.join(devices)}") as bar:
-        bar.start(len(devices) * len(artifacts) * (1 + len(config.measure.threads)))
+        bar.start(len(devices) * (len(artifacts) * (1 + len(config.measure.threads))
+                                   + config.measure.check_tables))
         for name in devices:
             results.append(measure_on_device(name, artifacts, config, out, bar.step))
     run = {"config": asdict(config), "conversion": conversion, "skipped": skipped,

@@ -230,6 +230,9 @@ def run_mnas(req: MnasRequest, runner: Runner, progress: Progress | None = None
         raise EdgepipeError(f"the space has no {req.skeleton!r} skeleton: use one of "
                             f"{', '.join(req.space.seeds)}")
     record = SearchRecord(req.out, "mnas", req.record_settings())
+    if req.estimator.provenance:  # how the table was checked for this session of the search
+        record.data.setdefault("table_checks", []).append(req.estimator.provenance)
+        record.save()
     decisions = Decisions(req.space, req.skeleton, req.resolution, req.space.width_mults[0])
     learner = _Learner(req, decisions)
     history: list[dict[str, Any]] = record.data.setdefault("samples", [])

@@ -103,6 +103,9 @@ def run_netadapt(req: NetAdaptRequest, runner: Runner, progress: Progress | None
                  ) -> dict[str, Any]:
     progress = progress or Progress()
     record = SearchRecord(req.out, "netadapt", req.record_settings())
+    if req.estimator.provenance:  # how the table was checked for this session of the search
+        record.data.setdefault("table_checks", []).append(req.estimator.provenance)
+        record.save()
     ds = load_dataset(req.data)
     s = req.settings
     est = req.estimator

@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..latency_tables.collect import Progress
 from ..latency_tables.estimate import Estimator
 from ..latency_tables.evaluate import save_figure
+from ..latency_tables.measure import Progress
 from ..manifest import write_atomic
 from ..models.space import Architecture, model_file_dict
 from .state import save_weights
@@ -39,7 +39,7 @@ def finish_model(folder: Path, arch: Architecture, result: TrainResult, labels: 
 def verify_on_device(model_file: Path, estimator: Estimator, client: Any, workdir: Path,
                      progress: Progress | None = None) -> dict[str, Any]:
     """Convert the searched network for the table's runtime, measure it on the device the
-    table's way, and compare with the prediction."""
+    table's way, and compare with the prediction (rescaled when the estimator is: ``factor``)."""
     from ..latency_tables.evaluate import measure_networks
     from ..models.space import load_architecture
 
@@ -49,7 +49,8 @@ def verify_on_device(model_file: Path, estimator: Estimator, client: Any, workdi
     measured = rows[0]["measured_ms"]
     return {"predicted_ms": predicted, "measured_ms": measured,
             "error_pct": (predicted - measured) / measured * 100,
-            "passes_ms": rows[0]["passes_ms"], "device": estimator.table.describe()}
+            "passes_ms": rows[0]["passes_ms"], "device": estimator.table.describe(),
+            "factor": estimator.factor}
 
 
 def _pyplot():

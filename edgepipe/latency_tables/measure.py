@@ -1,0 +1,99 @@
+"""Measuring programs on a device's agent, the way every table, check and evaluation does:
+the same stopping rule, the same job settings, programs converted once and uploaded once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..device.client import AgentClient
+from ..manifest import file_sha256
+from .drift import DriftGuard
+from .programs import ProgramSpec, convert_programs, is_converted, program_path
+
+
+@dataclass
+class MeasureSettings:
+    warmup: int = 5
+    min_runs: int = 15
+    max_runs: int = 200
+    stable_pct: float = 1.0  # stop once the median's 95 % CI is within ±1 %
+    max_seconds: float = 1.0  # ... or after a second (the slowest units)
+    batch: int = 480  # units per agent job (one worker process: seconds to start)
+    segment: int = 30  # units between two reference measurements
+    whole_model_runs: int = 60
+    drift_limit_pct: float = 3.0
+    retries: int = 3
+
+    @classmethod
+    def of_table(cls, method: dict[str, Any]) -> MeasureSettings:
+        """The settings a table was collected with (its ``method``)."""
+        return cls(**{k: v for k, v in method.items() if k in cls.__dataclass_fields__})
+
+    def job(self, threads: int) -> dict[str, Any]:
+        return {"threads": threads, "warmup": self.warmup, "runs": self.max_runs,
+                "min_runs": self.min_runs, "stable_pct": self.stable_pct,
+                "max_seconds": self.max_seconds, "profile": False}
+
+    def whole_job(self, threads: int) -> dict[str, Any]:
+        return {**self.job(threads), "min_runs": self.whole_model_runs, "stable_pct": 0.5,
+                "max_seconds": 3.0}
+
+    def guard(self, reference_item: dict[str, Any], saved: dict[str, Any] | None = None
+              ) -> DriftGuard:
+        saved = saved or {}
+        return DriftGuard(reference_item, self.drift_limit_pct, self.retries,
+                          list(saved.get("samples", [])), saved.get("unsettled_segments", 0))
+
+
+class Progress:
+    """What a collection reports (the CLI draws bars with ETA)."""
+
+    def phase(self, name: str, total: int) -> None: ...
+
+    def advance(self, n: int = 1) -> None: ...
+
+
+def upload_programs(client: AgentClient, paths: list[Path],
+                    on_done: Callable[[], None] | None = None) -> dict[Path, str]:
+    """Upload what the agent does not have yet; the sha256 of each path."""
+    present = {a["sha256"] for a in client.artifacts()}
+    shas = {}
+    for path in paths:
+        shas[path] = file_sha256(path)
+        if shas[path] not in present:
+            client.upload(path, check_present=False)
+            present.add(shas[path])
+        if on_done:
+            on_done()
+    return shas
+
+
+def prepare_programs(specs: list[ProgramSpec], runtime: str, precision: str,
+                     client: AgentClient, folder: Path, jobs: int, progress: Progress,
+                     what: str) -> dict[Path, str]:
+    """Convert what is not converted yet, upload what the agent lacks: sha256 per program."""
+    unconverted = [s for s in specs if not is_converted(folder, s, runtime)]
+    progress.phase(f"converting {what}", len(unconverted))
+    convert_programs(unconverted, runtime, precision, folder, jobs,
+                     on_done=lambda _k: progress.advance())
+    paths = [program_path(folder, s, runtime) for s in specs]
+    progress.phase("uploading", len(paths))
+    return upload_programs(client, paths, progress.advance)
+
+
+def measure_items(client: AgentClient, items: list[dict[str, Any]], job: dict[str, Any],
+                  flags: list[str] | None = None) -> list[dict[str, float]]:
+    """One batch job's per-item statistics; the job's device-state flags (a fallen clock,
+    throttling, a shared core) are appended to ``flags``."""
+    done = client.wait(client.submit(items=items, **job)["id"])
+    if flags is not None:
+        flags += done["result"].get("device_state", {}).get("flags", [])
+    return done["result"]["items"]
+
+
+def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
