@@ -638,32 +638,18 @@ def _table_use(args: argparse.Namespace):
 
 
 def _recollect(args: argparse.Namespace, stale, target, use):
-    """Collect the stale table's space again on the device, into EDGEPIPE_HOME/tables; the
-    new table replaces a stale one of the same name only once it is complete."""
-    import os
-
+    """--recollect: the stale table's space collected again on the device."""
     from .device.local import open_device
     from .device.registry import config_home
-    from .latency_tables.collect import CollectRequest, MeasureSettings, collect
-    from .latency_tables.sentinels import TableUse
-    from .latency_tables.table import table_name
+    from .latency_tables.collect import recollect
     from .models.space import SearchSpace
     from .ui import PhaseProgress, console
 
-    space = SearchSpace.from_dict(stale.space)
     home = config_home()
-    workdir = home / "lut-work" / space.digest()[:12]
-    out = home / "tables" / table_name(target)
-    partial = out.with_name(out.stem + ".collecting.json")  # resumable, never half-replaces
+    workdir = home / "lut-work" / SearchSpace.from_dict(stale.space).digest()[:12]
     with open_device(args.device, workdir) as client, PhaseProgress() as progress:
-        table = collect(CollectRequest(space, target.runtime, target.precision, target.threads,
-                                       partial, workdir,
-                                       settings=MeasureSettings.of_table(stale.method)),
-                        client, progress)
-    os.replace(partial, out)
-    console.print(f"wrote {out}")
-    fresh = TableUse(out, table, use.policy, fresh=True)
-    fresh.warnings = use.warnings + [f"collected again now into {out}"]
+        fresh = recollect(stale, target, client, home, workdir, use, progress)
+    console.print(f"wrote {fresh.path}")
     return fresh
 
 

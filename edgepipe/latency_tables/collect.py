@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +35,12 @@ from .programs import (
     takes_dynamic_size,
     unit_programs,
 )
-from .sentinels import measure_sentinels, sentinel_definitions
-from .table import LatencyTable, Overhead, Target, boundary_melements
+from .sentinels import TableUse, measure_sentinels, sentinel_definitions
+from .table import LatencyTable, Overhead, Target, boundary_melements, table_name
 from .units import Unit, block_unit, head_unit, stem_unit, units_of
 
-__all__ = ["CollectRequest", "MeasureSettings", "Progress", "collect", "space_units",
-           "unit_programs"]
+__all__ = ["CollectRequest", "MeasureSettings", "Progress", "collect", "recollect",
+           "space_units", "unit_programs"]
 
 
 def _halve(hw: int, times: int) -> int:
@@ -198,6 +199,24 @@ def collect(req: CollectRequest, client: AgentClient, progress: Progress | None 
         "programs": len(programs)}
     table.save(req.table_path)
     return table
+
+
+def recollect(stale: LatencyTable, target: Target, client: AgentClient, home: Path,
+              workdir: Path, use: TableUse, progress: Progress | None = None) -> TableUse:
+    """Collect a stale table's space again on the device, with the settings it was collected
+    with, into ``home/tables/<name>``: built under a temporary name (resumable) and renamed
+    over a stale table of the same name only once complete. The new table, as used."""
+    space = SearchSpace.from_dict(stale.space)
+    out = home / "tables" / table_name(target)
+    partial = out.with_name(out.stem + ".collecting.json")
+    table = collect(CollectRequest(space, target.runtime, target.precision, target.threads,
+                                   partial, workdir,
+                                   settings=MeasureSettings.of_table(stale.method)),
+                    client, progress)
+    os.replace(partial, out)
+    fresh = TableUse(out, table, use.policy, fresh=True)
+    fresh.warnings = use.warnings + [f"collected again now into {out}"]
+    return fresh
 
 
 def _arch_name(arch: Architecture) -> str:
