@@ -76,20 +76,45 @@ def _parity_cell(parity: dict[str, Any]) -> str:
     return f"{kind} {agree:.0%} · max|Δ| {parity['max_abs_error']:.2g}"
 
 
+def _ops_text(counts: dict[str, int]) -> str:
+    """``{"LOGISTIC": 49, "MUL": 49}`` → "49 LOGISTIC, 49 MUL", most frequent first."""
+    return ", ".join(f"{n} {op}" for op, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def print_convert_table(report: dict[str, Any]) -> None:
+    """The conversion's table: parity, latency, and whether each graph is whole (XNNPACK
+    partitions, ops left outside the delegate, float ops left in an int8 graph; the ops are
+    named below the table)."""
     table = Table(title=f"{report['model']} {report['input_size'][0]}x{report['input_size'][1]}"
-                        f" — host latency with {report['threads']} thread(s)")
-    for col in ("format", "precision", "size MB", "parity vs PyTorch", "host ms (median)",
-                "XNNPACK partitions"):
-        table.add_column(col, justify="right" if col in ("size MB", "host ms (median)") else
-                         "left")
+                        f" — host latency (median) with {report['threads']} thread(s)")
+    for col in ("format", "precision", "MB", "parity vs PyTorch", "host ms", "partitions",
+                "outside", "float (int8)"):
+        table.add_column(col, justify="left" if col in ("format", "precision",
+                                                        "parity vs PyTorch") else "right")
+    details = []
     for a in report["artifacts"]:
         latency = a["latency"]["median_ms"] if a["latency"] else None
+        graph = a["graph"]
+        outside = graph.get("ops_outside_delegate")
+        floats = graph.get("float_ops") if a["precision"] == "int8" else None
+        name = f"{a['format']} {a['precision']}"
+        if outside:
+            details.append(f"{name}: {sum(outside.values())} op(s) outside the delegate: "
+                           f"{_ops_text(outside)}")
+        if floats:
+            details.append(f"{name}: {sum(floats.values())} op(s) left in float: "
+                           f"{_ops_text(floats)}")
         table.add_row(a["format"], a["precision"], f"{a['size_mb']:.2f}",
                       _parity_cell(a["parity"]),
                       f"{latency:.2f}" if latency is not None else "—",
-                      str(a["graph"].get("delegate_partitions", "—")))
+                      str(graph.get("delegate_partitions", "—")),
+                      str(sum(outside.values())) if outside is not None else "—",
+                      str(sum(floats.values())) if floats is not None else "—")
     console.print(table)
+    for line in details:
+        console.print(f"  {line}")
+    for note in report.get("notes", []):
+        console.print(f"note: {note}")
 
 
 class PhaseProgress:
