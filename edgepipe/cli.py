@@ -23,10 +23,16 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                                      "MobileNetV2 checkpoint (default: random init)")
     p.add_argument("--calib", type=Path, help="folder of calibration images for int8 "
                                               "(default: built-in real photos)")
-    p.add_argument("--size", type=int, help="input resolution (default: the model's)")
+    p.add_argument("--size", help="input size: 224, or height x width as 96x128 (default: "
+                                  "the model's)")
     p.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
     p.add_argument("--task", choices=["classification", "segmentation"],
                    help="task of a module:factory model (default classification)")
+    p.add_argument("--output", help="for a model returning a dict or tuple: the key or index "
+                                    "to convert (default: 'out', else the first)")
+    p.add_argument("--range", dest="input_range", choices=["imagenet", "0,1", "-1,1", "0,255"],
+                   help="the input range the model was trained on (default imagenet: "
+                        "ImageNet mean/std)")
     p.add_argument("--threads", type=int, default=1, help="threads for host latency")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=_run_convert)
@@ -42,7 +48,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         formats=[f.strip() for f in args.to.split(",") if f.strip()],
         int8=args.int8, weights=resolve_weights(args.model, args.weights),
         width_mult=args.width, size=args.size, task=args.task, calib_dir=args.calib,
-        threads=args.threads,
+        threads=args.threads, output=args.output, input_range=args.input_range,
     )
     with ProgressBar(f"converting {args.model}") as progress:
         report = convert(request, progress)
