@@ -201,10 +201,20 @@ def print_run_summary(run: dict[str, Any]) -> None:
 
 def print_demo_summary(summary: Any) -> None:
     stages = " · ".join(f"{k} {v:.2f}" for k, v in summary.stage_ms.items())
+    counts = [("captured", summary.captured), ("inferred", summary.inferred),
+              ("shown", summary.shown)]
+    if summary.written is not None:
+        counts.append(("written", summary.written))
+    frames = " · ".join(f"{name} {n} ({summary.rates.get(name, 0.0):.1f}/s)"
+                        for name, n in counts)
+    dropped = ", ".join(f"{n} {where}" for where, n in summary.dropped.items())
     console.print(
         f"[bold]demo summary[/]: {summary.artifact} on {summary.runtime}, source "
-        f"{summary.source}\n  {summary.seconds:.1f} s · captured {summary.captured} · inferred "
-        f"{summary.inferred} · shown {summary.shown} · dropped "
-        f"{summary.captured - summary.inferred} · {summary.fps:.1f} FPS\n"
+        f"{summary.source}\n  {summary.seconds:.1f} s · frames {frames}\n"
+        f"  dropped: {dropped or 'none'} · inference {summary.fps:.1f} FPS\n"
         f"  mean ms: {stages}\n  RSS {summary.rss_start_mb:.0f} MB at start, "
         f"{summary.rss_end_mb:.0f} MB at end")
+    for note in summary.display_notes:
+        console.print(f"  note: {note}")
+    for warning in summary.warnings:
+        console.print(f"  [bold red]warning:[/] {warning}")
