@@ -8,9 +8,11 @@ import torch
 from torch import nn
 
 # ops that only move or view values: they keep whatever precision their input has
+# (and dropout, a no-op in an eval graph; in-place variants end with "_")
 _LAYOUT_OPS = {"view", "reshape", "_unsafe_view", "permute", "flatten", "squeeze", "unsqueeze",
-               "expand", "clone", "contiguous", "t", "transpose", "dropout", "alias", "detach",
-               "getitem", "size", "sym_size", "_assert_tensor_metadata", "slice", "select"}
+               "expand", "clone", "contiguous", "t", "transpose", "dropout", "feature_dropout",
+               "alpha_dropout", "alias", "detach", "getitem", "size", "sym_size",
+               "_assert_tensor_metadata", "slice", "select"}
 
 
 _FUSED_ACTIVATIONS = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "clamp"}
@@ -33,7 +35,8 @@ def float_ops(graph_module: nn.Module) -> dict[str, int]:
 
     def source(node: object) -> object:
         while getattr(node, "op", None) == "call_function" and \
-                op_name(node.target) in _LAYOUT_OPS and node.args:  # type: ignore[attr-defined]
+                op_name(node.target).rstrip("_") in _LAYOUT_OPS \
+                and node.args:  # type: ignore[attr-defined]
             node = node.args[0]  # type: ignore[attr-defined]
         return node
 
@@ -49,7 +52,7 @@ def float_ops(graph_module: nn.Module) -> dict[str, int]:
         if node.op != "call_function":
             continue
         name = op_name(node.target)
-        if "quantize" in name or name in _LAYOUT_OPS:
+        if "quantize" in name or name.rstrip("_") in _LAYOUT_OPS:
             continue
         for arg in node.all_input_nodes:
             src = source(arg)
