@@ -30,7 +30,7 @@ from edgepipe.manifest import load_manifest, manifest_path
 from edgepipe.preprocess import crop_box, preprocess
 
 from . import foreign
-from .conftest import SMALL, artifact, run_cli
+from .conftest import artifact, run_cli
 from .media import make_video, photo
 from .test_bad_input import _one_line_error
 
@@ -415,8 +415,9 @@ def test_sixteen_bit_and_float_calibration_images_are_scaled(tmp_path):
                            strict=True):
         np.testing.assert_array_equal(a16, a8)
         np.testing.assert_array_equal(af, a8)
-    reports = [convert(ConvertRequest(out=tmp_path / f"o{i}", formats=["tflite"], int8=True,
-                                      calib_dir=folder, **SMALL))
+    reports = [convert(ConvertRequest(model="tests.factories:tiny_cnn", size=64,
+                                      out=tmp_path / f"o{i}", formats=["tflite"], int8=True,
+                                      calib_dir=folder))
                for i, folder in enumerate((c16, c8))]
     p16, p8 = (artifact(r, "tflite", "int8")["parity"] for r in reports)
     assert p16 == p8

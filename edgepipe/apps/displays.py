@@ -57,9 +57,9 @@ def letterbox(cv2, frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class FileDisplay(NoDisplay):
     """The annotated video, written under a temporary name and renamed when complete.
 
-    A video has one frame size, the first frame's: OpenCV's writer silently drops frames of
-    another size, so those (a folder mixing landscape and portrait photos) are letterboxed to
-    it, and counted.
+    A video has one frame size, the first frame's (rounded down to even for .mp4, which MPEG-4
+    needs): OpenCV's writer silently drops frames of another size, so those (a folder mixing
+    landscape and portrait photos) are letterboxed to it, and counted.
     """
 
     draws = True
@@ -83,7 +83,10 @@ class FileDisplay(NoDisplay):
     def show(self, frame_bgr: np.ndarray) -> None:
         if self._writer is None:
             h, w = frame_bgr.shape[:2]
-            fourcc = "mp4v" if self.path.suffix.lower() == ".mp4" else "MJPG"
+            mp4 = self.path.suffix.lower() == ".mp4"
+            if mp4:  # MPEG-4 frames have even sizes: a 641x479 video came out 640x478
+                w, h = max(2, w - w % 2), max(2, h - h % 2)
+            fourcc = "mp4v" if mp4 else "MJPG"
             self._writer = self._cv2.VideoWriter(str(self._tmp),
                                                  self._cv2.VideoWriter_fourcc(*fourcc),
                                                  self.fps, (w, h))

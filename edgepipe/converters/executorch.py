@@ -48,7 +48,7 @@ class ExecuTorchConverter(Converter):
         quant, floats = None, None
         # XNNPACK runs h-swish natively in fp32 and inside int8 partitions: keep the op whole.
         # SiLU as sigmoid * x in int8: the quantizer then keeps the multiply int8
-        # (EfficientNet-B0 int8 6.7 vs 9.2 ms with aten.silu; the same in fp32)
+        # (EfficientNet-B0 int8 6.93 vs 8.65 ms with aten.silu: benchmarks/foreign_models.py)
         forms = Forms(decomposed_silu=precision == "int8")
         with runtime_forms(src.module, example, forms) as swapped:
             module = src.module
