@@ -23,10 +23,16 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                                      "MobileNetV2 checkpoint (default: random init)")
     p.add_argument("--calib", type=Path, help="folder of calibration images for int8 "
                                               "(default: built-in real photos)")
-    p.add_argument("--size", type=int, help="input resolution (default: the model's)")
+    p.add_argument("--size", help="input size: 224, or height x width as 96x128 (default: "
+                                  "the model's)")
     p.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
     p.add_argument("--task", choices=["classification", "segmentation"],
                    help="task of a module:factory model (default classification)")
+    p.add_argument("--output", help="for a model returning a dict or tuple: the key or index "
+                                    "to convert (default: 'out', else the first)")
+    p.add_argument("--range", dest="input_range", choices=["imagenet", "0,1", "-1,1", "0,255"],
+                   help="the input range the model was trained on (default imagenet: "
+                        "ImageNet mean/std)")
     p.add_argument("--threads", type=int, default=1, help="threads for host latency")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=_run_convert)
@@ -42,7 +48,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         formats=[f.strip() for f in args.to.split(",") if f.strip()],
         int8=args.int8, weights=resolve_weights(args.model, args.weights),
         width_mult=args.width, size=args.size, task=args.task, calib_dir=args.calib,
-        threads=args.threads,
+        threads=args.threads, output=args.output, input_range=args.input_range,
     )
     with ProgressBar(f"converting {args.model}") as progress:
         report = convert(request, progress)
@@ -302,16 +308,29 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--labels", type=Path, help="a text file of class names, one per line")
     p.add_argument("--force", action="store_true", help="replace an existing manifest")
+    p.add_argument("--task", choices=["classification", "segmentation", "unknown"],
+                   help="override the guess (unknown: deploy and profile only, no demo)")
+    p.add_argument("--layout", choices=["NCHW", "NHWC"], help="override the output layout")
+    p.add_argument("--range", dest="input_range", choices=["imagenet", "0,1", "-1,1", "0,255"],
+                   help="override the input range (imagenet: ImageNet mean/std)")
+    p.add_argument("--output-kind", choices=["logits", "probabilities", "mask"],
+                   help="override the guess of what the output holds")
+    p.add_argument("--images", type=Path, help="a folder of a few real images to check the "
+                                               "outputs on (default: scikit-image's photos)")
     p.set_defaults(func=_run_manifest_init)
 
 
 def _run_manifest_init(args: argparse.Namespace) -> int:
     from .device.inspect_artifact import init_manifest
 
-    path, guesses = init_manifest(args.file, args.labels, args.force)
-    print(f"wrote {path}; check these guesses:")
+    path, guesses = init_manifest(args.file, args.labels, args.force, task=args.task,
+                                  layout=args.layout, input_range=args.input_range,
+                                  output_kind=args.output_kind, images=args.images)
+    print(f"wrote {path}; each guess with its confidence and reason (override with --task, "
+          "--layout, --range, --output-kind):")
+    width = max(len(g.name) for g in guesses)
     for g in guesses:
-        print(f"  - {g}")
+        print(f"  {g.name:<{width}}  {g.value:<15} {g.confidence:<7}  {g.reason}")
     return 0
 
 

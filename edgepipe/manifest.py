@@ -21,26 +21,93 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# Input ranges a model may expect, as the (mean, std) that maps [0, 1] pixels onto them:
+# x = (pixel / 255 - mean) / std. "0,255" is raw pixels (std 1/255), as uint8-input models take.
+RANGES: dict[str, tuple[float, float]] = {"0,1": (0.0, 1.0), "-1,1": (0.5, 0.5),
+                                          "0,255": (0.0, 1 / 255)}
+COLORS = ("RGB", "GRAY")
+# ImageNet's statistics for one grey channel: the means of the RGB ones
+IMAGENET_GRAY = ((sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,))
+
+
 @dataclass
 class Preprocessing:
     """How a camera frame becomes the model input.
 
-    Resize the shorter side to ``resize``, center-crop ``size``, scale to [0, 1], then
-    ``(x - mean) / std`` per RGB channel.
+    Resize so that the shorter side is ``resize`` pixels (or more, so that the crop fits:
+    a landscape ``size`` on a portrait frame), center-crop ``size`` (height, width), convert
+    to ``color`` (RGB, or GRAY for one-channel models), scale to [0, 1], then
+    ``(x - mean) / std`` per channel (one value per channel of ``color``).
     """
 
     size: tuple[int, int]
     resize: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     color: str = "RGB"
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "GRAY" else 3
+
+    def input_range(self) -> str:
+        """The range the model input spans: a key of RANGES, "imagenet", or "custom"."""
+        n = self.channels
+        for name, (mean, std) in RANGES.items():
+            if self.mean == (mean,) * n and _close(self.std, (std,) * n):
+                return name
+        if (self.mean, self.std) in ((IMAGENET_MEAN, IMAGENET_STD), IMAGENET_GRAY):
+            return "imagenet"
+        return "custom"
+
+
+def parse_size(value: int | str | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """An input size as (height, width): 224, "224", "96x128" (height x width) or a pair.
+    Raises EdgepipeError outside 32 to 2048 pixels or for anything else."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        h, w = value
+    elif isinstance(value, int):
+        h = w = value
+    else:
+        text = str(value).strip().lower()
+        try:
+            h, w = (int(v) for v in text.split("x")) if "x" in text else (int(text),) * 2
+        except ValueError:
+            raise EdgepipeError(f"input size {value!r}: give one number (224) or height x "
+                                "width (96x128)") from None
+    if not all(isinstance(v, int) and 32 <= v <= 2048 for v in (h, w)):
+        raise EdgepipeError(f"input size {h}x{w} is out of range: use 32 to 2048 pixels")
+    return int(h), int(w)
+
+
+def _close(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= 1e-6 * max(1.0, abs(y))
+                                    for x, y in zip(a, b, strict=True))
+
+
+def range_preprocessing(size: tuple[int, int], resize: int, input_range: str,
+                        color: str = "RGB") -> Preprocessing:
+    """Preprocessing for an input range by name: one of RANGES or "imagenet"."""
+    n = 1 if color == "GRAY" else 3
+    if input_range == "imagenet":
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if n == 3 else IMAGENET_GRAY
+    elif input_range in RANGES:
+        m, s = RANGES[input_range]
+        mean, std = (m,) * n, (s,) * n
+    else:
+        raise EdgepipeError(f"unknown input range {input_range!r}: use "
+                            f"{', '.join([*RANGES, 'imagenet'])}")
+    return Preprocessing(size=size, resize=resize, mean=mean, std=std, color=color)
 
 
 @dataclass
 class TensorSpec:
     name: str
     shape: list[int]
-    dtype: str  # the dtype the caller feeds/reads: "float32" even when int8 inside
+    # what the caller feeds/reads: "float32", also for int8 tensors with a scale (the runner
+    # (de)quantizes); the integer type itself ("uint8") for an integer tensor without
+    # quantization (scale 0: raw pixel values, class indices)
+    dtype: str
     layout: str = "NCHW"
     # set when the artifact's own tensor is quantized: real = scale * (q - zero_point)
     quantization: dict[str, float] | None = None
@@ -53,7 +120,7 @@ class Manifest:
     file: str
     file_sha256: str
     model: str
-    task: str  # "classification" | "segmentation"
+    task: str  # "classification" | "segmentation" | "unknown" (deploy and profile only)
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     preprocessing: Preprocessing
@@ -79,6 +146,42 @@ class Manifest:
             pre[key] = tuple(pre[key])
         data["preprocessing"] = Preprocessing(**pre)
         return cls(**data)
+
+    def check(self) -> None:
+        """Refuse a manifest whose preprocessing cannot feed its own input (one line each):
+        channels against the color, one mean/std per channel, the size, and raw-integer
+        inputs against the range. Whatever feeds images (the demo) checks first: a
+        hand-written or old manifest fails there, not as a wrong answer later. (Deploy and
+        profile feed noise of the input's shape and need none of it: latency-table programs
+        take feature maps, not images.)"""
+        pre, spec = self.preprocessing, self.inputs[0] if self.inputs else None
+        where = f"manifest of {self.file or self.model}"
+        if pre.color not in COLORS:
+            raise EdgepipeError(f"{where}: preprocessing color {pre.color!r} is not one of "
+                                f"{', '.join(COLORS)}")
+        if len(pre.mean) != pre.channels or len(pre.std) != pre.channels:
+            raise EdgepipeError(f"{where}: {pre.color} takes {pre.channels} mean/std value(s), "
+                                f"the manifest gives {len(pre.mean)}/{len(pre.std)}")
+        if any(s == 0 for s in pre.std):
+            raise EdgepipeError(f"{where}: a preprocessing std is 0")
+        if spec is None or len(spec.shape) != 4:
+            return
+        c, h, w = ((spec.shape[3], spec.shape[1], spec.shape[2]) if spec.layout == "NHWC"
+                   else (spec.shape[1], spec.shape[2], spec.shape[3]))
+        if c != pre.channels:
+            raise EdgepipeError(
+                f"{where}: the input {spec.name} takes {c} channel(s) ({spec.layout} "
+                f"{spec.shape}) but the preprocessing makes {pre.color} ({pre.channels}): set "
+                f"preprocessing.color to {'GRAY' if c == 1 else 'RGB'} with {c} mean/std "
+                "value(s), or rerun `edgepipe manifest init --force`")
+        if (h, w) != tuple(pre.size):
+            raise EdgepipeError(f"{where}: the input {spec.name} is {h}x{w} but the "
+                                f"preprocessing size is {pre.size[0]}x{pre.size[1]}")
+        if spec.dtype == "uint8" and pre.input_range() != "0,255":
+            raise EdgepipeError(
+                f"{where}: the input {spec.name} takes raw uint8 pixels (no quantization "
+                f"scale) but the preprocessing makes the range {pre.input_range()}: set "
+                "mean 0 and std 1/255 (range 0,255), or rerun `edgepipe manifest init --force`")
 
 
 def tensor_layout(shape: tuple[int, ...] | list[int]) -> str:
@@ -153,6 +256,7 @@ def load_manifest(artifact_or_manifest: str | Path) -> Manifest:
             "beside the artifact"
         )
     try:
-        return Manifest.from_dict(json.loads(path.read_text()))
+        manifest = Manifest.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise EdgepipeError(f"manifest {path} is not valid ({exc}): regenerate it") from None
+    return manifest

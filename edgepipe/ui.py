@@ -76,20 +76,45 @@ def _parity_cell(parity: dict[str, Any]) -> str:
     return f"{kind} {agree:.0%} · max|Δ| {parity['max_abs_error']:.2g}"
 
 
+def _ops_text(counts: dict[str, int]) -> str:
+    """``{"LOGISTIC": 49, "MUL": 49}`` → "49 LOGISTIC, 49 MUL", most frequent first."""
+    return ", ".join(f"{n} {op}" for op, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def print_convert_table(report: dict[str, Any]) -> None:
+    """The conversion's table: parity, latency, and whether each graph is whole (XNNPACK
+    partitions, ops left outside the delegate, float ops left in an int8 graph; the ops are
+    named below the table)."""
     table = Table(title=f"{report['model']} {report['input_size'][0]}x{report['input_size'][1]}"
-                        f" — host latency with {report['threads']} thread(s)")
-    for col in ("format", "precision", "size MB", "parity vs PyTorch", "host ms (median)",
-                "XNNPACK partitions"):
-        table.add_column(col, justify="right" if col in ("size MB", "host ms (median)") else
-                         "left")
+                        f" — host latency (median) with {report['threads']} thread(s)")
+    for col in ("format", "precision", "MB", "parity vs PyTorch", "host ms", "partitions",
+                "outside", "float (int8)"):
+        table.add_column(col, justify="left" if col in ("format", "precision",
+                                                        "parity vs PyTorch") else "right")
+    details = []
     for a in report["artifacts"]:
         latency = a["latency"]["median_ms"] if a["latency"] else None
+        graph = a["graph"]
+        outside = graph.get("ops_outside_delegate")
+        floats = graph.get("float_ops") if a["precision"] == "int8" else None
+        name = f"{a['format']} {a['precision']}"
+        if outside:
+            details.append(f"{name}: {sum(outside.values())} op(s) outside the delegate: "
+                           f"{_ops_text(outside)}")
+        if floats:
+            details.append(f"{name}: {sum(floats.values())} op(s) left in float: "
+                           f"{_ops_text(floats)}")
         table.add_row(a["format"], a["precision"], f"{a['size_mb']:.2f}",
                       _parity_cell(a["parity"]),
                       f"{latency:.2f}" if latency is not None else "—",
-                      str(a["graph"].get("delegate_partitions", "—")))
+                      str(graph.get("delegate_partitions", "—")),
+                      str(sum(outside.values())) if outside is not None else "—",
+                      str(sum(floats.values())) if floats is not None else "—")
     console.print(table)
+    for line in details:
+        console.print(f"  {line}")
+    for note in report.get("notes", []):
+        console.print(f"note: {note}")
 
 
 class PhaseProgress:
@@ -214,10 +239,20 @@ def print_run_summary(run: dict[str, Any]) -> None:
 
 def print_demo_summary(summary: Any) -> None:
     stages = " · ".join(f"{k} {v:.2f}" for k, v in summary.stage_ms.items())
+    counts = [("captured", summary.captured), ("inferred", summary.inferred),
+              ("shown", summary.shown)]
+    if summary.written is not None:
+        counts.append(("written", summary.written))
+    frames = " · ".join(f"{name} {n} ({summary.rates.get(name, 0.0):.1f}/s)"
+                        for name, n in counts)
+    dropped = ", ".join(f"{n} {where}" for where, n in summary.dropped.items())
     console.print(
         f"[bold]demo summary[/]: {summary.artifact} on {summary.runtime}, source "
-        f"{summary.source}\n  {summary.seconds:.1f} s · captured {summary.captured} · inferred "
-        f"{summary.inferred} · shown {summary.shown} · dropped "
-        f"{summary.captured - summary.inferred} · {summary.fps:.1f} FPS\n"
+        f"{summary.source}\n  {summary.seconds:.1f} s · frames {frames}\n"
+        f"  dropped: {dropped or 'none'} · inference {summary.fps:.1f} FPS\n"
         f"  mean ms: {stages}\n  RSS {summary.rss_start_mb:.0f} MB at start, "
         f"{summary.rss_end_mb:.0f} MB at end")
+    for note in summary.display_notes:
+        console.print(f"  note: {note}")
+    for warning in summary.warnings:
+        console.print(f"  [bold red]warning:[/] {warning}")

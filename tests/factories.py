@@ -29,3 +29,89 @@ class _DataDependent(nn.Module):
 
 def data_dependent() -> nn.Module:
     return _DataDependent()
+
+
+# Models from elsewhere, as users bring them (torchvision's own classes, not edgepipe's).
+
+def tv_mobilenet_v3_small() -> nn.Module:
+    """torchvision's MobileNetV3-Small (nn.Hardswish / nn.Hardsigmoid modules), narrowed."""
+    import torchvision
+
+    return torchvision.models.mobilenet_v3_small(width_mult=0.5, num_classes=100)
+
+
+def tv_efficientnet_b0() -> nn.Module:
+    """torchvision's EfficientNet-B0 (nn.SiLU, SE with nn.Sigmoid), narrowed and shallower."""
+    from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf
+
+    setting, last = _efficientnet_conf("efficientnet_b0", width_mult=0.5, depth_mult=0.5)
+    return EfficientNet(setting, 0.2, last_channel=last, num_classes=100)
+
+
+class _FunctionalGate(nn.Module):
+    """A squeeze-excite gate written with F.hardsigmoid: a function, not a module, so no form
+    is swapped in and what it costs must show in the convert table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.fc = nn.Conv2d(16, 16, 1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        from torch.nn import functional as F
+
+        x = F.relu(self.conv(x))
+        x = x * F.hardsigmoid(self.fc(x.mean((2, 3), keepdim=True)))
+        return self.head(x.mean((2, 3)))
+
+
+def functional_gate() -> nn.Module:
+    return _FunctionalGate()
+
+
+class _Heads(nn.Module):
+    """Returns several outputs: a dict ({"out", "aux"}, as torchvision's segmentation models
+    with aux_loss) or a tuple (logits, features), as embedding models do."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.seg = nn.Conv2d(8, 4, 1)
+        self.aux = nn.Conv2d(8, 2, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        f = self.body(x)
+        if self.kind == "dict":
+            return {"out": self.seg(f), "aux": self.aux(f)}
+        pooled = f.mean((2, 3))
+        return self.fc(pooled), pooled
+
+
+def dict_seg() -> nn.Module:
+    return _Heads("dict")
+
+
+def tuple_cls() -> nn.Module:
+    return _Heads("tuple")
+
+
+class _Gray(nn.Module):
+    """A one-channel (grey) classifier, e.g. for an infrared camera."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, 2, 1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        import torch
+
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
+
+
+def gray_cnn() -> nn.Module:
+    return _Gray()

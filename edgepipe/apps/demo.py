@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from ..device.bench import rss_mb
 from ..errors import EdgepipeError
 from ..manifest import Manifest, load_manifest
 from ..preprocess import preprocess
-from .decode import Classification, OutputDecoder
+from .decode import Classification, OutputDecoder, Plausibility
 from .inference_process import ProcessRunner
 from .sources import FrameSource, open_source
 
@@ -63,6 +63,10 @@ class Latest:
 
 @dataclass
 class DemoSummary:
+    """What a demo run did. Frames are counted at each hand-over, and each count has its own
+    rate (per second, from its first to its last frame): a slow stage drops frames, and the
+    rate of frames inferred is not the rate of frames shown or written."""
+
     source: str
     runtime: str
     artifact: str
@@ -74,6 +78,13 @@ class DemoSummary:
     stage_ms: dict[str, float]  # mean per stage
     rss_start_mb: float
     rss_end_mb: float
+    written: int | None = None  # frames in the --display file (None: not a file display)
+    # frames lost between stages: "capture→inference" (a newer frame replaced it before
+    # inference took it), "inference→display", "display→file"
+    dropped: dict[str, int] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)  # per second: captured, inferred...
+    display_notes: list[str] = field(default_factory=list)  # e.g. frames letterboxed
+    warnings: list[str] = field(default_factory=list)  # implausible outputs (Plausibility)
 
 
 class TorchRunner:
@@ -123,13 +134,16 @@ def open_model(target: str, runtime: str | None, threads: int, weights: str | No
         raise EdgepipeError(f"{target} is not an artifact or a convert output folder (for a "
                             f"built-in model on PyTorch pass --runtime torch)")
     manifest = load_manifest(path)
+    manifest.check()  # the preprocessing must be able to feed this input
     own = RUNTIME_FOR_SUFFIX.get(path.suffix)
     if runtime and own and runtime != own:
         raise EdgepipeError(f"{path.name} runs on {own}, not {runtime}")
     if inference_process not in ("auto", "on", "off"):
         raise EdgepipeError(f"--inference-process is auto, on or off, not {inference_process}")
+    OutputDecoder(manifest)  # refuse what the demo cannot decode before loading anything
     if inference_process == "on" or (inference_process == "auto" and own == "executorch"):
-        shape = (1, 3, *manifest.preprocessing.size)
+        pre = manifest.preprocessing
+        shape = (1, pre.channels, *pre.size)
         return ProcessRunner(path, threads, shape), manifest, path.name
     return open_runner(path, threads), manifest, path.name
 
@@ -144,18 +158,41 @@ def _torch_model(artifact: Path | None, name: str, threads: int, weights: str | 
     manifest = load_manifest(artifact) if artifact else None
     model = manifest.model if manifest else name
     width = (manifest.extra.get("width_mult", 1.0) if manifest else 1.0)
-    size = manifest.preprocessing.size[0] if manifest else None
+    size = tuple(manifest.preprocessing.size) if manifest else None
+    output = manifest.extra.get("output") if manifest else None
+    input_range = manifest.preprocessing.input_range() if manifest else None
     if manifest and manifest.source_weights_sha256 and not weights:
         raise EdgepipeError(f"{artifact.name} was converted from trained weights: pass them "
                             f"with --weights (the same file, or `imagenet`)")
     # a random init is rebuilt exactly as `convert` built it: same seed, same BN images
     src = load_source_model(model, resolve_weights(model, weights), width, size,
                             manifest.task if manifest else None,
-                            bn_images=builtin_calibration_images(32))
+                            bn_images=builtin_calibration_images(32),
+                            output=None if output is None else str(output),
+                            input_range=input_range if input_range != "custom" else None)
     built = Manifest(format="torch", precision="fp32", file="", file_sha256="", model=model,
                      task=src.task, inputs=[], outputs=[float_spec("output", src.output_shape)],
                      preprocessing=src.preprocessing, labels=src.labels)
     return TorchRunner(src.module, threads), built, f"{model} (PyTorch eager)"
+
+
+class Rate:
+    """A count of frames and its rate, first frame to last."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def tick(self, now: float | None = None, n: int = 1) -> None:
+        now = time.perf_counter() if now is None else now
+        self.first = now if self.first is None else self.first
+        self.last = now
+        self.count += n
+
+    def per_second(self) -> float:
+        span = (self.last - self.first) if self.first is not None and self.last else 0.0
+        return (self.count - 1) / span if span > 0 and self.count > 1 else 0.0
 
 
 class Stats:
@@ -169,6 +206,7 @@ class Stats:
         self.captured = self.inferred = self.shown = 0
         self.first_start: float | None = None
         self.last_end: float | None = None
+        self.rates = {k: Rate() for k in ("captured", "inferred", "shown", "written")}
 
     def add(self, stage: str, ms: float) -> None:
         with self.lock:
@@ -199,6 +237,7 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
     runner, manifest, what = open_model(target, runtime, threads, weights, inference_process)
     try:
         decoder = OutputDecoder(manifest)
+        plausibility = Plausibility(manifest)
         frames = source if not isinstance(source, str) else open_source(source, realtime, loop)
         stats, stop = Stats(), threading.Event()
         captured, inferred = Latest(), Latest()
@@ -226,6 +265,7 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
                     stats.add("capture", (t1 - t0) * 1000)
                     stats.add("preprocess", (time.perf_counter() - t1) * 1000)
                     stats.captured += 1
+                    stats.rates["captured"].tick(t1)
                     captured.put((stats.captured, frame, x))
                     if max_frames and stats.captured >= max_frames:
                         break
@@ -248,6 +288,7 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
                         stats.last_end = t1
                         stats.done_times.append(t1)
                         stats.inferred += 1
+                        stats.rates["inferred"].tick(t1)
                     inferred.put((index, frame, outputs))
             except BaseException as exc:
                 errors.append(exc)
@@ -268,6 +309,8 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
                 seen, (index, frame, outputs) = item
                 t0 = time.perf_counter()
                 result = decoder(outputs)
+                for warning in plausibility.check(outputs, result):
+                    print(f"demo: warning: {warning}", file=sys.stderr, flush=True)
                 if display.draws:
                     canvas = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
                     if isinstance(result, Classification):
@@ -277,8 +320,12 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
                     draw_hud(cv2, canvas, stats.fps(), stats.now_ms(), runner.runtime)
                 stats.add("postprocess", (time.perf_counter() - t0) * 1000)
                 if display.draws:
+                    written = display.frames
                     display.show(canvas)
+                    if display.frames > written:
+                        stats.rates["written"].tick()
                 stats.shown += 1
+                stats.rates["shown"].tick()
                 if log_file:  # per frame, for checking what the model said when
                     log_file.write(json.dumps({"frame": index, **_prediction(result)}) + "\n")
                 now = time.perf_counter()
@@ -298,12 +345,19 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
             display.close(ok=ok)
             if log_file:
                 log_file.close()
+        for warning in plausibility.finish():
+            print(f"demo: warning: {warning}", file=sys.stderr, flush=True)
         if errors:
             exc = errors[0]
             if isinstance(exc, EdgepipeError):
                 raise exc
             raise EdgepipeError(f"the demo stopped: {type(exc).__name__}: {exc}") from None
         span = (stats.last_end - stats.first_start) if stats.first_start and stats.last_end else 0
+        written = display.frames if display.writes_file else None
+        dropped = {"capture→inference": stats.captured - stats.inferred,
+                   "inference→display": stats.inferred - stats.shown}
+        if written is not None:
+            dropped["display→file"] = stats.shown - written
         return DemoSummary(
             source=frames.name, runtime=runner.runtime, artifact=what,
             seconds=time.perf_counter() - started, captured=stats.captured,
@@ -311,7 +365,10 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
             fps=(stats.inferred - 1) / span if span > 0 and stats.inferred > 1 else 0.0,
             stage_ms={s: stats.sums[s] / stats.counts[s] if stats.counts[s] else 0.0
                       for s in STAGES},
-            rss_start_mb=rss_start, rss_end_mb=rss_mb())
+            rss_start_mb=rss_start, rss_end_mb=rss_mb(), written=written, dropped=dropped,
+            rates={k: r.per_second() for k, r in stats.rates.items()
+                   if k != "written" or written is not None},
+            display_notes=display.notes(), warnings=plausibility.warnings)
 
     finally:
         if isinstance(runner, ProcessRunner):

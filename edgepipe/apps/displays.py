@@ -24,9 +24,15 @@ class NoDisplay:
 
     draws = False
     name = "none"
+    writes_file = False
+    frames = 0  # frames written (a file display)
 
     def show(self, frame_bgr: np.ndarray) -> None:
         pass
+
+    def notes(self) -> list[str]:
+        """What the display changed about the frames, for the summary."""
+        return []
 
     def stopped(self) -> bool:
         return False
@@ -35,10 +41,29 @@ class NoDisplay:
         pass
 
 
+def letterbox(cv2, frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``frame`` scaled to fit ``size`` (w, h) whole, centred on black: a portrait frame in a
+    landscape video keeps its proportions."""
+    w, h = size
+    fh, fw = frame.shape[:2]
+    scale = min(w / fw, h / fh)
+    nw, nh = max(1, round(fw * scale)), max(1, round(fh * scale))
+    out = np.zeros((h, w, 3), np.uint8)
+    left, top = (w - nw) // 2, (h - nh) // 2
+    out[top:top + nh, left:left + nw] = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA)
+    return out
+
+
 class FileDisplay(NoDisplay):
-    """The annotated video, written under a temporary name and renamed when complete."""
+    """The annotated video, written under a temporary name and renamed when complete.
+
+    A video has one frame size, the first frame's (rounded down to even for .mp4, which MPEG-4
+    needs): OpenCV's writer silently drops frames of another size, so those (a folder mixing
+    landscape and portrait photos) are letterboxed to it, and counted.
+    """
 
     draws = True
+    writes_file = True
 
     def __init__(self, cv2, path: Path, fps: float) -> None:
         self._cv2, self.path, self.fps = cv2, Path(path), fps
@@ -50,20 +75,35 @@ class FileDisplay(NoDisplay):
         os.close(fd)
         self._tmp = Path(tmp)
         self._writer = None
+        self._size: tuple[int, int] | None = None
         self.frames = 0
+        self.letterboxed = 0
         self.name = f"file {self.path}"
 
     def show(self, frame_bgr: np.ndarray) -> None:
         if self._writer is None:
             h, w = frame_bgr.shape[:2]
-            fourcc = "mp4v" if self.path.suffix.lower() == ".mp4" else "MJPG"
+            mp4 = self.path.suffix.lower() == ".mp4"
+            if mp4:  # MPEG-4 frames have even sizes: a 641x479 video came out 640x478
+                w, h = max(2, w - w % 2), max(2, h - h % 2)
+            fourcc = "mp4v" if mp4 else "MJPG"
             self._writer = self._cv2.VideoWriter(str(self._tmp),
                                                  self._cv2.VideoWriter_fourcc(*fourcc),
                                                  self.fps, (w, h))
             if not self._writer.isOpened():
                 raise EdgepipeError(f"OpenCV cannot write {self.path.name} here")
+            self._size = (w, h)
+        if (frame_bgr.shape[1], frame_bgr.shape[0]) != self._size:
+            frame_bgr = letterbox(self._cv2, frame_bgr, self._size)  # type: ignore[arg-type]
+            self.letterboxed += 1
         self._writer.write(frame_bgr)
         self.frames += 1
+
+    def notes(self) -> list[str]:
+        if not self.letterboxed or self._size is None:
+            return []
+        return [f"{self.letterboxed} frame(s) of another size letterboxed to the video's "
+                f"{self._size[0]}x{self._size[1]}"]
 
     def close(self, ok: bool = True) -> None:
         if self._writer is not None:

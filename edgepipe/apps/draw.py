@@ -26,6 +26,8 @@ def pascal_palette(n: int = 256) -> np.ndarray:
 
 
 PALETTE = pascal_palette()
+# class index → BGR colour, as cv2.LUT takes it (1 x 256 x 3)
+_PALETTE_LUT = np.ascontiguousarray(PALETTE[:, ::-1].reshape(1, 256, 3))
 
 
 def _text(cv2, img: np.ndarray, text: str, org: tuple[int, int],
@@ -53,17 +55,26 @@ def draw_classification(cv2, img: np.ndarray, result: Classification) -> None:
 def draw_segmentation(cv2, img: np.ndarray, result: Segmentation, pre: Preprocessing,
                       alpha: float = 0.5, legend: int = 5) -> None:
     """Blend the class colours over the part of the frame the model saw; legend of the
-    largest classes."""
+    largest classes.
+
+    The class map is scaled to the frame first (one byte a pixel, nearest neighbour), then
+    coloured through a lookup table, blended and copied where it is not background: 0.72 ms
+    for a 256x256 mask on a 640x480 frame here; with the decode and the HUD the demo's
+    postprocess takes 2.0 ms, where colouring at mask size, a boolean index and numpy's argmax
+    took 11.3 ms (``benchmarks/seg_drawing.py``).
+    """
     h, w = img.shape[:2]
     left, top, right, bottom = (int(round(v)) for v in crop_box(w, h, pre))
     left, top, right, bottom = max(0, left), max(0, top), min(w, right), min(h, bottom)
-    colours = PALETTE[result.classes % len(PALETTE)][..., ::-1]  # RGB -> BGR
-    mask = cv2.resize(colours, (right - left, bottom - top), interpolation=cv2.INTER_NEAREST)
-    fg = cv2.resize((result.classes > 0).astype(np.uint8), (right - left, bottom - top),
-                    interpolation=cv2.INTER_NEAREST).astype(bool)
+    if right <= left or bottom <= top:
+        return
+    classes = result.classes if result.classes.dtype == np.uint8 else \
+        (result.classes % len(PALETTE)).astype(np.uint8)
+    scaled = cv2.resize(classes, (right - left, bottom - top), interpolation=cv2.INTER_NEAREST)
+    colours = cv2.LUT(cv2.merge((scaled, scaled, scaled)), _PALETTE_LUT)
     region = img[top:bottom, left:right]
-    blended = cv2.addWeighted(region, 1 - alpha, mask, alpha, 0)
-    region[fg] = blended[fg]
+    blended = cv2.addWeighted(region, 1 - alpha, colours, alpha, 0)
+    cv2.copyTo(blended, scaled, region)  # where the class is not 0 (background)
     cv2.rectangle(img, (left, top), (right - 1, bottom - 1), (200, 200, 200), 1)
     y = h - 12 - 22 * (min(legend, len(result.shares)) - 1)
     for label, share in list(result.shares.items())[:legend]:

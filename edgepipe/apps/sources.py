@@ -14,8 +14,8 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import EdgepipeError, missing_extra
+from ..images import IMAGE_SUFFIXES, read_image
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
 
@@ -117,19 +117,13 @@ class ImageFolderSource:
         self._loop, self._index = loop, 0
 
     def read(self) -> np.ndarray | None:
-        from PIL import Image, UnidentifiedImageError
-
         if self._index >= len(self._files):
             if not self._loop:
                 return None
             self._index = 0
         path = self._files[self._index]
         self._index += 1
-        try:
-            with Image.open(path) as img:
-                return np.asarray(img.convert("RGB"))
-        except (OSError, UnidentifiedImageError):
-            raise EdgepipeError(f"{path} is not a readable image") from None
+        return read_image(path)  # upright (EXIF), bit depth scaled
 
     def close(self) -> None:
         pass

@@ -41,8 +41,10 @@ class ConvertRequest:
     int8: bool = False
     weights: Path | None = None
     width_mult: float = 1.0
-    size: int | None = None
+    size: int | str | tuple[int, int] | None = None  # 224, "96x128" (height x width)
     task: str | None = None
+    output: str | None = None  # a dict key or tuple index, for models returning several
+    input_range: str | None = None  # "imagenet" (default), "0,1", "-1,1", "0,255"
     calib_dir: Path | None = None
     calib_count: int = 32
     threads: int = 1
@@ -91,7 +93,9 @@ def build_manifest(src: SourceModel, converter: Converter, c: Converted) -> Mani
         quantization=c.quantization,
         source_weights_sha256=src.weights_sha256,
         tool_versions=converter.tool_versions(),
-        extra={"graph": c.graph, "width_mult": src.width_mult, **c.companions},
+        extra={"graph": c.graph, "width_mult": src.width_mult, **c.companions,
+               **({"output": src.output} if src.output is not None else {}),
+               **({"notes": src.notes} if src.notes else {})},
     )
 
 
@@ -158,7 +162,8 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
         with native_output_to(log):
             progress.step("loading model")
             src = load_source_model(req.model, req.weights, req.width_mult, req.size, req.task,
-                                    bn_images=calib_images)
+                                    bn_images=calib_images, output=req.output,
+                                    input_range=req.input_range)
             calibration = src.batches(calib_images)
             progress.step("PyTorch reference on real photos")
             reference = ParityReference(src, parity_photos())
@@ -187,6 +192,8 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
             "model": req.model,
             "task": src.task,
             "input_size": list(src.preprocessing.size),
+            "input_channels": src.in_channels,
+            "notes": src.notes,
             "width_mult": req.width_mult,
             "weights_sha256": src.weights_sha256,
             "threads": req.threads,

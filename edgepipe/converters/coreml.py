@@ -16,7 +16,8 @@ import torch
 
 from ..manifest import TensorSpec
 from .base import Converted, Converter, float_spec
-from .source import SourceModel, hswish_form
+from .forms import Forms, runtime_forms
+from .source import SourceModel
 
 
 def validate_mlpackage(path: Path) -> dict[str, Any]:
@@ -54,8 +55,8 @@ class CoreMLConverter(Converter):
         import coremltools as ct
 
         example = src.example_input()
-        with hswish_form(src.module, decomposed=False) as module:
-            program = torch.export.export(module, (example,)).run_decompositions({})
+        with runtime_forms(src.module, example, Forms()):
+            program = torch.export.export(src.module, (example,)).run_decompositions({})
         model = ct.convert(
             program,
             inputs=[ct.TensorType(name="input", shape=tuple(example.shape))],

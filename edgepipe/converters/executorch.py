@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from .base import Converted, Converter, float_spec
-from .quantize import quantize_pt2e
-from .source import SourceModel, hswish_form
+from .forms import Forms, runtime_forms
+from .quantize import float_ops, op_name, quantize_pt2e
+from .source import SourceModel
 
 
 def graph_stats(lowered: object) -> dict[str, object]:
@@ -22,7 +23,7 @@ def graph_stats(lowered: object) -> dict[str, object]:
         if "executorch_call_delegate" in str(node.target):
             delegates += 1
         else:
-            outside[str(node.target).split("::")[-1].split(".")[0]] += 1
+            outside[op_name(node.target)] += 1
     return {"delegate_partitions": delegates, "ops_outside_delegate": dict(outside)}
 
 
@@ -44,13 +45,18 @@ class ExecuTorchConverter(Converter):
         from executorch.exir import to_edge_transform_and_lower
 
         example = src.example_input()
-        quant = None
-        # XNNPACK runs h-swish natively in fp32 and inside int8 partitions: keep the op whole
-        with hswish_form(src.module, decomposed=False) as module:
+        quant, floats = None, None
+        # XNNPACK runs h-swish natively in fp32 and inside int8 partitions: keep the op whole.
+        # SiLU as sigmoid * x in int8: the quantizer then keeps the multiply int8
+        # (EfficientNet-B0 int8 6.93 vs 8.65 ms with aten.silu: benchmarks/foreign_models.py)
+        forms = Forms(decomposed_silu=precision == "int8")
+        with runtime_forms(src.module, example, forms) as swapped:
+            module = src.module
             if precision == "int8":
                 quantizer = XNNPACKQuantizer().set_global(
                     get_symmetric_quantization_config(is_per_channel=True))
                 module = quantize_pt2e(module, example, quantizer, calibration)
+                floats = float_ops(module)
                 quant = {"scheme": "PT2E static, XNNPACKQuantizer symmetric",
                          "weights": "int8 per-channel", "activations": "int8 per-tensor",
                          "calibration_images": len(calibration)}
@@ -60,7 +66,9 @@ class ExecuTorchConverter(Converter):
         # costs lowering time and ~10 MB, so latency-table units go without (debug_info)
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
                                               generate_etrecord=debug_info)
-        stats = graph_stats(lowered)
+        stats = {**graph_stats(lowered), "forms_swapped": swapped}
+        if floats is not None:
+            stats["float_ops"] = floats
         program_et = lowered.to_executorch()
         path.write_bytes(program_et.buffer)
         companions = {}

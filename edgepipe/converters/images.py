@@ -11,18 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgepipeError
+from ..images import IMAGE_SUFFIXES, read_image, to_rgb8
 
 PARITY_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")  # skimage.data
 _CALIBRATION_PHOTOS = ("hubble_deep_field", "immunohistochemistry", "retina", "colorwheel",
                        "camera", "brick", "grass", "gravel", "coins", "moon")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def _rgb(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    if a.ndim == 2:
-        a = np.stack([a] * 3, axis=-1)
-    return np.ascontiguousarray(a[..., :3].astype(np.uint8))
+    return to_rgb8(a, "a packaged photo")
 
 
 def parity_photos() -> dict[str, np.ndarray]:
@@ -52,9 +49,8 @@ def builtin_calibration_images(count: int = 32, seed: int = 0) -> list[np.ndarra
 
 
 def folder_images(folder: str | Path, limit: int = 200) -> list[np.ndarray]:
-    """Images of a user's calibration folder (recursively), as RGB arrays."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Images of a user's calibration folder (recursively), as RGB arrays read by
+    :func:`edgepipe.images.read_image` (upright, bit depth scaled)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise EdgepipeError(f"calibration folder {folder} does not exist: give a folder of images")
@@ -69,9 +65,7 @@ def folder_images(folder: str | Path, limit: int = 200) -> list[np.ndarray]:
     images = []
     for path in files[:limit]:
         try:
-            with Image.open(path) as img:
-                images.append(np.asarray(img.convert("RGB")))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise EdgepipeError(f"calibration image {path} cannot be read ({exc}): "
-                                "remove it or fix it") from None
+            images.append(read_image(path))
+        except EdgepipeError as exc:
+            raise EdgepipeError(f"calibration {exc}") from None
     return images

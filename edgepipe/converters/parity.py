@@ -60,7 +60,9 @@ class ParityReference:
             report["top1_agreement"] = sum(agree) / len(agree)
             report["per_image"] = per_image
         else:
-            pixels = [float((o.argmax(axis=1) == r.argmax(axis=1)).mean())
+            # a one-channel mask (logits) is foreground above 0; an argmax of one is always 0
+            pixels = [float(((o > 0) == (r > 0)).mean() if o.shape[1] == 1 else
+                            (o.argmax(axis=1) == r.argmax(axis=1)).mean())
                       for o, r in zip(outputs, self.outputs, strict=True)]
             report["pixel_agreement"] = float(np.mean(pixels))
         return report

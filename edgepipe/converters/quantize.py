@@ -2,8 +2,68 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import nn
+
+# ops that only move or view values: they keep whatever precision their input has
+# (and dropout, a no-op in an eval graph; in-place variants end with "_")
+_LAYOUT_OPS = {"view", "reshape", "_unsafe_view", "permute", "flatten", "squeeze", "unsqueeze",
+               "expand", "clone", "contiguous", "t", "transpose", "dropout", "feature_dropout",
+               "alpha_dropout", "alias", "detach", "getitem", "size", "sym_size",
+               "_assert_tensor_metadata", "slice", "select"}
+
+
+_FUSED_ACTIVATIONS = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "clamp"}
+
+
+def op_name(target: object) -> str:
+    """A graph node's op as people write it: ``hardswish`` for ``aten.hardswish.default``,
+    ``_to_dim_order_copy`` for ``dim_order_ops._to_dim_order_copy.default``."""
+    name = getattr(target, "__name__", None) or str(target)
+    parts = name.split("(")[0].split("::")[-1].split(".")
+    return parts[-2] if len(parts) >= 3 or (len(parts) == 2 and parts[-1] == "default") \
+        else parts[-1]
+
+
+def float_ops(graph_module: nn.Module) -> dict[str, int]:
+    """Ops of a converted PT2E graph that compute in float: an input that is a float tensor
+    not coming from a dequantize (through views). Each is a float island in an int8 graph.
+    Constants (biases, scalars) and the model's float input feeding a quantize are not ops."""
+    graph = graph_module.graph  # type: ignore[attr-defined]
+
+    def source(node: object) -> object:
+        while getattr(node, "op", None) == "call_function" and \
+                op_name(node.target).rstrip("_") in _LAYOUT_OPS \
+                and node.args:  # type: ignore[attr-defined]
+            node = node.args[0]  # type: ignore[attr-defined]
+        return node
+
+    def fused(src: object, node: object) -> bool:
+        # conv/linear/add/mul + ReLU: quantizers annotate the pair, XNNPACK fuses it; the
+        # float tensor between the two never exists at run time
+        return (op_name(node.target) in _FUSED_ACTIVATIONS  # type: ignore[attr-defined]
+                and getattr(src, "op", None) == "call_function"
+                and len(src.users) == 1)  # type: ignore[attr-defined]
+
+    found: Counter[str] = Counter()
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = op_name(node.target)
+        if "quantize" in name or name.rstrip("_") in _LAYOUT_OPS:
+            continue
+        for arg in node.all_input_nodes:
+            src = source(arg)
+            if src.op == "get_attr" or fused(src, node):
+                continue
+            val = src.meta.get("val")
+            is_float = isinstance(val, torch.Tensor) and val.dtype.is_floating_point
+            if is_float and not (src.op == "call_function" and "dequantize" in op_name(src.target)):
+                found[name] += 1
+                break
+    return dict(found)
 
 
 def capture_for_quantization(module: nn.Module, example: torch.Tensor) -> nn.Module:

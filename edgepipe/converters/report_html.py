@@ -41,6 +41,7 @@ def render_report(report: dict[str, Any]) -> str:
 weights: {escape(f"sha256 {report['weights_sha256']}" if report['weights_sha256']
                  else "random init (seeded), BatchNorm re-estimated on real photos")} ·
 host latency with {report['threads']} thread(s)</p>
+{''.join(f"<p>note: {escape(n)}</p>" for n in report.get("notes", []))}
 <table><tr><th>format</th><th>precision</th><th>size MB</th><th>parity vs PyTorch</th>
 <th>host ms (median)</th><th>XNNPACK partitions</th><th>ops outside</th>
 <th>float ops (int8)</th></tr>

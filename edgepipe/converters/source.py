@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +11,9 @@ import torch
 from torch import nn
 
 from ..errors import EdgepipeError
-from ..manifest import Preprocessing
+from ..manifest import Preprocessing, parse_size, range_preprocessing
 from ..models import ModelInfo, create_model, load_weights
 from ..models.batchnorm import recalibrate_batchnorm
-from ..models.blocks import HardSwish
 from ..preprocess import preprocess
 
 
@@ -33,6 +31,9 @@ class SourceModel:
     # (min, max) height and width the program accepts; None: only the example's size.
     # Latency-table units are lowered once and measured at every resolution of the space.
     dynamic_size: tuple[int, int] | None = None
+    # which of several outputs is converted (a dict key or a tuple index), None: the only one
+    output: str | int | None = None
+    notes: list[str] = field(default_factory=list)  # what the report must say about the model
 
     @property
     def task(self) -> str:
@@ -70,38 +71,139 @@ def label_names(label_set: str | None) -> list[str] | None:
     return None
 
 
-def default_preprocessing(task: str, size: int) -> Preprocessing:
+def default_preprocessing(task: str, size: tuple[int, int], channels: int = 3,
+                          input_range: str | None = None) -> Preprocessing:
     # Classification: torchvision's resize-256/crop-224 ratio; segmentation: no crop margin.
-    resize = round(size * 256 / 224) if task == "classification" else size
-    return Preprocessing(size=(size, size), resize=resize)
+    short = min(size)
+    resize = round(short * 256 / 224) if task == "classification" else short
+    return range_preprocessing(size, resize, input_range or "imagenet",
+                               "GRAY" if channels == 1 else "RGB")
+
+
+def _image_channels(module: nn.Module) -> int:
+    """Channels of the image a model takes: its first convolution's (3 without one).
+    Grey models (MNIST-like, infrared cameras) take 1."""
+    first = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+    return first.in_channels if first is not None and first.in_channels in (1, 3) else 3
+
+
+class PickOutput(nn.Module):
+    """One output of a model that returns several (a dict or a tuple), as a plain tensor:
+    what converters export and runtimes run."""
+
+    def __init__(self, module: nn.Module, key: str | int) -> None:
+        super().__init__()
+        self.model = module
+        self.key = key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[self.key]
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return "x".join(str(s) for s in value.shape)
+    return type(value).__name__
+
+
+def pick_output(name: str, out: object, wanted: str | None) -> tuple[str | int | None, str]:
+    """Which output to convert: (key or index, or None for a plain tensor; what to tell).
+
+    A dict gives ``wanted``, else "out" (torchvision's segmentation models), else its first
+    key; a tuple or list gives index ``wanted``, else 0. Anything else is refused in one line.
+    """
+    if isinstance(out, torch.Tensor):
+        if wanted is not None:
+            raise EdgepipeError(f"model {name} returns one tensor: --output {wanted} is for "
+                                "models that return a dict or a tuple")
+        return None, ""
+    if isinstance(out, Mapping):
+        keys = list(out)
+        shown = ", ".join(f"{k!r} ({_describe(v)})" for k, v in out.items())
+        if wanted is not None and wanted not in keys:
+            raise EdgepipeError(f"model {name} returns a dict with keys {shown}: --output "
+                                f"{wanted} is not one of them")
+        key = wanted if wanted is not None else ("out" if "out" in keys else keys[0])
+        how = "--output" if wanted is not None else (
+            "torchvision's segmentation output" if key == "out" else "the first key")
+        note = (f"model {name} returns a dict with keys {shown}: converted {key!r} ({how}; "
+                "--output KEY picks another)")
+    elif isinstance(out, (tuple, list)):
+        shown = ", ".join(_describe(v) for v in out)
+        try:
+            key = int(wanted) if wanted is not None else 0
+        except ValueError:
+            raise EdgepipeError(f"model {name} returns a {type(out).__name__} ({shown}): "
+                                f"--output takes an index, 0 to {len(out) - 1}") from None
+        if not 0 <= key < len(out):
+            raise EdgepipeError(f"model {name} returns {len(out)} outputs ({shown}): --output "
+                                f"{key} is not an index of them (0 to {len(out) - 1})")
+        note = (f"model {name} returns a {type(out).__name__} of {len(out)} ({shown}): "
+                f"converted output {key}" + ("" if wanted is not None else
+                                             " (the first; --output INDEX picks another)"))
+    else:
+        raise EdgepipeError(f"model {name} returns a {type(out).__name__}: edgepipe converts "
+                            "a tensor, or one tensor of a dict or tuple of tensors")
+    if not isinstance(out[key], torch.Tensor):  # type: ignore[index]
+        raise EdgepipeError(f"output {key!r} of model {name} is a {_describe(out[key])}, not a "  # type: ignore[index]
+                            "tensor: pick a tensor with --output")
+    return key, note
 
 
 def load_source_model(
     name: str,
     weights: str | Path | None = None,
     width_mult: float = 1.0,
-    size: int | None = None,
+    size: int | str | tuple[int, int] | None = None,
     task: str | None = None,
     bn_images: list[np.ndarray] | None = None,
+    output: str | None = None,
+    input_range: str | None = None,
 ) -> SourceModel:
-    """Build the model, load weights (or re-estimate BN stats for a random init)."""
+    """Build the model, load weights (or re-estimate BN stats for a random init).
+
+    ``size``: (height, width), one number for a square, or "HxW". ``output``: which output of
+    a model returning a dict or tuple to convert (default "out", else the first).
+    ``input_range``: what the model's input spans (a key of ``manifest.RANGES``, default
+    "imagenet": ImageNet mean/std). A model whose first convolution takes one channel gets
+    grey frames.
+    """
     module, info = create_model(name, width_mult, task)
-    size = size or info.default_size
-    if not 32 <= size <= 2048:
-        raise EdgepipeError(f"input size {size} is out of range: use 32 to 2048 pixels")
-    pre = default_preprocessing(info.task, size)
+    size = parse_size(size or info.default_size)
     sha = load_weights(module, weights) if weights else None
     labels = list(info.labels) if info.labels else label_names(info.label_set)
-    source = SourceModel(name, module, info, pre, labels, sha)
+    guess = _image_channels(module)
+    failure = None
+    tried = list(dict.fromkeys((guess, 3, 1)))  # the first conv's channels, then RGB, grey
+    for channels in tried:
+        try:
+            with torch.no_grad():
+                raw = module(torch.zeros(1, channels, *size))
+            break
+        except Exception as exc:  # a user model that rejects the input shape
+            failure = failure or (channels, exc)
+    else:
+        channels, exc = failure  # type: ignore[misc]
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EdgepipeError(f"model {name} fails on a 1x{channels}x{size[0]}x{size[1]} input "
+                            f"(tried {' and '.join(map(str, tried))} channels): "
+                            f"{first[:300]}") from None
+    pre = default_preprocessing(info.task, size, channels, input_range)
+    source = SourceModel(name, module, info, pre, labels, sha, in_channels=channels)
+    key, note = pick_output(name, raw, output)
+    if key is not None:
+        source.module = PickOutput(module, key)
+        source.output = key
+        source.notes.append(note)
     if sha is None and bn_images:
-        recalibrate_batchnorm(module, source.batches(bn_images))
-    try:
-        out = source.reference(source.example_input())
-    except Exception as exc:  # a user model that rejects the input shape
-        raise EdgepipeError(f"model {name} fails on a 1x3x{size}x{size} input: {exc}") from None
+        recalibrate_batchnorm(source.module, source.batches(bn_images))
+    out = source.reference(source.example_input())
     if info.task == "classification" and out.ndim != 2:
         raise EdgepipeError(f"model {name} returns shape {out.shape}: a classifier must "
                             "return (batch, classes); pass --task segmentation for masks")
+    if info.task == "segmentation" and out.ndim != 4:
+        raise EdgepipeError(f"model {name} returns shape {out.shape}: a segmentation model "
+                            "must return (batch, classes, height, width)")
     source.output_shape = tuple(out.shape)
     source.width_mult = width_mult
     return source
@@ -118,17 +220,3 @@ def source_from_module(name: str, module: nn.Module, input_shape: list[int],
                          in_channels=int(input_shape[1]), dynamic_size=dynamic_size)
     source.output_shape = tuple(source.reference(source.example_input()).shape)
     return source
-
-
-@contextmanager
-def hswish_form(module: nn.Module, decomposed: bool) -> Iterator[nn.Module]:
-    """Temporarily pick the h-swish form a target runtime runs best (see HardSwish)."""
-    acts = [m for m in module.modules() if isinstance(m, HardSwish)]
-    before = [a.decomposed for a in acts]
-    for a in acts:
-        a.decomposed = decomposed
-    try:
-        yield module
-    finally:
-        for a, b in zip(acts, before, strict=True):
-            a.decomposed = b

@@ -11,8 +11,9 @@ import torch
 
 from ..device.inspect_artifact import litert_tensor_specs
 from .base import Converted, Converter
+from .forms import Forms, runtime_forms
 from .quantize import quantize_pt2e
-from .source import SourceModel, hswish_form
+from .source import SourceModel
 
 _EDGE_OPS = {"QUANTIZE", "DEQUANTIZE"}
 
@@ -61,9 +62,12 @@ class TFLiteConverter(Converter):
         example = src.example_input().permute(0, 2, 3, 1).contiguous()
         nhwc_calibration = [b.permute(0, 2, 3, 1).contiguous() for b in calibration]
         quant = None
-        # int8 HARD_SWISH is not taken by LiteRT's XNNPACK delegate: decompose it for int8
-        with hswish_form(src.module, decomposed=precision == "int8") as module:
-            nhwc = litert_torch.to_channel_last_io(module, args=[0]).eval()
+        # int8 HARD_SWISH is not taken by LiteRT's XNNPACK delegate: decompose it for int8;
+        # SiLU as sigmoid * x, which the quantizer keeps int8 (LOGISTIC and MUL)
+        int8 = precision == "int8"
+        with runtime_forms(src.module, src.example_input(),
+                           Forms(decomposed_hswish=int8, decomposed_silu=int8)) as swapped:
+            nhwc = litert_torch.to_channel_last_io(src.module, args=[0]).eval()
             if precision == "int8":
                 from litert_torch.quantize import pt2e_quantizer
                 from litert_torch.quantize.quant_config import QuantConfig
@@ -85,4 +89,5 @@ class TFLiteConverter(Converter):
         interp = Interpreter(model_path=str(path), num_threads=1)
         inputs, outputs = litert_tensor_specs(interp)
         return Converted(path=path, precision=precision, inputs=inputs, outputs=outputs,
-                         quantization=quant, graph=litert_graph_stats(interp))
+                         quantization=quant,
+                         graph={**litert_graph_stats(interp), "forms_swapped": swapped})

@@ -3,7 +3,9 @@
 Light by design: numpy at import time, the runtime itself only when a runner is opened,
 so the agent starts on a Pi without torch. Every runner takes the float32 NCHW batch that
 :func:`edgepipe.preprocess.preprocess` makes and returns float32 outputs: layout changes
-and int8 (de)quantization at the edges happen here, once, for every caller.
+and int8 (de)quantization at the edges happen here, once, for every caller. An integer
+tensor without quantization (scale 0, e.g. a uint8 input of raw 0-255 pixels) is fed the
+integer values themselves: the manifest's preprocessing then makes 0-255 (range "0,255").
 """
 
 from __future__ import annotations
@@ -59,8 +61,19 @@ def installed_runtimes() -> dict[str, str]:
 
 
 def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
+    """float → the tensor's integer type. Scale 0 marks an integer tensor without
+    quantization (raw 0-255 pixels): the values are the integers themselves."""
     info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+    q = np.round(x / scale + zero_point) if scale else np.rint(x)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def _dequantize(y: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """The tensor's integer type → float32; without quantization (scale 0) the values as
+    they are (class indices, raw scores), never all zeros."""
+    if not scale:
+        return y.astype(np.float32)
+    return (y.astype(np.float32) - zero_point) * np.float32(scale)
 
 
 def litert_interpreter(path: Path, threads: int = 1):  # -> Interpreter
@@ -104,7 +117,7 @@ class LiteRTRunner:
         shape = tuple(detail["shape"])
         if x.shape != shape and x.ndim == 4 and x.transpose(0, 2, 3, 1).shape == shape:
             x = x.transpose(0, 2, 3, 1)  # the artifact takes NHWC
-        if detail["dtype"] != np.float32:
+        if np.dtype(detail["dtype"]).kind in "iu":
             scale, zero = detail["quantization"]
             x = _quantize(x, scale, zero, detail["dtype"])
         self._interp.set_tensor(detail["index"], np.ascontiguousarray(x, dtype=detail["dtype"]))
@@ -112,10 +125,9 @@ class LiteRTRunner:
         outs = []
         for d in self._outputs:
             y = self._interp.get_tensor(d["index"])
-            if d["dtype"] != np.float32:
-                scale, zero = d["quantization"]
-                y = (y.astype(np.float32) - zero) * scale
-            outs.append(y)
+            if np.dtype(d["dtype"]).kind in "iub":
+                y = _dequantize(y, *d["quantization"])
+            outs.append(y.astype(np.float32, copy=False))
         return outs
 
     def invoke(self) -> None:

@@ -110,6 +110,25 @@ class HardSwish(HardSigmoid):
         return F.hardswish(x)
 
 
+class SiLU(nn.Module):
+    """SiLU / swish(x) = x * sigmoid(x) (EfficientNet's activation).
+
+    ``decomposed=True`` writes it as a sigmoid and a multiply, which PT2E quantizers annotate
+    (LiteRT then runs an int8 LOGISTIC and MUL); ``aten.silu`` is annotated by none and stays
+    float in an int8 graph (49 LOGISTIC + 49 MUL left float in EfficientNet-B0 on LiteRT).
+    ``decomposed=False`` is the native op, for targets that keep float activations anyway.
+    """
+
+    def __init__(self, decomposed: bool = False) -> None:
+        super().__init__()
+        self.decomposed = decomposed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.decomposed:
+            return x * torch.sigmoid(x)
+        return F.silu(x)
+
+
 def make_activation(name: str | None) -> nn.Module | None:
     """The module for an activation code of the block table (None: a linear layer)."""
     if name is None:

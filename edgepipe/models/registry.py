@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import random
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,8 +64,7 @@ def create_model(name: str, width_mult: float = 1.0, task: str | None = None, se
     if name.endswith(".json"):
         return _from_model_file(Path(name), seed)
     if ":" in name:
-        return _from_factory(name, task or "classification"), ModelInfo(
-            name, task or "classification", None, 224)
+        return _from_factory(name, seed), ModelInfo(name, task or "classification", None, 224)
     if name not in _BUILDERS:
         raise EdgepipeError(
             f"unknown model {name!r}: use one of {', '.join(MODEL_NAMES)} "
@@ -90,16 +93,57 @@ def _from_model_file(path: Path, seed: int) -> tuple[nn.Module, ModelInfo]:
                              arch.resolution, tuple(labels) if labels else None)
 
 
-def _from_factory(spec: str, task: str) -> nn.Module:
-    module_name, _, attr = spec.partition(":")
+@contextmanager
+def _importable_from(folder: Path) -> Iterator[None]:
+    """``folder`` first on the import path for the block, as ``python -m`` has the current
+    folder: users run ``edgepipe convert mymodel:build`` where mymodel.py is."""
+    entry = str(folder)
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise EdgepipeError(f"cannot import {module_name!r} for model {spec!r}: {exc}") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise EdgepipeError(f"{module_name!r} has no callable {attr!r}: give `module:factory`")
-    model = factory()
+        yield
+    finally:
+        if added and entry in sys.path:
+            sys.path.remove(entry)
+
+
+def _from_factory(spec: str, seed: int) -> nn.Module:
+    """``module:factory`` (importable from the current folder too) or ``path/file.py:factory``;
+    the factory is called with torch's, numpy's and Python's random state seeded, so a
+    random-init model is the same every run (and its parity figures with it)."""
+    module_name, _, attr = spec.rpartition(":")
+    folder = Path.cwd()
+    if module_name.endswith(".py"):
+        file = Path(module_name)
+        if not file.is_file():
+            raise EdgepipeError(f"no file {module_name} for model {spec!r}")
+        folder, module_name = file.resolve().parent, file.stem
+    with _importable_from(folder):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise EdgepipeError(f"cannot import {module_name!r} for model {spec!r} (looked in "
+                                f"{folder} and the installed packages): {exc}") from None
+        except Exception as exc:  # the user's module fails while importing
+            raise EdgepipeError(f"importing {module_name!r} for model {spec!r} failed: "
+                                f"{type(exc).__name__}: {exc}") from None
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            raise EdgepipeError(f"{module_name!r} has no callable {attr!r}: give "
+                                "`module:factory`")
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed)
+                model = factory()
+        except Exception as exc:
+            raise EdgepipeError(f"{spec}() failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
     if not isinstance(model, nn.Module):
         raise EdgepipeError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model.eval()

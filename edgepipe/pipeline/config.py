@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgepipeError
+from ..manifest import parse_size
 
 
 @dataclass
 class ModelSection:
     name: str = "mobilenet_v3_small"
     width: float = 1.0
-    size: int | None = None
+    size: int | str | None = None  # 224, or "96x128" (height x width)
     weights: str | None = None
     task: str | None = None
     formats: list[str] = field(default_factory=lambda: ["executorch", "tflite", "coreml"])
@@ -90,6 +91,8 @@ def load_config(path: Path | None) -> PipelineConfig:
         model=_section(ModelSection, data.get("model", {}), "model"),
         measure=_section(MeasureSection, data.get("measure", {}), "measure"),
         devices=list(data.get("devices", [])))
+    if config.model.size is not None:
+        parse_size(config.model.size)  # a bad size fails here, before any work
     if not config.measure.threads or not all(
             isinstance(t, int) and t > 0 for t in config.measure.threads):
         raise EdgepipeError("[measure] threads must be a list of positive integers")

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from ..errors import EdgepipeError
+from ..images import IMAGE_SUFFIXES, read_image
 
 BUILTIN = "digits"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's, as the converters
 
 
@@ -78,7 +78,7 @@ def _digits() -> tuple[torch.Tensor, np.ndarray, list[str]]:
 
 
 def _image_folder(root: Path) -> tuple[torch.Tensor, np.ndarray, list[str]]:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if not root.is_dir():
         raise EdgepipeError(f"data folder {root} does not exist: give `digits` or a folder "
@@ -95,11 +95,7 @@ def _image_folder(root: Path) -> tuple[torch.Tensor, np.ndarray, list[str]]:
                             "add images or remove the folder")
     images = []
     for f, _ in files:
-        try:
-            with Image.open(f) as im:
-                rgb = np.asarray(im.convert("RGB").resize((256, 256)), dtype=np.float32)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise EdgepipeError(f"cannot read image {f} ({exc}): fix or remove it") from None
+        rgb = np.asarray(Image.fromarray(read_image(f)).resize((256, 256)), dtype=np.float32)
         images.append(torch.from_numpy(rgb).permute(2, 0, 1) / 255.0)
     return torch.stack(images), np.array([lbl for _, lbl in files]), classes
 
