@@ -18,13 +18,12 @@ import contextlib
 import json
 from pathlib import Path
 
-from edgepipe.device.identity import machine_line
-
 import edgepipe.converters.executorch as et_converter
 import edgepipe.converters.tflite as tflite_converter
 from edgepipe.converters.convert import ConvertRequest, convert
 from edgepipe.converters.images import parity_photos
 from edgepipe.device.bench import measure_latency
+from edgepipe.device.identity import machine_line
 from edgepipe.device.runtimes import open_runner
 from edgepipe.manifest import load_manifest
 from edgepipe.preprocess import preprocess

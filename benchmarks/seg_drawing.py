@@ -21,11 +21,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from edgepipe.device.identity import machine_line
 
 from edgepipe.apps.decode import OutputDecoder
 from edgepipe.apps.draw import PALETTE, draw_segmentation
 from edgepipe.converters.convert import ConvertRequest, convert
+from edgepipe.device.identity import machine_line
 from edgepipe.device.runtimes import open_runner
 from edgepipe.manifest import load_manifest
 from edgepipe.preprocess import crop_box, preprocess
