@@ -20,10 +20,10 @@ import numpy as np
 from runtimes import converted  # benchmarks/runtimes.py: cached conversions
 
 from edgepipe.device.bench import measure_latency
-from edgepipe.device.client import AgentClient
 from edgepipe.device.identity import machine_line
-from edgepipe.device.local import start_agent, stop_agent
 from edgepipe.device.runtimes import open_runner
+from edgepipe.host.client import AgentClient
+from edgepipe.host.local import start_agent, stop_agent
 from edgepipe.manifest import load_manifest
 
 

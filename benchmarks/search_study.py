@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from edgepipe.device.identity import machine_line
-from edgepipe.device.local import LOCAL, open_device
+from edgepipe.host.local import LOCAL, open_device
 from edgepipe.latency_tables.estimate import Estimator
 from edgepipe.latency_tables.evaluate import measure_networks
 from edgepipe.latency_tables.sentinels import check_table, check_words

@@ -149,7 +149,7 @@ def _ssh_args(args: argparse.Namespace) -> list[str]:
 
 
 def _run_device_add(args: argparse.Namespace) -> int:
-    from .device.registry import Device, add_device
+    from .host.registry import Device, add_device
 
     kind, target = next((k, v) for k in ("url", "ssh", "adb") if (v := getattr(args, k)))
     add_device(Device(args.name, kind, target, args.token, args.agent_port,
@@ -159,7 +159,7 @@ def _run_device_add(args: argparse.Namespace) -> int:
 
 
 def _run_device_list(args: argparse.Namespace) -> int:
-    from .device.registry import load_devices
+    from .host.registry import load_devices
 
     for d in load_devices().values():
         print(f"{d.name}\t{d.kind}\t{d.target}")
@@ -167,7 +167,7 @@ def _run_device_list(args: argparse.Namespace) -> int:
 
 
 def _run_device_remove(args: argparse.Namespace) -> int:
-    from .device.registry import remove_device
+    from .host.registry import remove_device
 
     remove_device(args.name)
     print(f"removed device {args.name}")
@@ -203,7 +203,7 @@ def _run_device_info(args: argparse.Namespace) -> int:
 
 
 def _run_device_bootstrap(args: argparse.Namespace) -> int:
-    from .device.bootstrap import bootstrap
+    from .host.bootstrap import bootstrap
 
     bootstrap(args.ssh, _ssh_args(args), name=args.name, token=args.token, python=args.python,
               remote_dir=args.remote_dir, agent_port=args.agent_port)
@@ -252,8 +252,8 @@ def _cpu_list(text: str | None) -> list[int] | None:
 
 
 def _run_deploy(args: argparse.Namespace) -> int:
-    from .device.profiling import deploy, deployable
-    from .device.registry import connect, get_device
+    from .host.profiling import deploy, deployable
+    from .host.registry import connect, get_device
     from .ui import console
 
     paths, skipped = deployable(args.out)
@@ -267,9 +267,9 @@ def _run_deploy(args: argparse.Namespace) -> int:
 
 
 def _run_profile(args: argparse.Namespace) -> int:
-    from .device.op_table import write_table
-    from .device.profiling import profile
-    from .device.registry import connect, get_device
+    from .host.op_table import write_table
+    from .host.profiling import profile
+    from .host.registry import connect, get_device
     from .manifest import write_atomic
     from .ui import JobProgress, print_profile
 
@@ -505,8 +505,8 @@ def _check_policy_args(p: argparse.ArgumentParser) -> None:
 
 
 def _device_info(name: str) -> dict:
-    from .device.local import LOCAL
-    from .device.registry import connect, get_device
+    from .host.local import LOCAL
+    from .host.registry import connect, get_device
 
     if name == LOCAL:
         from .device.info import device_info
@@ -517,8 +517,8 @@ def _device_info(name: str) -> dict:
 
 
 def _run_lut_collect(args: argparse.Namespace) -> int:
-    from .device.local import open_device
-    from .device.registry import config_home
+    from .host.local import open_device
+    from .host.registry import config_home
     from .latency_tables.collect import CollectRequest, MeasureSettings, collect
     from .latency_tables.table import Target, table_name
     from .models.space import load_space
@@ -559,8 +559,8 @@ def _run_lut_collect(args: argparse.Namespace) -> int:
 
 
 def _run_lut_evaluate(args: argparse.Namespace) -> int:
-    from .device.local import open_device
-    from .device.registry import config_home
+    from .host.local import open_device
+    from .host.registry import config_home
     from .latency_tables.evaluate import EvaluateRequest, evaluate
     from .latency_tables.table import LatencyTable, Target
     from .models.space import SearchSpace
@@ -594,7 +594,7 @@ def _find_table(args: argparse.Namespace, info: dict, own_settings: bool = False
     """The table for --device/--runtime/--precision/--threads (or --table), fitted to the
     device (refused with the fields that differ, unless --force). ``own_settings``: a table
     given with --table is compared on its device only (`lut check`)."""
-    from .device.registry import config_home
+    from .host.registry import config_home
     from .latency_tables.table import LatencyTable, Target, find_table, known_tables
 
     target = Target(info["fingerprint"], args.runtime, args.precision, args.threads,
@@ -622,8 +622,8 @@ def _table_use(args: argparse.Namespace):
     recent check of the same device reused): a :class:`TableUse`."""
     from contextlib import ExitStack
 
-    from .device.local import open_device
-    from .device.registry import config_home
+    from .host.local import open_device
+    from .host.registry import config_home
     from .latency_tables.sentinels import (
         apply_policy,
         check_table,
@@ -658,8 +658,8 @@ def _table_use(args: argparse.Namespace):
 
 def _recollect(args: argparse.Namespace, stale, target, use):
     """--recollect: the stale table's space collected again on the device."""
-    from .device.local import open_device
-    from .device.registry import config_home
+    from .host.local import open_device
+    from .host.registry import config_home
     from .latency_tables.collect import recollect
     from .models.space import SearchSpace
     from .ui import PhaseProgress, console
@@ -694,8 +694,8 @@ def _run_lut_predict(args: argparse.Namespace) -> int:
 
 
 def _run_lut_check(args: argparse.Namespace) -> int:
-    from .device.local import open_device
-    from .device.registry import config_home
+    from .host.local import open_device
+    from .host.registry import config_home
     from .latency_tables.sentinels import check_table, check_words, record_check
     from .models.space import SearchSpace
     from .ui import PhaseProgress, console
@@ -721,8 +721,8 @@ def _run_lut_check(args: argparse.Namespace) -> int:
 
 
 def _run_lut_list(args: argparse.Namespace) -> int:
-    from .device.registry import config_home
     from .errors import EdgepipeError
+    from .host.registry import config_home
     from .latency_tables.sentinels import recorded_checks
     from .latency_tables.table import LatencyTable, known_tables
     from .ui import console
@@ -859,8 +859,8 @@ def _search_finish(args: argparse.Namespace, final: dict, estimator, kind: str) 
                   f"{final['test_accuracy']:.1%} (test), predicted {final['predicted_ms']:.3f} "
                   f"ms; wrote {final['model']} and {final['weights']}")
     if not args.no_verify:
-        from .device.local import open_device
-        from .device.registry import config_home
+        from .host.local import open_device
+        from .host.registry import config_home
         from .models.space import SearchSpace
 
         workdir = config_home() / "lut-work" / SearchSpace.from_dict(

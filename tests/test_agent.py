@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from edgepipe.device.client import AgentClient
-from edgepipe.device.local import start_agent, stop_agent
 from edgepipe.errors import EdgepipeError
+from edgepipe.host.client import AgentClient
+from edgepipe.host.local import start_agent, stop_agent
 from edgepipe.manifest import file_sha256, load_manifest
 
 from .conftest import artifact, run_cli

@@ -326,8 +326,8 @@ def test_a_drifted_table_warns_refuses_or_rescales(collected, tmp_path):
 
 
 def test_batch_jobs_are_checked_by_the_agent(tmp_path):
-    from edgepipe.device.client import AgentClient
-    from edgepipe.device.local import start_agent, stop_agent
+    from edgepipe.host.client import AgentClient
+    from edgepipe.host.local import start_agent, stop_agent
 
     url, proc = start_agent(tmp_path / "agent", "tok")
     try:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from edgepipe.device.client import AgentClient
 from edgepipe.device.info import state_changes, throttled
-from edgepipe.device.local import start_agent, stop_agent
+from edgepipe.host.client import AgentClient
+from edgepipe.host.local import start_agent, stop_agent
 from edgepipe.pipeline.report import _device_section
 
 from .conftest import artifact, run_cli

@@ -341,8 +341,8 @@ def test_module_factory_found_from_the_current_folder_and_seeded(tmp_path):
 # 8. Non-square inputs, portrait frames
 
 def test_non_square_input_through_convert_manifest_demo_and_agent(tmp_path):
-    from edgepipe.device.client import AgentClient
-    from edgepipe.device.local import local_agent
+    from edgepipe.host.client import AgentClient
+    from edgepipe.host.local import local_agent
 
     out = tmp_path / "wide"
     done = run_cli("convert", "tests.factories:tiny_cnn", "--size", "96x128",

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from edgepipe.device.client import AgentClient
-from edgepipe.device.local import start_agent, stop_agent
-from edgepipe.device.registry import free_port
 from edgepipe.errors import EdgepipeError
+from edgepipe.host.client import AgentClient
+from edgepipe.host.local import start_agent, stop_agent
+from edgepipe.host.registry import free_port
 
 from .conftest import artifact, run_cli
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgepipe.device.local import start_agent, stop_agent
 from edgepipe.errors import EdgepipeError
+from edgepipe.host.local import start_agent, stop_agent
 from edgepipe.latency_tables.estimate import Estimator, _unit_from_key
 from edgepipe.latency_tables.table import SHIPPED, LatencyTable
 from edgepipe.models.mobilenet import MobileNet, mobilenet_v3_config

@@ -1,2 +1,4 @@
-"""What runs on the device (agent, worker, runners: numpy only, no torch) and how the host
-reaches it (client, registry of devices, deploy, profile, per-op tables, bootstrap)."""
+"""What runs on the device: the agent, its job worker, the runtimes' runners, the data folder
+(numpy only, no torch). How the host reaches it lives in :mod:`edgepipe.host`."""
+
+DEFAULT_PORT = 8765  # the agent's port unless told otherwise (`agent serve --port`)

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 from .. import __version__
 from ..errors import EdgepipeError
 from ..manifest import write_atomic
+from . import DEFAULT_PORT
 from .info import cpu_frequencies, device_info, memory_mb, temperatures
 from .jobs import JobQueue
 from .openapi import openapi_document
@@ -30,7 +31,6 @@ from .store import ArtifactStore, JobSpec, JobStore, StoreError
 
 API = "/v1"
 MAX_JSON_BYTES = 16 << 20  # a manifest with 1000 labels is ~40 kB; this is generous
-DEFAULT_PORT = 8765
 DRAIN_LIMIT = 64 << 20  # a refused body up to this size is read and dropped, not cut off
 
 

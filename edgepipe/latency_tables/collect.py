@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..device.client import AgentClient
 from ..errors import EdgepipeError
+from ..host.client import AgentClient
 from ..models.space import Architecture, SearchSpace
 from .drift import DriftGuard
 from .measure import MeasureSettings, Progress, chunks, measure_items, upload_programs

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..device.client import AgentClient
+from ..host.client import AgentClient
 from ..manifest import write_atomic
 from ..models.space import Architecture, SearchSpace
 from .drift import DriftGuard

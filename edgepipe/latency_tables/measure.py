@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..device.client import AgentClient
+from ..host.client import AgentClient
 from ..manifest import file_sha256
 from .drift import DriftGuard
 from .programs import ProgramSpec, convert_programs, is_converted, program_path

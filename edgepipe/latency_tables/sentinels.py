@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..device.client import AgentClient
 from ..errors import EdgepipeError
+from ..host.client import AgentClient
 from ..manifest import write_atomic
 from ..models.space import Architecture, SearchSpace
 from .measure import MeasureSettings, Progress, measure_items, prepare_programs

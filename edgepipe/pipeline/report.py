@@ -6,7 +6,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from ..device.op_table import OpRow, by_type
+from ..host.op_table import OpRow, by_type
 from ..report_parts import STYLE, hbar_svg, parity_text
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from ..converters.convert import ConvertRequest, Progress, convert
-from ..device.client import AgentClient
-from ..device.local import LOCAL, open_device
-from ..device.profiling import deploy, deployable, profile
-from ..device.registry import config_home, get_device
 from ..errors import EdgepipeError
+from ..host.client import AgentClient
+from ..host.local import LOCAL, open_device
+from ..host.profiling import deploy, deployable, profile
+from ..host.registry import config_home, get_device
 from ..manifest import write_atomic
 from ..models.pretrained import resolve_weights
 from .config import PipelineConfig

@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..device import DEFAULT_PORT
 from ..errors import EdgepipeError
 from ..manifest import write_atomic
-from .agent import DEFAULT_PORT
 from .client import AgentClient
 
 DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

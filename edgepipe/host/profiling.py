@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..device.store import RUNNABLE_SUFFIXES
 from ..errors import EdgepipeError
 from ..manifest import load_manifest, manifest_path
 from .client import AgentClient
 from .op_table import OpRow, executorch_op_table
-from .store import RUNNABLE_SUFFIXES
 
 DEVICE_FIELDS = ("hostname", "fingerprint", "identity_words", "machine", "cpu_model", "cores",
                  "runtimes")
