@@ -1,0 +1,52 @@
+"""The ``edgepipe`` command: maps sub-commands to the stages' public functions, one module a
+stage (artifacts, device, apps, lut, search)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..errors import EdgepipeError
+from .apps import _add_demo, _add_run
+from .artifacts import _add_convert, _add_manifest, _run_models
+from .device import _add_agent, _add_deploy_profile, _add_device
+from .lut import _add_lut
+from .search import _add_search
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgepipe",
+        description="Take PyTorch vision models to phones and single-board computers, and "
+                    "measure them there.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_convert(sub)
+    sub.add_parser("models", help="list built-in models").set_defaults(func=_run_models)
+    _add_agent(sub)
+    _add_device(sub)
+    _add_deploy_profile(sub)
+    _add_manifest(sub)
+    _add_run(sub)
+    _add_demo(sub)
+    _add_lut(sub)
+    _add_search(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgepipeError as exc:
+        print(f"edgepipe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgepipe: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug of ours: one line, the traceback on request
+        if os.environ.get("EDGEPIPE_DEBUG"):
+            raise
+        print(f"edgepipe: internal error: {type(exc).__name__}: {exc} (rerun with "
+              f"EDGEPIPE_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 1

@@ -1,0 +1,257 @@
+"""Commands that reach a device: ``agent serve``, ``device …``, ``deploy``, ``profile``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..errors import EdgepipeError
+
+
+def _add_agent(sub: argparse._SubParsersAction) -> None:
+    agent = sub.add_parser("agent", help="the agent that runs on the device").add_subparsers(
+        dest="agent_command", required=True)
+    p = agent.add_parser("serve", help="serve the agent's HTTP API (needs no torch)")
+    p.add_argument("--data", type=Path, default=Path.home() / ".edgepipe" / "agent",
+                   help="folder for artifacts, jobs and the token (default ~/.edgepipe/agent)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: reach it through ssh or adb)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks one)")
+    p.add_argument("--token", help="the token clients must send (default: $EDGEPIPE_AGENT_TOKEN"
+                                   ", else the one saved in --data, else a new one)")
+    p.add_argument("--max-upload-mb", type=int, default=1024, help="largest upload accepted")
+    p.set_defaults(func=_run_agent_serve)
+
+
+def _run_agent_serve(args: argparse.Namespace) -> int:
+    from ..device.agent import AgentConfig, load_or_create_token, serve
+
+    token = load_or_create_token(args.data, args.token or os.environ.get("EDGEPIPE_AGENT_TOKEN"))
+    config = AgentConfig(data=args.data, token=token, host=args.host, port=args.port,
+                         max_upload_mb=args.max_upload_mb)
+
+    def ready(url: str) -> None:
+        print(f"edgepipe agent listening on {url} (data {args.data}; token in "
+              f"{args.data / 'token'} unless given)", flush=True)
+
+    serve(config, ready)
+    return 0
+
+
+def _add_device(sub: argparse._SubParsersAction) -> None:
+    device = sub.add_parser("device", help="devices this host measures on").add_subparsers(
+        dest="device_command", required=True)
+    p = device.add_parser("add", help="register a device's agent")
+    p.add_argument("name")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="the agent's URL, reachable from here")
+    where.add_argument("--ssh", metavar="USER@HOST", help="reach the agent through ssh")
+    where.add_argument("--adb", metavar="SERIAL", help="reach the agent through adb forward")
+    p.add_argument("--token", required=True, help="the agent's token")
+    _ssh_options(p)
+    p.set_defaults(func=_run_device_add)
+    p = device.add_parser("list", help="list registered devices")
+    p.set_defaults(func=_run_device_list)
+    p = device.add_parser("remove", help="forget a device")
+    p.add_argument("name")
+    p.set_defaults(func=_run_device_remove)
+    p = device.add_parser("info", help="what the device says about itself: its identity "
+                                       "(what a latency table is valid for), clocks, heat")
+    p.add_argument("name", help="a registered device, or this-machine")
+    p.add_argument("--json", action="store_true", help="everything, as JSON")
+    p.set_defaults(func=_run_device_info)
+    p = device.add_parser("bootstrap", help="install the agent on a Pi over ssh (wheel, venv, "
+                                            "systemd user service) and register it")
+    p.add_argument("--ssh", metavar="USER@HOST", required=True)
+    p.add_argument("--name", help="device name to register (default: the host name)")
+    p.add_argument("--token", help="agent token (default: a new random one)")
+    p.add_argument("--python", default="python3", help="Python on the device")
+    p.add_argument("--remote-dir", default="~/.edgepipe", help="install folder on the device")
+    _ssh_options(p)
+    p.set_defaults(func=_run_device_bootstrap)
+
+
+def _ssh_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agent-port", type=int, default=8765,
+                   help="the agent's port on the device (ssh/adb; default 8765)")
+    p.add_argument("--ssh-port", type=int, help="ssh port on the device")
+    p.add_argument("--identity", type=Path, help="ssh private key")
+    p.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an ssh -o option, e.g. StrictHostKeyChecking=accept-new (repeatable)")
+
+
+def _ssh_args(args: argparse.Namespace) -> list[str]:
+    extra = []
+    if args.ssh_port:
+        extra += ["-p", str(args.ssh_port)]
+    if args.identity:
+        extra += ["-i", str(args.identity)]
+    for option in args.ssh_option:
+        extra += ["-o", option]
+    return extra
+
+
+def _run_device_add(args: argparse.Namespace) -> int:
+    from ..host.registry import Device, add_device
+
+    kind, target = next((k, v) for k in ("url", "ssh", "adb") if (v := getattr(args, k)))
+    add_device(Device(args.name, kind, target, args.token, args.agent_port,
+                      _ssh_args(args) if kind == "ssh" else []))
+    print(f"added device {args.name} ({kind} {target})")
+    return 0
+
+
+def _run_device_list(args: argparse.Namespace) -> int:
+    from ..host.registry import load_devices
+
+    for d in load_devices().values():
+        print(f"{d.name}\t{d.kind}\t{d.target}")
+    return 0
+
+
+def _run_device_remove(args: argparse.Namespace) -> int:
+    from ..host.registry import remove_device
+
+    remove_device(args.name)
+    print(f"removed device {args.name}")
+    return 0
+
+
+def _run_device_info(args: argparse.Namespace) -> int:
+    import json
+
+    from ..device.identity import FIELDS, field_words
+
+    info = device_info(args.name)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    identity = info.get("identity") or {}
+    print(f"{args.name}: {info.get('identity_words') or info.get('cpu_model')}")
+    print(f"  fingerprint {info.get('fingerprint')} (made of: {', '.join(FIELDS)})")
+    for field in FIELDS:
+        if field in identity:
+            print(f"  {field:>10}: {field_words(identity, field)}")
+    freqs = info.get("cpu_frequencies") or []
+    cur = [c.get("cur_mhz") for c in freqs]
+    clocks = f"{', '.join(str(c) for c in cur)} MHz" if any(cur) else "not exposed"
+    print(f"  clocks now: {clocks}; governors: "
+          f"{', '.join(info.get('governors') or []) or 'not exposed'}")
+    temps = ", ".join(f"{k} {v:.0f} °C" for k, v in (info.get("temperatures_c") or {}).items())
+    throttled = info.get("throttled") or "not readable (no vcgencmd)"
+    print(f"  temperatures: {temps or 'not exposed'}; throttling: {throttled}")
+    runtimes = ", ".join(f"{k} ({v})" for k, v in (info.get("runtimes") or {}).items())
+    print(f"  runtimes: {runtimes or 'none'}; host name {info.get('hostname')}")
+    return 0
+
+
+def _run_device_bootstrap(args: argparse.Namespace) -> int:
+    from ..host.bootstrap import bootstrap
+
+    bootstrap(args.ssh, _ssh_args(args), name=args.name, token=args.token, python=args.python,
+              remote_dir=args.remote_dir, agent_port=args.agent_port)
+    return 0
+
+
+def _add_deploy_profile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("deploy", help="push the artifacts of a convert run to a device")
+    p.add_argument("out", type=Path, help="a convert output folder, or one .tflite/.pte")
+    p.add_argument("--device", required=True, help="a device added with `edgepipe device add`")
+    p.set_defaults(func=_run_deploy)
+    p = sub.add_parser("profile", help="measure an artifact on a device: whole-model latency, "
+                                       "memory and a per-operator table")
+    p.add_argument("artifact", type=Path, help="a .tflite or .pte with its manifest")
+    p.add_argument("--device", required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--min-runs", "--runs", dest="runs", type=int, default=50,
+                   help="at least this many timed runs (default 50)")
+    p.add_argument("--min-seconds", type=float, default=0.0,
+                   help="... and more runs until they add up to this many seconds (MLPerf "
+                        "Mobile's floor is 60; default 0)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="measure this many times, each in a job of its own, and say whether "
+                        "the medians agree within 5 %% (MLPerf Mobile's rule; default 1)")
+    p.add_argument("--cooldown", type=float, default=0.0, metavar="SECONDS",
+                   help="pause between repeats (default 0)")
+    p.add_argument("--raw", type=Path, metavar="FILE.json",
+                   help="write every run's time (ms) of every repeat to this file")
+    p.add_argument("--affinity", help="CPUs to pin to, e.g. 2,3 (Linux)")
+    p.add_argument("--no-per-op", action="store_true", help="skip the per-operator profile")
+    p.add_argument("--top", type=int, default=15, help="rows of the per-op table to print")
+    p.add_argument("--out", type=Path, action="append", default=[],
+                   help="write the per-op table (.csv or .json; repeatable)")
+    p.set_defaults(func=_run_profile)
+
+
+def cpu_list(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(c) for c in text.split(",")]
+    except ValueError:
+        raise EdgepipeError(f"--affinity {text!r} is not a list of CPU numbers, e.g. 0,1") \
+            from None
+
+
+def _run_deploy(args: argparse.Namespace) -> int:
+    from ..host.profiling import deploy, deployable
+    from ..host.registry import connect, get_device
+    from ..ui import console
+
+    paths, skipped = deployable(args.out)
+    with connect(get_device(args.device)) as client:
+        for meta in deploy(client, paths):
+            console.print(f"deployed {meta['name']} ({meta['size'] / 1e6:.2f} MB, "
+                          f"sha256 {meta['sha256'][:12]}…) to {args.device}")
+    for note in skipped:
+        console.print(f"skipped {note}")
+    return 0
+
+
+def _run_profile(args: argparse.Namespace) -> int:
+    from ..host.op_table import write_table
+    from ..host.profiling import profile
+    from ..host.registry import connect, get_device
+    from ..manifest import write_atomic
+    from ..ui import JobProgress, print_profile
+
+    affinity = cpu_list(args.affinity)
+    if args.repeat < 1 or args.cooldown < 0 or args.min_seconds < 0:
+        raise EdgepipeError("--repeat takes 1 or more, --cooldown and --min-seconds 0 or more")
+    with connect(get_device(args.device)) as client, \
+            JobProgress(f"{args.artifact.name} on {args.device}") as progress:
+        result = profile(client, args.artifact, threads=args.threads, warmup=args.warmup,
+                         runs=args.runs, affinity=affinity, per_op=not args.no_per_op,
+                         on_progress=progress.update, repeat=args.repeat,
+                         cooldown_s=args.cooldown, min_seconds=args.min_seconds,
+                         raw=args.raw is not None)
+    print_profile(result, args.top)
+    if args.raw:
+        import json
+
+        write_atomic(args.raw, json.dumps(
+            {"artifact": result.artifact, "device": result.device, "unit": "ms",
+             "repeats": [{"job_id": r["job_id"], "raw_ms": r["latency"].get("raw_ms")}
+                         for r in result.repeats or []]}))
+        print(f"wrote {args.raw}")
+    for path in args.out:
+        if not result.per_op:
+            raise EdgepipeError(f"no per-op table to write to {path}: {result.per_op_note}")
+        write_table(result.per_op, path)
+        print(f"wrote {path}")
+    return 0
+
+
+def device_info(name: str) -> dict:
+    from ..host.local import LOCAL
+    from ..host.registry import connect, get_device
+
+    if name == LOCAL:
+        from ..device.info import device_info
+
+        return device_info()
+    with connect(get_device(name)) as client:
+        return client.info()
+
