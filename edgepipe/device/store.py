@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..manifest import Manifest, write_atomic
+from ..schemas import schema_error
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -89,13 +90,15 @@ class ArtifactStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def put_manifest(self, sha: str, data: dict[str, Any]) -> dict:
+    def put_manifest(self, sha: str, data: Any) -> dict:
+        """Attach a manifest, validated by :data:`edgepipe.schemas.MANIFEST`, to an artifact."""
         folder = self._existing(sha)
-        try:
-            manifest = Manifest.from_dict(data)
-        except (TypeError, KeyError, ValueError) as exc:
-            raise StoreError(400, f"not a valid edgepipe manifest ({exc}): write one with "
-                                  f"`edgepipe manifest init FILE`") from None
+        error = schema_error("Manifest", data)
+        if error is not None:
+            where, problem = error
+            raise StoreError(400, f"not a valid edgepipe manifest ({where or 'manifest'}: "
+                                  f"{problem}): write one with `edgepipe manifest init FILE`")
+        manifest = Manifest.from_dict(data)
         if manifest.file_sha256 != sha:
             raise StoreError(400, f"the manifest describes file_sha256 "
                                   f"{manifest.file_sha256[:12]}…, not artifact {sha[:12]}…")
@@ -132,9 +135,6 @@ class ArtifactStore:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-MAX_BATCH = 5000
-
-
 @dataclass
 class JobSpec:
     """One benchmark: the artifact, how to run it, and how many times.
@@ -164,49 +164,15 @@ class JobSpec:
 
     @classmethod
     def from_dict(cls, data: Any) -> JobSpec:
+        """A job from a request body, validated by :data:`edgepipe.schemas.JOB_SPEC`
+        (StoreError 400 naming the field)."""
         if not isinstance(data, dict):
             raise StoreError(400, "a job is a JSON object: {\"artifact\": SHA256, ...}")
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise StoreError(400, f"unknown job field(s): {', '.join(sorted(unknown))}")
-        if "artifact" not in data and "items" not in data:
-            raise StoreError(400, "a job needs \"artifact\": the sha256 of an uploaded file "
-                                  "(or \"items\": a batch of them)")
-        spec = cls(**data)
-        limits = {"threads": (1, 256), "warmup": (0, 100_000), "runs": (1, 1_000_000),
-                  "profile_runs": (1, 10_000), "min_runs": (1, 1_000_000)}
-        for name, (low, high) in limits.items():
-            value = getattr(spec, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                raise StoreError(400, f"job field {name} must be an integer in {low}..{high}")
-        if spec.affinity is not None and (
-                not isinstance(spec.affinity, list) or not spec.affinity
-                or not all(isinstance(c, int) and c >= 0 for c in spec.affinity)):
-            raise StoreError(400, "job field affinity must be a non-empty list of CPU numbers")
-        if not isinstance(spec.raw, bool):
-            raise StoreError(400, "job field raw must be true or false")
-        for name, high in (("stable_pct", 100), ("max_seconds", 3600), ("min_seconds", 3600)):
-            value = getattr(spec, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) \
-                    or not 0 <= value <= high:
-                raise StoreError(400, f"job field {name} must be a number in 0..{high}")
-        if spec.items is not None:
-            _check_items(spec.items)
-        for sha in spec.artifacts:
-            check_sha256(sha)
-        return spec
-
-
-def _check_items(items: Any) -> None:
-    if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
-        raise StoreError(400, f"job field items must be a list of 1..{MAX_BATCH} items")
-    for item in items:
-        shape = item.get("shape") if isinstance(item, dict) else None
-        if not isinstance(item, dict) or set(item) != {"artifact", "shape"} or not (
-                isinstance(shape, list) and 1 <= len(shape) <= 6
-                and all(isinstance(d, int) and 0 < d <= 65536 for d in shape)):
-            raise StoreError(400, "each batch item is {\"artifact\": SHA256, \"shape\": "
-                                  "[positive integers]}")
+        error = schema_error("JobSpec", data)
+        if error is not None:
+            where, problem = error
+            raise StoreError(400, f"job field {where}: {problem}" if where else f"job: {problem}")
+        return cls(**data)
 
 
 @dataclass
