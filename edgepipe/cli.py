@@ -77,6 +77,12 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="the token clients must send (default: $EDGEPIPE_AGENT_TOKEN"
                                    ", else the one saved in --data, else a new one)")
     p.add_argument("--max-upload-mb", type=int, default=1024, help="largest upload accepted")
+    p.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
+                   help="cut a client that sends nothing for S seconds (default 30)")
+    p.add_argument("--threads", type=int, default=16,
+                   help="requests served at once (default 16)")
+    p.add_argument("--backlog", type=int, default=128,
+                   help="connections queued before they are accepted (default 128)")
     p.set_defaults(func=_run_agent_serve)
 
 
@@ -85,7 +91,8 @@ def _run_agent_serve(args: argparse.Namespace) -> int:
 
     token = load_or_create_token(args.data, args.token or os.environ.get("EDGEPIPE_AGENT_TOKEN"))
     config = AgentConfig(data=args.data, token=token, host=args.host, port=args.port,
-                         max_upload_mb=args.max_upload_mb)
+                         max_upload_mb=args.max_upload_mb, idle_timeout=args.idle_timeout,
+                         threads=args.threads, backlog=args.backlog)
 
     def ready(url: str) -> None:
         print(f"edgepipe agent listening on {url} (data {args.data}; token in "

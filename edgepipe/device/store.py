@@ -48,6 +48,13 @@ def check_artifact_name(name: str) -> str:
     return name
 
 
+def _remove_temp_files(root: Path) -> None:
+    """Remove the temp files of :func:`~edgepipe.manifest.write_atomic` that a killed agent
+    left in ``root``'s sub-folders (``.NAME.XXXX.tmp``: never read as data)."""
+    for path in root.glob("*/.*.tmp"):
+        path.unlink(missing_ok=True)
+
+
 @dataclass
 class ArtifactStore:
     root: Path
@@ -55,6 +62,10 @@ class ArtifactStore:
     def __post_init__(self) -> None:
         (self.root / "artifacts").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        # what an agent killed mid-upload or mid-write left: never visible, removed at start
+        for leftover in (self.root / "tmp").iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        _remove_temp_files(self.root / "artifacts")
 
     def folder(self, sha: str) -> Path:
         return self.root / "artifacts" / check_sha256(sha)
@@ -203,6 +214,7 @@ class JobStore:
 
     def __post_init__(self) -> None:
         (self.root / "jobs").mkdir(parents=True, exist_ok=True)
+        _remove_temp_files(self.root / "jobs")
 
     def folder(self, job_id: str) -> Path:
         if not JOB_ID.match(job_id):
