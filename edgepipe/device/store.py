@@ -22,7 +22,7 @@ from ..manifest import Manifest, write_atomic
 from ..schemas import schema_error
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_NAME_BYTES = 255  # what ext4, FAT and most file systems take as one file name
 JOB_ID = re.compile(r"^[0-9a-f]{12}$")
 RUNNABLE_SUFFIXES = (".tflite", ".pte")
 
@@ -42,9 +42,24 @@ def check_sha256(sha: str) -> str:
 
 
 def check_artifact_name(name: str) -> str:
-    if not ARTIFACT_NAME.match(name) or not name.endswith(RUNNABLE_SUFFIXES):
-        raise StoreError(400, f"invalid artifact name '{name[:80]}': use a plain file name "
-                              f"(letters, digits, . _ -) ending in .tflite or .pte")
+    """A file name as it arrived: any UTF-8 text, stored exactly, unless it could leave its
+    folder or hide (a separator, a control character such as NUL, a leading dot), is too long
+    for a file system, or is not a runnable artifact's."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        size = -1
+    problem = ("it is not UTF-8" if size < 0
+               else "it contains / or \\" if "/" in name or "\\" in name
+               else "it contains a control character" if any(
+                   ord(c) < 32 or ord(c) == 127 for c in name)
+               else "it starts with a dot" if name.startswith(".")
+               else f"it is {size} bytes long, over {MAX_NAME_BYTES}" if size > MAX_NAME_BYTES
+               else "it does not end in .tflite or .pte" if not name.endswith(RUNNABLE_SUFFIXES)
+               else None)
+    if problem:
+        raise StoreError(400, f"invalid artifact name {name[:80]!r}: {problem} (any other "
+                              f"UTF-8 file name ending in .tflite or .pte is taken as it is)")
     return name
 
 

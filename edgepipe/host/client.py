@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ..errors import EdgepipeError
 from ..manifest import file_sha256, load_manifest, manifest_path
@@ -87,8 +88,9 @@ class AgentClient:
                 raise EdgepipeError(f"{artifact.name} is {size / 1e6:.1f} MB, over the agent's "
                                     f"upload limit of {limit} MiB: restart the agent with a "
                                     f"larger --max-upload-mb")
+            name = quote(artifact.name, safe="")  # spaces, non-ASCII letters, # and ? too
             with open(artifact, "rb") as f:
-                self._request("PUT", f"/v1/artifacts/{sha}?name={artifact.name}", f,
+                self._request("PUT", f"/v1/artifacts/{sha}?name={name}", f,
                               "application/octet-stream", length=size)
         return self._request("PUT", f"/v1/artifacts/{sha}/manifest", asdict(manifest))
 
