@@ -83,6 +83,10 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
                    help="requests served at once (default 16)")
     p.add_argument("--backlog", type=int, default=128,
                    help="connections queued before they are accepted (default 128)")
+    p.add_argument("--tls", action="store_true",
+                   help="serve HTTPS with a self-signed certificate made in --data/tls (by "
+                        "`openssl`); pin its printed fingerprint with `device add "
+                        "--fingerprint`")
     p.set_defaults(func=_run_agent_serve)
 
 
@@ -92,11 +96,17 @@ def _run_agent_serve(args: argparse.Namespace) -> int:
     token = load_or_create_token(args.data, args.token or os.environ.get("EDGEPIPE_AGENT_TOKEN"))
     config = AgentConfig(data=args.data, token=token, host=args.host, port=args.port,
                          max_upload_mb=args.max_upload_mb, idle_timeout=args.idle_timeout,
-                         threads=args.threads, backlog=args.backlog)
+                         threads=args.threads, backlog=args.backlog, tls=args.tls)
 
     def ready(url: str) -> None:
         print(f"edgepipe agent listening on {url} (data {args.data}; token in "
               f"{args.data / 'token'} unless given)", flush=True)
+        if args.tls:
+            from .device.tls import certificate_fingerprint
+
+            pin = certificate_fingerprint(args.data / "tls" / "cert.pem")
+            print(f"certificate sha256 fingerprint {pin}: pin it with `edgepipe device add "
+                  f"NAME --url {url} --token TOKEN --fingerprint {pin}`", flush=True)
 
     serve(config, ready)
     return 0
@@ -112,6 +122,9 @@ def _add_device(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--ssh", metavar="USER@HOST", help="reach the agent through ssh")
     where.add_argument("--adb", metavar="SERIAL", help="reach the agent through adb forward")
     p.add_argument("--token", required=True, help="the agent's token")
+    p.add_argument("--fingerprint", help="with an https:// --url: the SHA-256 fingerprint "
+                                         "`agent serve --tls` printed; any other certificate "
+                                         "is refused")
     _ssh_options(p)
     p.set_defaults(func=_run_device_add)
     p = device.add_parser("list", help="list registered devices")
@@ -160,7 +173,7 @@ def _run_device_add(args: argparse.Namespace) -> int:
 
     kind, target = next((k, v) for k in ("url", "ssh", "adb") if (v := getattr(args, k)))
     add_device(Device(args.name, kind, target, args.token, args.agent_port,
-                      _ssh_args(args) if kind == "ssh" else []))
+                      _ssh_args(args) if kind == "ssh" else [], fingerprint=args.fingerprint))
     print(f"added device {args.name} ({kind} {target})")
     return 0
 

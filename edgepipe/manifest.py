@@ -252,6 +252,21 @@ def check_manifest_data(data: Any, where: str | Path) -> None:
                             "regenerate it (`edgepipe manifest init FILE --force`)")
 
 
+def write_secret(path: str | Path, text: str) -> None:
+    """Write a secret (a token, a registry of tokens) readable by its owner only from its
+    first byte on: a temp file opened with mode 0600, then renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def save_manifest(manifest: Manifest, artifact: str | Path) -> Path:
     """Write ``<artifact>.json`` atomically, after validating it against the schema."""
     path = manifest_path(artifact)

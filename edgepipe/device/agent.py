@@ -7,7 +7,7 @@ one lacked: an idle timeout on every read (a stalled upload is cut, its temp fil
 a listen backlog and a worker pool sized for a fleet's bursts, bounded request headers.
 Methods a path does not declare get a 405 JSON answer with ``Allow``. The agent binds to
 127.0.0.1 unless told otherwise: from the host it is reached through an ssh tunnel or
-``adb forward``.
+``adb forward``; ``--tls`` serves HTTPS with a certificate the agent makes itself.
 
 Protocol errors the server answers before the application sees the request (a malformed
 request line, headers over the limit, a CONNECT) are cheroot's own plain-text answers.
@@ -28,7 +28,7 @@ from urllib.parse import parse_qs
 
 from .. import __version__
 from ..errors import EdgepipeError
-from ..manifest import write_atomic
+from ..manifest import write_atomic, write_secret
 from . import DEFAULT_PORT
 from .info import cpu_frequencies, device_info, memory_mb, temperatures
 from .jobs import JobQueue
@@ -55,6 +55,7 @@ class AgentConfig:
     idle_timeout: float = 30.0  # seconds without a byte from a client before it is cut
     threads: int = 16  # requests served at once (uploads stream at network speed)
     backlog: int = 128  # connections the kernel queues before accept
+    tls: bool = False  # HTTPS with the agent's own certificate (edgepipe.device.tls)
 
 
 class ApiError(Exception):
@@ -344,6 +345,13 @@ def make_server(config: AgentConfig) -> tuple[Any, Agent]:
     server.gateway = _gateway()
     server.max_request_header_size = MAX_HEADER_BYTES
     server.max_request_body_size = 0  # the application checks Content-Length itself (413 JSON)
+    if config.tls:
+        from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+        from .tls import ensure_certificate
+
+        cert, key = ensure_certificate(config.data)
+        server.ssl_adapter = BuiltinSSLAdapter(str(cert), str(key))
     try:
         server.prepare()
     except OSError as exc:
@@ -362,15 +370,14 @@ def load_or_create_token(data: Path, token: str | None) -> str:
         return path.read_text().strip()
     data.mkdir(parents=True, exist_ok=True)
     new = secrets.token_urlsafe(24)
-    write_atomic(path, new)
-    path.chmod(0o600)
+    write_secret(path, new)
     return new
 
 
 def serve(config: AgentConfig, ready: Callable[[str], None] | None = None) -> None:
     server, agent = make_server(config)
     host, port = server.bind_addr[:2]
-    url = f"http://{host}:{port}"
+    url = f"{'https' if config.tls else 'http'}://{host}:{port}"
     write_atomic(config.data / "agent.json", json.dumps({"url": url}))
     if ready:
         ready(url)

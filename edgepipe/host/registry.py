@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..device import DEFAULT_PORT
+from ..device.tls import normalize_fingerprint
 from ..errors import EdgepipeError
-from ..manifest import write_atomic
+from ..manifest import write_secret
 from .client import AgentClient
 
 DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -40,6 +41,7 @@ class Device:
     token: str
     agent_port: int = DEFAULT_PORT  # the agent's port on the device (ssh, adb)
     ssh_options: list[str] = field(default_factory=list)  # extra `ssh` arguments
+    fingerprint: str | None = None  # an https agent's pinned certificate (SHA-256, hex)
 
 
 def _registry_path() -> Path:
@@ -60,8 +62,7 @@ def load_devices() -> dict[str, Device]:
 def save_devices(devices: dict[str, Device]) -> None:
     path = _registry_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps({n: asdict(d) for n, d in devices.items()}, indent=2))
-    path.chmod(0o600)  # it holds tokens
+    write_secret(path, json.dumps({n: asdict(d) for n, d in devices.items()}, indent=2))
 
 
 def add_device(device: Device) -> None:
@@ -69,6 +70,11 @@ def add_device(device: Device) -> None:
         raise EdgepipeError(f"invalid device name '{device.name}': letters, digits, . _ -")
     if device.kind == "url" and not device.target.startswith(("http://", "https://")):
         raise EdgepipeError(f"--url must start with http:// or https://, got {device.target}")
+    if device.fingerprint is not None:
+        if not (device.kind == "url" and device.target.startswith("https://")):
+            raise EdgepipeError("--fingerprint pins an https agent's certificate: give it with "
+                                "--url https://HOST:PORT (an agent started with --tls)")
+        device.fingerprint = normalize_fingerprint(device.fingerprint)
     devices = load_devices()
     devices[device.name] = device
     save_devices(devices)
@@ -140,7 +146,7 @@ def ssh_base(device: Device) -> list[str]:
 def connect(device: Device) -> Iterator[AgentClient]:
     """A client for the device's agent, with the tunnel or forward open while in use."""
     if device.kind == "url":
-        client = AgentClient(device.target, device.token)
+        client = AgentClient(device.target, device.token, fingerprint=device.fingerprint)
         yield client
         return
     local = free_port()
