@@ -104,6 +104,10 @@ class AgentClient:
     def info(self) -> dict:
         return self._request("GET", "/v1/info")
 
+    def openapi(self) -> dict:
+        """The agent's OpenAPI document."""
+        return self._request("GET", "/v1/openapi.json")
+
     def artifacts(self) -> list[dict]:
         return self._request("GET", "/v1/artifacts")["artifacts"]
 
