@@ -88,6 +88,11 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
                         "`openssl`); pin its printed fingerprint with `device add "
                         "--fingerprint`")
     p.set_defaults(func=_run_agent_serve)
+    p = agent.add_parser("cert", help="make the agent's TLS certificate now (as serve --tls "
+                                      "does when it is missing) and print its fingerprint")
+    p.add_argument("--data", type=Path, default=Path.home() / ".edgepipe" / "agent",
+                   help="the agent's data folder (default ~/.edgepipe/agent)")
+    p.set_defaults(func=_run_agent_cert)
 
 
 def _run_agent_serve(args: argparse.Namespace) -> int:
@@ -109,6 +114,14 @@ def _run_agent_serve(args: argparse.Namespace) -> int:
                   f"NAME --url {url} --token TOKEN --fingerprint {pin}`", flush=True)
 
     serve(config, ready)
+    return 0
+
+
+def _run_agent_cert(args: argparse.Namespace) -> int:
+    from .device.tls import certificate_fingerprint, ensure_certificate
+
+    cert, _ = ensure_certificate(args.data)
+    print(f"fingerprint {certificate_fingerprint(cert)}")
     return 0
 
 
@@ -144,6 +157,10 @@ def _add_device(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="agent token (default: a new random one)")
     p.add_argument("--python", default="python3", help="Python on the device")
     p.add_argument("--remote-dir", default="~/.edgepipe", help="install folder on the device")
+    p.add_argument("--tls", action="store_true",
+                   help="serve the agent with --tls on all addresses, and register it by "
+                        "https://HOST:AGENT_PORT with its certificate's fingerprint pinned "
+                        "(default: on loopback, reached through an ssh tunnel)")
     _ssh_options(p)
     p.set_defaults(func=_run_device_bootstrap)
 
@@ -226,7 +243,7 @@ def _run_device_bootstrap(args: argparse.Namespace) -> int:
     from .host.bootstrap import bootstrap
 
     bootstrap(args.ssh, _ssh_args(args), name=args.name, token=args.token, python=args.python,
-              remote_dir=args.remote_dir, agent_port=args.agent_port)
+              remote_dir=args.remote_dir, agent_port=args.agent_port, tls=args.tls)
     return 0
 
 

@@ -102,7 +102,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_healthy(client: AgentClient, proc: subprocess.Popen | None, what: str,
+def wait_healthy(client: AgentClient, proc: subprocess.Popen | None, what: str,
                   timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -158,7 +158,7 @@ def connect(device: Device) -> Iterator[AgentClient]:
              "-L", f"127.0.0.1:{local}:127.0.0.1:{device.agent_port}", base[-1]],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            _wait_healthy(client, proc, f"ssh tunnel to {device.target}")
+            wait_healthy(client, proc, f"ssh tunnel to {device.target}")
             yield client
         finally:
             stop_process(proc)
@@ -171,7 +171,7 @@ def connect(device: Device) -> Iterator[AgentClient]:
             raise EdgepipeError(f"adb forward to {device.target} failed: "
                                 f"{result.stderr.strip() or result.stdout.strip()}")
         try:
-            _wait_healthy(client, None, f"adb forward to {device.target}")
+            wait_healthy(client, None, f"adb forward to {device.target}")
             yield client
         finally:
             subprocess.run([*forward, "--remove", f"tcp:{local}"], capture_output=True)
