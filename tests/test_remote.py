@@ -174,10 +174,14 @@ def test_bootstrap_installs_a_working_agent_over_ssh(small_conversion, sshd, tmp
 
 
 def _stop_bootstrapped(remote: Path) -> None:
-    """Stop the agent bootstrap started with nohup (no systemd user session here)."""
+    """Stop the agent bootstrap started: by the pid it left when started with nohup, else the
+    systemd user service it installed (the test's own unit replaced any earlier one)."""
     pid_file = remote / "agent.pid"
     if pid_file.is_file():
         subprocess.run(["kill", pid_file.read_text().strip()])
+    elif shutil.which("systemctl"):
+        subprocess.run(["systemctl", "--user", "disable", "--now", "edgepipe-agent"],
+                       capture_output=True)
 
 
 def test_bootstrap_with_tls_registers_a_pinned_https_agent(sshd, tmp_path):
