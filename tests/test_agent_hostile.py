@@ -204,9 +204,10 @@ def test_a_stalled_upload_is_cut_and_leaves_no_temp_file(agent):
         sock.sendall(f"PUT /v1/artifacts/{sha}?name=stall.tflite HTTP/1.1\r\n"
                      f"Host: x\r\nAuthorization: Bearer {TOKEN}\r\n"
                      f"Content-Length: {1 << 20}\r\n\r\n".encode() + b"\0" * 300_000)
-        time.sleep(0.5)
-        assert list((data / "tmp").glob("upload-*"))  # streaming to its temp folder
         began = time.monotonic()
+        while not list((data / "tmp").glob("upload-*")):  # streaming to its temp folder
+            assert time.monotonic() - began < IDLE_TIMEOUT_S, "the upload never reached disk"
+            time.sleep(0.05)
         answer = b""
         while chunk := sock.recv(4096):  # the agent answers, then closes
             answer += chunk
