@@ -119,11 +119,17 @@ MANIFEST: dict[str, Any] = {
 
 @cache
 def _validator(name: str) -> Any:
-    import jsonschema
+    from jsonschema import Draft202012Validator, validators
 
+    # JSON Schema counts 1.0 as an integer; the code that runs the job (range(runs), a
+    # thread count, a tensor's shape) does not: here an integer is a JSON number without a
+    # decimal point or exponent
+    checker = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
+    strict = validators.extend(Draft202012Validator, type_checker=checker)
     schema = {"JobSpec": JOB_SPEC, "Manifest": MANIFEST}[name]
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
+    strict.check_schema(schema)
+    return strict(schema)
 
 
 def field_path(path: Any) -> str:

@@ -86,6 +86,7 @@ def blob(agent) -> tuple[str, bytes]:
     ({"items": [["x"]]}, "items[0]"),
     ({"artifact": "0" * 64, "threads": "2"}, "threads"),
     ({"artifact": "0" * 64, "runtime": 3}, "runtime"),
+    ({"artifact": "0" * 64, "runs": 5.0}, "runs"),  # range(5.0) would fail in the worker
 ])
 def test_wrong_types_in_a_job_are_a_400_naming_the_field(agent, job, field):
     """Case 1: a number, null or list where a string belongs was a 500 (TypeError)."""
