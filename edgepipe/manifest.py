@@ -1,7 +1,8 @@
 """The manifest: the plain-data contract between converters, device, demo and reports.
 
-Light on purpose (standard library only): the device agent and the demo read it on a Pi
-that has no torch. One ``<artifact>.json`` beside each artifact file.
+Light on purpose (the standard library, and jsonschema when one is read or written): the
+device agent and the demo read it on a Pi that has no torch. One ``<artifact>.json`` beside
+each artifact file, valid against :data:`edgepipe.schemas.MANIFEST`.
 """
 
 from __future__ import annotations
@@ -239,9 +240,39 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         raise
 
 
+def check_manifest_data(data: Any, where: str | Path) -> None:
+    """Refuse (EdgepipeError, one line naming the field) what
+    :data:`edgepipe.schemas.MANIFEST` does not describe."""
+    from .schemas import schema_error
+
+    error = schema_error("Manifest", data)
+    if error is not None:
+        field, problem = error
+        raise EdgepipeError(f"manifest {where} is not valid ({field or 'manifest'}: {problem}): "
+                            "regenerate it (`edgepipe manifest init FILE --force`)")
+
+
+def write_secret(path: str | Path, text: str) -> None:
+    """Write a secret (a token, a registry of tokens) readable by its owner only from its
+    first byte on: a temp file opened with mode 0600, then renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def save_manifest(manifest: Manifest, artifact: str | Path) -> Path:
+    """Write ``<artifact>.json`` atomically, after validating it against the schema."""
     path = manifest_path(artifact)
-    write_atomic(path, manifest.to_json())
+    text = manifest.to_json()
+    check_manifest_data(json.loads(text), path)
+    write_atomic(path, text)
     return path
 
 
@@ -256,7 +287,8 @@ def load_manifest(artifact_or_manifest: str | Path) -> Manifest:
             "beside the artifact"
         )
     try:
-        manifest = Manifest.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise EdgepipeError(f"manifest {path} is not valid ({exc}): regenerate it") from None
-    return manifest
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EdgepipeError(f"manifest {path} is not valid JSON ({exc}): regenerate it") from None
+    check_manifest_data(data, path)
+    return Manifest.from_dict(data)

@@ -170,4 +170,42 @@ def test_bootstrap_installs_a_working_agent_over_ssh(small_conversion, sshd, tmp
         assert done.returncode == 0, done.stderr
         assert "median" in done.stdout
     finally:
-        subprocess.run(["pkill", "-f", str(remote / "data")])
+        _stop_bootstrapped(remote)
+
+
+def _stop_bootstrapped(remote: Path) -> None:
+    """Stop the agent bootstrap started: by the pid it left when started with nohup, else the
+    systemd user service it installed (the test's own unit replaced any earlier one)."""
+    pid_file = remote / "agent.pid"
+    if pid_file.is_file():
+        subprocess.run(["kill", pid_file.read_text().strip()])
+    elif shutil.which("systemctl"):
+        subprocess.run(["systemctl", "--user", "disable", "--now", "edgepipe-agent"],
+                       capture_output=True)
+
+
+def test_bootstrap_with_tls_registers_a_pinned_https_agent(sshd, tmp_path):
+    from edgepipe.device.tls import certificate_fingerprint
+
+    ssh_port, key = sshd
+    remote = tmp_path / "remote"
+    env = {"EDGEPIPE_HOME": str(tmp_path / "home")}
+    agent_port = free_port()
+    try:
+        done = run_cli("device", "bootstrap", "--ssh", f"{getpass.getuser()}@127.0.0.1",
+                       "--ssh-port", str(ssh_port), "--identity", str(key),
+                       "--ssh-option", "StrictHostKeyChecking=no",
+                       "--ssh-option", "UserKnownHostsFile=/dev/null",
+                       "--agent-port", str(agent_port), "--remote-dir", str(remote),
+                       "--name", "pi", "--tls", env=env)
+        assert done.returncode == 0, done.stderr
+        pin = certificate_fingerprint(remote / "data" / "tls" / "cert.pem")
+        assert f"certificate fingerprint {pin}: pinned" in done.stdout
+        device = json.loads((tmp_path / "home" / "devices.json").read_text())["pi"]
+        assert device["kind"] == "url" and device["fingerprint"] == pin
+        assert device["target"] == f"https://127.0.0.1:{agent_port}"
+        info = run_cli("device", "info", "pi", "--json", env=env)
+        assert info.returncode == 0, info.stderr
+        assert json.loads(info.stdout)["cores"] >= 1
+    finally:
+        _stop_bootstrapped(remote)

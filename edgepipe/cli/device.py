@@ -21,7 +21,22 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="the token clients must send (default: $EDGEPIPE_AGENT_TOKEN"
                                    ", else the one saved in --data, else a new one)")
     p.add_argument("--max-upload-mb", type=int, default=1024, help="largest upload accepted")
+    p.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
+                   help="cut a client that sends nothing for S seconds (default 30)")
+    p.add_argument("--threads", type=int, default=16,
+                   help="requests served at once (default 16)")
+    p.add_argument("--backlog", type=int, default=128,
+                   help="connections queued before they are accepted (default 128)")
+    p.add_argument("--tls", action="store_true",
+                   help="serve HTTPS with a self-signed certificate made in --data/tls (by "
+                        "`openssl`); pin its printed fingerprint with `device add "
+                        "--fingerprint`")
     p.set_defaults(func=_run_agent_serve)
+    p = agent.add_parser("cert", help="make the agent's TLS certificate now (as serve --tls "
+                                      "does when it is missing) and print its fingerprint")
+    p.add_argument("--data", type=Path, default=Path.home() / ".edgepipe" / "agent",
+                   help="the agent's data folder (default ~/.edgepipe/agent)")
+    p.set_defaults(func=_run_agent_cert)
 
 
 def _run_agent_serve(args: argparse.Namespace) -> int:
@@ -29,13 +44,28 @@ def _run_agent_serve(args: argparse.Namespace) -> int:
 
     token = load_or_create_token(args.data, args.token or os.environ.get("EDGEPIPE_AGENT_TOKEN"))
     config = AgentConfig(data=args.data, token=token, host=args.host, port=args.port,
-                         max_upload_mb=args.max_upload_mb)
+                         max_upload_mb=args.max_upload_mb, idle_timeout=args.idle_timeout,
+                         threads=args.threads, backlog=args.backlog, tls=args.tls)
 
     def ready(url: str) -> None:
         print(f"edgepipe agent listening on {url} (data {args.data}; token in "
               f"{args.data / 'token'} unless given)", flush=True)
+        if args.tls:
+            from ..device.tls import certificate_fingerprint
+
+            pin = certificate_fingerprint(args.data / "tls" / "cert.pem")
+            print(f"certificate sha256 fingerprint {pin}: pin it with `edgepipe device add "
+                  f"NAME --url {url} --token TOKEN --fingerprint {pin}`", flush=True)
 
     serve(config, ready)
+    return 0
+
+
+def _run_agent_cert(args: argparse.Namespace) -> int:
+    from ..device.tls import certificate_fingerprint, ensure_certificate
+
+    cert, _ = ensure_certificate(args.data)
+    print(f"fingerprint {certificate_fingerprint(cert)}")
     return 0
 
 
@@ -49,6 +79,9 @@ def _add_device(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--ssh", metavar="USER@HOST", help="reach the agent through ssh")
     where.add_argument("--adb", metavar="SERIAL", help="reach the agent through adb forward")
     p.add_argument("--token", required=True, help="the agent's token")
+    p.add_argument("--fingerprint", help="with an https:// --url: the SHA-256 fingerprint "
+                                         "`agent serve --tls` printed; any other certificate "
+                                         "is refused")
     _ssh_options(p)
     p.set_defaults(func=_run_device_add)
     p = device.add_parser("list", help="list registered devices")
@@ -68,6 +101,10 @@ def _add_device(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="agent token (default: a new random one)")
     p.add_argument("--python", default="python3", help="Python on the device")
     p.add_argument("--remote-dir", default="~/.edgepipe", help="install folder on the device")
+    p.add_argument("--tls", action="store_true",
+                   help="serve the agent with --tls on all addresses, and register it by "
+                        "https://HOST:AGENT_PORT with its certificate's fingerprint pinned "
+                        "(default: on loopback, reached through an ssh tunnel)")
     _ssh_options(p)
     p.set_defaults(func=_run_device_bootstrap)
 
@@ -97,7 +134,7 @@ def _run_device_add(args: argparse.Namespace) -> int:
 
     kind, target = next((k, v) for k in ("url", "ssh", "adb") if (v := getattr(args, k)))
     add_device(Device(args.name, kind, target, args.token, args.agent_port,
-                      _ssh_args(args) if kind == "ssh" else []))
+                      _ssh_args(args) if kind == "ssh" else [], fingerprint=args.fingerprint))
     print(f"added device {args.name} ({kind} {target})")
     return 0
 
@@ -150,7 +187,7 @@ def _run_device_bootstrap(args: argparse.Namespace) -> int:
     from ..host.bootstrap import bootstrap
 
     bootstrap(args.ssh, _ssh_args(args), name=args.name, token=args.token, python=args.python,
-              remote_dir=args.remote_dir, agent_port=args.agent_port)
+              remote_dir=args.remote_dir, agent_port=args.agent_port, tls=args.tls)
     return 0
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..manifest import Manifest, write_atomic
+from ..schemas import schema_error
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_NAME_BYTES = 255  # what ext4, FAT and most file systems take as one file name
 JOB_ID = re.compile(r"^[0-9a-f]{12}$")
 RUNNABLE_SUFFIXES = (".tflite", ".pte")
 
@@ -41,10 +42,32 @@ def check_sha256(sha: str) -> str:
 
 
 def check_artifact_name(name: str) -> str:
-    if not ARTIFACT_NAME.match(name) or not name.endswith(RUNNABLE_SUFFIXES):
-        raise StoreError(400, f"invalid artifact name '{name[:80]}': use a plain file name "
-                              f"(letters, digits, . _ -) ending in .tflite or .pte")
+    """A file name as it arrived: any UTF-8 text, stored exactly, unless it could leave its
+    folder or hide (a separator, a control character such as NUL, a leading dot), is too long
+    for a file system, or is not a runnable artifact's."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        size = -1
+    problem = ("it is not UTF-8" if size < 0
+               else "it contains / or \\" if "/" in name or "\\" in name
+               else "it contains a control character" if any(
+                   ord(c) < 32 or ord(c) == 127 for c in name)
+               else "it starts with a dot" if name.startswith(".")
+               else f"it is {size} bytes long, over {MAX_NAME_BYTES}" if size > MAX_NAME_BYTES
+               else "it does not end in .tflite or .pte" if not name.endswith(RUNNABLE_SUFFIXES)
+               else None)
+    if problem:
+        raise StoreError(400, f"invalid artifact name {name[:80]!r}: {problem} (any other "
+                              f"UTF-8 file name ending in .tflite or .pte is taken as it is)")
     return name
+
+
+def _remove_temp_files(root: Path) -> None:
+    """Remove the temp files of :func:`~edgepipe.manifest.write_atomic` that a killed agent
+    left in ``root``'s sub-folders (``.NAME.XXXX.tmp``: never read as data)."""
+    for path in root.glob("*/.*.tmp"):
+        path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -54,6 +77,10 @@ class ArtifactStore:
     def __post_init__(self) -> None:
         (self.root / "artifacts").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        # what an agent killed mid-upload or mid-write left: never visible, removed at start
+        for leftover in (self.root / "tmp").iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        _remove_temp_files(self.root / "artifacts")
 
     def folder(self, sha: str) -> Path:
         return self.root / "artifacts" / check_sha256(sha)
@@ -89,13 +116,15 @@ class ArtifactStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def put_manifest(self, sha: str, data: dict[str, Any]) -> dict:
+    def put_manifest(self, sha: str, data: Any) -> dict:
+        """Attach a manifest, validated by :data:`edgepipe.schemas.MANIFEST`, to an artifact."""
         folder = self._existing(sha)
-        try:
-            manifest = Manifest.from_dict(data)
-        except (TypeError, KeyError, ValueError) as exc:
-            raise StoreError(400, f"not a valid edgepipe manifest ({exc}): write one with "
-                                  f"`edgepipe manifest init FILE`") from None
+        error = schema_error("Manifest", data)
+        if error is not None:
+            where, problem = error
+            raise StoreError(400, f"not a valid edgepipe manifest ({where or 'manifest'}: "
+                                  f"{problem}): write one with `edgepipe manifest init FILE`")
+        manifest = Manifest.from_dict(data)
         if manifest.file_sha256 != sha:
             raise StoreError(400, f"the manifest describes file_sha256 "
                                   f"{manifest.file_sha256[:12]}…, not artifact {sha[:12]}…")
@@ -132,9 +161,6 @@ class ArtifactStore:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-MAX_BATCH = 5000
-
-
 @dataclass
 class JobSpec:
     """One benchmark: the artifact, how to run it, and how many times.
@@ -164,49 +190,15 @@ class JobSpec:
 
     @classmethod
     def from_dict(cls, data: Any) -> JobSpec:
+        """A job from a request body, validated by :data:`edgepipe.schemas.JOB_SPEC`
+        (StoreError 400 naming the field)."""
         if not isinstance(data, dict):
             raise StoreError(400, "a job is a JSON object: {\"artifact\": SHA256, ...}")
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise StoreError(400, f"unknown job field(s): {', '.join(sorted(unknown))}")
-        if "artifact" not in data and "items" not in data:
-            raise StoreError(400, "a job needs \"artifact\": the sha256 of an uploaded file "
-                                  "(or \"items\": a batch of them)")
-        spec = cls(**data)
-        limits = {"threads": (1, 256), "warmup": (0, 100_000), "runs": (1, 1_000_000),
-                  "profile_runs": (1, 10_000), "min_runs": (1, 1_000_000)}
-        for name, (low, high) in limits.items():
-            value = getattr(spec, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                raise StoreError(400, f"job field {name} must be an integer in {low}..{high}")
-        if spec.affinity is not None and (
-                not isinstance(spec.affinity, list) or not spec.affinity
-                or not all(isinstance(c, int) and c >= 0 for c in spec.affinity)):
-            raise StoreError(400, "job field affinity must be a non-empty list of CPU numbers")
-        if not isinstance(spec.raw, bool):
-            raise StoreError(400, "job field raw must be true or false")
-        for name, high in (("stable_pct", 100), ("max_seconds", 3600), ("min_seconds", 3600)):
-            value = getattr(spec, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) \
-                    or not 0 <= value <= high:
-                raise StoreError(400, f"job field {name} must be a number in 0..{high}")
-        if spec.items is not None:
-            _check_items(spec.items)
-        for sha in spec.artifacts:
-            check_sha256(sha)
-        return spec
-
-
-def _check_items(items: Any) -> None:
-    if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
-        raise StoreError(400, f"job field items must be a list of 1..{MAX_BATCH} items")
-    for item in items:
-        shape = item.get("shape") if isinstance(item, dict) else None
-        if not isinstance(item, dict) or set(item) != {"artifact", "shape"} or not (
-                isinstance(shape, list) and 1 <= len(shape) <= 6
-                and all(isinstance(d, int) and 0 < d <= 65536 for d in shape)):
-            raise StoreError(400, "each batch item is {\"artifact\": SHA256, \"shape\": "
-                                  "[positive integers]}")
+        error = schema_error("JobSpec", data)
+        if error is not None:
+            where, problem = error
+            raise StoreError(400, f"job field {where}: {problem}" if where else f"job: {problem}")
+        return cls(**data)
 
 
 @dataclass
@@ -237,6 +229,7 @@ class JobStore:
 
     def __post_init__(self) -> None:
         (self.root / "jobs").mkdir(parents=True, exist_ok=True)
+        _remove_temp_files(self.root / "jobs")
 
     def folder(self, job_id: str) -> Path:
         if not JOB_ID.match(job_id):

@@ -16,14 +16,14 @@ import tempfile
 from pathlib import Path
 
 from ..errors import EdgepipeError
-from .registry import Device, add_device, connect, ssh_base
+from .registry import Device, add_device, connect, ssh_base, wait_healthy
 
 UNIT = """[Unit]
 Description=edgepipe device agent
 After=network-online.target
 
 [Service]
-ExecStart={dir}/venv/bin/edgepipe agent serve --data {dir}/data --port {port}
+ExecStart={dir}/venv/bin/edgepipe agent serve --data {dir}/data --port {port}{serve}
 Restart=on-failure
 
 [Install]
@@ -37,7 +37,7 @@ cd "$dir"
 venv/bin/pip install -q --disable-pip-version-check "$dir/{wheel}[device]"
 mkdir -p data
 (umask 077 && printf %s {token} > data/token)
-mkdir -p "$HOME/.config/systemd/user"
+{cert}mkdir -p "$HOME/.config/systemd/user"
 cat > "$HOME/.config/systemd/user/edgepipe-agent.service" <<'UNIT'
 {unit}UNIT
 if systemctl --user daemon-reload 2>/dev/null \\
@@ -45,8 +45,9 @@ if systemctl --user daemon-reload 2>/dev/null \\
     loginctl enable-linger "$(id -un)" 2>/dev/null || true
     echo "started: systemd user service edgepipe-agent (restarts on failure and at boot)"
 else
-    nohup "$dir/venv/bin/edgepipe" agent serve --data "$dir/data" --port {port} \\
+    nohup "$dir/venv/bin/edgepipe" agent serve --data "$dir/data" --port {port}{serve} \\
         > "$dir/agent.log" 2>&1 < /dev/null &
+    echo $! > "$dir/agent.pid"
     echo "started: with nohup, no systemd user session here (not restarted at boot)"
 fi
 """
@@ -84,11 +85,17 @@ def _ssh(base: list[str], script: str, stdin: bytes | None = None, what: str = "
 
 def bootstrap(target: str, ssh_args: list[str], name: str | None = None,
               token: str | None = None, python: str = "python3",
-              remote_dir: str = "~/.edgepipe", agent_port: int = 8765) -> Device:
+              remote_dir: str = "~/.edgepipe", agent_port: int = 8765,
+              tls: bool = False) -> Device:
+    """Install and start the agent on ``target`` over ssh and register it: reached through an
+    ssh tunnel to its loopback port, or with ``tls`` at ``https://HOST:agent_port`` with the
+    certificate made at install pinned by its fingerprint."""
     token = token or secrets.token_urlsafe(24)
     host = target.split("@")[-1]
     device = Device(name or host.replace(":", "-"), "ssh", target, token, agent_port, ssh_args)
     base = ssh_base(device)
+    serve = " --tls --host 0.0.0.0" if tls else ""
+    cert = 'venv/bin/edgepipe agent cert --data "$dir/data"\n' if tls else ""
     # ~ must expand on the device, in its user's home
     rdir = remote_dir.replace("~", "$HOME", 1) if remote_dir.startswith("~") else \
         shlex.quote(remote_dir)
@@ -99,13 +106,27 @@ def bootstrap(target: str, ssh_args: list[str], name: str | None = None,
              "copying the wheel")
     script = INSTALL.format(dir=f'"{rdir}"' if rdir.startswith("$HOME") else rdir,
                             python=shlex.quote(python), wheel=wheel.name,
-                            token=shlex.quote(token), port=agent_port,
-                            unit=UNIT.format(port=agent_port, dir="%h" + remote_dir[1:]
+                            token=shlex.quote(token), port=agent_port, serve=serve, cert=cert,
+                            unit=UNIT.format(port=agent_port, serve=serve,
+                                             dir="%h" + remote_dir[1:]
                                              if remote_dir.startswith("~") else remote_dir))
     print("installing the agent (venv, the device extra) ...", flush=True)
-    print(_ssh(base, "sh -s", script.encode(), "installing the agent").strip(), flush=True)
+    said = _ssh(base, "sh -s", script.encode(), "installing the agent").strip()
+    print("\n".join(line for line in said.splitlines() if not line.startswith("fingerprint ")),
+          flush=True)
+    if tls:
+        pin = next((line.split()[1] for line in said.splitlines()
+                    if line.startswith("fingerprint ")), None)
+        if pin is None:
+            raise EdgepipeError("the agent's certificate was not made on the device: run "
+                                "`edgepipe agent cert` there to see why")
+        device = Device(device.name, "url", f"https://{host}:{agent_port}", token, agent_port,
+                        fingerprint=pin)
+        print(f"certificate fingerprint {pin}: pinned", flush=True)
     add_device(device)
     with connect(device) as client:
+        if tls:  # no tunnel that waits for it: wait for the agent's first answer here
+            wait_healthy(client, None, f"the agent at {device.target}")
         info = client.info()
     print(f"registered device {device.name}: {info['cpu_model']}, {info['cores']} cores, "
           f"runtimes {', '.join(info['runtimes']) or 'none'}")

@@ -1,8 +1,16 @@
-"""A client for the agent's HTTP API (standard library only)."""
+"""A client for the agent's HTTP API (standard library only).
+
+An ``https://`` agent with a pinned fingerprint (``agent serve --tls``: a self-signed
+certificate) is trusted by that fingerprint alone, checked on every connection before a byte
+of the request (and its token) is sent; without a pin, the system's certificate authorities
+decide as usual."""
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -10,18 +18,55 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ..errors import EdgepipeError
 from ..manifest import file_sha256, load_manifest, manifest_path
 
 
+class CertificateChanged(OSError):
+    """The agent's certificate is not the one pinned."""
+
+
+class _PinnedHTTPS(urllib.request.HTTPSHandler):
+    """HTTPS that accepts exactly one certificate: the one with the pinned SHA-256."""
+
+    def __init__(self, fingerprint: str) -> None:
+        context = ssl.create_default_context()
+        context.check_hostname = False  # the pin, not a name or an authority, says who it is
+        context.verify_mode = ssl.CERT_NONE
+        super().__init__(context=context)
+        self.fingerprint = fingerprint
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        pin = self.fingerprint
+
+        class Pinned(http.client.HTTPSConnection):
+            def connect(self) -> None:
+                super().connect()
+                der = self.sock.getpeercert(binary_form=True) or b""
+                seen = hashlib.sha256(der).hexdigest()
+                if seen != pin:
+                    self.close()
+                    raise CertificateChanged(
+                        f"the agent at {self.host}:{self.port} shows a certificate with "
+                        f"fingerprint {seen[:16]}…, not the pinned {pin[:16]}…: refused (if "
+                        f"the agent's certificate was made again, add the device again with "
+                        f"the new --fingerprint)")
+
+        return self.do_open(Pinned, req, context=self._context)
+
+
 class AgentClient:
-    def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, token: str, timeout: float = 60.0,
+                 fingerprint: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
         self._upload_limit: int | None = None
         self._limit_known = False
+        handlers = [_PinnedHTTPS(fingerprint)] if fingerprint else []
+        self._opener = urllib.request.build_opener(*handlers)
 
     def _request(self, method: str, path: str, body: bytes | Any = None,
                  content_type: str = "application/json", length: int | None = None,
@@ -36,7 +81,7 @@ class AgentClient:
         request = urllib.request.Request(self.url + path, data=data, method=method,
                                          headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with self._opener.open(request, timeout=self.timeout) as response:
                 payload = response.read()
         except urllib.error.HTTPError as exc:
             try:
@@ -46,6 +91,8 @@ class AgentClient:
             raise EdgepipeError(f"agent at {self.url} answered {exc.code}: {message}") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, CertificateChanged):
+                raise EdgepipeError(str(reason)) from None
             raise EdgepipeError(f"cannot reach the agent at {self.url} ({reason}): is "
                                 f"`edgepipe agent serve` running there?") from None
         return payload if raw else json.loads(payload)
@@ -56,6 +103,10 @@ class AgentClient:
 
     def info(self) -> dict:
         return self._request("GET", "/v1/info")
+
+    def openapi(self) -> dict:
+        """The agent's OpenAPI document."""
+        return self._request("GET", "/v1/openapi.json")
 
     def artifacts(self) -> list[dict]:
         return self._request("GET", "/v1/artifacts")["artifacts"]
@@ -87,8 +138,9 @@ class AgentClient:
                 raise EdgepipeError(f"{artifact.name} is {size / 1e6:.1f} MB, over the agent's "
                                     f"upload limit of {limit} MiB: restart the agent with a "
                                     f"larger --max-upload-mb")
+            name = quote(artifact.name, safe="")  # spaces, non-ASCII letters, # and ? too
             with open(artifact, "rb") as f:
-                self._request("PUT", f"/v1/artifacts/{sha}?name={artifact.name}", f,
+                self._request("PUT", f"/v1/artifacts/{sha}?name={name}", f,
                               "application/octet-stream", length=size)
         return self._request("PUT", f"/v1/artifacts/{sha}/manifest", asdict(manifest))
 

@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..device import DEFAULT_PORT
+from ..device.tls import normalize_fingerprint
 from ..errors import EdgepipeError
-from ..manifest import write_atomic
+from ..manifest import write_secret
 from .client import AgentClient
 
 DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -40,6 +41,7 @@ class Device:
     token: str
     agent_port: int = DEFAULT_PORT  # the agent's port on the device (ssh, adb)
     ssh_options: list[str] = field(default_factory=list)  # extra `ssh` arguments
+    fingerprint: str | None = None  # an https agent's pinned certificate (SHA-256, hex)
 
 
 def _registry_path() -> Path:
@@ -60,8 +62,7 @@ def load_devices() -> dict[str, Device]:
 def save_devices(devices: dict[str, Device]) -> None:
     path = _registry_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps({n: asdict(d) for n, d in devices.items()}, indent=2))
-    path.chmod(0o600)  # it holds tokens
+    write_secret(path, json.dumps({n: asdict(d) for n, d in devices.items()}, indent=2))
 
 
 def add_device(device: Device) -> None:
@@ -69,6 +70,11 @@ def add_device(device: Device) -> None:
         raise EdgepipeError(f"invalid device name '{device.name}': letters, digits, . _ -")
     if device.kind == "url" and not device.target.startswith(("http://", "https://")):
         raise EdgepipeError(f"--url must start with http:// or https://, got {device.target}")
+    if device.fingerprint is not None:
+        if not (device.kind == "url" and device.target.startswith("https://")):
+            raise EdgepipeError("--fingerprint pins an https agent's certificate: give it with "
+                                "--url https://HOST:PORT (an agent started with --tls)")
+        device.fingerprint = normalize_fingerprint(device.fingerprint)
     devices = load_devices()
     devices[device.name] = device
     save_devices(devices)
@@ -96,7 +102,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_healthy(client: AgentClient, proc: subprocess.Popen | None, what: str,
+def wait_healthy(client: AgentClient, proc: subprocess.Popen | None, what: str,
                   timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -140,7 +146,7 @@ def ssh_base(device: Device) -> list[str]:
 def connect(device: Device) -> Iterator[AgentClient]:
     """A client for the device's agent, with the tunnel or forward open while in use."""
     if device.kind == "url":
-        client = AgentClient(device.target, device.token)
+        client = AgentClient(device.target, device.token, fingerprint=device.fingerprint)
         yield client
         return
     local = free_port()
@@ -152,7 +158,7 @@ def connect(device: Device) -> Iterator[AgentClient]:
              "-L", f"127.0.0.1:{local}:127.0.0.1:{device.agent_port}", base[-1]],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            _wait_healthy(client, proc, f"ssh tunnel to {device.target}")
+            wait_healthy(client, proc, f"ssh tunnel to {device.target}")
             yield client
         finally:
             stop_process(proc)
@@ -165,7 +171,7 @@ def connect(device: Device) -> Iterator[AgentClient]:
             raise EdgepipeError(f"adb forward to {device.target} failed: "
                                 f"{result.stderr.strip() or result.stdout.strip()}")
         try:
-            _wait_healthy(client, None, f"adb forward to {device.target}")
+            wait_healthy(client, None, f"adb forward to {device.target}")
             yield client
         finally:
             subprocess.run([*forward, "--remove", f"tcp:{local}"], capture_output=True)
