@@ -332,12 +332,15 @@ def test_batch_jobs_are_checked_by_the_agent(tmp_path):
     url, proc = start_agent(tmp_path / "agent", "tok")
     try:
         client = AgentClient(url, "tok")
-        for items, needle in (([], "1..5000"), ([{"artifact": "0" * 64}], "shape"),
-                              ([{"artifact": "0" * 64, "shape": [1, -3]}], "shape"),
+        # the agent's schema names the field that is wrong
+        for items, needle in (([], "items: .* non-empty"),
+                              ([{"artifact": "0" * 64}], r"items\[0\]: 'shape' is a required"),
+                              ([{"artifact": "0" * 64, "shape": [1, -3]}],
+                               r"items\[0\]\.shape\[1\]: -3"),
                               ([{"artifact": "0" * 64, "shape": [1, 3]}], "upload it first")):
             with pytest.raises(EdgepipeError, match=needle):
                 client.submit(items=items)
-        with pytest.raises(EdgepipeError, match="stable_pct"):
+        with pytest.raises(EdgepipeError, match="stable_pct: -1 is less than"):
             client.submit(items=[{"artifact": "0" * 64, "shape": [1]}], stable_pct=-1)
     finally:
         stop_agent(proc)
