@@ -74,7 +74,7 @@ class DemoSummary:
     captured: int
     inferred: int
     shown: int
-    fps: float  # inferences per second, first start to last end
+    fps: float | None  # inferences per second, first start to last end (None: < 2 frames)
     stage_ms: dict[str, float]  # mean per stage
     rss_start_mb: float
     rss_end_mb: float
@@ -82,7 +82,8 @@ class DemoSummary:
     # frames lost between stages: "capture→inference" (a newer frame replaced it before
     # inference took it), "inference→display", "display→file"
     dropped: dict[str, int] = field(default_factory=dict)
-    rates: dict[str, float] = field(default_factory=dict)  # per second: captured, inferred...
+    # per second: captured, inferred...; None where fewer than two frames give no rate
+    rates: dict[str, float | None] = field(default_factory=dict)
     display_notes: list[str] = field(default_factory=list)  # e.g. frames letterboxed
     warnings: list[str] = field(default_factory=list)  # implausible outputs (Plausibility)
 
@@ -190,9 +191,10 @@ class Rate:
         self.last = now
         self.count += n
 
-    def per_second(self) -> float:
+    def per_second(self) -> float | None:
+        """Frames per second; None from fewer than two frames (one frame has no rate)."""
         span = (self.last - self.first) if self.first is not None and self.last else 0.0
-        return (self.count - 1) / span if span > 0 and self.count > 1 else 0.0
+        return (self.count - 1) / span if span > 0 and self.count > 1 else None
 
 
 class Stats:
@@ -362,7 +364,7 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
             source=frames.name, runtime=runner.runtime, artifact=what,
             seconds=time.perf_counter() - started, captured=stats.captured,
             inferred=stats.inferred, shown=stats.shown,
-            fps=(stats.inferred - 1) / span if span > 0 and stats.inferred > 1 else 0.0,
+            fps=(stats.inferred - 1) / span if span > 0 and stats.inferred > 1 else None,
             stage_ms={s: stats.sums[s] / stats.counts[s] if stats.counts[s] else 0.0
                       for s in STAGES},
             rss_start_mb=rss_start, rss_end_mb=rss_mb(), written=written, dropped=dropped,
