@@ -146,6 +146,37 @@ def test_convert_table_names_ops_outside_the_delegate_and_float_ops(tmp_path):
     assert "outside" in header and "float (int8)" in header
 
 
+def test_float_ops_are_named_by_op_not_overload():
+    """aten.mean.dim is "mean" (it was counted as "dim"), aten.transpose.int a layout op that
+    keeps its input's precision (it was a float op named "int")."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torch.nn import functional as F
+
+    from edgepipe.converters.quantize import float_ops, op_name, quantize_pt2e
+
+    assert [op_name(t) for t in (torch.ops.aten.mean.dim, torch.ops.aten.add.Tensor,
+                                 torch.ops.aten.transpose.int)] == ["mean", "add", "transpose"]
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            y = F.silu(self.conv(x)).transpose(2, 3)  # silu as a function: not swapped
+            return self.fc(y.mean((2, 3)))
+
+    torch.manual_seed(0)
+    x = [torch.randn(1, 3, 32, 32) for _ in range(4)]
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config())
+    found = float_ops(quantize_pt2e(Net().eval(), x[0], quantizer, x))
+    assert found and set(found) <= {"silu", "mean"}, found
+
+
 # 2. Several outputs: converted with a note, or one line on how to pick
 
 def test_dict_and_tuple_outputs_convert_and_say_which(tmp_path):
