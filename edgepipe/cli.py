@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 from .errors import EdgepipeError
+from .manifest import RANGES
+
+# --range's values; "-1,1" starts with a dash, so main() joins it to its option (argparse
+# would read it as an option of its own and say "expected one argument")
+INPUT_RANGES = ["imagenet", *RANGES]
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +35,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    help="task of a module:factory model (default classification)")
     p.add_argument("--output", help="for a model returning a dict or tuple: the key or index "
                                     "to convert (default: 'out', else the first)")
-    p.add_argument("--range", dest="input_range", choices=["imagenet", "0,1", "-1,1", "0,255"],
+    p.add_argument("--range", dest="input_range", choices=INPUT_RANGES,
                    help="the input range the model was trained on (default imagenet: "
                         "ImageNet mean/std)")
     p.add_argument("--threads", type=int, default=1, help="threads for host latency")
@@ -311,7 +316,7 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=["classification", "segmentation", "unknown"],
                    help="override the guess (unknown: deploy and profile only, no demo)")
     p.add_argument("--layout", choices=["NCHW", "NHWC"], help="override the output layout")
-    p.add_argument("--range", dest="input_range", choices=["imagenet", "0,1", "-1,1", "0,255"],
+    p.add_argument("--range", dest="input_range", choices=INPUT_RANGES,
                    help="override the input range (imagenet: ImageNet mean/std)")
     p.add_argument("--output-kind", choices=["logits", "probabilities", "mask"],
                    help="override the guess of what the output holds")
@@ -967,8 +972,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _join_dash_values(argv: list[str]) -> list[str]:
+    """``--range -1,1`` as ``--range=-1,1``: a value that starts with a dash."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--range" and arg.startswith("-") and arg in INPUT_RANGES:
+            out[-1] = f"--range={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
     try:
         return args.func(args)
     except EdgepipeError as exc:

@@ -255,7 +255,7 @@ def print_demo_summary(summary: Any) -> None:
         f"  dropped: {dropped or 'none'} · inference {rate(summary.fps)} FPS\n"
         f"  mean ms: {stages}\n  RSS {summary.rss_start_mb:.0f} MB at start, "
         f"{summary.rss_end_mb:.0f} MB at end")
-    for note in summary.display_notes:
+    for note in [*summary.guesses, *summary.display_notes]:
         console.print(f"  note: {note}")
     for warning in summary.warnings:
         console.print(f"  [bold red]warning:[/] {warning}")

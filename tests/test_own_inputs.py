@@ -276,6 +276,35 @@ def test_raw_uint8_input_is_fed_as_is(tmp_path):
         assert line["top"][0][0] == f"class {int(direct.argmax())}"
 
 
+def test_a_low_confidence_range_is_said_and_minus_one_to_one_can_be_given(tmp_path):
+    """A float input does not say its range: the demo names the guess it runs on (a [-1, 1]
+    model fed ImageNet mean/std answers wrong and looks right); `--range -1,1` (a value that
+    starts with a dash) is taken on the command line and gives the right answers."""
+    model = foreign.signed_classifier(tmp_path / "signed.tflite")
+    init_manifest(model)
+    frames = _photo_folder(tmp_path / "frames", ("chelsea",))
+    Image.fromarray(np.zeros((120, 160, 3), np.uint8)).save(frames / "zz_black.png")
+    guessed = run_demo(str(model), str(frames), "none")
+    assert any(g.startswith("range imagenet is a low-confidence guess") for g in guessed.guesses)
+    done = run_cli("manifest", "init", str(model), "--force", "--range", "-1,1")
+    assert done.returncode == 0, done.stderr
+    assert load_manifest(model).preprocessing.input_range() == "-1,1"
+    log = tmp_path / "p.jsonl"
+    given = run_demo(str(model), str(frames), "none", log=log)
+    assert not any(g.startswith("range") for g in given.guesses)
+    import torch
+
+    pre = load_manifest(model).preprocessing
+    lines = _log(log, frames)
+    assert lines
+    for line in lines:  # the model itself on [-1, 1] pixels (black: "dark", class 3)
+        image = Image.open(line["file"]).convert("RGB")
+        pixels = np.asarray(image.resize((32, 32), Image.BILINEAR,
+                                         box=crop_box(*image.size, pre)), np.float32)
+        expected = foreign._Signed()(torch.from_numpy(pixels[None] / 127.5 - 1)).argmax()
+        assert line["top"][0][0] == f"class {int(expected)}"
+
+
 # 5. A foreign segmentation .tflite: [1, H, W, 1] sigmoid output, input in [0, 1]
 
 def test_manifest_init_guesses_a_sigmoid_mask_with_reasons(tmp_path):

@@ -86,6 +86,22 @@ class DemoSummary:
     rates: dict[str, float | None] = field(default_factory=dict)
     display_notes: list[str] = field(default_factory=list)  # e.g. frames letterboxed
     warnings: list[str] = field(default_factory=list)  # implausible outputs (Plausibility)
+    # manifest init's low-confidence guesses that decide the answer (unchecked_guesses)
+    guesses: list[str] = field(default_factory=list)
+
+
+# guesses that change what the model is fed or how its output is read (labels, resize do not)
+_DECISIVE = ("range", "output kind", "task", "layout")
+
+
+def unchecked_guesses(manifest: Manifest) -> list[str]:
+    """manifest init's guesses of low confidence that decide the answer, one line each: a
+    float input does not say its range, so a [-1, 1] model fed ImageNet mean/std answers wrong
+    and looks right; the demo says so at its start and in its summary."""
+    return [f"{g['name']} {g['value']} is a low-confidence guess of manifest init "
+            f"({g['reason']}): if it is wrong, so are the answers"
+            for g in manifest.extra.get("guessed", [])
+            if g.get("confidence") == "low" and g.get("name") in _DECISIVE]
 
 
 class TorchRunner:
@@ -240,6 +256,9 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
     try:
         decoder = OutputDecoder(manifest)
         plausibility = Plausibility(manifest)
+        guesses = unchecked_guesses(manifest)
+        for guess in guesses:
+            print(f"demo: note: {guess}", file=sys.stderr, flush=True)
         frames = source if not isinstance(source, str) else open_source(source, realtime, loop)
         stats, stop = Stats(), threading.Event()
         captured, inferred = Latest(), Latest()
@@ -370,7 +389,7 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
             rss_start_mb=rss_start, rss_end_mb=rss_mb(), written=written, dropped=dropped,
             rates={k: r.per_second() for k, r in stats.rates.items()
                    if k != "written" or written is not None},
-            display_notes=display.notes(), warnings=plausibility.warnings)
+            display_notes=display.notes(), warnings=plausibility.warnings, guesses=guesses)
 
     finally:
         if isinstance(runner, ProcessRunner):
