@@ -210,6 +210,23 @@ def test_dict_and_tuple_outputs_convert_and_say_which(tmp_path):
     assert artifact(t_report, "tflite", "fp32")["parity"]["top1_agreement"] == 1.0
 
 
+def test_namedtuple_outputs_are_named_and_picked_by_field():
+    from collections import namedtuple
+
+    import torch
+
+    from edgepipe.converters.source import pick_output
+
+    out = namedtuple("Out", ["logits", "embedding"])(torch.zeros(1, 7), torch.zeros(1, 8))
+    key, note = pick_output("m", out, None)
+    assert key == 0  # it said "a Out of 2 (1x7, 1x8)", without the fields
+    assert "namedtuple Out of 2 ('logits' 1x7, 'embedding' 1x8): converted output 0 " \
+        "('logits')" in note
+    assert pick_output("m", out, "embedding")[0] == pick_output("m", out, "1")[0] == 1
+    with pytest.raises(EdgepipeError, match=r"a field \(logits, embedding\) or an index"):
+        pick_output("m", out, "features")
+
+
 # 3. One-channel models
 
 def test_grey_model_converts_and_runs_on_grey_frames(tmp_path):
