@@ -355,7 +355,9 @@ def test_implausible_masks_are_warned_about_or_refused(tmp_path):
     from edgepipe.apps.decode import OutputDecoder, Plausibility
 
     model = foreign.bright_segmenter(tmp_path / "bright.tflite")
-    frames = _photo_folder(tmp_path / "frames", ("chelsea", "coffee", "astronaut"))
+    # not astronaut: its pure-black background stays dark in any range (a mask of two
+    # classes), and whether the demo dropped it decided the warning
+    frames = _photo_folder(tmp_path / "frames", ("chelsea", "coffee"))
     # the wrong range (0-255 for a [0, 1] model): every pixel is "bright"
     init_manifest(model, input_range="0,255")
     summary = run_demo(str(model), str(frames), "none")
