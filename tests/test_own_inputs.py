@@ -322,6 +322,26 @@ def test_a_low_confidence_range_is_said_and_minus_one_to_one_can_be_given(tmp_pa
         assert line["top"][0][0] == f"class {int(expected)}"
 
 
+def test_multi_label_sigmoid_scores_are_shown_as_they_are_without_a_false_warning(tmp_path):
+    """Several sigmoids (LOGISTIC) are per-class probabilities: no "sum to 1" warning, and the
+    demo shows each as the model gives it (no softmax over them)."""
+    model = foreign.multi_label(tmp_path / "tags.tflite")
+    _, guesses = init_manifest(model, input_range="0,1")
+    kind = next(g for g in guesses if g.name == "output kind")
+    assert kind.value == "probabilities" and "multi-label" in kind.reason
+    frames = _photo_folder(tmp_path / "frames", ("chelsea", "coffee"))
+    log = tmp_path / "p.jsonl"
+    summary = run_demo(str(model), str(frames), "none", log=log)
+    assert summary.warnings == []
+    runner, m = open_runner(model), load_manifest(model)
+    for line in _log(log, frames):
+        scores = runner.run(preprocess(_read(line["file"]), m.preprocessing))[0][0]
+        assert scores.sum() > 1.5  # not a distribution
+        label, p = line["top"][0]
+        assert label == f"class {int(scores.argmax())}" and p == pytest.approx(scores.max(),
+                                                                               abs=1e-4)
+
+
 # 5. A foreign segmentation .tflite: [1, H, W, 1] sigmoid output, input in [0, 1]
 
 def test_manifest_init_guesses_a_sigmoid_mask_with_reasons(tmp_path):
