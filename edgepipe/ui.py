@@ -243,16 +243,19 @@ def print_demo_summary(summary: Any) -> None:
               ("shown", summary.shown)]
     if summary.written is not None:
         counts.append(("written", summary.written))
-    frames = " · ".join(f"{name} {n} ({summary.rates.get(name, 0.0):.1f}/s)"
+    def rate(per_second: float | None) -> str:  # one frame has no rate: not 0.0/s
+        return "—" if per_second is None else f"{per_second:.1f}"
+
+    frames = " · ".join(f"{name} {n} ({rate(summary.rates.get(name))}/s)"
                         for name, n in counts)
     dropped = ", ".join(f"{n} {where}" for where, n in summary.dropped.items())
     console.print(
         f"[bold]demo summary[/]: {summary.artifact} on {summary.runtime}, source "
         f"{summary.source}\n  {summary.seconds:.1f} s · frames {frames}\n"
-        f"  dropped: {dropped or 'none'} · inference {summary.fps:.1f} FPS\n"
+        f"  dropped: {dropped or 'none'} · inference {rate(summary.fps)} FPS\n"
         f"  mean ms: {stages}\n  RSS {summary.rss_start_mb:.0f} MB at start, "
         f"{summary.rss_end_mb:.0f} MB at end")
-    for note in summary.display_notes:
+    for note in [*summary.guesses, *summary.display_notes]:
         console.print(f"  note: {note}")
     for warning in summary.warnings:
         console.print(f"  [bold red]warning:[/] {warning}")

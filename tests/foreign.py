@@ -91,6 +91,33 @@ def bright_segmenter(path: Path, size: int = 64) -> Path:
     return _export(_Bright(), torch.zeros(1, size, size, 3), path)
 
 
+class _Signed(nn.Module):
+    """Float NHWC input in [-1, 1] (TensorFlow MobileNet style) → 4 scores: the red, green and
+    blue means, and "dark" (minus the mean), so a black frame is class 3 only in that range."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(dim=(1, 2))
+        return torch.cat([m, -m.mean(1, keepdim=True)], 1) * 5
+
+
+def signed_classifier(path: Path, size: int = 32) -> Path:
+    return _export(_Signed(), torch.zeros(1, size, size, 3), path)
+
+
+class _MultiLabel(nn.Module):
+    """NHWC float input → 5 independent sigmoids (a multi-label classifier: tags that may all
+    be present, or none): per-class probabilities that need not sum to 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(dim=(1, 2))
+        return torch.sigmoid(torch.cat([m, m.mean(1, keepdim=True), -m.mean(1, keepdim=True)],
+                                       1) * 4)
+
+
+def multi_label(path: Path, size: int = 32) -> Path:
+    return _export(_MultiLabel(), torch.zeros(1, size, size, 3), path)
+
+
 def exif_portrait(path: Path) -> np.ndarray:
     """A phone JPEG: an upright 300x400 portrait (red bar at its top) stored sideways (400x300)
     with EXIF orientation 6. Returns the upright pixels."""

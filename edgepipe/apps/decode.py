@@ -135,7 +135,8 @@ class Plausibility:
       columns as classes);
     * every mask so far all one class, once ``frames`` masks were seen (a wrong input range or
       kind often saturates the output);
-    * "probabilities" outside [0, 1], or class probabilities not summing to 1;
+    * "probabilities" outside [0, 1], or class probabilities not summing to 1 (unless the
+      output comes from a sigmoid, LOGISTIC: a multi-label classifier's);
     * NaN or inf in an output.
     """
 
@@ -171,7 +172,8 @@ class Plausibility:
                 new.append(self._warn("range", f"output_kind is probabilities but the output "
                                                f"spans [{low:.3g}, {high:.3g}]"))
             elif isinstance(result, Classification) and y.size > 1 and \
-                    abs(float(y.sum()) - 1) > 0.02:
+                    self.manifest.extra.get("output_op") != "LOGISTIC" and \
+                    abs(float(y.sum()) - 1) > 0.02:  # sigmoids: each class on its own
                 new.append(self._warn("sum", f"the class probabilities sum to {y.sum():.3g}, "
                                              "not 1"))
         if isinstance(result, Segmentation):

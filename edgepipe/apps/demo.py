@@ -74,7 +74,7 @@ class DemoSummary:
     captured: int
     inferred: int
     shown: int
-    fps: float  # inferences per second, first start to last end
+    fps: float | None  # inferences per second, first start to last end (None: < 2 frames)
     stage_ms: dict[str, float]  # mean per stage
     rss_start_mb: float
     rss_end_mb: float
@@ -82,9 +82,26 @@ class DemoSummary:
     # frames lost between stages: "capture→inference" (a newer frame replaced it before
     # inference took it), "inference→display", "display→file"
     dropped: dict[str, int] = field(default_factory=dict)
-    rates: dict[str, float] = field(default_factory=dict)  # per second: captured, inferred...
+    # per second: captured, inferred...; None where fewer than two frames give no rate
+    rates: dict[str, float | None] = field(default_factory=dict)
     display_notes: list[str] = field(default_factory=list)  # e.g. frames letterboxed
     warnings: list[str] = field(default_factory=list)  # implausible outputs (Plausibility)
+    # manifest init's low-confidence guesses that decide the answer (unchecked_guesses)
+    guesses: list[str] = field(default_factory=list)
+
+
+# guesses that change what the model is fed or how its output is read (labels, resize do not)
+_DECISIVE = ("range", "output kind", "task", "layout")
+
+
+def unchecked_guesses(manifest: Manifest) -> list[str]:
+    """manifest init's guesses of low confidence that decide the answer, one line each: a
+    float input does not say its range, so a [-1, 1] model fed ImageNet mean/std answers wrong
+    and looks right; the demo says so at its start and in its summary."""
+    return [f"{g['name']} {g['value']} is a low-confidence guess of manifest init "
+            f"({g['reason']}): if it is wrong, so are the answers"
+            for g in manifest.extra.get("guessed", [])
+            if g.get("confidence") == "low" and g.get("name") in _DECISIVE]
 
 
 class TorchRunner:
@@ -190,9 +207,10 @@ class Rate:
         self.last = now
         self.count += n
 
-    def per_second(self) -> float:
+    def per_second(self) -> float | None:
+        """Frames per second; None from fewer than two frames (one frame has no rate)."""
         span = (self.last - self.first) if self.first is not None and self.last else 0.0
-        return (self.count - 1) / span if span > 0 and self.count > 1 else 0.0
+        return (self.count - 1) / span if span > 0 and self.count > 1 else None
 
 
 class Stats:
@@ -238,6 +256,9 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
     try:
         decoder = OutputDecoder(manifest)
         plausibility = Plausibility(manifest)
+        guesses = unchecked_guesses(manifest)
+        for guess in guesses:
+            print(f"demo: note: {guess}", file=sys.stderr, flush=True)
         frames = source if not isinstance(source, str) else open_source(source, realtime, loop)
         stats, stop = Stats(), threading.Event()
         captured, inferred = Latest(), Latest()
@@ -362,13 +383,13 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
             source=frames.name, runtime=runner.runtime, artifact=what,
             seconds=time.perf_counter() - started, captured=stats.captured,
             inferred=stats.inferred, shown=stats.shown,
-            fps=(stats.inferred - 1) / span if span > 0 and stats.inferred > 1 else 0.0,
+            fps=(stats.inferred - 1) / span if span > 0 and stats.inferred > 1 else None,
             stage_ms={s: stats.sums[s] / stats.counts[s] if stats.counts[s] else 0.0
                       for s in STAGES},
             rss_start_mb=rss_start, rss_end_mb=rss_mb(), written=written, dropped=dropped,
             rates={k: r.per_second() for k, r in stats.rates.items()
                    if k != "written" or written is not None},
-            display_notes=display.notes(), warnings=plausibility.warnings)
+            display_notes=display.notes(), warnings=plausibility.warnings, guesses=guesses)
 
     finally:
         if isinstance(runner, ProcessRunner):

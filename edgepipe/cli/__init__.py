@@ -9,7 +9,7 @@ import sys
 
 from ..errors import EdgepipeError
 from .apps import _add_demo, _add_run
-from .artifacts import _add_convert, _add_manifest, _run_models
+from .artifacts import INPUT_RANGES, _add_convert, _add_manifest, _run_models
 from .device import _add_agent, _add_deploy_profile, _add_device
 from .lut import _add_lut
 from .search import _add_search
@@ -34,8 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _join_dash_values(argv: list[str]) -> list[str]:
+    """``--range -1,1`` as ``--range=-1,1``: a value that starts with a dash."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--range" and arg.startswith("-") and arg in INPUT_RANGES:
+            out[-1] = f"--range={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
     try:
         return args.func(args)
     except EdgepipeError as exc:

@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..manifest import RANGES
+
+# --range's values; "-1,1" starts with a dash, so main() joins it to its option (argparse
+# would read it as an option of its own and say "expected one argument")
+INPUT_RANGES = ["imagenet", *RANGES]
+
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert a model to ExecuTorch, TFLite and Core ML",
@@ -26,7 +32,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    help="task of a module:factory model (default classification)")
     p.add_argument("--output", help="for a model returning a dict or tuple: the key or index "
                                     "to convert (default: 'out', else the first)")
-    p.add_argument("--range", dest="input_range", choices=["imagenet", "0,1", "-1,1", "0,255"],
+    p.add_argument("--range", dest="input_range", choices=INPUT_RANGES,
                    help="the input range the model was trained on (default imagenet: "
                         "ImageNet mean/std)")
     p.add_argument("--threads", type=int, default=1, help="threads for host latency")
@@ -72,7 +78,7 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=["classification", "segmentation", "unknown"],
                    help="override the guess (unknown: deploy and profile only, no demo)")
     p.add_argument("--layout", choices=["NCHW", "NHWC"], help="override the output layout")
-    p.add_argument("--range", dest="input_range", choices=["imagenet", "0,1", "-1,1", "0,255"],
+    p.add_argument("--range", dest="input_range", choices=INPUT_RANGES,
                    help="override the input range (imagenet: ImageNet mean/std)")
     p.add_argument("--output-kind", choices=["logits", "probabilities", "mask"],
                    help="override the guess of what the output holds")

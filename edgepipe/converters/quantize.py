@@ -20,7 +20,13 @@ _FUSED_ACTIVATIONS = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "clamp"
 
 def op_name(target: object) -> str:
     """A graph node's op as people write it: ``hardswish`` for ``aten.hardswish.default``,
-    ``_to_dim_order_copy`` for ``dim_order_ops._to_dim_order_copy.default``."""
+    ``mean`` for ``aten.mean.dim``, ``_to_dim_order_copy`` for
+    ``dim_order_ops._to_dim_order_copy.default``."""
+    # an op overload (aten or edge dialect) names its op in its packet; its own __name__
+    # ends in the overload ("mean.dim", "add.Tensor", "transpose.int")
+    packet = getattr(getattr(target, "overloadpacket", None), "__name__", None)
+    if packet:
+        return packet
     name = getattr(target, "__name__", None) or str(target)
     parts = name.split("(")[0].split("::")[-1].split(".")
     return parts[-2] if len(parts) >= 3 or (len(parts) == 2 and parts[-1] == "default") \

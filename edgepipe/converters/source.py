@@ -129,18 +129,24 @@ def pick_output(name: str, out: object, wanted: str | None) -> tuple[str | int |
         note = (f"model {name} returns a dict with keys {shown}: converted {key!r} ({how}; "
                 "--output KEY picks another)")
     elif isinstance(out, (tuple, list)):
-        shown = ", ".join(_describe(v) for v in out)
+        fields = list(getattr(out, "_fields", ()))  # a namedtuple: its fields name the outputs
+        kind = f"namedtuple {type(out).__name__}" if fields else type(out).__name__
+        shown = ", ".join(f"{f!r} {_describe(v)}" if fields else _describe(v)
+                          for f, v in zip(fields or [None] * len(out), out, strict=True))
+        if wanted in fields:
+            wanted = str(fields.index(wanted))
         try:
             key = int(wanted) if wanted is not None else 0
         except ValueError:
-            raise EdgepipeError(f"model {name} returns a {type(out).__name__} ({shown}): "
-                                f"--output takes an index, 0 to {len(out) - 1}") from None
+            takes = f"a field ({', '.join(fields)}) or an index" if fields else "an index"
+            raise EdgepipeError(f"model {name} returns a {kind} ({shown}): "
+                                f"--output takes {takes}, 0 to {len(out) - 1}") from None
         if not 0 <= key < len(out):
             raise EdgepipeError(f"model {name} returns {len(out)} outputs ({shown}): --output "
                                 f"{key} is not an index of them (0 to {len(out) - 1})")
-        note = (f"model {name} returns a {type(out).__name__} of {len(out)} ({shown}): "
-                f"converted output {key}" + ("" if wanted is not None else
-                                             " (the first; --output INDEX picks another)"))
+        note = (f"model {name} returns a {kind} of {len(out)} ({shown}): converted output "
+                f"{key}" + (f" ({fields[key]!r})" if fields else "")
+                + ("" if wanted is not None else " (the first; --output INDEX picks another)"))
     else:
         raise EdgepipeError(f"model {name} returns a {type(out).__name__}: edgepipe converts "
                             "a tensor, or one tensor of a dict or tuple of tensors")

@@ -361,7 +361,10 @@ def init_manifest(path: Path, labels: Path | None = None, force: bool = False,
         preprocessing=range_preprocessing((h, w), resize, chosen_range, color),
         labels=label_list, tool_versions={"edgepipe": __version__},
         extra={"written_by": "edgepipe manifest init",
-               "guessed": [asdict(g) for g in guesses]},
+               "guessed": [asdict(g) for g in guesses],
+               # the op that makes the output (LiteRT), e.g. LOGISTIC: per-class
+               # probabilities that need not sum to 1 (a multi-label classifier)
+               **({"output_op": out_ops[0]} if out_ops and out_ops[0] else {})},
     )
     manifest.check()
     return save_manifest(manifest, path), guesses
@@ -385,7 +388,8 @@ def _kind_from_op(op: str | None, classes: int) -> Guess:
     if op == "LOGISTIC":
         return Guess("output kind", "probabilities", "high",
                      "the output comes from LOGISTIC (sigmoid applied)"
-                     + (": foreground above 0.5" if classes == 1 else ""))
+                     + (": foreground above 0.5" if classes == 1 else
+                        ": each class on its own (multi-label), not summing to 1"))
     if op == "SOFTMAX":
         return Guess("output kind", "probabilities", "high",
                      "the output comes from SOFTMAX")
