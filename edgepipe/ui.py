@@ -174,17 +174,29 @@ def print_profile(result: Any, top: int | None = 15) -> None:
                       f"{rep['within_pct']:g} %)")
     console.print("  device state: " + state_words(result.device_state, result.flags))
     if not result.per_op:
-        console.print(f"  per-op: not available — {result.per_op_note}")
+        note = result.per_op_note or "per-op not available because the agent gave no reason"
+        console.print(f"  {note}")
         return
     rows = sorted(result.per_op, key=lambda r: -r.median_ms)[:top]
+    source = getattr(result, "per_op_source", None) or "ETDump"
     table = Table(title=f"slowest {len(rows)} of {len(result.per_op)} ops "
-                        f"(total {result.per_op_total_ms:.3f} ms, ETDump)")
-    for col in ("op", "type", "delegated", "median ms", "share"):
-        table.add_column(col, justify="right" if col in ("median ms", "share") else "left")
+                        f"(whole run {result.per_op_total_ms:.3f} ms, {source})")
+    for col in ("op", "type", "delegated", "median ms", "p90 ms", "share"):
+        table.add_column(col, justify="right" if col in ("median ms", "p90 ms", "share")
+                         else "left")
     for r in rows:
         table.add_row(r.name, r.type, "yes" if r.delegated else "no", f"{r.median_ms:.3f}",
-                      f"{r.share:.1%}")
+                      f"{r.p90_ms:.3f}", f"{r.share:.1%}")
     console.print(table)
+    summed = sum(r.median_ms for r in result.per_op)
+    if result.per_op_total_ms:
+        console.print(f"  the ops' medians add up to {summed:.3f} ms, "
+                      f"{summed / result.per_op_total_ms:.0%} of the whole run")
+    cost = getattr(result, "per_op_overhead", None)
+    if cost:
+        console.print(f"  profiling overhead: {cost['profiled_ms']:.3f} ms a run profiled vs "
+                      f"{cost['unprofiled_ms']:.3f} ms unprofiled (×{cost['ratio']:.2f}, "
+                      f"medians of {cost['runs']} runs)")
     if result.per_op_note:
         console.print(f"  note: {result.per_op_note}")
 

@@ -51,7 +51,12 @@ ELEMENT_TYPES = {1: np.float32, 2: np.int32, 3: np.uint8, 9: np.int8, 7: np.int1
 
 
 class PerOpUnavailable(EdgepipeError):
-    """Why LiteRT gives no per-op table here (the job says so, and measures the rest)."""
+    """Why LiteRT gives no per-op table here (the job says so, and measures the rest): the
+    message reads "per-op not available because <reason>"."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"per-op not available because {reason}")
+        self.reason = reason
 
 
 class Layout(ctypes.Structure):
@@ -90,21 +95,21 @@ def library_path() -> Path:
     """``libLiteRt.so`` of the installed ai-edge-litert, or why it cannot be used."""
     version = library_version()
     if version is None:
-        raise PerOpUnavailable("per-op not available: ai-edge-litert is not installed here "
+        raise PerOpUnavailable("ai-edge-litert is not installed here "
                                "(tflite-runtime has no CompiledModel profiler)")
     if version[:2] < MIN_VERSION:
         raise PerOpUnavailable(
-            f"per-op not available: ai-edge-litert {'.'.join(map(str, version))} is older than "
+            f"ai-edge-litert {'.'.join(map(str, version))} is older than "
             f"{'.'.join(map(str, MIN_VERSION))}, whose libLiteRt.so first has the profiler "
             "option this reads; install ai-edge-litert>=2.2 on the device")
     import importlib.util
 
     spec = importlib.util.find_spec("ai_edge_litert")
     if spec is None or not spec.origin:
-        raise PerOpUnavailable("per-op not available: ai_edge_litert cannot be imported")
+        raise PerOpUnavailable("ai_edge_litert cannot be imported")
     path = Path(spec.origin).with_name("libLiteRt.so")
     if not path.is_file():
-        raise PerOpUnavailable(f"per-op not available: no libLiteRt.so in {path.parent}")
+        raise PerOpUnavailable(f"no libLiteRt.so in {path.parent}")
     return path
 
 
@@ -123,7 +128,7 @@ def _library() -> ctypes.CDLL:
     try:
         lib = ctypes.CDLL(str(library_path()))
     except OSError as exc:
-        raise PerOpUnavailable(f"per-op not available: libLiteRt.so does not load ({exc})") \
+        raise PerOpUnavailable(f"libLiteRt.so does not load ({exc})") \
             from None
     signatures: dict[str, list[Any]] = {
         "LiteRtCreateEnvironment": [ctypes.c_int, P, PP],
@@ -165,7 +170,7 @@ def _library() -> ctypes.CDLL:
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = [P], None
     except AttributeError as exc:
-        raise PerOpUnavailable(f"per-op not available: libLiteRt.so lacks {exc.name}: another "
+        raise PerOpUnavailable(f"libLiteRt.so lacks {exc.name}: another "
                                "LiteRT version than this reader knows") from None
     _LIB = lib
     return lib
@@ -187,7 +192,7 @@ def _owned_text(text: str) -> int:
 
 def _check(status: int, what: str) -> None:
     if status != 0:
-        raise PerOpUnavailable(f"per-op not available: LiteRT {what} failed (status {status})")
+        raise PerOpUnavailable(f"LiteRT {what} failed (status {status})")
 
 
 @dataclass(frozen=True)
@@ -261,7 +266,7 @@ class _CompiledModel:
         _check(lib.LiteRtCompiledModelGetProfiler(compiled, ctypes.byref(profiler)),
                "getting the profiler")
         if not profiler.value:
-            raise PerOpUnavailable("per-op not available: LiteRT compiled the model without a "
+            raise PerOpUnavailable("LiteRT compiled the model without a "
                                    "profiler (the runtime option was not understood)")
         self.profiler = profiler  # owned by the compiled model
         self.inputs = self._buffers("Input")
@@ -297,11 +302,11 @@ class _CompiledModel:
         dtype = ELEMENT_TYPES.get(tensor_type.element_type)
         shape = tensor_type.layout.shape
         if dtype is None:
-            raise PerOpUnavailable(f"per-op not available: input element type "
+            raise PerOpUnavailable(f"input element type "
                                    f"{tensor_type.element_type} is not one this reader knows")
         data = np.ascontiguousarray(x, dtype=dtype)
         if data.nbytes != size or (shape and data.size != int(np.prod(shape))):
-            raise PerOpUnavailable(f"per-op not available: the input buffer holds {size} bytes "
+            raise PerOpUnavailable(f"the input buffer holds {size} bytes "
                                    f"({shape}), the data {data.nbytes}")
         address = P()
         _check(self.lib.LiteRtLockTensorBuffer(buffer, ctypes.byref(address), LOCK_WRITE),
@@ -404,11 +409,11 @@ def profile_ops(path: str | Path, x: np.ndarray | None, threads: int = 1, warmup
     finally:
         model.close()
     if not per_run or not any(per_run):
-        raise PerOpUnavailable("per-op not available: the LiteRT profiler recorded no operator "
+        raise PerOpUnavailable("the LiteRT profiler recorded no operator "
                                "events for this model")
     lengths = {len(r) for r in per_run}
     if len(per_run) != runs or len(lengths) != 1:
-        raise PerOpUnavailable(f"per-op not available: the profiler's events do not split into "
+        raise PerOpUnavailable(f"the profiler's events do not split into "
                                f"{runs} runs of one length (got {len(per_run)} runs of "
                                f"{sorted(lengths)} ops)")
     ops = []

@@ -25,10 +25,6 @@ from .bench import measure_latency, measure_until_stable, rss_mb
 from .info import device_state, state_changes
 from .runtimes import import_runtime, open_runner
 
-LITERT_NO_PER_OP = ("LiteRT gives no per-operator timing from Python: ai-edge-litert has no "
-                    "profiler API, and the per-op profiler lives in TFLite's benchmark_model "
-                    "binary, which is not part of any wheel. Whole-model latency is measured.")
-
 
 def _peak_rss_mb() -> float:
     try:
@@ -59,10 +55,28 @@ def executorch_etdump(artifact: Path, x: np.ndarray, threads: int, runs: int,
     module = portable_lib._load_for_executorch(str(artifact), enable_etdump=True,
                                                debug_buffer_size=0)
     inputs = [torch.from_numpy(x)]
+    profiled = []
     for _ in range(runs):
+        start = time.perf_counter()
         module.forward(inputs)
+        profiled.append((time.perf_counter() - start) * 1000)
     module.write_etdump_result_to_file(str(out))
-    return {"available": True, "source": "etdump", "file": out.name, "runs": runs}
+    return {"available": True, "source": "etdump", "file": out.name, "runs": runs,
+            "profiled_ms": profiled}
+
+
+def litert_per_op(artifact: Path, x: np.ndarray, threads: int, runs: int) -> dict[str, Any]:
+    """Per-op events of ``runs`` runs from LiteRT's CompiledModel profiler
+    (:func:`.litert_profiler.profile_ops`), or ``available: false`` with the reason."""
+    from .litert_profiler import PerOpUnavailable, profile_ops
+
+    try:
+        return profile_ops(artifact, x, threads=threads, runs=runs).to_dict()
+    except PerOpUnavailable as exc:
+        return {"available": False, "reason": str(exc)}
+    except Exception as exc:  # the latency stands; a profiler that breaks gives no numbers
+        return {"available": False, "reason": f"per-op not available because the LiteRT "
+                                              f"profiler failed: {type(exc).__name__}: {exc}"}
 
 
 def _start(job_dir: Path) -> dict[str, Any]:
@@ -128,13 +142,15 @@ def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any
         "input": {"shape": list(x.shape), "dtype": "float32", "data": "seeded normal noise"},
     }
     if not spec["profile"]:
-        result["per_op"] = {"available": False, "reason": "not asked for (profile=false)"}
+        result["per_op"] = {"available": False, "reason": "per-op not available because it was not "
+                             "asked for (profile=false)"}
     elif runner.runtime == "executorch":
         report(phase="profiling per op", done=0, total=1)
         result["per_op"] = executorch_etdump(artifact, x, spec["threads"],
                                              spec["profile_runs"], job_dir / "etdump.etdp")
     else:
-        result["per_op"] = {"available": False, "reason": LITERT_NO_PER_OP}
+        report(phase="profiling per op", done=0, total=1)
+        result["per_op"] = litert_per_op(artifact, x, spec["threads"], spec["profile_runs"])
     result["device_state"] = state_record(state, [result["latency"]])
     return result
 

@@ -101,13 +101,19 @@ def _per_op_section(result: dict[str, Any]) -> str:
     chart = hbar_svg([(f"{t['type']} ×{t['count']}", t["ms"]) for t in types])
     top = sorted(rows, key=lambda r: -r.median_ms)[:10]
     table = ("<table><tr><th>op</th><th>type</th><th>delegated</th><th>median ms</th>"
-             "<th>share</th></tr>" + "".join(
+             "<th>p90 ms</th><th>share</th></tr>" + "".join(
                  f"<tr><td>{escape(r.name)}</td><td>{escape(r.type)}</td>"
                  f"<td>{'yes' if r.delegated else 'no'}</td><td class=num>{r.median_ms:.4f}</td>"
+                 f"<td class=num>{r.p90_ms:.4f}</td>"
                  f"<td class=num>{r.share:.1%}</td></tr>" for r in top) + "</table>")
     note = f'<p class="note">{escape(result["per_op_note"])}</p>' if result["per_op_note"] else ""
-    return (title + f"<p>{len(rows)} ops, {result['per_op_total_ms']:.3f} ms in all (ETDump, "
-            f"median per op). Time per operator type:</p>" + chart
+    cost = result.get("per_op_overhead")
+    cost_words = (f" Profiling overhead: {cost['profiled_ms']:.3f} ms a run profiled vs "
+                  f"{cost['unprofiled_ms']:.3f} ms unprofiled (×{cost['ratio']:.2f})."
+                  if cost else "")
+    source = escape(result.get("per_op_source") or "ETDump")
+    return (title + f"<p>{len(rows)} ops, whole run {result['per_op_total_ms']:.3f} ms "
+            f"({source}, median per op).{cost_words} Time per operator type:</p>" + chart
             + "<p>Slowest operators:</p>" + table + note)
 
 
