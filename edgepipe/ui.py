@@ -192,6 +192,13 @@ def print_profile(result: Any, top: int | None = 15) -> None:
     if result.per_op_total_ms:
         console.print(f"  the ops' medians add up to {summed:.3f} ms, "
                       f"{summed / result.per_op_total_ms:.0%} of the whole run")
+    placed = getattr(result, "per_op_placed", None)
+    if placed:
+        from .host.op_table import by_block
+
+        blocks = by_block(result.per_op)
+        console.print(f"  by block ({placed}): " + " · ".join(
+            f"{b['block']} {b['ms']:.3f}" for b in blocks) + " ms")
     cost = getattr(result, "per_op_overhead", None)
     if cost:
         console.print(f"  profiling overhead: {cost['profiled_ms']:.3f} ms a run profiled vs "

@@ -104,6 +104,10 @@ def test_executorch_per_op_table(small_conversion, agent, cli_env, tmp_path):
     assert json.loads(table_json.read_text())[0].keys() == rows[0].keys()
     assert "slowest" in done.stdout and "ETDump" in done.stdout
     assert "profiling overhead" in done.stdout
+    # placed through the ETRecord's edge program: XNNPACK's own layout transposes stay unplaced
+    placed = [r for r in rows if r["block"]]
+    assert len(placed) > len(rows) / 2, len(placed)
+    assert {"features.0", "features.1", "classifier"} <= {r["block"] for r in placed}
 
 
 def test_openapi_describes_every_route(agent):

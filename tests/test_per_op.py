@@ -1,5 +1,6 @@
 """Per-operator profiles on a real agent on loopback: LiteRT's CompiledModel profiler (fp32,
-int8, a builtin op XNNPACK does not take, a foreign .tflite) in ExecuTorch's table shape."""
+int8, a builtin op XNNPACK does not take, a foreign .tflite) in ExecuTorch's table shape, ops
+placed in the source model's blocks."""
 
 from __future__ import annotations
 
@@ -47,6 +48,12 @@ def test_litert_per_op_table(small_conversion, agent, cli_env, tmp_path, precisi
     share = sum(float(r["share"]) for r in rows)
     assert 0.4 < share < 1.1, share
     assert "LiteRT profiler" in stdout and "profiling overhead" in stdout
+    # every op placed in the model by litert-torch's tensor names, blocks in the order they run
+    blocks = list(dict.fromkeys(r["block"] for r in rows))
+    assert all(r["block"] and r["module"] for r in rows), [r for r in rows if not r["block"]]
+    assert blocks[:3] == ["features.0", "features.1", "features.2"], blocks
+    assert blocks[-2:] == ["avgpool", "classifier"], blocks
+    assert f"{len(rows)} of {len(rows)} ops placed" in stdout
     client, _ = agent
     per_op = client.jobs()[-1]["result"]["per_op"]
     assert per_op["available"] and per_op["runs"] == 10
@@ -63,6 +70,8 @@ def test_builtin_op_runs_between_xnnpack_partitions_in_order(agent, cli_env,  # 
     builtin = [i for i, r in enumerate(rows) if r["delegated"] == "False"]
     assert [rows[i]["type"] for i in builtin] == ["CUMSUM"], rows
     at = builtin[0]
+    assert rows[at]["block"] == "(model)"  # the cumsum is in the model's own forward
+    assert rows[0]["block"] == "stem" and rows[-1]["block"] == "head", rows
     # the stem's convolution runs before it, the head's after: execution order, not grouped
     assert any(r["type"].startswith("Convolution") for r in rows[:at]), rows
     assert any(r["type"].startswith(("Convolution", "Fully Connected", "Mean"))
@@ -90,3 +99,4 @@ def test_a_record_without_a_time_per_run_gives_no_numbers():
     assert rows[0].median_ms == 0.006 and total == 0.1
     assert rows[0].p90_ms == pytest.approx(percentile([0.004, 0.006, 0.05], 90)) and \
         rows[0].p90_ms > rows[0].median_ms
+

@@ -38,6 +38,8 @@ class OpRow:
     median_ms: float
     p90_ms: float
     share: float  # median over the whole model's median time
+    module: str | None = None  # the source model's module it ran (edgepipe.host.op_map)
+    block: str | None = None  # that module's block: features.3, classifier
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -128,6 +130,21 @@ def overhead(per_op: dict[str, Any], unprofiled_ms: float | None = None) -> dict
     median = statistics.median(profiled)
     return {"profiled_ms": median, "unprofiled_ms": base, "ratio": median / base,
             "runs": len(profiled)}
+
+
+UNPLACED = "(not placed)"
+
+
+def by_block(rows: list[OpRow]) -> list[dict[str, Any]]:
+    """Time per block of the model, in the order the blocks first run."""
+    totals: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        key = r.block or UNPLACED
+        t = totals.setdefault(key, {"block": key, "count": 0, "ms": 0.0, "share": 0.0})
+        t["count"] += 1
+        t["ms"] += r.median_ms
+        t["share"] += r.share
+    return list(totals.values())
 
 
 def by_type(rows: list[OpRow]) -> list[dict[str, Any]]:
