@@ -208,6 +208,41 @@ def print_profile(result: Any, top: int | None = 15) -> None:
         console.print(f"  note: {result.per_op_note}")
 
 
+def print_comparison(comparison: Any) -> None:
+    """Each artifact's whole run, then ms per block and per op type side by side with the
+    ratio to the first artifact."""
+    for label, r in zip(comparison.labels, comparison.results, strict=True):
+        cost = r.per_op_overhead
+        console.print(f"[bold]{label}[/]: {r.artifact}, median {r.latency['median_ms']:.3f} ms "
+                      f"unprofiled; profiled {r.per_op_total_ms:.3f} ms a run"
+                      + (f" (overhead ×{cost['ratio']:.2f})" if cost else "")
+                      + (f"; {r.per_op_placed}" if r.per_op_placed else ""))
+    base = comparison.labels[0]
+    for title, table in (("by block", comparison.blocks), ("by op type", comparison.types)):
+        out = Table(title=f"{title}: ms (sum of per-op medians), ratio to {base}")
+        out.add_column(title.removeprefix("by "))
+        for k, label in enumerate(comparison.labels):
+            out.add_column(label, justify="right")
+            if k:
+                out.add_column("×", justify="right")
+        for row in table:
+            cells = [row["name"]]
+            for k, ms in enumerate(row["ms"]):
+                cells.append(f"{ms:.3f}" if row["ops"][k] else "—")
+                if k:
+                    ratio = row["ratio"][k]
+                    cells.append("" if ratio is None or not row["ops"][k] else f"{ratio:.2f}")
+            out.add_row(*cells)
+        totals = [sum(r["ms"][k] for r in table) for k in range(len(comparison.labels))]
+        cells = ["all ops"]
+        for k, t in enumerate(totals):
+            cells.append(f"{t:.3f}")
+            if k:
+                cells.append(f"{t / totals[0]:.2f}" if totals[0] else "")
+        out.add_row(*cells, style="bold")
+        console.print(out)
+
+
 def latency_words(lat: dict[str, Any]) -> str:
     """median, p90, p99, mean ± std, runs and span of a latency record, on one line."""
     return (f"median {lat['median_ms']:.3f} ms · p90 {lat['p90_ms']:.3f} · p99 "

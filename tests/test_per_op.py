@@ -1,6 +1,6 @@
 """Per-operator profiles on a real agent on loopback: LiteRT's CompiledModel profiler (fp32,
 int8, a builtin op XNNPACK does not take, a foreign .tflite) in ExecuTorch's table shape, ops
-placed in the source model's blocks."""
+placed in the source model's blocks, and runtimes compared block by block."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import csv
 import pytest
 
 from edgepipe.errors import EdgepipeError
+from edgepipe.host.compare import side_by_side
 from edgepipe.host.op_table import litert_op_table, percentile
 
 from . import foreign
@@ -100,3 +101,49 @@ def test_a_record_without_a_time_per_run_gives_no_numbers():
     assert rows[0].p90_ms == pytest.approx(percentile([0.004, 0.006, 0.05], 90)) and \
         rows[0].p90_ms > rows[0].median_ms
 
+
+def test_compare_four_artifacts_block_by_block(small_conversion, agent, cli_env,  # noqa: F811
+                                               tmp_path):
+    out, report = small_conversion
+    files = [str(out / artifact(report, fmt, precision)["file"])
+             for precision in ("fp32", "int8") for fmt in ("tflite", "executorch")]
+    plot, table = tmp_path / "compare.png", tmp_path / "compare.csv"
+    done = run_cli("profile", "--compare", *files, "--device", "loop", "--runs", "10",
+                   "--plot", str(plot), "--out", str(table), env=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*tmp*"))  # written through a temporary file
+    rows = list(csv.DictReader(table.open()))
+    labels = ["litert fp32", "executorch fp32", "litert int8", "executorch int8"]
+    assert all(f"{label} ratio" in rows[0] for label in labels)
+    blocks = [r for r in rows if r["level"] == "block"]
+    names = [r["name"] for r in blocks]
+    assert names[:2] == ["features.0", "features.1"] and "classifier" in names, names
+    for r in blocks:
+        base = float(r["litert fp32 ms"])
+        for label in labels[1:]:
+            if base > 0.001:  # whole microseconds: a ratio of tiny blocks is noise
+                assert float(r[f"{label} ratio"]) == pytest.approx(
+                    float(r[f"{label} ms"]) / base, rel=0.01, abs=0.002)
+    features = [r for r in blocks if r["name"].startswith("features.")]
+    assert all(float(r[f"{label} ms"]) > 0 for r in features[:3] for label in labels)
+    assert any(r["level"] == "type" and r["name"] == "Convolution DWConv" for r in rows)
+    assert "by block" in done.stdout and "by op type" in done.stdout
+    assert all(label in done.stdout for label in labels)
+
+    one = run_cli("profile", "--compare", files[0], "--device", "loop", env=cli_env)
+    assert one.returncode == 2 and "two or more" in one.stderr
+    neither = run_cli("profile", "--device", "loop", env=cli_env)
+    assert neither.returncode == 2 and "--compare" in neither.stderr
+
+
+def test_side_by_side_keeps_each_runtimes_own_ops():
+    a = [{"block": "features.0", "count": 2, "ms": 0.5}, {"block": "classifier", "count": 1,
+                                                          "ms": 0.1}]
+    b = [{"block": "(not placed)", "count": 3, "ms": 0.2},
+         {"block": "features.0", "count": 4, "ms": 1.0}]
+    table = side_by_side([a, b], "block")
+    assert [r["name"] for r in table] == ["features.0", "classifier", "(not placed)"]
+    assert table[0]["ratio"] == [1.0, 2.0] and table[0]["ops"] == [2, 4]
+    assert table[1]["ms"] == [0.1, 0.0] and table[1]["ratio"] == [1.0, 0.0]
+    assert table[2]["ratio"] == [None, None]  # nothing in the baseline: no ratio
