@@ -76,7 +76,9 @@ PER_OP: dict[str, Any] = {
          "properties": {"available": {"const": True}, "source": {"const": "etdump"},
                         "file": {"type": "string"}, "runs": {"type": "integer"},
                         "profiled_ms": {**_MS_LIST, "description": "each ETDump run's wall "
-                                                                   "time (ms)"}}},
+                                                                   "time (ms)"},
+                        "unprofiled_ms": {**_MS_LIST, "description": "the same runs without "
+                                                                     "ETDump"}}},
         {"type": "object",
          "required": ["available", "source", "runs", "library", "ops", "invoke_us",
                       "profiled_ms", "unprofiled_ms"],

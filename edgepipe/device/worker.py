@@ -47,22 +47,32 @@ def example_input(manifest: Manifest, seed: int = 0) -> np.ndarray:
 
 def executorch_etdump(artifact: Path, x: np.ndarray, threads: int, runs: int,
                       out: Path) -> dict[str, Any]:
-    """Run with ETDump on; the host turns the dump into a table with the ETRecord."""
+    """Run with ETDump on; the host turns the dump into a table with the ETRecord. The same
+    runs through the same API without ETDump (after 3 warm-up runs) give its overhead."""
     import torch
     from executorch.extension.pybindings import portable_lib
 
     portable_lib._unsafe_reset_threadpool(threads)
+    inputs = [torch.from_numpy(x)]
+
+    def timed(module: Any, count: int) -> list[float]:
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            module.forward(inputs)
+            times.append((time.perf_counter() - start) * 1000)
+        return times
+
+    plain = portable_lib._load_for_executorch(str(artifact), enable_etdump=False)
+    timed(plain, 3)
+    unprofiled = timed(plain, runs)
+    del plain
     module = portable_lib._load_for_executorch(str(artifact), enable_etdump=True,
                                                debug_buffer_size=0)
-    inputs = [torch.from_numpy(x)]
-    profiled = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        module.forward(inputs)
-        profiled.append((time.perf_counter() - start) * 1000)
+    profiled = timed(module, runs)
     module.write_etdump_result_to_file(str(out))
     return {"available": True, "source": "etdump", "file": out.name, "runs": runs,
-            "profiled_ms": profiled}
+            "profiled_ms": profiled, "unprofiled_ms": unprofiled}
 
 
 def litert_per_op(artifact: Path, x: np.ndarray, threads: int, runs: int) -> dict[str, Any]:

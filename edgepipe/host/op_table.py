@@ -119,9 +119,10 @@ def litert_op_table(per_op: dict[str, Any]) -> tuple[list[OpRow], float]:
 
 
 def overhead(per_op: dict[str, Any], unprofiled_ms: float | None = None) -> dict[str, Any] | None:
-    """What profiling costs: the median profiled run over the median unprofiled one. LiteRT
-    times both in the same compiled model; ExecuTorch's ETDump runs are set against the job's
-    own latency median (``unprofiled_ms``)."""
+    """What profiling costs: the median profiled run over the median unprofiled one, both
+    timed by the job through the same API (LiteRT: the same compiled model with the profiler
+    stopped; ExecuTorch: the program loaded without ETDump); from an older agent that sent
+    no unprofiled runs, the job's latency median (``unprofiled_ms``)."""
     profiled = per_op.get("profiled_ms")
     unprofiled = per_op.get("unprofiled_ms")
     base = statistics.median(unprofiled) if unprofiled else unprofiled_ms
