@@ -9,11 +9,10 @@ after it) or elides them (a RESHAPE): events are matched to the .tflite's ops by
 alignment (Needleman-Wunsch) of the two sequences, with XNNPACK's kernel names made to agree
 with TFLite's op names. Builtin-op events carry their node index and are pinned to it.
 
-ExecuTorch: an op outside the delegate gets the ``nn_module_stack`` of its nodes through the
-ETRecord's debug handles (``executorch.devtools`` Inspector, ``module_hierarchy``). XNNPACK's
-kernels are named by strings, which the Inspector maps to no debug handle (its
-``module_hierarchy`` is empty for them): they are aligned the same way with the ETRecord's
-edge program, whose nodes keep ``nn_module_stack``; XNNPACK's own layout transposes and the
+ExecuTorch: XNNPACK's kernels are named by strings, which ``executorch.devtools``' Inspector
+maps to no debug handle (its ``module_hierarchy`` is empty for them), so the rows are aligned
+the same way with the ETRecord's edge program, whose nodes keep ``nn_module_stack`` (ops run
+outside the delegate match by their ATen name); XNNPACK's own layout transposes and the
 graph's quantize/dequantize nodes it folds stay unmatched.
 
 A block is the module under the model's root; where that module's children have modules of
@@ -268,8 +267,8 @@ def edge_ops(etrecord: Path) -> list[TfliteOp]:
 
 
 def executorch_module(stack: Any) -> ModuleRef | None:
-    """The deepest module of an event's ``module_hierarchy`` entry (a dict of debug handle ->
-    ``nn_module_stack``, or such a stack: name -> (path, qualified class))."""
+    """The deepest module below the root in a dict of ``nn_module_stack`` s (each: name ->
+    (path, qualified class)), or None."""
     stacks = stack.values() if isinstance(stack, dict) else []
     deepest: list[tuple[str, str]] = []
     for entry in stacks:
