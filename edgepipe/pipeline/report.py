@@ -6,7 +6,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from ..host.op_table import OpRow, by_type
+from ..host.compare import side_by_side
+from ..host.op_table import OpRow, by_block, by_type
 from ..report_parts import STYLE, hbar_svg, parity_text
 
 
@@ -54,7 +55,40 @@ def _device_section(entry: dict[str, Any]) -> str:
              "<th>peak RSS MB</th><th>load ms</th><th>device state</th></tr>"
              + "".join(rows) + "</table>")
     return (head + errors + _tables_section(entry) + table + "<h3>Median latency</h3>"
-            + hbar_svg(bars) + "".join(_per_op_section(r) for r in results))
+            + hbar_svg(bars) + _compare_section(results)
+            + "".join(_per_op_section(r) for r in results))
+
+
+def _compare_section(results: list[dict[str, Any]]) -> str:
+    """Runtimes side by side, block by block, for each precision and thread count that two or
+    more artifacts with a per-op table share (ratio to the first listed)."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in results:
+        if r.get("per_op"):
+            groups.setdefault((r["precision"], r["threads"]), []).append(r)
+    html = ""
+    for (precision, threads), group in groups.items():
+        if len(group) < 2:
+            continue
+        rows = [[OpRow(**o) for o in r["per_op"]] for r in group]
+        table = side_by_side([by_block(x) for x in rows], "block")
+        labels = [escape(r["runtime"]) for r in group]
+        head = "".join(f"<th>{label} ms</th>" + ("<th>×</th>" if k else "")
+                       for k, label in enumerate(labels))
+        body = ""
+        for row in table:
+            cells = ""
+            for k, ms in enumerate(row["ms"]):
+                cells += f"<td class=num>{ms:.3f}</td>" if row["ops"][k] else "<td>—</td>"
+                if k:
+                    ratio = row["ratio"][k]
+                    cells += (f"<td class=num>{ratio:.2f}</td>"
+                              if ratio is not None and row["ops"][k] else "<td></td>")
+            body += f"<tr><td>{escape(row['name'])}</td>{cells}</tr>"
+        html += (f"<h3>Runtimes side by side: {escape(precision)}, {threads} thread(s)</h3>"
+                 f"<p>Sum of per-op medians per block (each runtime's own profiler), ratio to "
+                 f"{labels[0]}.</p><table><tr><th>block</th>{head}</tr>{body}</table>")
+    return html
 
 
 def _tables_section(entry: dict[str, Any]) -> str:
