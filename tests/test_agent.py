@@ -11,8 +11,10 @@ import signal
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import jsonschema
 import pytest
 
+from edgepipe import schemas
 from edgepipe.errors import EdgepipeError
 from edgepipe.host.client import AgentClient
 from edgepipe.host.local import start_agent, stop_agent
@@ -108,6 +110,10 @@ def test_executorch_per_op_table(small_conversion, agent, cli_env, tmp_path):
     placed = [r for r in rows if r["block"]]
     assert len(placed) > len(rows) / 2, len(placed)
     assert {"features.0", "features.1", "classifier"} <= {r["block"] for r in placed}
+    client, _ = agent
+    per_op = client.jobs()[-1]["result"]["per_op"]
+    assert per_op["source"] == "etdump" and len(per_op["unprofiled_ms"]) == 10
+    jsonschema.validate(per_op, schemas.PER_OP)
 
 
 def test_openapi_describes_every_route(agent):

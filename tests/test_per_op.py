@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import csv
 
+import jsonschema
 import pytest
 
+from edgepipe import schemas
 from edgepipe.errors import EdgepipeError
 from edgepipe.host.compare import side_by_side
 from edgepipe.host.op_table import litert_op_table, percentile
@@ -60,6 +62,7 @@ def test_litert_per_op_table(small_conversion, agent, cli_env, tmp_path, precisi
     assert per_op["available"] and per_op["runs"] == 10
     assert len(per_op["profiled_ms"]) == len(per_op["unprofiled_ms"]) == 10
     assert "Run Order" in per_op["summary"]  # LiteRT's own summary travels with the numbers
+    jsonschema.validate(per_op, schemas.PER_OP)  # the shape /v1/openapi.json documents
 
 
 def test_builtin_op_runs_between_xnnpack_partitions_in_order(agent, cli_env,  # noqa: F811
