@@ -3,8 +3,13 @@
     python benchmarks/runtimes.py [--runs 200] [--threads 1 2] [--models small large]
 
 Converts with edgepipe's own converters (cached in benchmarks/.cache), then times, in one
-process and one run: torch eager, ExecuTorch XNNPACK fp32/int8, LiteRT fp32/int8, and ONNX
-Runtime as an outside peer. Prints medians and each entry's ratio to the fastest entry of
+process and one run: torch eager, ExecuTorch XNNPACK fp32/int8, LiteRT fp32/int8, and the
+peers users pick instead: ONNX Runtime fp32 and int8 (static QDQ, per-channel weights, the
+same calibration photos as edgepipe's int8), OpenVINO fp32 and int8 (the same ONNX files;
+OpenVINO runs a QDQ graph in int8; fp32 pinned with INFERENCE_PRECISION_HINT=f32, and its
+default hint as its own entry where that picks bf16). Each peer is optional: where it is not
+installed or does not convert, it is skipped and the reason printed. NCNN and MNN are listed
+as skipped with their reason. Prints medians and each entry's ratio to the fastest entry of
 its model and thread count, and whether each graph is whole (XNNPACK partitions).
 """
 
@@ -64,6 +69,105 @@ class OnnxRuntime:
         self.session.run(None, self.feed)
 
 
+class OpenVino:
+    runtime = "openvino"
+
+    def __init__(self, path: Path, threads: int, precision_hint: str | None = "f32") -> None:
+        """``precision_hint`` None: OpenVINO's default, which on a CPU with bf16 (AVX512-BF16,
+        AMX) runs an fp32 model in bf16; ``precision`` says what it chose."""
+        import openvino as ov
+
+        config: dict = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+                        "PERFORMANCE_HINT": "LATENCY"}
+        if precision_hint:
+            config["INFERENCE_PRECISION_HINT"] = precision_hint
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        chosen = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.precision = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}.get(
+            chosen.split("'")[1] if "'" in chosen else chosen, chosen)
+        self.request = self.compiled.create_infer_request()
+        self.x: np.ndarray | None = None
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        self.x = x
+        self.request.infer({0: x})
+        return [self.request.get_output_tensor(0).data.copy()]
+
+    def invoke(self) -> None:
+        self.request.infer({0: self.x})
+
+
+def onnx_int8_file(model: str, onnx: Path, calibration: list[torch.Tensor]) -> Path:
+    """Static QDQ int8 (uint8 activations, per-channel int8 weights: ONNX Runtime's choice
+    for x86), calibrated on the photos edgepipe's own int8 converters use."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    path = CACHE / f"{model}_int8.onnx"
+    if path.is_file():
+        return path
+    pre = CACHE / f"{model}_pre.onnx"
+    quant_pre_process(str(onnx), str(pre))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            import onnxruntime as ort
+
+            name = ort.InferenceSession(str(pre)).get_inputs()[0].name
+            self.items = iter([{name: t.numpy()} for t in calibration])
+
+        def get_next(self) -> dict | None:
+            return next(self.items, None)
+
+    tmp = path.with_suffix(".tmp.onnx")
+    quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    tmp.replace(path)
+    return path
+
+
+def peers(model: str, onnx: Path, calibration: list[torch.Tensor], threads: int,
+          skipped: dict[str, str]) -> list[tuple[str, str, object, dict]]:
+    """The optional peers that install and convert here; the others go to ``skipped``."""
+    entries: list[tuple[str, str, object, dict]] = []
+    try:
+        int8 = onnx_int8_file(model, onnx, calibration)
+    except Exception as exc:  # a peer's own failure skips it, not the benchmark
+        skipped["ONNX QDQ int8"] = f"{type(exc).__name__}: {exc}"
+        int8 = None
+    entries.append(("ONNX Runtime", "fp32", OnnxRuntime(onnx, threads), {}))
+    if int8:
+        entries.append(("ONNX Runtime", "int8", OnnxRuntime(int8, threads), {}))
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        skipped["OpenVINO"] = "not installed (pip install openvino)"
+    else:
+        for precision, path in (("fp32", onnx), ("int8", int8)):
+            if path is None:
+                continue
+            try:
+                entries.append(("OpenVINO", precision, OpenVino(path, threads), {}))
+                if precision == "fp32":  # what users get without a hint
+                    default = OpenVino(path, threads, precision_hint=None)
+                    if default.precision != "fp32":
+                        entries.append(("OpenVINO (default hint)",
+                                        f"{default.precision} (fp32 model)", default, {}))
+            except Exception as exc:
+                skipped[f"OpenVINO {precision}"] = f"{type(exc).__name__}: {exc}"
+    skipped.setdefault("NCNN", "not wired into this benchmark yet (pnnx export and ncnn's "
+                               "int8 calibration not tried here)")
+    skipped.setdefault("MNN", "not wired into this benchmark yet (MNN's ONNX converter and "
+                              "quantizer not tried here)")
+    return entries
+
+
 def converted(model: str) -> tuple[Path, dict]:
     out = CACHE / model
     if not (out / "report.json").is_file():
@@ -95,11 +199,13 @@ def main() -> None:
 
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     rows = []
+    skipped: dict[str, str] = {}
     for short in args.models:
         model = f"mobilenet_v3_{short}"
         out, report = converted(model)
         src = load_source_model(model, bn_images=builtin_calibration_images(16))
         onnx = onnx_file(model, src.module)
+        calibration = src.batches(builtin_calibration_images(32))  # as convert
         for threads in args.threads:
             entries: list[tuple[str, str, object, dict]] = [
                 ("torch eager", "fp32", TorchEager(src.module, threads), {})]
@@ -107,7 +213,7 @@ def main() -> None:
                 name = {"executorch": "ExecuTorch XNNPACK", "tflite": "LiteRT"}[a["format"]]
                 entries.append((name, a["precision"], open_runner(out / a["file"], threads),
                                 a["graph"]))
-            entries.append(("ONNX Runtime", "fp32", OnnxRuntime(onnx, threads), {}))
+            entries += peers(model, onnx, calibration, threads, skipped)
             for name, precision, runner, graph in entries:
                 stats: LatencyStats = measure_latency(runner, x, args.warmup, args.runs)
                 rows.append({"model": model, "threads": threads, "runtime": name,
@@ -129,8 +235,10 @@ def main() -> None:
         print(f"| {r['model'].removeprefix('mobilenet_v3_')} | {r['threads']} | {r['runtime']} "
               f"| {r['precision']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
               f"{r['p99_ms']:.2f} | {r['ratio_to_fastest']:.2f} | {parts} |")
+    for name, reason in skipped.items():
+        print(f"skipped {name}: {reason}")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "skipped": skipped}, indent=2))
 
 
 if __name__ == "__main__":

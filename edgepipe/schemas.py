@@ -62,6 +62,51 @@ JOB_SPEC: dict[str, Any] = {
     },
 }
 
+_MS_LIST = {"type": "array", "items": {"type": "number", "minimum": 0}}
+PER_OP: dict[str, Any] = {
+    "description": "a job result's per-operator profile: a reason instead of numbers, "
+                   "ExecuTorch's ETDump (fetched from /v1/jobs/{job}/etdump, read on the host "
+                   "with the ETRecord) or LiteRT's CompiledModel profiler events per run",
+    "oneOf": [
+        {"type": "object", "required": ["available", "reason"],
+         "properties": {"available": {"const": False},
+                        "reason": {"type": "string",
+                                   "description": "per-op not available because …"}}},
+        {"type": "object", "required": ["available", "source", "file", "runs"],
+         "properties": {"available": {"const": True}, "source": {"const": "etdump"},
+                        "file": {"type": "string"}, "runs": {"type": "integer"},
+                        "profiled_ms": {**_MS_LIST, "description": "each ETDump run's wall "
+                                                                   "time (ms)"},
+                        "unprofiled_ms": {**_MS_LIST, "description": "the same runs without "
+                                                                     "ETDump"}}},
+        {"type": "object",
+         "required": ["available", "source", "runs", "library", "ops", "invoke_us",
+                      "profiled_ms", "unprofiled_ms"],
+         "properties": {
+             "available": {"const": True}, "source": {"const": "litert-profiler"},
+             "runs": {"type": "integer", "minimum": 1},
+             "library": {"type": "string", "description": "ai-edge-litert VERSION"},
+             "ops": {"type": "array", "description": "in execution order", "items": {
+                 "type": "object",
+                 "required": ["position", "name", "delegated", "node", "times_us"],
+                 "properties": {
+                     "position": {"type": "integer", "minimum": 0},
+                     "name": {"type": "string", "description": "XNNPACK's kernel name, or "
+                                                               "the TFLite op's"},
+                     "delegated": {"type": "boolean",
+                                   "description": "run by XNNPACK (else a builtin op)"},
+                     "node": {"type": ["integer", "null"],
+                              "description": "the TFLite node index (builtin ops)"},
+                     "times_us": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                                  "description": "one per run, whole µs as XNNPACK times"}}}},
+             "invoke_us": {**_MS_LIST, "description": "the runtime's Invoke event per run"},
+             "profiled_ms": {**_MS_LIST, "description": "wall time of each profiled run"},
+             "unprofiled_ms": {**_MS_LIST, "description": "the same model's runs with the "
+                                                          "profiler stopped"},
+             "summary": {"type": "string", "description": "LiteRT's profile summary "
+                                                          "(benchmark_model's text)"}}},
+    ]}
+
 QUANTIZATION: dict[str, Any] = {
     "type": "object", "additionalProperties": False, "required": ["scale", "zero_point"],
     "description": "a quantized tensor: real = scale * (q - zero_point)",

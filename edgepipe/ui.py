@@ -174,19 +174,73 @@ def print_profile(result: Any, top: int | None = 15) -> None:
                       f"{rep['within_pct']:g} %)")
     console.print("  device state: " + state_words(result.device_state, result.flags))
     if not result.per_op:
-        console.print(f"  per-op: not available — {result.per_op_note}")
+        note = result.per_op_note or "per-op not available because the agent gave no reason"
+        console.print(f"  {note}")
         return
     rows = sorted(result.per_op, key=lambda r: -r.median_ms)[:top]
+    source = getattr(result, "per_op_source", None) or "ETDump"
     table = Table(title=f"slowest {len(rows)} of {len(result.per_op)} ops "
-                        f"(total {result.per_op_total_ms:.3f} ms, ETDump)")
-    for col in ("op", "type", "delegated", "median ms", "share"):
-        table.add_column(col, justify="right" if col in ("median ms", "share") else "left")
+                        f"(whole run {result.per_op_total_ms:.3f} ms, {source})")
+    for col in ("op", "type", "delegated", "median ms", "p90 ms", "share"):
+        table.add_column(col, justify="right" if col in ("median ms", "p90 ms", "share")
+                         else "left")
     for r in rows:
         table.add_row(r.name, r.type, "yes" if r.delegated else "no", f"{r.median_ms:.3f}",
-                      f"{r.share:.1%}")
+                      f"{r.p90_ms:.3f}", f"{r.share:.1%}")
     console.print(table)
+    summed = sum(r.median_ms for r in result.per_op)
+    if result.per_op_total_ms:
+        console.print(f"  the ops' medians add up to {summed:.3f} ms, "
+                      f"{summed / result.per_op_total_ms:.0%} of the whole run")
+    placed = getattr(result, "per_op_placed", None)
+    if placed:
+        from .host.op_table import by_block
+
+        blocks = by_block(result.per_op)
+        console.print(f"  by block ({placed}): " + " · ".join(
+            f"{b['block']} {b['ms']:.3f}" for b in blocks) + " ms")
+    cost = getattr(result, "per_op_overhead", None)
+    if cost:
+        console.print(f"  profiling overhead: {cost['profiled_ms']:.3f} ms a run profiled vs "
+                      f"{cost['unprofiled_ms']:.3f} ms unprofiled (×{cost['ratio']:.2f}, "
+                      f"medians of {cost['runs']} runs)")
     if result.per_op_note:
         console.print(f"  note: {result.per_op_note}")
+
+
+def print_comparison(comparison: Any) -> None:
+    """Each artifact's whole run, then ms per block and per op type side by side with the
+    ratio to the first artifact."""
+    for label, r in zip(comparison.labels, comparison.results, strict=True):
+        cost = r.per_op_overhead
+        console.print(f"[bold]{label}[/]: {r.artifact}, median {r.latency['median_ms']:.3f} ms "
+                      f"unprofiled; profiled {r.per_op_total_ms:.3f} ms a run"
+                      + (f" (overhead ×{cost['ratio']:.2f})" if cost else "")
+                      + (f"; {r.per_op_placed}" if r.per_op_placed else ""))
+    base = comparison.labels[0]
+    for title, table in (("by block", comparison.blocks), ("by op type", comparison.types)):
+        out = Table(title=f"{title}: ms (sum of per-op medians), ratio to {base}")
+        out.add_column(title.removeprefix("by "))
+        for k, label in enumerate(comparison.labels):
+            out.add_column(label, justify="right")
+            if k:
+                out.add_column("×", justify="right")
+        for row in table:
+            cells = [row["name"]]
+            for k, ms in enumerate(row["ms"]):
+                cells.append(f"{ms:.3f}" if row["ops"][k] else "—")
+                if k:
+                    ratio = row["ratio"][k]
+                    cells.append("" if ratio is None or not row["ops"][k] else f"{ratio:.2f}")
+            out.add_row(*cells)
+        totals = [sum(r["ms"][k] for r in table) for k in range(len(comparison.labels))]
+        cells = ["all ops"]
+        for k, t in enumerate(totals):
+            cells.append(f"{t:.3f}")
+            if k:
+                cells.append(f"{t / totals[0]:.2f}" if totals[0] else "")
+        out.add_row(*cells, style="bold")
+        console.print(out)
 
 
 def latency_words(lat: dict[str, Any]) -> str:

@@ -130,3 +130,23 @@ def exif_portrait(path: Path) -> np.ndarray:
     exif[0x0112] = 6
     stored.save(path, exif=exif.tobytes(), quality=95)
     return up
+
+
+class _WithCumsum(nn.Module):
+    """Convolutions around a cumulative sum, which XNNPACK has no kernel for: LiteRT runs it
+    as a builtin op between two XNNPACK partitions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cumsum(torch.relu(self.stem(x.permute(0, 3, 1, 2))), dim=1)
+        return self.head(y).mean(dim=(2, 3))
+
+
+def with_builtin_op(path: Path, size: int = 32) -> Path:
+    """NHWC float in, 4 logits out, a CUMSUM in the middle."""
+    return _export(_WithCumsum(), torch.zeros(1, size, size, 3), path)

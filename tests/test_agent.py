@@ -11,8 +11,10 @@ import signal
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import jsonschema
 import pytest
 
+from edgepipe import schemas
 from edgepipe.errors import EdgepipeError
 from edgepipe.host.client import AgentClient
 from edgepipe.host.local import start_agent, stop_agent
@@ -74,7 +76,7 @@ def test_deploy_then_profile_round_trip(small_conversion, agent, cli_env, tmp_pa
     tflite = out / artifact(report, "tflite", "int8")["file"]
     done = run_cli("profile", str(tflite), "--device", "loop", "--runs", "20", env=cli_env)
     assert done.returncode == 0, done.stderr
-    assert "median" in done.stdout and "per-op: not available" in done.stdout
+    assert "median" in done.stdout and "LiteRT profiler" in done.stdout
     job = client.jobs()[-1]
     assert job["state"] == "done" and job["result"]["latency"]["count"] == 20
     assert job["result"]["latency"]["median_ms"] > 0
@@ -91,7 +93,8 @@ def test_executorch_per_op_table(small_conversion, agent, cli_env, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(table_csv.open()))
     assert len(rows) > 30  # every XNNPACK kernel of the network, in order
-    assert set(rows[0]) == {"name", "type", "delegated", "median_ms", "share"}
+    assert set(rows[0]) >= {"name", "type", "delegated", "median_ms", "p90_ms", "share"}
+    assert all(float(r["median_ms"]) <= float(r["p90_ms"]) for r in rows)
     types = {r["type"] for r in rows}
     assert {"Convolution DWConv", "HardSwish"} <= types or any("Convolution" in t for t in types)
     assert all(r["delegated"] == "True" for r in rows)  # one XNNPACK partition
@@ -102,6 +105,15 @@ def test_executorch_per_op_table(small_conversion, agent, cli_env, tmp_path):
     assert max(float(r["median_ms"]) for r in rows) > 0
     assert json.loads(table_json.read_text())[0].keys() == rows[0].keys()
     assert "slowest" in done.stdout and "ETDump" in done.stdout
+    assert "profiling overhead" in done.stdout
+    # placed through the ETRecord's edge program: XNNPACK's own layout transposes stay unplaced
+    placed = [r for r in rows if r["block"]]
+    assert len(placed) > len(rows) / 2, len(placed)
+    assert {"features.0", "features.1", "classifier"} <= {r["block"] for r in placed}
+    client, _ = agent
+    per_op = client.jobs()[-1]["result"]["per_op"]
+    assert per_op["source"] == "etdump" and len(per_op["unprofiled_ms"]) == 10
+    jsonschema.validate(per_op, schemas.PER_OP)
 
 
 def test_openapi_describes_every_route(agent):

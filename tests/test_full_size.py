@@ -81,10 +81,12 @@ def test_run_with_no_arguments_is_the_whole_job(tmp_path):
         assert r["latency"]["count"] == 50 and r["latency"]["median_ms"] > 0
         assert r["device"]["fingerprint"] == device["info"]["fingerprint"]
     assert len(measured[("executorch", "int8")]["per_op"]) > 50
-    assert measured[("tflite", "int8")]["per_op"] is None
+    assert len(measured[("tflite", "int8")]["per_op"]) > 50  # LiteRT's CompiledModel profiler
+    assert all(o["block"] for o in measured[("tflite", "int8")]["per_op"])
     html = (out / "report.html").read_text()
     for text in ("Device this-machine", "Per operator", "<svg", "Median latency",
-                 "mobilenet_v3_small_int8.pte", "Not available", "p99 ms", "device state"):
+                 "mobilenet_v3_small_int8.pte", "LiteRT profiler", "p99 ms", "device state",
+                 "Runtimes side by side: int8", "features.11", "Profiling overhead"):
         assert text in html, text
     for r in measured.values():
         assert r["latency"]["p90_ms"] <= r["latency"]["p99_ms"] and r["device_state"]

@@ -198,7 +198,13 @@ def _add_deploy_profile(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_deploy)
     p = sub.add_parser("profile", help="measure an artifact on a device: whole-model latency, "
                                        "memory and a per-operator table")
-    p.add_argument("artifact", type=Path, help="a .tflite or .pte with its manifest")
+    p.add_argument("artifact", type=Path, nargs="?", help="a .tflite or .pte with its manifest")
+    p.add_argument("--compare", type=Path, nargs="+", metavar="ARTIFACT",
+                   help="profile these artifacts (two or more) one after the other and show "
+                        "each block's and op type's time side by side, with the ratio to the "
+                        "first")
+    p.add_argument("--plot", type=Path, default=Path("compare.png"),
+                   help="with --compare: where to write the plot (default compare.png)")
     p.add_argument("--device", required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=10)
@@ -218,7 +224,8 @@ def _add_deploy_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-per-op", action="store_true", help="skip the per-operator profile")
     p.add_argument("--top", type=int, default=15, help="rows of the per-op table to print")
     p.add_argument("--out", type=Path, action="append", default=[],
-                   help="write the per-op table (.csv or .json; repeatable)")
+                   help="write the per-op table (.csv or .json; repeatable); with --compare "
+                        "the side-by-side table (.csv)")
     p.set_defaults(func=_run_profile)
 
 
@@ -257,6 +264,10 @@ def _run_profile(args: argparse.Namespace) -> int:
     affinity = cpu_list(args.affinity)
     if args.repeat < 1 or args.cooldown < 0 or args.min_seconds < 0:
         raise EdgepipeError("--repeat takes 1 or more, --cooldown and --min-seconds 0 or more")
+    if (args.artifact is None) == (args.compare is None):
+        raise EdgepipeError("give one artifact to profile, or --compare A B [C ...]")
+    if args.compare:
+        return _run_compare(args, affinity)
     with connect(get_device(args.device)) as client, \
             JobProgress(f"{args.artifact.name} on {args.device}") as progress:
         result = profile(client, args.artifact, threads=args.threads, warmup=args.warmup,
@@ -277,6 +288,32 @@ def _run_profile(args: argparse.Namespace) -> int:
         if not result.per_op:
             raise EdgepipeError(f"no per-op table to write to {path}: {result.per_op_note}")
         write_table(result.per_op, path)
+        print(f"wrote {path}")
+    return 0
+
+
+def _run_compare(args: argparse.Namespace, affinity: list[int] | None) -> int:
+    from ..host.compare import compare, plot_comparison, write_comparison
+    from ..host.registry import connect, get_device
+    from ..ui import JobProgress, print_comparison
+
+    if args.no_per_op or args.repeat != 1 or args.raw:
+        raise EdgepipeError("--compare measures per-op profiles once each: drop --no-per-op, "
+                            "--repeat and --raw")
+    if args.plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise EdgepipeError(f"--plot writes .png, .svg or .pdf, not {args.plot.name}")
+    for path in args.out:
+        if path.suffix != ".csv":
+            raise EdgepipeError(f"--out with --compare writes .csv, not {path.name}")
+    with connect(get_device(args.device)) as client, \
+            JobProgress(f"{len(args.compare)} artifacts on {args.device}") as progress:
+        comparison = compare(client, args.compare, threads=args.threads, warmup=args.warmup,
+                             runs=args.runs, affinity=affinity, on_progress=progress.update)
+    print_comparison(comparison)
+    plot_comparison(comparison, args.plot)
+    print(f"wrote {args.plot}")
+    for path in args.out:
+        write_comparison(comparison, path)
         print(f"wrote {path}")
     return 0
 

@@ -38,7 +38,10 @@ ARTIFACT = {"type": "object", "required": ["sha256", "name", "size", "uploaded",
 JOB_STATE = {"type": "object", "required": ["id", "state", "spec"], "properties": {
     "id": {"type": "string"}, "state": {"enum": ["queued", "running", "done", "failed"]},
     "spec": {"type": "object", "description": "the JobSpec, with its defaults filled in"},
-    "progress": {"type": "object"}, "result": {"type": ["object", "null"]},
+    "progress": {"type": "object"},
+    "result": {"type": ["object", "null"], "description": "a benchmark's figures (a batch's: "
+               "items); a single artifact's per_op as PerOp",
+               "properties": {"per_op": {"$ref": "#/components/schemas/PerOp"}}},
     "error": {"type": ["string", "null"]}, "created": {"type": "number"},
     "started": {"type": ["number", "null"]}, "finished": {"type": ["number", "null"]}}}
 
@@ -100,6 +103,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "Quantization": schemas.QUANTIZATION,
                 "Artifact": ARTIFACT,
                 "Job": JOB_STATE,
+                "PerOp": schemas.PER_OP,
             },
         },
         "security": [{"token": []}],

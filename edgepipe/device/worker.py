@@ -25,10 +25,6 @@ from .bench import measure_latency, measure_until_stable, rss_mb
 from .info import device_state, state_changes
 from .runtimes import import_runtime, open_runner
 
-LITERT_NO_PER_OP = ("LiteRT gives no per-operator timing from Python: ai-edge-litert has no "
-                    "profiler API, and the per-op profiler lives in TFLite's benchmark_model "
-                    "binary, which is not part of any wheel. Whole-model latency is measured.")
-
 
 def _peak_rss_mb() -> float:
     try:
@@ -51,18 +47,46 @@ def example_input(manifest: Manifest, seed: int = 0) -> np.ndarray:
 
 def executorch_etdump(artifact: Path, x: np.ndarray, threads: int, runs: int,
                       out: Path) -> dict[str, Any]:
-    """Run with ETDump on; the host turns the dump into a table with the ETRecord."""
+    """Run with ETDump on; the host turns the dump into a table with the ETRecord. The same
+    runs through the same API without ETDump (after 3 warm-up runs) give its overhead."""
     import torch
     from executorch.extension.pybindings import portable_lib
 
     portable_lib._unsafe_reset_threadpool(threads)
+    inputs = [torch.from_numpy(x)]
+
+    def timed(module: Any, count: int) -> list[float]:
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            module.forward(inputs)
+            times.append((time.perf_counter() - start) * 1000)
+        return times
+
+    plain = portable_lib._load_for_executorch(str(artifact), enable_etdump=False)
+    timed(plain, 3)
+    unprofiled = timed(plain, runs)
+    del plain
     module = portable_lib._load_for_executorch(str(artifact), enable_etdump=True,
                                                debug_buffer_size=0)
-    inputs = [torch.from_numpy(x)]
-    for _ in range(runs):
-        module.forward(inputs)
+    profiled = timed(module, runs)
     module.write_etdump_result_to_file(str(out))
-    return {"available": True, "source": "etdump", "file": out.name, "runs": runs}
+    return {"available": True, "source": "etdump", "file": out.name, "runs": runs,
+            "profiled_ms": profiled, "unprofiled_ms": unprofiled}
+
+
+def litert_per_op(artifact: Path, x: np.ndarray, threads: int, runs: int) -> dict[str, Any]:
+    """Per-op events of ``runs`` runs from LiteRT's CompiledModel profiler
+    (:func:`.litert_profiler.profile_ops`), or ``available: false`` with the reason."""
+    from .litert_profiler import PerOpUnavailable, profile_ops
+
+    try:
+        return profile_ops(artifact, x, threads=threads, runs=runs).to_dict()
+    except PerOpUnavailable as exc:
+        return {"available": False, "reason": str(exc)}
+    except Exception as exc:  # the latency stands; a profiler that breaks gives no numbers
+        return {"available": False, "reason": f"per-op not available because the LiteRT "
+                                              f"profiler failed: {type(exc).__name__}: {exc}"}
 
 
 def _start(job_dir: Path) -> dict[str, Any]:
@@ -128,13 +152,15 @@ def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any
         "input": {"shape": list(x.shape), "dtype": "float32", "data": "seeded normal noise"},
     }
     if not spec["profile"]:
-        result["per_op"] = {"available": False, "reason": "not asked for (profile=false)"}
+        result["per_op"] = {"available": False, "reason": "per-op not available because it was not "
+                             "asked for (profile=false)"}
     elif runner.runtime == "executorch":
         report(phase="profiling per op", done=0, total=1)
         result["per_op"] = executorch_etdump(artifact, x, spec["threads"],
                                              spec["profile_runs"], job_dir / "etdump.etdp")
     else:
-        result["per_op"] = {"available": False, "reason": LITERT_NO_PER_OP}
+        report(phase="profiling per op", done=0, total=1)
+        result["per_op"] = litert_per_op(artifact, x, spec["threads"], spec["profile_runs"])
     result["device_state"] = state_record(state, [result["latency"]])
     return result
 

@@ -3,8 +3,13 @@
 ExecuTorch: the device sends back the ETDump; the host reads it with the ETRecord written at
 conversion (``executorch.devtools``, so the device never needs devtools). XNNPACK reports its
 own kernels ("Convolution (NHWC, F32) DWConv #3"); operators outside the delegate appear under
-their ATen names. A runtime with no per-op profiler gets no table and a reason, never numbers
-made up from something else.
+their ATen names. LiteRT: the device sends the CompiledModel profiler's events per run
+(:mod:`edgepipe.device.litert_profiler`): XNNPACK's kernels under the same names, ops XNNPACK
+did not take under their TFLite names. A runtime with no per-op profiler gets no table and a
+reason, never numbers made up from something else.
+
+Per op: the median and p90 over the profiled runs (ms) and the share of the whole run (the
+runtime's own whole-run event: ExecuTorch's ``Method::execute``, LiteRT's ``Invoke``).
 """
 
 from __future__ import annotations
@@ -29,9 +34,23 @@ AGGREGATE_EVENTS = {"Method::execute", "DELEGATE_CALL", "Method::init", "Program
 class OpRow:
     name: str
     type: str
-    delegated: bool
+    delegated: bool  # run by the delegate (XNNPACK), else a runtime's own kernel
     median_ms: float
-    share: float  # of the whole model's median time
+    p90_ms: float
+    share: float  # median over the whole model's median time
+    module: str | None = None  # the source model's module it ran (edgepipe.host.op_map)
+    block: str | None = None  # that module's block: features.3, classifier
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), linearly interpolated (numpy's default method)."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return float(ordered[0])
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return float(ordered[low] + (ordered[high] - ordered[low]) * (rank - low))
 
 
 def op_type(event_name: str) -> str:
@@ -67,12 +86,66 @@ def executorch_op_table(etdump: Path, etrecord: Path | None) -> tuple[list[OpRow
         delegated = bool(event["is_delegated_op"])
         types = event["op_types"] if isinstance(event["op_types"], list) else []
         kind = op_type(event["event_name"]) if delegated or not types else types[0]
-        rows.append(OpRow(event["event_name"], kind, delegated, median, 0.0))
+        rows.append(OpRow(event["event_name"], kind, delegated, median,
+                          percentile(list(event["raw"]), 90), 0.0))
     if not total:
         total = sum(r.median_ms for r in rows)
     for r in rows:
         r.share = r.median_ms / total if total else 0.0
     return rows, float(total)
+
+
+def litert_op_table(per_op: dict[str, Any]) -> tuple[list[OpRow], float]:
+    """Rows in execution order and the median of the runtime's ``Invoke`` time (ms), from a
+    LiteRT job's ``per_op`` (``source: litert-profiler``). Raises :class:`EdgepipeError` when
+    the record does not hold one time per op and run."""
+    runs = per_op.get("runs")
+    ops = per_op.get("ops") or []
+    invoke = per_op.get("invoke_us") or []
+    if not ops or not runs or any(len(o.get("times_us") or []) != runs for o in ops):
+        raise EdgepipeError(f"the LiteRT per-op record holds no time per op and run "
+                            f"({len(ops)} ops, {runs} runs)")
+    rows = []
+    for o in ops:
+        times = [t / 1000 for t in o["times_us"]]
+        name = f"{o['name']} #{o['position']}"
+        kind = op_type(o["name"]) if o["delegated"] else o["name"]
+        rows.append(OpRow(name, kind, bool(o["delegated"]), float(statistics.median(times)),
+                          percentile(times, 90), 0.0))
+    total = statistics.median(invoke) / 1000 if invoke else sum(r.median_ms for r in rows)
+    for r in rows:
+        r.share = r.median_ms / total if total else 0.0
+    return rows, float(total)
+
+
+def overhead(per_op: dict[str, Any], unprofiled_ms: float | None = None) -> dict[str, Any] | None:
+    """What profiling costs: the median profiled run over the median unprofiled one, both
+    timed by the job through the same API (LiteRT: the same compiled model with the profiler
+    stopped; ExecuTorch: the program loaded without ETDump); from an older agent that sent
+    no unprofiled runs, the job's latency median (``unprofiled_ms``)."""
+    profiled = per_op.get("profiled_ms")
+    unprofiled = per_op.get("unprofiled_ms")
+    base = statistics.median(unprofiled) if unprofiled else unprofiled_ms
+    if not profiled or not base:
+        return None
+    median = statistics.median(profiled)
+    return {"profiled_ms": median, "unprofiled_ms": base, "ratio": median / base,
+            "runs": len(profiled)}
+
+
+UNPLACED = "(not placed)"
+
+
+def by_block(rows: list[OpRow]) -> list[dict[str, Any]]:
+    """Time per block of the model, in the order the blocks first run."""
+    totals: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        key = r.block or UNPLACED
+        t = totals.setdefault(key, {"block": key, "count": 0, "ms": 0.0, "share": 0.0})
+        t["count"] += 1
+        t["ms"] += r.median_ms
+        t["share"] += r.share
+    return list(totals.values())
 
 
 def by_type(rows: list[OpRow]) -> list[dict[str, Any]]:

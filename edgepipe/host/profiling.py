@@ -14,7 +14,8 @@ from ..device.store import RUNNABLE_SUFFIXES
 from ..errors import EdgepipeError
 from ..manifest import load_manifest, manifest_path
 from .client import AgentClient
-from .op_table import OpRow, executorch_op_table
+from .op_map import executorch_modules, litert_modules
+from .op_table import OpRow, executorch_op_table, litert_op_table, overhead
 
 DEVICE_FIELDS = ("hostname", "fingerprint", "identity_words", "machine", "cpu_model", "cores",
                  "runtimes")
@@ -67,6 +68,9 @@ class ProfileResult:
     per_op: list[OpRow] | None = None
     per_op_total_ms: float | None = None
     per_op_note: str | None = None
+    per_op_source: str | None = None  # "ETDump" or "LiteRT profiler"
+    per_op_overhead: dict[str, Any] | None = None  # profiled / unprofiled run time
+    per_op_placed: str | None = None  # how the ops were placed in the model, in words
     device_state: dict[str, Any] | None = None  # the job's start/end state and its flags
     flags: list[str] | None = None  # every repeat's device-state flags, in words
     repeats: list[dict[str, Any]] | None = None  # per repeat: job, latency, flags
@@ -118,16 +122,28 @@ def profile(client: AgentClient, artifact: Path, *, threads: int = 1, warmup: in
                   "flags": j["result"].get("device_state", {}).get("flags", [])}
                  for j in jobs],
         replicability=replicability(medians) if repeat > 1 else None)
-    if not result["per_op"].get("available"):
-        out.per_op_note = result["per_op"].get("reason")
-    elif result["per_op"].get("source") == "etdump":
+    per_op = result["per_op"]
+    if not per_op.get("available"):
+        out.per_op_note = per_op.get("reason")
+    elif per_op.get("source") == "litert-profiler":
+        out.per_op, out.per_op_total_ms = litert_op_table(per_op)
+        out.per_op_source = f"LiteRT profiler, {per_op['library']}"
+        out.per_op_overhead = overhead(per_op)
+        out.per_op_placed = litert_modules(out.per_op, per_op, artifact)
+    elif per_op.get("source") == "etdump":
         etrecord = manifest.extra.get("etrecord")
         etrecord_path = artifact.with_name(etrecord) if etrecord else None
         with tempfile.TemporaryDirectory() as tmp:
             dump = Path(tmp) / "etdump.etdp"
             dump.write_bytes(client.etdump(first["id"]))
             out.per_op, out.per_op_total_ms = executorch_op_table(dump, etrecord_path)
+        out.per_op_source = "ETDump"
+        out.per_op_overhead = overhead(per_op, result["latency"]["median_ms"])
+        out.per_op_placed = executorch_modules(out.per_op, etrecord_path)
         if etrecord_path is None or not etrecord_path.is_file():
             out.per_op_note = ("no ETRecord beside the artifact: ops are named by the "
                                "runtime's events only")
+    else:
+        out.per_op_note = f"per-op not available because the agent sent an unknown kind " \
+                          f"({per_op.get('source')!r}): update the host"
     return out

@@ -6,7 +6,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from ..host.op_table import OpRow, by_type
+from ..host.compare import side_by_side
+from ..host.op_table import OpRow, by_block, by_type
 from ..report_parts import STYLE, hbar_svg, parity_text
 
 
@@ -54,7 +55,40 @@ def _device_section(entry: dict[str, Any]) -> str:
              "<th>peak RSS MB</th><th>load ms</th><th>device state</th></tr>"
              + "".join(rows) + "</table>")
     return (head + errors + _tables_section(entry) + table + "<h3>Median latency</h3>"
-            + hbar_svg(bars) + "".join(_per_op_section(r) for r in results))
+            + hbar_svg(bars) + _compare_section(results)
+            + "".join(_per_op_section(r) for r in results))
+
+
+def _compare_section(results: list[dict[str, Any]]) -> str:
+    """Runtimes side by side, block by block, for each precision and thread count that two or
+    more artifacts with a per-op table share (ratio to the first listed)."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in results:
+        if r.get("per_op"):
+            groups.setdefault((r["precision"], r["threads"]), []).append(r)
+    html = ""
+    for (precision, threads), group in groups.items():
+        if len(group) < 2:
+            continue
+        rows = [[OpRow(**o) for o in r["per_op"]] for r in group]
+        table = side_by_side([by_block(x) for x in rows], "block")
+        labels = [escape(r["runtime"]) for r in group]
+        head = "".join(f"<th>{label} ms</th>" + ("<th>×</th>" if k else "")
+                       for k, label in enumerate(labels))
+        body = ""
+        for row in table:
+            cells = ""
+            for k, ms in enumerate(row["ms"]):
+                cells += f"<td class=num>{ms:.3f}</td>" if row["ops"][k] else "<td>—</td>"
+                if k:
+                    ratio = row["ratio"][k]
+                    cells += (f"<td class=num>{ratio:.2f}</td>"
+                              if ratio is not None and row["ops"][k] else "<td></td>")
+            body += f"<tr><td>{escape(row['name'])}</td>{cells}</tr>"
+        html += (f"<h3>Runtimes side by side: {escape(precision)}, {threads} thread(s)</h3>"
+                 f"<p>Sum of per-op medians per block (each runtime's own profiler), ratio to "
+                 f"{labels[0]}.</p><table><tr><th>block</th>{head}</tr>{body}</table>")
+    return html
 
 
 def _tables_section(entry: dict[str, Any]) -> str:
@@ -101,13 +135,19 @@ def _per_op_section(result: dict[str, Any]) -> str:
     chart = hbar_svg([(f"{t['type']} ×{t['count']}", t["ms"]) for t in types])
     top = sorted(rows, key=lambda r: -r.median_ms)[:10]
     table = ("<table><tr><th>op</th><th>type</th><th>delegated</th><th>median ms</th>"
-             "<th>share</th></tr>" + "".join(
+             "<th>p90 ms</th><th>share</th></tr>" + "".join(
                  f"<tr><td>{escape(r.name)}</td><td>{escape(r.type)}</td>"
                  f"<td>{'yes' if r.delegated else 'no'}</td><td class=num>{r.median_ms:.4f}</td>"
+                 f"<td class=num>{r.p90_ms:.4f}</td>"
                  f"<td class=num>{r.share:.1%}</td></tr>" for r in top) + "</table>")
     note = f'<p class="note">{escape(result["per_op_note"])}</p>' if result["per_op_note"] else ""
-    return (title + f"<p>{len(rows)} ops, {result['per_op_total_ms']:.3f} ms in all (ETDump, "
-            f"median per op). Time per operator type:</p>" + chart
+    cost = result.get("per_op_overhead")
+    cost_words = (f" Profiling overhead: {cost['profiled_ms']:.3f} ms a run profiled vs "
+                  f"{cost['unprofiled_ms']:.3f} ms unprofiled (×{cost['ratio']:.2f})."
+                  if cost else "")
+    source = escape(result.get("per_op_source") or "ETDump")
+    return (title + f"<p>{len(rows)} ops, whole run {result['per_op_total_ms']:.3f} ms "
+            f"({source}, median per op).{cost_words} Time per operator type:</p>" + chart
             + "<p>Slowest operators:</p>" + table + note)
 
 
