@@ -238,7 +238,14 @@ def test_netadapt_on_digits_killed_resumes_then_converts_and_deploys(tmp_path, s
     assert checked["factor"] == (checked["check"]["factor"]
                                  if checked["check"]["verdict"] == "drift" else 1.0)
     assert "latency from table" in stdout
-    assert steps[:len(before)] == before  # kept as they were, not searched again
+    # kept as they were, not searched again; their latencies in this session's units (the
+    # killed session predicted unchecked: factor 1)
+    factor = checked["factor"]
+    for kept, was in zip(steps, before, strict=False):
+        assert kept["arch"] == was["arch"] and kept["accuracy"] == was["accuracy"]
+        assert kept["factor"] == factor
+        assert kept["predicted_ms"] == pytest.approx(was["predicted_ms"] * factor)
+    assert len(steps) >= len(before)
     seed_ms = steps[0]["predicted_ms"]
     for a, b in zip(steps, steps[1:], strict=False):
         assert a["predicted_ms"] - b["predicted_ms"] >= 0.03 * seed_ms * 0.999  # δ = 3 %

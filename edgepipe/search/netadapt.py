@@ -118,6 +118,7 @@ def run_netadapt(req: NetAdaptRequest, runner: Runner, progress: Progress | None
         record["steps"] = [_seed_step(req, runner, progress)]
         record.save()
     steps = record["steps"]
+    _same_units(steps, est.factor)
     delta = s.delta_pct / 100 * seed_ms
     reached = next((st for st in steps if st["predicted_ms"] <= req.target_ms), None)
     while reached is None:
@@ -148,7 +149,7 @@ def run_netadapt(req: NetAdaptRequest, runner: Runner, progress: Progress | None
         steps.append({
             "step": step_no, "change": proposals[best].change,
             "arch": proposals[best].arch.to_dict(),
-            "predicted_ms": proposals[best].predicted_ms,
+            "predicted_ms": proposals[best].predicted_ms, "factor": est.factor,
             "measured_share": est.measured_share(proposals[best].arch),
             "accuracy": results[best].accuracy, "weights": weights,
             "seconds": time.perf_counter() - began,
@@ -163,6 +164,20 @@ def run_netadapt(req: NetAdaptRequest, runner: Runner, progress: Progress | None
     record.save()
     plot_netadapt_path(steps, record["finals"], req.out / "path.png")
     return {"record": record.data, "final": final}
+
+
+def _same_units(steps: list[dict[str, Any]], factor: float) -> None:
+    """Steps recorded by an earlier session of the search, whose table check found another
+    drift factor, re-expressed at this session's ``factor`` (every prediction is the table's
+    sum times the factor): a path must not compare milliseconds of two scales, which would
+    make a shrinking step look like a growing one and its score change sign."""
+    for step in steps:
+        ratio = factor / step.get("factor", 1.0)
+        if ratio != 1.0:
+            step["predicted_ms"] *= ratio
+            for p in step.get("proposals", []):
+                p["predicted_ms"] *= ratio
+        step["factor"] = factor
 
 
 def _with_lr(settings: TrainSettings, lr: float) -> TrainSettings:
@@ -188,6 +203,7 @@ def _seed_step(req: NetAdaptRequest, runner: Runner, progress: Progress) -> dict
     return {"step": 0, "change": "seed" + (f" (trained {steps} steps)" if steps else ""),
             "arch": req.seed_arch.to_dict(), "weights": "steps/step-000.pth",
             "predicted_ms": req.estimator.predict(req.seed_arch),
+            "factor": req.estimator.factor,
             "measured_share": req.estimator.measured_share(req.seed_arch),
             "accuracy": result.accuracy}
 
