@@ -151,20 +151,25 @@ def test_agent_on_aarch64_under_emulation(small_conversion, tmp_path):
         stop_agent(agent)
 
 
+def _bootstrap(sshd, agent_port: int, remote: Path, env: dict[str, str], *extra: str):
+    """`device bootstrap` over the test's sshd as device "pi", host keys not checked."""
+    ssh_port, key = sshd
+    return run_cli("device", "bootstrap", "--ssh", f"{getpass.getuser()}@127.0.0.1",
+                   "--ssh-port", str(ssh_port), "--identity", str(key),
+                   "--ssh-option", "StrictHostKeyChecking=no",
+                   "--ssh-option", "UserKnownHostsFile=/dev/null",
+                   "--agent-port", str(agent_port), "--remote-dir", str(remote),
+                   "--name", "pi", *extra, env=env)
+
+
 def test_bootstrap_installs_a_working_agent_over_ssh(small_conversion, sshd, tmp_path):
     """A wheel of this tree, a venv with the device extra, the agent started, registered."""
     out, report = small_conversion
-    ssh_port, key = sshd
     remote = tmp_path / "remote"
     env = {"EDGEPIPE_HOME": str(tmp_path / "home")}
     agent_port = free_port()
     try:
-        done = run_cli("device", "bootstrap", "--ssh", f"{getpass.getuser()}@127.0.0.1",
-                       "--ssh-port", str(ssh_port), "--identity", str(key),
-                       "--ssh-option", "StrictHostKeyChecking=no",
-                       "--ssh-option", "UserKnownHostsFile=/dev/null",
-                       "--agent-port", str(agent_port), "--remote-dir", str(remote),
-                       "--name", "pi", env=env)
+        done = _bootstrap(sshd, agent_port, remote, env)
         assert done.returncode == 0, done.stderr
         assert "registered device pi" in done.stdout
         assert (remote / "venv" / "bin" / "edgepipe").is_file()
@@ -191,17 +196,11 @@ def _stop_bootstrapped(remote: Path) -> None:
 def test_bootstrap_with_tls_registers_a_pinned_https_agent(sshd, tmp_path):
     from edgepipe.device.tls import certificate_fingerprint
 
-    ssh_port, key = sshd
     remote = tmp_path / "remote"
     env = {"EDGEPIPE_HOME": str(tmp_path / "home")}
     agent_port = free_port()
     try:
-        done = run_cli("device", "bootstrap", "--ssh", f"{getpass.getuser()}@127.0.0.1",
-                       "--ssh-port", str(ssh_port), "--identity", str(key),
-                       "--ssh-option", "StrictHostKeyChecking=no",
-                       "--ssh-option", "UserKnownHostsFile=/dev/null",
-                       "--agent-port", str(agent_port), "--remote-dir", str(remote),
-                       "--name", "pi", "--tls", env=env)
+        done = _bootstrap(sshd, agent_port, remote, env, "--tls")
         assert done.returncode == 0, done.stderr
         pin = certificate_fingerprint(remote / "data" / "tls" / "cert.pem")
         assert f"certificate fingerprint {pin}: pinned" in done.stdout
