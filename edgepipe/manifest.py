@@ -112,6 +112,10 @@ class TensorSpec:
     layout: str = "NCHW"
     # set when the artifact's own tensor is quantized: real = scale * (q - zero_point)
     quantization: dict[str, float] | None = None
+    # the order of the dims in the artifact's memory when it is not the shape's own:
+    # [0, 2, 3, 1] for an ExecuTorch program exported channels-last (the shape stays NCHW;
+    # the runner lays the input out, see edgepipe.device.runtimes.executorch_inputs)
+    dim_order: list[int] | None = None
 
 
 @dataclass

@@ -118,3 +118,51 @@ def test_module_factory_converts(tmp_path):
     a = artifact(report, "executorch", "fp32")
     assert a["parity"]["max_rel_error"] < 1e-4
     assert load_manifest(tmp_path / "f" / a["file"]).labels is None
+
+
+def test_executorch_input_layout_is_read_from_the_program(small_conversion, tmp_path):
+    """edgepipe's .pte takes its input channels-last (no input transpose in XNNPACK) and says
+    so in its manifest; the runner reads the layout from the program itself, so a foreign
+    .pte exported NCHW-contiguous runs right too. Fed the other layout, the runtime does not
+    complain: it computes on scrambled pixels (why the runner must lay the input out)."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    from edgepipe.device.inspect_artifact import tensor_specs
+    from edgepipe.device.runtimes import pte_dim_orders
+
+    out, report = small_conversion
+    for precision in ("fp32", "int8"):
+        a = artifact(report, "executorch", precision)
+        path = out / a["file"]
+        assert load_manifest(path).inputs[0].dim_order == [0, 2, 3, 1]
+        assert pte_dim_orders(path) == [[0, 2, 3, 1]]
+        assert a["graph"]["delegate_partitions"] == 1 and a["graph"]["ops_outside_delegate"] == {}
+        assert a["graph"]["global_pools_as_mean"] == 10  # 9 squeeze-excites + the head's pool
+        assert tensor_specs(path)[0][0].dim_order == [0, 2, 3, 1]
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(),
+                                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    x = torch.randn(1, 3, 32, 24)
+    foreign = tmp_path / "nchw.pte"
+    foreign.write_bytes(to_edge_transform_and_lower(
+        torch.export.export(module, (x,)), partitioner=[XnnpackPartitioner()]
+    ).to_executorch().buffer)
+    assert pte_dim_orders(foreign) == [[0, 1, 2, 3]]
+    assert tensor_specs(foreign)[0][0].dim_order is None
+    with torch.no_grad():
+        expected = module(x).numpy()
+    np.testing.assert_allclose(open_runner(foreign).run(x.numpy())[0], expected, atol=1e-5)
+
+    path = out / artifact(report, "executorch", "fp32")["file"]
+    src = np.random.default_rng(1).standard_normal((1, 3, 96, 96)).astype(np.float32)
+    laid_out = open_runner(path).run(src)[0]
+    method = Runtime.get().load_program(path).load_method("forward")
+    as_is = method.execute([torch.from_numpy(src)])[0].numpy()  # NCHW-contiguous, unchecked
+    channels_last = method.execute([torch.from_numpy(src).to(
+        memory_format=torch.channels_last)])[0].numpy()
+    np.testing.assert_allclose(laid_out, channels_last, atol=1e-6)
+    assert np.abs(as_is - laid_out).max() > 1e-3

@@ -134,3 +134,11 @@ def test_a_table_of_one_cpu_refuses_the_other_naming_the_fields():
     same = Target(fingerprint(ids["zen3"]), "executorch", "int8", 2, ids["zen3"])
     with pytest.raises(EdgepipeError, match=r"precision 'fp32' ≠ 'int8'; threads 1 ≠ 2"):
         table.check_target(same)
+    # a table of programs that took NCHW-contiguous input (before channels-last .pte inputs:
+    # no program_input recorded) measured an input transpose today's programs do not run
+    zen3 = Target(fingerprint(ids["zen3"]), "executorch", "fp32", 1, ids["zen3"])
+    with pytest.raises(EdgepipeError, match="programs with NCHW-contiguous input measured ≠ "
+                                            "channels-last input"):
+        table.check_target(zen3)
+    table.method["program_input"] = "channels-last"
+    table.check_target(zen3)

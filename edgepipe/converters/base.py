@@ -62,7 +62,9 @@ class Converter:
         raise NotImplementedError
 
 
-def float_spec(name: str, shape: tuple[int, ...] | list[int]) -> TensorSpec:
-    """A float32 tensor as PyTorch lays it out: NCHW images/masks, NC logits."""
+def float_spec(name: str, shape: tuple[int, ...] | list[int],
+               dim_order: list[int] | None = None) -> TensorSpec:
+    """A float32 tensor as PyTorch lays it out: NCHW images/masks, NC logits (``dim_order``:
+    its memory order when not the shape's own, e.g. ``[0, 2, 3, 1]`` for channels-last)."""
     return TensorSpec(name=name, shape=[int(s) for s in shape], dtype="float32",
-                      layout=output_layout(shape))
+                      layout=output_layout(shape), dim_order=dim_order)

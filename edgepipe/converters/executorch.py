@@ -1,4 +1,12 @@
-"""PyTorch → ExecuTorch ``.pte`` lowered to XNNPACK (fp32, or int8 with PT2E)."""
+"""PyTorch → ExecuTorch ``.pte`` lowered to XNNPACK (fp32, or int8 with PT2E).
+
+Programs take their image input channels-last (dim order ``[0, 2, 3, 1]``, recorded in the
+manifest): XNNPACK computes in NHWC, and a program exported for NCHW-contiguous input starts
+with a transpose (``Transpose (ND, X8)``: 0.12 ms of MobileNetV3-Small int8's 1.43 ms at 224,
+1 thread; README, "Runtimes compared layer by layer"). Such a program reads an
+NCHW-contiguous tensor without complaint and computes on scrambled pixels, so every caller
+lays its input out through :func:`edgepipe.device.runtimes.executorch_inputs`.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +35,32 @@ def graph_stats(lowered: object) -> dict[str, object]:
     return {"delegate_partitions": delegates, "ops_outside_delegate": dict(outside)}
 
 
+def _dim_order(t: torch.Tensor) -> list[int] | None:
+    """The order of ``t``'s dims in memory, None when it is the shape's own order."""
+    order = sorted(range(t.ndim), key=lambda d: -t.stride(d))
+    return None if order == list(range(t.ndim)) else order
+
+
+def global_pools_as_means(program: torch.export.ExportedProgram) -> int:
+    """Rewrite ``adaptive_avg_pool2d(x, 1)`` as ``mean(x, [-1, -2], keepdim)`` in place; the
+    count rewritten. On a channels-last program the pooling decomposes into a mean and an
+    ``as_strided_copy`` that XNNPACK does not take (MobileNetV3-Small: 11 partitions and 10
+    copies outside them; as a mean: 1 partition). Done on the exported graph, after
+    quantization: the quantizer annotates the pooling, the q/dq pair stays around the mean."""
+    pool = torch.ops.aten.adaptive_avg_pool2d.default
+    count = 0
+    graph = program.graph_module.graph
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is pool \
+                and list(node.args[1]) in ([1, 1], [1]):
+            node.target = torch.ops.aten.mean.dim
+            node.args = (node.args[0], [-1, -2], True)
+            count += 1
+    if count:
+        program.graph_module.recompile()
+    return count
+
+
 class ExecuTorchConverter(Converter):
     format = "executorch"
     suffix = ".pte"
@@ -45,6 +79,8 @@ class ExecuTorchConverter(Converter):
         from executorch.exir import to_edge_transform_and_lower
 
         example = src.example_input()
+        if example.ndim == 4:
+            example = example.to(memory_format=torch.channels_last)
         quant, floats = None, None
         # XNNPACK runs h-swish natively in fp32 and inside int8 partitions: keep the op whole.
         # SiLU as sigmoid * x in int8: the quantizer then keeps the multiply int8
@@ -62,11 +98,14 @@ class ExecuTorchConverter(Converter):
                          "calibration_images": len(calibration)}
             program = torch.export.export(module, (example,),
                                           dynamic_shapes=src.dynamic_shapes())
+        pools = global_pools_as_means(program)
         # the ETRecord lets the host name the ops of an ETDump profiled on the device; it
         # costs lowering time and ~10 MB, so latency-table units go without (debug_info)
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
                                               generate_etrecord=debug_info)
         stats = {**graph_stats(lowered), "forms_swapped": swapped}
+        if pools:
+            stats["global_pools_as_mean"] = pools
         if floats is not None:
             stats["float_ops"] = floats
         program_et = lowered.to_executorch()
@@ -78,7 +117,7 @@ class ExecuTorchConverter(Converter):
             companions["etrecord"] = etrecord.name
         return Converted(
             path=path, precision=precision,
-            inputs=[float_spec("input", example.shape)],
+            inputs=[float_spec("input", example.shape, dim_order=_dim_order(example))],
             outputs=[float_spec("output", src.output_shape)],
             quantization=quant, graph=stats, companions=companions,
         )

@@ -36,7 +36,7 @@ from ..manifest import (
     save_manifest,
     tensor_layout,
 )
-from .runtimes import RUNTIME_FOR_SUFFIX, litert_interpreter
+from .runtimes import RUNTIME_FOR_SUFFIX, litert_interpreter, pte_dim_orders
 
 FORMAT_FOR_SUFFIX = {".tflite": "tflite", ".pte": "executorch"}
 TASKS = ("classification", "segmentation", "unknown")
@@ -95,11 +95,17 @@ def executorch_tensor_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSp
     except (RuntimeError, ValueError) as exc:
         raise EdgepipeError(f"ExecuTorch cannot load {path.name}: {exc}") from None
 
-    def spec(name: str, info: Any) -> TensorSpec:
+    def spec(name: str, info: Any, dim_order: list[int] | None = None) -> TensorSpec:
         shape = [int(s) for s in info.sizes()]
-        return TensorSpec(name=name, shape=shape, dtype="float32", layout=tensor_layout(shape))
+        if dim_order == list(range(len(shape))):
+            dim_order = None
+        return TensorSpec(name=name, shape=shape, dtype="float32", layout=tensor_layout(shape),
+                          dim_order=dim_order)
 
-    return ([spec(f"input_{i}", meta.input_tensor_meta(i)) for i in range(meta.num_inputs())],
+    orders = pte_dim_orders(path)
+    orders += [None] * (meta.num_inputs() - len(orders))
+    return ([spec(f"input_{i}", meta.input_tensor_meta(i), orders[i])
+             for i in range(meta.num_inputs())],
             [spec(f"output_{i}", meta.output_tensor_meta(i)) for i in range(meta.num_outputs())])
 
 
@@ -253,8 +259,11 @@ def init_manifest(path: Path, labels: Path | None = None, force: bool = False,
     classes.
     """
     path = Path(path)
-    if path.suffix not in FORMAT_FOR_SUFFIX or not path.is_file():
+    if path.suffix not in FORMAT_FOR_SUFFIX:
         raise EdgepipeError(f"{path} is not a .tflite or .pte file")
+    if not path.is_file():
+        raise EdgepipeError(f"{path} does not exist" if not path.exists()
+                            else f"{path} is not a file")
     for value, allowed, flag in ((task, TASKS, "--task"), (layout, LAYOUTS, "--layout"),
                                  (output_kind, OUTPUT_KINDS, "--output-kind"),
                                  (input_range, (*RANGES, "imagenet"), "--range")):

@@ -135,6 +135,43 @@ class LiteRTRunner:
         self._interp.invoke()
 
 
+def pte_dim_orders(path: Path) -> list[list[int]]:
+    """The memory order of each tensor input of a program's ``forward`` (``[0, 1, 2, 3]``:
+    NCHW-contiguous, ``[0, 2, 3, 1]``: channels-last), read from the program itself: the
+    runtime's method metadata does not expose it, and a program fed a tensor of another
+    order runs without complaint on scrambled data. Needs the ExecuTorch package (its
+    serializer, which imports torch). Raises :class:`EdgepipeError` for a file it cannot read."""
+    try:
+        from executorch.exir._serialize._program import deserialize_pte_binary
+    except ImportError:
+        raise missing_extra("the ExecuTorch package", "executorch") from None
+    try:
+        program = deserialize_pte_binary(Path(path).read_bytes()).program
+        plan = next(p for p in program.execution_plan if p.name == "forward")
+        values = [plan.values[i].val for i in plan.inputs]
+        return [list(v.dim_order) for v in values if hasattr(v, "dim_order")]
+    except StopIteration:
+        raise EdgepipeError(f"{Path(path).name} has no forward method") from None
+    except Exception as exc:  # a foreign or damaged file: say which and why, no traceback
+        raise EdgepipeError(f"cannot read the input layout of {Path(path).name} "
+                            f"({type(exc).__name__}: {exc}): is it an ExecuTorch program "
+                            "written by executorch ≥ 1.0?") from None
+
+
+def executorch_inputs(x: np.ndarray, dim_orders: list[list[int]]):  # -> list[torch.Tensor]
+    """The float32 NCHW batch ``x`` laid out in the program's memory order (the tensor's
+    shape stays NCHW; its strides follow ``dim_orders[0]``: ExecuTorch derives the dim order
+    it checks from the strides)."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    order = dim_orders[0] if dim_orders else list(range(t.ndim))
+    if len(order) == t.ndim and order != list(range(t.ndim)):
+        inverse = sorted(range(len(order)), key=order.__getitem__)
+        t = t.permute(*order).contiguous().permute(*inverse)
+    return [t]
+
+
 @dataclass
 class ExecuTorchRunner:
     """A ``.pte`` on the ExecuTorch runtime (its Python bindings need torch)."""
@@ -156,14 +193,13 @@ class ExecuTorchRunner:
             self._method = program.load_method("forward")
         except (RuntimeError, ValueError) as exc:
             raise EdgepipeError(f"ExecuTorch cannot load {self.path.name}: {exc}") from None
-        import torch
-
-        self._torch = torch
+        self.dim_orders = pte_dim_orders(self.path)
         self._last: list = []
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
-        self._last = [self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))]
-        return [o.numpy() for o in self._method.execute(self._last)]
+        self._last = executorch_inputs(x, self.dim_orders)
+        # outputs of a channels-last program come back channels-last: numpy keeps the strides
+        return [np.ascontiguousarray(o.numpy()) for o in self._method.execute(self._last)]
 
     def invoke(self) -> None:
         self._method.execute(self._last)

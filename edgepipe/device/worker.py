@@ -49,11 +49,12 @@ def executorch_etdump(artifact: Path, x: np.ndarray, threads: int, runs: int,
                       out: Path) -> dict[str, Any]:
     """Run with ETDump on; the host turns the dump into a table with the ETRecord. The same
     runs through the same API without ETDump (after 3 warm-up runs) give its overhead."""
-    import torch
     from executorch.extension.pybindings import portable_lib
 
+    from .runtimes import executorch_inputs, pte_dim_orders
+
     portable_lib._unsafe_reset_threadpool(threads)
-    inputs = [torch.from_numpy(x)]
+    inputs = executorch_inputs(x, pte_dim_orders(artifact))
 
     def timed(module: Any, count: int) -> list[float]:
         times = []

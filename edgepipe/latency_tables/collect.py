@@ -27,6 +27,7 @@ from ..models.space import Architecture, SearchSpace
 from .drift import DriftGuard
 from .measure import MeasureSettings, Progress, chunks, measure_items, upload_programs
 from .programs import (
+    PROGRAM_INPUT,
     arch_program,
     convert_programs,
     is_converted,
@@ -116,7 +117,8 @@ def _open_table(req: CollectRequest, info: dict[str, Any]) -> LatencyTable:
         precision=req.precision, threads=req.threads, space=req.space.to_dict(),
         method={**req.settings.__dict__, "programs": "dynamic height/width"
                 if takes_dynamic_size(req.runtime) else "one per unit",
-                "input": "seeded normal noise", "statistic": "min"})
+                "input": "seeded normal noise", "statistic": "min",
+                "program_input": PROGRAM_INPUT[req.runtime]})
 
 
 def collect(req: CollectRequest, client: AgentClient, progress: Progress | None = None

@@ -24,6 +24,11 @@ from .units import Unit
 
 SUFFIX = {"executorch": ".pte", "litert": ".tflite"}
 FORMAT = {"executorch": "executorch", "litert": "tflite"}
+# how the converters lay out a program's image input (a table records it: a table of programs
+# laid out otherwise measured an input transpose the programs edgepipe makes do not run)
+PROGRAM_INPUT = {"executorch": "channels-last", "litert": "NHWC"}
+# tables written before the method recorded it: ExecuTorch programs then took NCHW-contiguous
+PROGRAM_INPUT_BEFORE = {"executorch": "NCHW-contiguous", "litert": "NHWC"}
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,9 @@ class ProgramSpec:
     input_shape: tuple[int, ...]
 
     def file_stem(self) -> str:
-        return hashlib.sha256(self.key.encode()).hexdigest()[:20]
+        # the input layout is part of the name: programs cached before channels-last inputs
+        # are not picked up again
+        return hashlib.sha256(f"{self.key}|channels-last".encode()).hexdigest()[:20]
 
 
 # torch.export specialises sizes 1 and 2 (broadcasts, an output of size 1): units smaller than

@@ -22,6 +22,7 @@ from ..device.identity import describe_identity, diff_words
 from ..errors import EdgepipeError
 from ..manifest import write_atomic
 from ..models.space import Architecture
+from .programs import PROGRAM_INPUT, PROGRAM_INPUT_BEFORE
 from .units import Unit, units_of
 
 FORMAT = "edgepipe-latency-table"
@@ -127,6 +128,10 @@ class LatencyTable:
                      (self.runtime, self.precision, self.threads),
                      (target.runtime, target.precision, target.threads), strict=True)
                  if mine != theirs]
+        layout = self.method.get("program_input", PROGRAM_INPUT_BEFORE.get(self.runtime))
+        if layout != PROGRAM_INPUT.get(self.runtime, layout):
+            found.append(f"programs with {layout} input measured ≠ {PROGRAM_INPUT[self.runtime]} "
+                         "input as edgepipe converts them now (an input transpose apart)")
         if self.target.fingerprint != target.fingerprint:
             if self.identity and target.identity:
                 words = diff_words(self.identity, target.identity, ("table", "this device"))
