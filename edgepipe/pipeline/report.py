@@ -8,7 +8,7 @@ from typing import Any
 
 from ..host.compare import side_by_side
 from ..host.op_table import OpRow, by_block, by_type
-from ..report_parts import STYLE, hbar_svg, parity_text
+from ..report_parts import PALETTE, STYLE, hbar_svg, parity_text
 
 
 def _artifact_table(conversion: dict[str, Any]) -> str:
@@ -59,9 +59,28 @@ def _device_section(entry: dict[str, Any]) -> str:
             + "".join(_per_op_section(r) for r in results))
 
 
+def _side_by_side_html(table: list[dict[str, Any]], labels: list[str], level: str) -> str:
+    """One level (block or op type) of runtimes side by side: ms per runtime, ratio to the
+    first; "—" where a runtime has no op there."""
+    head = "".join(f"<th>{label} ms</th>" + ("<th>×</th>" if k else "")
+                   for k, label in enumerate(labels))
+    body = ""
+    for row in table:
+        cells = ""
+        for k, ms in enumerate(row["ms"]):
+            cells += f"<td class=num>{ms:.3f}</td>" if row["ops"][k] else "<td>—</td>"
+            if k:
+                ratio = row["ratio"][k]
+                cells += (f"<td class=num>{ratio:.2f}</td>"
+                          if ratio is not None and row["ops"][k] else "<td></td>")
+        body += f"<tr><td>{escape(row['name'])}</td>{cells}</tr>"
+    return f"<table><tr><th>{level}</th>{head}</tr>{body}</table>"
+
+
 def _compare_section(results: list[dict[str, Any]]) -> str:
-    """Runtimes side by side, block by block, for each precision and thread count that two or
-    more artifacts with a per-op table share (ratio to the first listed)."""
+    """Runtimes side by side, block by block and op type by op type (tables and grouped bars,
+    ratio to the first listed), for each precision and thread count that two or more
+    artifacts with a per-op table share."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in results:
         if r.get("per_op"):
@@ -71,23 +90,19 @@ def _compare_section(results: list[dict[str, Any]]) -> str:
         if len(group) < 2:
             continue
         rows = [[OpRow(**o) for o in r["per_op"]] for r in group]
-        table = side_by_side([by_block(x) for x in rows], "block")
+        blocks = side_by_side([by_block(x) for x in rows], "block")
+        types = side_by_side([by_type(x) for x in rows], "type")
         labels = [escape(r["runtime"]) for r in group]
-        head = "".join(f"<th>{label} ms</th>" + ("<th>×</th>" if k else "")
-                       for k, label in enumerate(labels))
-        body = ""
-        for row in table:
-            cells = ""
-            for k, ms in enumerate(row["ms"]):
-                cells += f"<td class=num>{ms:.3f}</td>" if row["ops"][k] else "<td>—</td>"
-                if k:
-                    ratio = row["ratio"][k]
-                    cells += (f"<td class=num>{ratio:.2f}</td>"
-                              if ratio is not None and row["ops"][k] else "<td></td>")
-            body += f"<tr><td>{escape(row['name'])}</td>{cells}</tr>"
+        bars = [(f"{row['name']} · {r['runtime']}", row["ms"][k])
+                for row in blocks for k, r in enumerate(group)]
+        legend = " · ".join(f'<span style="color:{PALETTE[k % len(PALETTE)]}">■</span> '
+                            f"{label}" for k, label in enumerate(labels))
         html += (f"<h3>Runtimes side by side: {escape(precision)}, {threads} thread(s)</h3>"
-                 f"<p>Sum of per-op medians per block (each runtime's own profiler), ratio to "
-                 f"{labels[0]}.</p><table><tr><th>block</th>{head}</tr>{body}</table>")
+                 f"<p>Sum of per-op medians (each runtime's own profiler, its overhead "
+                 f"included), ratio to {labels[0]}; by block, then by op type.</p>"
+                 + _side_by_side_html(blocks, labels, "block")
+                 + f"<p>{legend}</p>" + hbar_svg(bars, colors=PALETTE[:len(group)])
+                 + _side_by_side_html(types, labels, "op type"))
     return html
 
 
