@@ -7,16 +7,23 @@ process and one run: torch eager, ExecuTorch XNNPACK fp32/int8, LiteRT fp32/int8
 peers users pick instead: ONNX Runtime fp32 and int8 (static QDQ, per-channel weights, the
 same calibration photos as edgepipe's int8), OpenVINO fp32 and int8 (the same ONNX files;
 OpenVINO runs a QDQ graph in int8; fp32 pinned with INFERENCE_PRECISION_HINT=f32, and its
-default hint as its own entry where that picks bf16). Each peer is optional: where it is not
-installed or does not convert, it is skipped and the reason printed. NCNN and MNN are listed
-as skipped with their reason. Prints medians and each entry's ratio to the fastest entry of
-its model and thread count, and whether each graph is whole (XNNPACK partitions).
+default hint as its own entry where that picks bf16), NCNN fp32 (exported by ``pnnx`` from
+the same module) and MNN fp32 (``mnnconvert`` from the same ONNX file; int8 through
+``mnnquant`` on the same calibration photos where it works). Each peer is optional: where it
+is not installed or does not convert, it is skipped and the reason printed. Prints medians
+and each entry's ratio to the fastest entry of its model and thread count, and whether each
+graph is whole (XNNPACK partitions).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
+import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -97,6 +104,119 @@ class OpenVino:
         self.request.infer({0: self.x})
 
 
+class Ncnn:
+    runtime = "ncnn"
+
+    def __init__(self, param: Path, weights: Path, threads: int) -> None:
+        import ncnn
+
+        self.net = ncnn.Net()
+        self.net.opt.num_threads = threads
+        self.net.opt.use_vulkan_compute = False
+        if self.net.load_param(str(param)) or self.net.load_model(str(weights)):
+            raise RuntimeError(f"ncnn cannot load {param.name}")
+        self.input, self.output = self.net.input_names()[0], self.net.output_names()[0]
+        self.mat = None
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        import ncnn
+
+        self.mat = ncnn.Mat(np.ascontiguousarray(x[0])).clone()  # ncnn takes CHW
+        return [self._extract()[None]]
+
+    def _extract(self) -> np.ndarray:
+        ex = self.net.create_extractor()
+        ex.input(self.input, self.mat)
+        _, out = ex.extract(self.output)
+        return np.array(out)
+
+    def invoke(self) -> None:
+        self._extract()
+
+
+class Mnn:
+    runtime = "MNN"
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import MNN
+
+        self.mnn = MNN
+        self.interp = MNN.Interpreter(str(path))
+        # precision "high": fp32 arithmetic (MNN's "low" may pick fp16/bf16 where the CPU has it)
+        self.session = self.interp.createSession(
+            {"numThread": threads, "precision": "high", "backend": "CPU"})
+        self.input = self.interp.getSessionInput(self.session)
+        self.tensor = None
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        self.tensor = self.mnn.Tensor(x.shape, self.mnn.Halide_Type_Float, x,
+                                      self.mnn.Tensor_DimensionType_Caffe)
+        self.input.copyFrom(self.tensor)
+        self.interp.runSession(self.session)
+        return [np.array(self.interp.getSessionOutput(self.session).getData())[None]]
+
+    def invoke(self) -> None:
+        self.interp.runSession(self.session)
+
+
+def ncnn_files(model: str, module: torch.nn.Module) -> tuple[Path, Path]:
+    """NCNN's param/bin, exported by pnnx (TorchScript → pnnx → ncnn) from the same module."""
+    import pnnx
+
+    stem = CACHE / "ncnn" / model
+    param, weights = stem.with_suffix(".ncnn.param"), stem.with_suffix(".ncnn.bin")
+    if not (param.is_file() and weights.is_file()):
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            pnnx.export(module.eval(), str(stem.with_suffix(".pt")),
+                        (torch.zeros(1, 3, 224, 224),))
+    return param, weights
+
+
+def mnn_files(model: str, onnx: Path, calibration: list[torch.Tensor],
+              mean: tuple[float, ...], std: tuple[float, ...],
+              skipped: dict[str, str]) -> tuple[Path, Path | None]:
+    """MNN fp32 from the ONNX file, and int8 by ``mnnquant`` (KL activations, max-abs
+    weights) calibrated on the same photos as edgepipe's int8 (None, reason in ``skipped``,
+    where it fails)."""
+    if shutil.which("mnnconvert") is None:
+        raise RuntimeError("mnnconvert not on PATH")
+    folder = CACHE / "mnn"
+    folder.mkdir(parents=True, exist_ok=True)
+    fp32, int8 = folder / f"{model}.mnn", folder / f"{model}_int8.mnn"
+    if not fp32.is_file():
+        run = subprocess.run(["mnnconvert", "-f", "ONNX", "--modelFile", str(onnx),
+                              "--MNNModel", str(fp32), "--bizCode", "edgepipe"],
+                             capture_output=True, text=True)
+        if run.returncode or not fp32.is_file():
+            raise RuntimeError(f"mnnconvert failed: {run.stdout[-200:]} {run.stderr[-200:]}")
+    if not int8.is_file():
+        from PIL import Image
+
+        photos = folder / "calibration"
+        photos.mkdir(exist_ok=True)
+        m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        for i, t in enumerate(calibration):  # back to the 224x224 pixels edgepipe fed
+            img = (t.numpy()[0].transpose(1, 2, 0) * s + m) * 255
+            Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8)).save(
+                photos / f"{i:03d}.png")
+        config = folder / "quant.json"
+        config.write_text(json.dumps({
+            "format": "RGB", "mean": [float(v) for v in m * 255],
+            "normal": [float(v) for v in 1 / (255 * s)], "width": 224, "height": 224,
+            "path": f"{photos}/", "used_image_num": len(calibration),
+            "feature_quantize_method": "KL", "weight_quantize_method": "MAX_ABS"}))
+        run = subprocess.run(["mnnquant", str(fp32), str(int8), str(config)],
+                             capture_output=True, text=True)
+        if run.returncode or not int8.is_file():
+            int8.unlink(missing_ok=True)
+            last = (run.stderr.strip().splitlines() or run.stdout.strip().splitlines()
+                    or ["no output"])[-1]
+            skipped["MNN int8"] = f"mnnquant exited {run.returncode}: {last[:200]}"
+            return fp32, None
+    return fp32, int8
+
+
 def onnx_int8_file(model: str, onnx: Path, calibration: list[torch.Tensor]) -> Path:
     """Static QDQ int8 (uint8 activations, per-channel int8 weights: ONNX Runtime's choice
     for x86), calibrated on the photos edgepipe's own int8 converters use."""
@@ -132,7 +252,8 @@ def onnx_int8_file(model: str, onnx: Path, calibration: list[torch.Tensor]) -> P
     return path
 
 
-def peers(model: str, onnx: Path, calibration: list[torch.Tensor], threads: int,
+def peers(model: str, module: torch.nn.Module, onnx: Path, calibration: list[torch.Tensor],
+          mean: tuple[float, ...], std: tuple[float, ...], threads: int,
           skipped: dict[str, str]) -> list[tuple[str, str, object, dict]]:
     """The optional peers that install and convert here; the others go to ``skipped``."""
     entries: list[tuple[str, str, object, dict]] = []
@@ -161,19 +282,45 @@ def peers(model: str, onnx: Path, calibration: list[torch.Tensor], threads: int,
                                         f"{default.precision} (fp32 model)", default, {}))
             except Exception as exc:
                 skipped[f"OpenVINO {precision}"] = f"{type(exc).__name__}: {exc}"
-    skipped.setdefault("NCNN", "not wired into this benchmark yet (pnnx export and ncnn's "
-                               "int8 calibration not tried here)")
-    skipped.setdefault("MNN", "not wired into this benchmark yet (MNN's ONNX converter and "
-                              "quantizer not tried here)")
+    try:
+        entries.append(("NCNN", "fp32", Ncnn(*ncnn_files(model, module), threads), {}))
+    except ImportError:
+        skipped["NCNN"] = "not installed (pip install ncnn pnnx)"
+    except Exception as exc:
+        skipped["NCNN"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    skipped.setdefault("NCNN int8", "ncnn's int8 needs its C++ tools ncnn2table and ncnn2int8, "
+                                    "which neither the ncnn nor the pnnx wheel ships")
+    try:
+        fp32, int8_mnn = mnn_files(model, onnx, calibration, mean, std, skipped)
+        entries.append(("MNN", "fp32", Mnn(fp32, threads), {}))
+        if int8_mnn:
+            entries.append(("MNN", "int8", Mnn(int8_mnn, threads), {}))
+    except ImportError:
+        skipped["MNN"] = "not installed (pip install MNN)"
+    except Exception as exc:
+        skipped["MNN"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     return entries
+
+
+def converters_digest() -> str:
+    """What edgepipe's converters are now: a cache made by other converters is not reused."""
+    import edgepipe.converters as package
+
+    h = hashlib.sha256()
+    for f in sorted(Path(package.__file__).parent.glob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def converted(model: str) -> tuple[Path, dict]:
     out = CACHE / model
-    if not (out / "report.json").is_file():
+    stamp = CACHE / f"{model}.converters.sha"
+    if not (out / "report.json").is_file() or not stamp.is_file() \
+            or stamp.read_text() != converters_digest():
         print(f"converting {model} (cached in {out}) ...", file=sys.stderr)
         convert(ConvertRequest(model=model, out=out, formats=["executorch", "tflite"],
                                int8=True))
+        stamp.write_text(converters_digest())
     return out, json.loads((out / "report.json").read_text())
 
 
@@ -213,7 +360,8 @@ def main() -> None:
                 name = {"executorch": "ExecuTorch XNNPACK", "tflite": "LiteRT"}[a["format"]]
                 entries.append((name, a["precision"], open_runner(out / a["file"], threads),
                                 a["graph"]))
-            entries += peers(model, onnx, calibration, threads, skipped)
+            entries += peers(model, src.module, onnx, calibration, src.preprocessing.mean,
+                             src.preprocessing.std, threads, skipped)
             for name, precision, runner, graph in entries:
                 stats: LatencyStats = measure_latency(runner, x, args.warmup, args.runs)
                 rows.append({"model": model, "threads": threads, "runtime": name,
