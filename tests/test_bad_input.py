@@ -79,14 +79,43 @@ def test_converter_library_not_installed_names_the_extra(tmp_path):
 def test_failed_conversion_keeps_the_previous_output_and_leaves_no_partial(tmp_path):
     out = tmp_path / "o"
     out.mkdir()
-    (out / "previous.txt").write_text("an earlier run")
+    (out / "report.json").write_text('{"artifacts": [{"file": "previous.pte"}]}')
+    (out / "previous.pte").write_text("an earlier run")
     # runs in eager PyTorch, fails inside the converter once the temporary folder exists
     proc = run_cli("convert", "tests.factories:data_dependent", "--size", "32",
                    "--to", "executorch", "-o", str(out))
     _one_line_error(proc, "executorch fp32 conversion of tests.factories:data_dependent failed",
                     "full log:")
-    assert (out / "previous.txt").read_text() == "an earlier run"
+    assert (out / "previous.pte").read_text() == "an earlier run"
     assert [p.name for p in tmp_path.iterdir()] == ["o"]
+
+
+def test_an_output_folder_holding_other_files_is_refused_and_kept(tmp_path):
+    """The conversion replaces -o whole: a folder with the user's own files is not taken."""
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "thesis.txt").write_text("years of work")
+    proc = run_cli("convert", "mobilenet_v3_small", *FAST, "-o", str(out))
+    _one_line_error(proc, "holds files edgepipe did not write (thesis.txt)", "new folder")
+    assert (out / "thesis.txt").read_text() == "years of work"
+    (tmp_path / "afile").write_text("x")
+    proc = run_cli("convert", "mobilenet_v3_small", *FAST, "-o", str(tmp_path / "afile"))
+    _one_line_error(proc, "is a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "thesis"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--max-frames", "-3"), "--max-frames -3: must be 1 or more"),
+    (("--duration", "-1"), "--duration -1.0: must be more than 0"),
+    (("--threads", "0"), "--threads 0: must be 1 or more"),
+    (("--log", "LOGDIR"), "is a folder"),
+])
+def test_demo_refuses_bad_values_before_running(tmp_path, args, message):
+    (tmp_path / "LOGDIR").mkdir()
+    args = tuple(str(tmp_path / a) if a == "LOGDIR" else a for a in args)
+    proc = run_cli("demo", str(tmp_path / "none.tflite"), "--source", str(tmp_path),
+                   "--display", "none", *args)
+    _one_line_error(proc, message)
 
 
 def test_packaged_weights_alias_for_other_models(tmp_path):

@@ -500,6 +500,11 @@ def test_exif_rotated_photo_is_read_upright(small_conversion, tmp_path):
     from edgepipe.images import read_image  # the one reader both go through
 
     np.testing.assert_array_equal(read_image(folder / "phone.jpg"), calibration)
+    # the photo alone as --source: the same reader (OpenCV's video reader ignores EXIF)
+    single = tmp_path / "single.mp4"
+    run_demo(str(out / artifact(report, "tflite", "fp32")["file"]), str(folder / "phone.jpg"),
+             f"file:{single}")
+    assert _frames(single)[0].shape == (400, 300, 3)
 
 
 # 10. Bit depth: 16-bit PNGs and float TIFFs

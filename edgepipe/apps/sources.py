@@ -106,11 +106,14 @@ class OpenCVSource:
 
 
 class ImageFolderSource:
-    """The images of a folder, in name order (``loop`` starts again at the end)."""
+    """The images of a folder, in name order, or one image file (``loop`` starts again at
+    the end). Read by Pillow, upright as their EXIF orientation says: OpenCV's video reader
+    would read a phone photo sideways."""
 
     def __init__(self, folder: Path, loop: bool = False) -> None:
         self.name = str(folder)
-        self._files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self._files = [folder] if folder.is_file() else sorted(
+            p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self._files:
             raise EdgepipeError(f"no images in {folder} (looked for "
                                 f"{', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -146,7 +149,7 @@ def open_source(spec: str, realtime: bool = False, loop: bool = False,
     if spec.startswith(STREAM_PREFIXES):
         return OpenCVSource(spec, realtime=False)
     path = Path(spec)
-    if path.is_dir():
+    if path.is_dir() or (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES):
         return ImageFolderSource(path, loop)
     if path.is_file():
         return OpenCVSource(str(path), realtime=realtime, loop=loop)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import EdgepipeError
+
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the whole job: convert, deploy, profile on every device, "
@@ -66,11 +68,38 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_demo)
 
 
+def _output_file(path: Path, option: str) -> None:
+    """An output file the demo writes at its end: refused now (not after the run) when it is a
+    folder or its folder cannot be made."""
+    if path.is_dir():
+        raise EdgepipeError(f"{option} {path} is a folder: give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgepipeError(f"{option} {path}: cannot make its folder ({exc.strerror})") from None
+
+
+def _check_demo_args(args: argparse.Namespace) -> None:
+    for option, value, low in (("--threads", args.threads, 1), ("--max-frames", args.max_frames, 1),
+                               ("--port", args.port, 0)):
+        if value is not None and value < low:
+            raise EdgepipeError(f"{option} {value}: must be {low} or more")
+    if args.duration is not None and not args.duration > 0:
+        raise EdgepipeError(f"--duration {args.duration}: must be more than 0 seconds")
+    for option, path in (("--log", args.log), ("--summary", args.summary)):
+        if path is not None:
+            _output_file(path, option)
+    if args.display.startswith("file:"):
+        _output_file(Path(args.display.removeprefix("file:")), "--display file:")
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     import json
 
     from ..apps.demo import run_demo, summary_dict
     from ..ui import console, print_demo_summary
+
+    _check_demo_args(args)
 
     def ready(display: object) -> None:
         console.print(f"demo: showing on {getattr(display, 'name', args.display)}; Ctrl-C stops")

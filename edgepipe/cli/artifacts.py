@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import EdgepipeError
 from ..manifest import RANGES
 
 # --range's values; "-1,1" starts with a dash, so main() joins it to its option (argparse
@@ -45,6 +46,8 @@ def _run_convert(args: argparse.Namespace) -> int:
     from ..models.pretrained import resolve_weights
     from ..ui import ProgressBar, console, print_convert_table
 
+    if args.threads < 1:
+        raise EdgepipeError(f"--threads {args.threads}: must be 1 or more")
     request = ConvertRequest(
         model=args.model, out=args.out,
         formats=[f.strip() for f in args.to.split(",") if f.strip()],

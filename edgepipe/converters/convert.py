@@ -119,6 +119,35 @@ def native_output_to(log: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
+def check_output_folder(out: Path) -> None:
+    """Refuse an ``-o`` that a finished conversion would destroy: a file, or a folder holding
+    anything but an earlier conversion's report and artifacts (the folder is replaced whole)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise EdgepipeError(f"{out} is a file: give -o a folder (a new one, or one that "
+                            "`edgepipe convert` wrote)")
+    entries = [p.name for p in out.iterdir()]
+    if not entries:
+        return
+    try:
+        report = json.loads((out / "report.json").read_text())
+        stems = [Path(a["file"]).stem for a in report["artifacts"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        stems = None
+    if stems is None:
+        raise EdgepipeError(f"{out} holds files edgepipe did not write ({', '.join(entries[:3])}"
+                            f"{', …' if len(entries) > 3 else ''}): the conversion replaces "
+                            "the folder whole; give -o a new folder, or empty this one")
+    foreign = [n for n in entries if n not in ("report.json", "report.html")
+               and not any(n.startswith(stem) for stem in stems)]
+    if foreign:
+        raise EdgepipeError(f"{out} holds an earlier conversion and files it did not write "
+                            f"({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''}): "
+                            "the conversion replaces the folder whole; move them, or give -o "
+                            "a new folder")
+
+
 def _replace_dir(built: Path, dest: Path) -> None:
     old = None
     if dest.exists():
@@ -148,6 +177,7 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
     """Run the conversion; returns the report also written to ``OUT/report.json``."""
     progress = progress or Progress()
     converters = check_formats(req.formats)
+    check_output_folder(req.out.resolve())
     calib_images = folder_images(req.calib_dir) if req.calib_dir else \
         builtin_calibration_images(req.calib_count)
     jobs = [(c, p) for c in converters for p in c.precisions if req.int8 or p != "int8"]
