@@ -59,6 +59,9 @@ JOB_SPEC: dict[str, Any] = {
         "min_runs": _int(1, 1_000_000),
         "stable_pct": _number(0, 100),
         "max_seconds": _number(0, 3600),
+        "runner": {"enum": ["auto", "python", "native"],
+                   "description": "ExecuTorch: the lean C++ runner (native), the Python "
+                                  "bindings (python), or the runner where present (auto)"},
     },
 }
 

@@ -162,7 +162,8 @@ def print_profile(result: Any, top: int | None = 15) -> None:
                   f"{device.get('hostname')} [{device.get('identity_words')}], "
                   f"{result.runtime}, {result.threads} thread(s)")
     console.print(f"  {latency_words(lat)} · load {result.load_ms:.0f} ms · "
-                  f"peak RSS {result.memory['peak_rss_mb']:.0f} MB")
+                  f"peak RSS {result.memory['peak_rss_mb']:.0f} MB"
+                  + (f" · measured by {result.measured_by}" if result.measured_by else ""))
     for i, r in enumerate((result.repeats or []) if result.replicability else []):
         console.print(f"  repeat {i + 1}: {latency_words(r['latency'])}")
     if result.replicability:

@@ -151,6 +151,50 @@ def test_agent_on_aarch64_under_emulation(small_conversion, tmp_path):
         stop_agent(agent)
 
 
+@pytest.mark.slow
+def test_lean_runner_cross_built_answers_on_aarch64_under_emulation(small_conversion, tmp_path):
+    """The Pi route without a compiler there: the runner cross-built here (Debian's
+    aarch64-linux-gnu-g++, the aarch64 executorch wheel's lib/ and include/), executorch
+    installed on the "device" with --no-deps (no torch), ExecuTorch jobs through the runner."""
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("g++-aarch64-linux-gnu is not installed (.ci/run installs it)")
+    from edgepipe.device.native_runner import _executorch_version, elf_machine
+    from edgepipe.host.runner_build import build_for
+
+    python, env = aarch64_python()
+    cache = Path(env["PYTHONPATH"].split(":")[0]).parent
+    version = _executorch_version()
+    site = cache / f"site-executorch-{version}"
+    if not (site / "executorch" / "lib").is_dir():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(site),
+                        "--no-deps", "--only-binary=:all:", "--platform",
+                        "manylinux_2_28_aarch64", "--implementation", "cp", "--python-version",
+                        "3.11", f"executorch=={version}"], check=True)
+    runner = build_for("aarch64", tmp_path / "et_runner", cache)
+    assert elf_machine(runner) == "aarch64"
+    qemu, root = python[0], python[2]
+    env = {**env, "PYTHONPATH": f"{site}:{env['PYTHONPATH']}",
+           "EDGEPIPE_RUNNER_PREFIX": f"{qemu} -L {root}"}
+    url, agent = start_agent(tmp_path / "data", TOKEN, python=python, env=env, timeout=300,
+                             extra_args=("--et-runner", str(runner)))
+    try:
+        client = AgentClient(url, TOKEN, timeout=300)
+        info = client.info()
+        assert info["machine"] == "aarch64" and "executorch" in info["runtimes"]
+        assert info["executorch_runner"]["path"] == str(runner)
+        out, report = small_conversion
+        sha = client.upload(out / artifact(report, "executorch", "fp32")["file"])["sha256"]
+        job = client.wait(client.submit(artifact=sha, warmup=1, runs=3, profile_runs=2)["id"],
+                          timeout=900, poll=1.0)
+        result = job["result"]
+        assert result["measured_by"]["path"] == "native" and result["latency"]["count"] == 3
+        assert result["per_op"]["available"] and len(result["per_op"]["profiled_ms"]) == 2
+        assert len(client.etdump(job["id"])) > 1000  # the aarch64 runner's ETDump
+        assert 0 < result["memory"]["peak_rss_mb"] < 200
+    finally:
+        stop_agent(agent)
+
+
 def _bootstrap(sshd, agent_port: int, remote: Path, env: dict[str, str], *extra: str):
     """`device bootstrap` over the test's sshd as device "pi", host keys not checked."""
     ssh_port, key = sshd

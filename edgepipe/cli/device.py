@@ -31,6 +31,10 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
                    help="serve HTTPS with a self-signed certificate made in --data/tls (by "
                         "`openssl`); pin its printed fingerprint with `device add "
                         "--fingerprint`")
+    p.add_argument("--et-runner", default="auto", metavar="auto|off|PATH",
+                   help="the lean ExecuTorch runner (C++, no torch) ExecuTorch jobs run "
+                        "through: auto (find or build one in ~/.cache/edgepipe/bin; default), "
+                        "off (the Python bindings), or a runner cross-built for this device")
     p.set_defaults(func=_run_agent_serve)
     p = agent.add_parser("cert", help="make the agent's TLS certificate now (as serve --tls "
                                       "does when it is missing) and print its fingerprint")
@@ -45,7 +49,8 @@ def _run_agent_serve(args: argparse.Namespace) -> int:
     token = load_or_create_token(args.data, args.token or os.environ.get("EDGEPIPE_AGENT_TOKEN"))
     config = AgentConfig(data=args.data, token=token, host=args.host, port=args.port,
                          max_upload_mb=args.max_upload_mb, idle_timeout=args.idle_timeout,
-                         threads=args.threads, backlog=args.backlog, tls=args.tls)
+                         threads=args.threads, backlog=args.backlog, tls=args.tls,
+                         et_runner=args.et_runner)
 
     def ready(url: str) -> None:
         print(f"edgepipe agent listening on {url} (data {args.data}; token in "
@@ -105,8 +110,21 @@ def _add_device(sub: argparse._SubParsersAction) -> None:
                    help="serve the agent with --tls on all addresses, and register it by "
                         "https://HOST:AGENT_PORT with its certificate's fingerprint pinned "
                         "(default: on loopback, reached through an ssh tunnel)")
+    p.add_argument("--executorch", action="store_true",
+                   help="also install executorch (this host's version) with --no-deps: no "
+                        "torch, its C++ runtime for the lean runner, which the agent builds "
+                        "at its start where the device has g++")
+    p.add_argument("--et-runner", type=Path, metavar="PATH",
+                   help="a lean runner cross-built here (`device build-runner --arch ...`): "
+                        "copied to the device and used by the agent (implies --executorch)")
     _ssh_options(p)
     p.set_defaults(func=_run_device_bootstrap)
+    p = device.add_parser("build-runner", help="build the lean ExecuTorch runner (C++, no "
+                                               "torch) for a device: here, or cross-built")
+    p.add_argument("--arch", default=None, help="the device's architecture (default: this "
+                                                "machine's), e.g. aarch64")
+    p.add_argument("-o", "--out", type=Path, required=True, help="where to write the runner")
+    p.set_defaults(func=_run_build_runner)
 
 
 def _ssh_options(p: argparse.ArgumentParser) -> None:
@@ -187,8 +205,30 @@ def _run_device_bootstrap(args: argparse.Namespace) -> int:
     from ..host.bootstrap import bootstrap
 
     bootstrap(args.ssh, _ssh_args(args), name=args.name, token=args.token, python=args.python,
-              remote_dir=args.remote_dir, agent_port=args.agent_port, tls=args.tls)
+              remote_dir=args.remote_dir, agent_port=args.agent_port, tls=args.tls,
+              executorch=args.executorch or args.et_runner is not None,
+              et_runner=args.et_runner)
     return 0
+
+
+def _run_build_runner(args: argparse.Namespace) -> int:
+    import platform
+
+    from ..device.native_runner import cache_folder, elf_machine
+    from ..host.runner_build import build_for
+
+    arch = args.arch or platform.machine()
+    out = build_for(arch, args.out, cache_folder().parent)
+    print(f"wrote {out} ({elf_machine(out)}); on the device: pip install --no-deps "
+          f"executorch=={_executorch_version_here()}, then `edgepipe agent serve --et-runner "
+          f"PATH` (or `device bootstrap --et-runner {out}`)")
+    return 0
+
+
+def _executorch_version_here() -> str:
+    from ..device.native_runner import _executorch_version
+
+    return _executorch_version()
 
 
 def _add_deploy_profile(sub: argparse._SubParsersAction) -> None:
@@ -222,6 +262,9 @@ def _add_deploy_profile(sub: argparse._SubParsersAction) -> None:
                    help="write every run's time (ms) of every repeat to this file")
     p.add_argument("--affinity", help="CPUs to pin to, e.g. 2,3 (Linux)")
     p.add_argument("--no-per-op", action="store_true", help="skip the per-operator profile")
+    p.add_argument("--runner", choices=["auto", "native", "python"], default="auto",
+                   help="ExecuTorch: the lean C++ runner (native), the Python bindings "
+                        "(python), or the runner where the device has one (auto; default)")
     p.add_argument("--top", type=int, default=15, help="rows of the per-op table to print")
     p.add_argument("--out", type=Path, action="append", default=[],
                    help="write the per-op table (.csv or .json; repeatable); with --compare "
@@ -274,7 +317,7 @@ def _run_profile(args: argparse.Namespace) -> int:
                          runs=args.runs, affinity=affinity, per_op=not args.no_per_op,
                          on_progress=progress.update, repeat=args.repeat,
                          cooldown_s=args.cooldown, min_seconds=args.min_seconds,
-                         raw=args.raw is not None)
+                         raw=args.raw is not None, runner=args.runner)
     print_profile(result, args.top)
     if args.raw:
         import json

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import re
 import secrets
 import sys
@@ -56,6 +57,10 @@ class AgentConfig:
     threads: int = 16  # requests served at once (uploads stream at network speed)
     backlog: int = 128  # connections the kernel queues before accept
     tls: bool = False  # HTTPS with the agent's own certificate (edgepipe.device.tls)
+    # the lean ExecuTorch runner: "auto" (the one named by EDGEPIPE_ET_RUNNER, else one built
+    # here before, else one built now where a compiler and the executorch wheel are), "off",
+    # or a path to a runner (cross-built on the host)
+    et_runner: str = "auto"
 
 
 class ApiError(Exception):
@@ -100,6 +105,37 @@ def _route(method: str, path: str) -> tuple[str, re.Match[str]]:
     raise ApiError(404, f"no such endpoint {path}: see {API}/openapi.json")
 
 
+def resolve_et_runner(config: AgentConfig) -> dict[str, Any]:
+    """The lean ExecuTorch runner this agent's ExecuTorch jobs run through, as
+    ``{"path", "how"}`` (``path_obj`` for the queue), or ``{"path": None, "reason"}``."""
+    from .native_runner import (
+        build_runner,
+        cache_folder,
+        check_runner,
+        executorch_root,
+        find_runner,
+    )
+
+    if config.et_runner == "off":
+        return {"path": None, "reason": "switched off (agent serve --et-runner off)"}
+    try:
+        if config.et_runner != "auto":
+            # expanded here: a systemd unit passes "~/..." as it is
+            path, how = check_runner(Path(config.et_runner).expanduser()), "given (--et-runner)"
+        elif (path := find_runner(cache_folder())) is not None:
+            how = "EDGEPIPE_ET_RUNNER" if os.environ.get("EDGEPIPE_ET_RUNNER") else \
+                "built here earlier"
+        elif executorch_root() is None:
+            return {"path": None, "reason": "executorch is not installed here"}
+        else:
+            path, how = build_runner(cache_folder()), "built here at the agent's start"
+    except (EdgepipeError, OSError) as exc:
+        if config.et_runner != "auto":
+            raise EdgepipeError(str(exc)) from None
+        return {"path": None, "reason": str(exc)}
+    return {"path": str(path), "how": how, "path_obj": path}
+
+
 class Agent:
     """The agent's state, shared by the request threads."""
 
@@ -107,13 +143,16 @@ class Agent:
         self.config = config
         self.artifacts = ArtifactStore(config.data)
         self.jobs = JobStore(config.data)
-        self.queue = JobQueue(self.artifacts, self.jobs)
+        self.et_runner = resolve_et_runner(config)
+        self.queue = JobQueue(self.artifacts, self.jobs, self.et_runner.get("path_obj"))
         self._info: dict[str, Any] | None = None
 
     def info(self) -> dict[str, Any]:
         if self._info is None:
+            runner = {k: v for k, v in self.et_runner.items() if k != "path_obj"}
             self._info = {**device_info(), "agent_version": __version__,
-                          "max_upload_mb": self.config.max_upload_mb}
+                          "max_upload_mb": self.config.max_upload_mb,
+                          "executorch_runner": runner}
             return self._info
         # clocks and heat change between calls: read them fresh, keep the rest
         return {**self._info, "cpu_frequencies": cpu_frequencies(),
@@ -381,6 +420,11 @@ def serve(config: AgentConfig, ready: Callable[[str], None] | None = None) -> No
     write_atomic(config.data / "agent.json", json.dumps({"url": url}))
     if ready:
         ready(url)
+        runner = agent.et_runner
+        print(f"ExecuTorch jobs: lean runner {runner['path']} ({runner['how']})"
+              if runner["path"] else
+              f"ExecuTorch jobs: Python bindings (no lean runner: {runner['reason']})",
+              flush=True)
     try:
         server.serve()
     finally:

@@ -34,8 +34,12 @@ def worker_command() -> list[str]:
 
 
 class JobQueue:
-    def __init__(self, artifacts: ArtifactStore, jobs: JobStore) -> None:
+    def __init__(self, artifacts: ArtifactStore, jobs: JobStore,
+                 et_runner: Path | None = None) -> None:
+        """``et_runner``: the lean ExecuTorch runner ExecuTorch jobs run through (unless a job
+        asks for the Python bindings), None where the device has none."""
         self.artifacts, self.jobs = artifacts, jobs
+        self.et_runner = et_runner
         self._pending: deque[str] = deque()
         self._live: dict[str, Job] = {}  # queued and running jobs, with fresh progress
         self._lock = threading.Lock()
@@ -61,6 +65,13 @@ class JobQueue:
             if not set(spec.affinity) <= allowed:
                 raise StoreError(400, f"affinity {spec.affinity} names CPUs this device does "
                                       f"not offer (allowed: {sorted(allowed)})")
+        if runtime == "executorch" and spec.runner == "native" and self.et_runner is None:
+            raise StoreError(400, "this device has no lean ExecuTorch runner (the agent found "
+                                  "none and could not build one: see /v1/info "
+                                  "executorch_runner); ask for runner python or auto")
+        if spec.runner == "native" and spec.items:
+            raise StoreError(400, "batches run through the Python bindings: runner native "
+                                  "takes one artifact")
         spec.runtime = runtime
         job = Job(id=uuid.uuid4().hex[:12], spec=spec)
         with self._lock:
@@ -137,9 +148,13 @@ class JobQueue:
         else:
             artifact, manifest = paths[job.spec.artifact]
             args = [str(folder), str(artifact), str(manifest)]
+        env = dict(os.environ)
+        env.pop("EDGEPIPE_ET_RUNNER", None)
+        if self.et_runner is not None and job.spec.runner != "python":
+            env["EDGEPIPE_ET_RUNNER"] = str(self.et_runner)
         proc = subprocess.Popen(
             [*worker_command(), "-m", "edgepipe.device.worker", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         stderr: list[str] = []
         drain = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)
         drain.start()

@@ -183,6 +183,9 @@ class JobSpec:
     min_runs: int = 20  # batch items stop once their median is known to within stable_pct
     stable_pct: float = 1.0
     max_seconds: float = 5.0  # ... or after this long (per item)
+    # ExecuTorch: "native" the lean C++ runner (edgepipe.device.native_runner), "python" the
+    # Python bindings, "auto" the runner where the device has one (batches: Python)
+    runner: str = "auto"
 
     @property
     def artifacts(self) -> list[str]:

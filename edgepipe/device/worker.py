@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import EdgepipeError
 from ..manifest import Manifest, write_atomic
-from .bench import measure_latency, measure_until_stable, rss_mb
+from .bench import LatencyStats, measure_latency, measure_until_stable, rss_mb
 from .info import device_state, state_changes
 from .runtimes import import_runtime, open_runner
 
@@ -127,11 +127,64 @@ def state_record(start: dict[str, Any], stats: list[dict[str, Any]]) -> dict[str
                          "throttling": start["throttled"] is not None}}
 
 
+PYTHON_PATHS = {"executorch": "ExecuTorch Python bindings (portable_lib; libtorch in the "
+                               "process)",
+                "litert": "ai-edge-litert Interpreter (Python)"}
+
+
+def run_job_native(spec: dict[str, Any], job_dir: Path, artifact: Path, x: np.ndarray,
+                   runner: Path) -> dict[str, Any]:
+    """An ExecuTorch job on the lean C++ runner: its own process, no torch; load time and
+    memory are the runner's (what an app on the C++ runtime pays)."""
+    from .native_runner import run_runner
+
+    report(phase="measuring (lean runner)", done=0, total=1)
+    etdump = job_dir / "etdump.etdp" if spec["profile"] else None
+    out = run_runner(runner, artifact, x, threads=spec["threads"], warmup=spec["warmup"],
+                     runs=spec["runs"], min_seconds=spec.get("min_seconds", 0.0),
+                     etdump=etdump, profiled_runs=spec["profile_runs"])
+    stats = LatencyStats.from_seconds([t / 1000 for t in out["times_ms"]],
+                                      spec.get("raw", False), out["wall_ms"] / 1000)
+    result: dict[str, Any] = {
+        "runtime": "executorch",
+        "measured_by": {"path": "native", "runner": runner.name,
+                        "words": f"lean C++ runner {runner.name} (ExecuTorch's C++ runtime, "
+                                 "no torch)"},
+        "threads": spec["threads"],
+        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else None,
+        "latency": stats.to_dict(),
+        "load_ms": out["load_ms"],
+        "memory": {"rss_before_load_mb": out["rss_before_load_kb"] / 1024,
+                   "peak_rss_mb": out["peak_rss_kb"] / 1024, "process": "the runner"},
+        "input": {"shape": list(x.shape), "dtype": "float32", "data": "seeded normal noise"},
+    }
+    if etdump is None:
+        result["per_op"] = {"available": False, "reason": "per-op not available because it was "
+                                                          "not asked for (profile=false)"}
+    else:
+        result["per_op"] = {"available": True, "source": "etdump", "file": etdump.name,
+                            "runs": spec["profile_runs"],
+                            "profiled_ms": out["etdump"]["profiled_ms"],
+                            "unprofiled_ms": out["times_ms"]}
+    return result
+
+
 def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any]:
     spec = _start(job_dir)
     state = device_state()
     manifest = Manifest.from_dict(json.loads(manifest_path.read_text()))
     x = example_input(manifest)
+    if artifact.suffix == ".pte" and spec.get("runner", "auto") != "python":
+        from .native_runner import find_runner
+
+        runner = find_runner(None)  # the agent names it in EDGEPIPE_ET_RUNNER
+        if runner is not None:
+            result = run_job_native(spec, job_dir, artifact, x, runner)
+            result["device_state"] = state_record(state, [result["latency"]])
+            return result
+        if spec.get("runner") == "native":
+            raise EdgepipeError("runner native asked for, but the agent named no lean runner")
     report(phase="loading", done=0, total=1)
     import_runtime(artifact)
     rss_before = rss_mb()  # with the runtime imported: what the model itself adds is peak - this
@@ -144,6 +197,7 @@ def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any
         min_seconds=spec.get("min_seconds", 0.0), raw=spec.get("raw", False))
     result: dict[str, Any] = {
         "runtime": runner.runtime,
+        "measured_by": {"path": "python", "words": PYTHON_PATHS[runner.runtime]},
         "threads": spec["threads"],
         "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else None,

@@ -35,7 +35,7 @@ dir={dir}
 cd "$dir"
 {python} -m venv venv
 venv/bin/pip install -q --disable-pip-version-check "$dir/{wheel}[device]"
-mkdir -p data
+{executorch}mkdir -p data
 (umask 077 && printf %s {token} > data/token)
 {cert}mkdir -p "$HOME/.config/systemd/user"
 cat > "$HOME/.config/systemd/user/edgepipe-agent.service" <<'UNIT'
@@ -86,15 +86,29 @@ def _ssh(base: list[str], script: str, stdin: bytes | None = None, what: str = "
 def bootstrap(target: str, ssh_args: list[str], name: str | None = None,
               token: str | None = None, python: str = "python3",
               remote_dir: str = "~/.edgepipe", agent_port: int = 8765,
-              tls: bool = False) -> Device:
+              tls: bool = False, executorch: bool = False,
+              et_runner: Path | None = None) -> Device:
     """Install and start the agent on ``target`` over ssh and register it: reached through an
     ssh tunnel to its loopback port, or with ``tls`` at ``https://HOST:agent_port`` with the
-    certificate made at install pinned by its fingerprint."""
+    certificate made at install pinned by its fingerprint. ``executorch``: also this host's
+    executorch version with ``--no-deps`` (no torch: the C++ runtime the lean runner links);
+    ``et_runner``: a runner cross-built here, copied to the device and served with."""
     token = token or secrets.token_urlsafe(24)
     host = target.split("@")[-1]
     device = Device(name or host.replace(":", "-"), "ssh", target, token, agent_port, ssh_args)
     base = ssh_base(device)
     serve = " --tls --host 0.0.0.0" if tls else ""
+    install_et = ""
+    if executorch or et_runner is not None:
+        from ..device.native_runner import _executorch_version
+
+        install_et = ("venv/bin/pip install -q --disable-pip-version-check --no-deps "
+                      f"executorch=={_executorch_version()}\n")
+    if et_runner is not None:
+        if not et_runner.is_file():
+            raise EdgepipeError(f"runner {et_runner} does not exist: make one with "
+                                "`edgepipe device build-runner --arch ARCH -o PATH`")
+        serve += f" --et-runner {remote_dir}/bin/et_runner"
     cert = 'venv/bin/edgepipe agent cert --data "$dir/data"\n' if tls else ""
     # ~ must expand on the device, in its user's home
     rdir = remote_dir.replace("~", "$HOME", 1) if remote_dir.startswith("~") else \
@@ -104,9 +118,14 @@ def bootstrap(target: str, ssh_args: list[str], name: str | None = None,
         print(f"built {wheel.name}; copying to {target}:{remote_dir}", flush=True)
         _ssh(base, f'mkdir -p "{rdir}" && cat > "{rdir}/{wheel.name}"', wheel.read_bytes(),
              "copying the wheel")
+        if et_runner is not None:
+            _ssh(base, f'mkdir -p "{rdir}/bin" && cat > "{rdir}/bin/et_runner" && '
+                       f'chmod +x "{rdir}/bin/et_runner"', et_runner.read_bytes(),
+                 "copying the runner")
     script = INSTALL.format(dir=f'"{rdir}"' if rdir.startswith("$HOME") else rdir,
                             python=shlex.quote(python), wheel=wheel.name,
                             token=shlex.quote(token), port=agent_port, serve=serve, cert=cert,
+                            executorch=install_et,
                             unit=UNIT.format(port=agent_port, serve=serve,
                                              dir="%h" + remote_dir[1:]
                                              if remote_dir.startswith("~") else remote_dir))

@@ -66,6 +66,8 @@ class ProfileResult:
     memory: dict[str, float]
     load_ms: float
     per_op: list[OpRow] | None = None
+    measured_by: str | None = None  # which path on the device: a runtime's Python API or
+    # the lean ExecuTorch runner (edgepipe.device.native_runner), in words
     per_op_total_ms: float | None = None
     per_op_note: str | None = None
     per_op_source: str | None = None  # "ETDump" or "LiteRT profiler"
@@ -89,11 +91,13 @@ def profile(client: AgentClient, artifact: Path, *, threads: int = 1, warmup: in
             runs: int = 50, affinity: list[int] | None = None, per_op: bool = True,
             on_progress: Callable[[dict], None] | None = None,
             device_info: dict[str, Any] | None = None, repeat: int = 1,
-            cooldown_s: float = 0.0, min_seconds: float = 0.0, raw: bool = False
-            ) -> ProfileResult:
+            cooldown_s: float = 0.0, min_seconds: float = 0.0, raw: bool = False,
+            runner: str = "auto") -> ProfileResult:
     """Measure an artifact on the device ``repeat`` times (``cooldown_s`` apart, each in a
     job of its own: at least ``runs`` runs and ``min_seconds`` of timed runs); the per-op
-    profile comes from the first. ``latency`` is the repeat with the median median."""
+    profile comes from the first. ``latency`` is the repeat with the median median.
+    ``runner`` (ExecuTorch): "native" the lean C++ runner, "python" the bindings, "auto" the
+    runner where the device has one."""
     artifact = Path(artifact)
     manifest = load_manifest(artifact)
     meta = client.upload(artifact)
@@ -103,7 +107,7 @@ def profile(client: AgentClient, artifact: Path, *, threads: int = 1, warmup: in
             time.sleep(cooldown_s)
         job = client.submit(artifact=meta["sha256"], threads=threads, warmup=warmup,
                             runs=runs, affinity=affinity, profile=per_op and i == 0,
-                            min_seconds=min_seconds, raw=raw)
+                            min_seconds=min_seconds, raw=raw, runner=runner)
         jobs.append(client.wait(job["id"], on_progress))
     first = jobs[0]
     result = first["result"]
@@ -118,6 +122,7 @@ def profile(client: AgentClient, artifact: Path, *, threads: int = 1, warmup: in
         job_id=first["id"], runtime=result["runtime"], threads=result["threads"],
         latency=middle["result"]["latency"], memory=result["memory"],
         load_ms=result["load_ms"], device_state=result.get("device_state"), flags=flags,
+        measured_by=(result.get("measured_by") or {}).get("words"),
         repeats=[{"job_id": j["id"], "latency": j["result"]["latency"],
                   "flags": j["result"].get("device_state", {}).get("flags", [])}
                  for j in jobs],

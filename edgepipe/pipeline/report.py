@@ -49,10 +49,12 @@ def _device_section(entry: dict[str, Any]) -> str:
             f"<td class=num>{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f}</td>"
             f"<td class=num>{lat['count']}</td>"
             f"<td class=num>{r['memory']['peak_rss_mb']:.0f}</td>"
-            f"<td class=num>{r['load_ms']:.0f}</td><td>{state}</td></tr>")
+            f"<td class=num>{r['load_ms']:.0f}</td><td>{state}</td>"
+            f"<td>{escape(r.get('measured_by') or '—')}</td></tr>")
     table = ("<table><tr><th>artifact</th><th>runtime</th><th>threads</th><th>median ms</th>"
              "<th>p90 ms</th><th>p99 ms</th><th>mean ± std ms</th><th>runs</th>"
-             "<th>peak RSS MB</th><th>load ms</th><th>device state</th></tr>"
+             "<th>peak RSS MB</th><th>load ms</th><th>device state</th><th>measured by</th>"
+             "</tr>"
              + "".join(rows) + "</table>")
     return (head + errors + _tables_section(entry) + table + "<h3>Median latency</h3>"
             + hbar_svg(bars) + _compare_section(results)
