@@ -27,6 +27,11 @@ def parity_text(parity: dict[str, Any]) -> str:
             f"cosine ≥ {parity['min_cosine_similarity']:.4f}")
 
 
+def mb_text(value: float | None) -> str:
+    """Megabytes as printed: whole numbers, "—" where the device could not say."""
+    return "—" if value is None else f"{value:.0f}"
+
+
 def hbar_svg(items: list[tuple[str, float]], unit: str = "ms", width: int = 640,
              colors: list[str] | None = None) -> str:
     """A horizontal bar chart: one labelled bar per (label, value)."""

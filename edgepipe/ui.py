@@ -17,6 +17,8 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
+from .report_parts import mb_text
+
 
 def _terminal_stream():
     # A duplicate of stdout taken now: conversions later point fd 1/2 at a log file to
@@ -162,7 +164,7 @@ def print_profile(result: Any, top: int | None = 15) -> None:
                   f"{device.get('hostname')} [{device.get('identity_words')}], "
                   f"{result.runtime}, {result.threads} thread(s)")
     console.print(f"  {latency_words(lat)} · load {result.load_ms:.0f} ms · "
-                  f"peak RSS {result.memory['peak_rss_mb']:.0f} MB"
+                  f"peak RSS {mb_text(result.memory['peak_rss_mb'])} MB"
                   + (f" · measured by {result.measured_by}" if result.measured_by else ""))
     for i, r in enumerate((result.repeats or []) if result.replicability else []):
         console.print(f"  repeat {i + 1}: {latency_words(r['latency'])}")
@@ -278,7 +280,7 @@ def print_run_summary(run: dict[str, Any]) -> None:
             table.add_row(r["artifact"], str(r["threads"]), f"{lat['median_ms']:.3f}",
                           f"{lat['p90_ms']:.3f}", f"{lat['p99_ms']:.3f}",
                           f"{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f}",
-                          f"{r['memory']['peak_rss_mb']:.0f}",
+                          mb_text(r['memory']['peak_rss_mb']),
                           f"{len(r['per_op'])} ops" if r["per_op"] else "n/a",
                           "[bold red]FLAGGED[/]: " + "; ".join(r["flags"]) if r.get("flags")
                           else "steady" if r.get("device_state") else "not recorded")

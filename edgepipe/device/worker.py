@@ -156,7 +156,8 @@ def run_job_native(spec: dict[str, Any], job_dir: Path, artifact: Path, x: np.nd
         "latency": stats.to_dict(),
         "load_ms": out["load_ms"],
         "memory": {"rss_before_load_mb": out["rss_before_load_kb"] / 1024,
-                   "peak_rss_mb": out["peak_rss_kb"] / 1024, "process": "the runner"},
+                   "peak_rss_mb": out["peak_rss_kb"] / 1024 if out["peak_rss_kb"] > 0
+                   else None, "process": "the runner"},
         "input": {"shape": list(x.shape), "dtype": "float32", "data": "seeded normal noise"},
     }
     if etdump is None:

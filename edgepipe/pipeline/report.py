@@ -8,7 +8,7 @@ from typing import Any
 
 from ..host.compare import side_by_side
 from ..host.op_table import OpRow, by_block, by_type
-from ..report_parts import PALETTE, STYLE, hbar_svg, parity_text
+from ..report_parts import PALETTE, STYLE, hbar_svg, mb_text, parity_text
 
 
 def _artifact_table(conversion: dict[str, Any]) -> str:
@@ -48,7 +48,7 @@ def _device_section(entry: dict[str, Any]) -> str:
             f"<td class=num>{lat['p90_ms']:.3f}</td><td class=num>{lat['p99_ms']:.3f}</td>"
             f"<td class=num>{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f}</td>"
             f"<td class=num>{lat['count']}</td>"
-            f"<td class=num>{r['memory']['peak_rss_mb']:.0f}</td>"
+            f"<td class=num>{mb_text(r['memory']['peak_rss_mb'])}</td>"
             f"<td class=num>{r['load_ms']:.0f}</td><td>{state}</td>"
             f"<td>{escape(r.get('measured_by') or '—')}</td></tr>")
     table = ("<table><tr><th>artifact</th><th>runtime</th><th>threads</th><th>median ms</th>"

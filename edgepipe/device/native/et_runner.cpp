@@ -18,7 +18,6 @@
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
 
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -69,10 +68,15 @@ long rss_kb() {  // resident now, from /proc (0 where it cannot be read)
   return resident * (sysconf(_SC_PAGESIZE) / 1024);
 }
 
+// The peak resident set of this program itself: VmHWM, the high-water mark of this process's
+// memory map. Not getrusage's ru_maxrss, which Linux carries over execve from the process that
+// started the runner (a Python parent holding torch would be reported as the runner's peak).
 long peak_rss_kb() {
-  struct rusage usage {};
-  getrusage(RUSAGE_SELF, &usage);
-  return usage.ru_maxrss;  // kilobytes on Linux
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::atol(line.c_str() + 6);
+  }
+  return -1;  // not readable here: the host reports it as unknown
 }
 
 std::vector<float> read_floats(const std::string& path, size_t count) {
