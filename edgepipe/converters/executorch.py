@@ -79,7 +79,9 @@ class ExecuTorchConverter(Converter):
         from executorch.exir import to_edge_transform_and_lower
 
         example = src.example_input()
-        if example.ndim == 4:
+        if example.ndim == 4 and example.shape[1] > 1:
+            # one channel: NCHW and NHWC are the same bytes, and a program exported
+            # channels-last from a 1-channel example fails in XNNPACK at run time (error 0x1)
             example = example.to(memory_format=torch.channels_last)
         quant, floats = None, None
         # XNNPACK runs h-swish natively in fp32 and inside int8 partitions: keep the op whole.

@@ -57,6 +57,9 @@ def op_type(event_name: str) -> str:
     """'Convolution (NHWC, QC8) DWConv #1' -> 'Convolution DWConv'."""
     name = re.sub(r"\s*#\d+$", "", event_name)
     name = re.sub(r"\s*\([^)]*\)", "", name)
+    # the two runtimes' XNNPACK builds name one reduction differently: "Mean (ND) Reduce"
+    # (LiteRT) and "Mean (ND)" (ExecuTorch)
+    name = re.sub(r"\s+Reduce$", "", name)
     return " ".join(name.split()) or event_name
 
 
