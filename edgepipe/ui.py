@@ -219,7 +219,8 @@ def print_comparison(comparison: Any) -> None:
         console.print(f"[bold]{label}[/]: {r.artifact}, median {r.latency['median_ms']:.3f} ms "
                       f"unprofiled; profiled {r.per_op_total_ms:.3f} ms a run"
                       + (f" (overhead ×{cost['ratio']:.2f})" if cost else "")
-                      + (f"; {r.per_op_placed}" if r.per_op_placed else ""))
+                      + (f"; {r.per_op_placed}" if r.per_op_placed else "")
+                      + (f"; measured by {r.measured_by}" if r.measured_by else ""))
     base = comparison.labels[0]
     for title, table in (("by block", comparison.blocks), ("by op type", comparison.types)):
         out = Table(title=f"{title}: ms (sum of per-op medians), ratio to {base}")

@@ -93,6 +93,13 @@ def test_unusable_runners_are_refused_in_one_line(tmp_path, small_conversion):
         check_runner(fake)
     with pytest.raises(EdgepipeError, match="does not exist"):
         check_runner(tmp_path / "missing")
+    with pytest.raises(EdgepipeError, match="is not a file"):
+        check_runner(tmp_path)
+    from edgepipe.host.runner_build import build_for
+
+    with pytest.raises(EdgepipeError, match="executorch publishes no wheel for riscv64"):
+        build_for("riscv64", tmp_path / "x", tmp_path / "cache")
+    assert not (tmp_path / "x").exists()
     # a runner whose output cannot be read: its own last lines, no number made up
     fake.chmod(0o755)
     out, report = small_conversion
@@ -116,7 +123,7 @@ def test_unusable_runners_are_refused_in_one_line(tmp_path, small_conversion):
         client = AgentClient(url, TOKEN)
         assert client.info()["executorch_runner"]["path"] is None
         sha = client.upload(pte)["sha256"]
-        with pytest.raises(EdgepipeError, match="no lean ExecuTorch runner"):
+        with pytest.raises(EdgepipeError, match=r"no lean ExecuTorch runner \(switched off"):
             client.submit(artifact=sha, runner="native", runs=1)
         done = client.wait(client.submit(artifact=sha, runs=2, warmup=0, profile=False)["id"])
         assert "Python bindings" in done["result"]["measured_by"]["words"]

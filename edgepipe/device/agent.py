@@ -144,7 +144,8 @@ class Agent:
         self.artifacts = ArtifactStore(config.data)
         self.jobs = JobStore(config.data)
         self.et_runner = resolve_et_runner(config)
-        self.queue = JobQueue(self.artifacts, self.jobs, self.et_runner.get("path_obj"))
+        self.queue = JobQueue(self.artifacts, self.jobs, self.et_runner.get("path_obj"),
+                              self.et_runner.get("reason", ""))
         self._info: dict[str, Any] | None = None
 
     def info(self) -> dict[str, Any]:

@@ -35,11 +35,12 @@ def worker_command() -> list[str]:
 
 class JobQueue:
     def __init__(self, artifacts: ArtifactStore, jobs: JobStore,
-                 et_runner: Path | None = None) -> None:
+                 et_runner: Path | None = None, no_runner_reason: str = "") -> None:
         """``et_runner``: the lean ExecuTorch runner ExecuTorch jobs run through (unless a job
-        asks for the Python bindings), None where the device has none."""
+        asks for the Python bindings), None where the device has none (``no_runner_reason``
+        says why)."""
         self.artifacts, self.jobs = artifacts, jobs
-        self.et_runner = et_runner
+        self.et_runner, self.no_runner_reason = et_runner, no_runner_reason
         self._pending: deque[str] = deque()
         self._live: dict[str, Job] = {}  # queued and running jobs, with fresh progress
         self._lock = threading.Lock()
@@ -66,9 +67,9 @@ class JobQueue:
                 raise StoreError(400, f"affinity {spec.affinity} names CPUs this device does "
                                       f"not offer (allowed: {sorted(allowed)})")
         if runtime == "executorch" and spec.runner == "native" and self.et_runner is None:
-            raise StoreError(400, "this device has no lean ExecuTorch runner (the agent found "
-                                  "none and could not build one: see /v1/info "
-                                  "executorch_runner); ask for runner python or auto")
+            raise StoreError(400, "this device has no lean ExecuTorch runner ("
+                                  f"{self.no_runner_reason or 'see /v1/info executorch_runner'}"
+                                  "); ask for runner python or auto")
         if spec.runner == "native" and spec.items:
             raise StoreError(400, "batches run through the Python bindings: runner native "
                                   "takes one artifact")

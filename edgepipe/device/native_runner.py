@@ -134,8 +134,11 @@ def elf_machine(path: Path) -> str | None:
 def check_runner(path: Path) -> Path:
     """``path`` if it is a runner this device can execute, else one line saying why."""
     here = platform.machine()
-    if not path.is_file():
+    if not path.exists():
         raise EdgepipeError(f"ExecuTorch runner {path} does not exist")
+    if not path.is_file():
+        raise EdgepipeError(f"ExecuTorch runner {path} is not a file (a folder?): give the "
+                            "runner program itself")
     if not os.access(path, os.X_OK):
         raise EdgepipeError(f"ExecuTorch runner {path} is not executable (chmod +x it)")
     machine = elf_machine(path)

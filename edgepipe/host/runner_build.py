@@ -63,6 +63,9 @@ def build_for(arch: str, out: Path, cache: Path, version: str | None = None) -> 
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(built, out)
         return out
+    if arch not in WHEEL_PLATFORMS:  # before the compiler: without a wheel, no runtime
+        raise EdgepipeError(f"executorch publishes no wheel for {arch} (its runtime libraries "
+                            f"come from one): build for one of {', '.join(WHEEL_PLATFORMS)}")
     cxx = shutil.which(f"{arch}-linux-gnu-g++")
     if cxx is None:
         raise EdgepipeError(f"no cross-compiler for {arch} here: apt install "
