@@ -158,12 +158,12 @@ def test_lean_runner_cross_built_answers_on_aarch64_under_emulation(small_conver
     installed on the "device" with --no-deps (no torch), ExecuTorch jobs through the runner."""
     if shutil.which("aarch64-linux-gnu-g++") is None:
         pytest.skip("g++-aarch64-linux-gnu is not installed (.ci/run installs it)")
-    from edgepipe.device.native_runner import _executorch_version, elf_machine
+    from edgepipe.device.native_runner import elf_machine, executorch_version
     from edgepipe.host.runner_build import build_for
 
     python, env = aarch64_python()
     cache = Path(env["PYTHONPATH"].split(":")[0]).parent
-    version = _executorch_version()
+    version = executorch_version()
     site = cache / f"site-executorch-{version}"
     if not (site / "executorch" / "lib").is_dir():
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(site),

@@ -214,21 +214,15 @@ def _run_device_bootstrap(args: argparse.Namespace) -> int:
 def _run_build_runner(args: argparse.Namespace) -> int:
     import platform
 
-    from ..device.native_runner import cache_folder, elf_machine
+    from ..device.native_runner import cache_folder, elf_machine, executorch_version
     from ..host.runner_build import build_for
 
     arch = args.arch or platform.machine()
     out = build_for(arch, args.out, cache_folder().parent)
     print(f"wrote {out} ({elf_machine(out)}); on the device: pip install --no-deps "
-          f"executorch=={_executorch_version_here()}, then `edgepipe agent serve --et-runner "
+          f"executorch=={executorch_version()}, then `edgepipe agent serve --et-runner "
           f"PATH` (or `device bootstrap --et-runner {out}`)")
     return 0
-
-
-def _executorch_version_here() -> str:
-    from ..device.native_runner import _executorch_version
-
-    return _executorch_version()
 
 
 def _add_deploy_profile(sub: argparse._SubParsersAction) -> None:

@@ -107,7 +107,7 @@ def _route(method: str, path: str) -> tuple[str, re.Match[str]]:
 
 def resolve_et_runner(config: AgentConfig) -> dict[str, Any]:
     """The lean ExecuTorch runner this agent's ExecuTorch jobs run through, as
-    ``{"path", "how"}`` (``path_obj`` for the queue), or ``{"path": None, "reason"}``."""
+    ``{"path", "how"}``, or ``{"path": None, "reason"}``."""
     from .native_runner import (
         build_runner,
         cache_folder,
@@ -133,7 +133,7 @@ def resolve_et_runner(config: AgentConfig) -> dict[str, Any]:
         if config.et_runner != "auto":
             raise EdgepipeError(str(exc)) from None
         return {"path": None, "reason": str(exc)}
-    return {"path": str(path), "how": how, "path_obj": path}
+    return {"path": str(path), "how": how}
 
 
 class Agent:
@@ -144,16 +144,16 @@ class Agent:
         self.artifacts = ArtifactStore(config.data)
         self.jobs = JobStore(config.data)
         self.et_runner = resolve_et_runner(config)
-        self.queue = JobQueue(self.artifacts, self.jobs, self.et_runner.get("path_obj"),
+        runner = self.et_runner["path"]
+        self.queue = JobQueue(self.artifacts, self.jobs, Path(runner) if runner else None,
                               self.et_runner.get("reason", ""))
         self._info: dict[str, Any] | None = None
 
     def info(self) -> dict[str, Any]:
         if self._info is None:
-            runner = {k: v for k, v in self.et_runner.items() if k != "path_obj"}
             self._info = {**device_info(), "agent_version": __version__,
                           "max_upload_mb": self.config.max_upload_mb,
-                          "executorch_runner": runner}
+                          "executorch_runner": self.et_runner}
             return self._info
         # clocks and heat change between calls: read them fresh, keep the rest
         return {**self._info, "cpu_frequencies": cpu_frequencies(),

@@ -19,7 +19,6 @@ the host is copied there (``edgepipe device bootstrap``). :func:`find_runner` pi
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgepipeError
+from .runtimes import _version
 
 SOURCE = Path(__file__).parent / "native" / "et_runner.cpp"
 NAME = "et_runner"
@@ -65,17 +65,15 @@ def executorch_root() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _executorch_version() -> str:
-    try:
-        return importlib.metadata.version("executorch")
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
+def executorch_version() -> str:
+    """The installed executorch's version ("?" where it is not installed)."""
+    return _version("executorch") or "?"
 
 
 def runner_key(machine: str | None = None, version: str | None = None) -> str:
     """What a built runner is for: this source, an executorch version, an architecture."""
     h = hashlib.sha256(SOURCE.read_bytes() if SOURCE.is_file() else b"no source")
-    h.update(f"{version or _executorch_version()}|{machine or platform.machine()}".encode())
+    h.update(f"{version or executorch_version()}|{machine or platform.machine()}".encode())
     return h.hexdigest()[:12]
 
 

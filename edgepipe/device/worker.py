@@ -45,16 +45,17 @@ def example_input(manifest: Manifest, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(spec.shape).astype(np.float32)
 
 
-def executorch_etdump(artifact: Path, x: np.ndarray, threads: int, runs: int,
-                      out: Path) -> dict[str, Any]:
+def executorch_etdump(artifact: Path, x: np.ndarray, dim_orders: list[list[int]],
+                      threads: int, runs: int, out: Path) -> dict[str, Any]:
     """Run with ETDump on; the host turns the dump into a table with the ETRecord. The same
-    runs through the same API without ETDump (after 3 warm-up runs) give its overhead."""
+    runs through the same API without ETDump (after 3 warm-up runs) give its overhead.
+    ``dim_orders``: the program's input dim orders (``ExecuTorchRunner.dim_orders``)."""
     from executorch.extension.pybindings import portable_lib
 
-    from .runtimes import executorch_inputs, pte_dim_orders
+    from .runtimes import executorch_inputs
 
     portable_lib._unsafe_reset_threadpool(threads)
-    inputs = executorch_inputs(x, pte_dim_orders(artifact))
+    inputs = executorch_inputs(x, dim_orders)
 
     def timed(module: Any, count: int) -> list[float]:
         times = []
@@ -127,6 +128,19 @@ def state_record(start: dict[str, Any], stats: list[dict[str, Any]]) -> dict[str
                          "throttling": start["throttled"] is not None}}
 
 
+NOT_ASKED = {"available": False,
+             "reason": "per-op not available because it was not asked for (profile=false)"}
+
+
+def job_fields(spec: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
+    """What every job's result says the same way, whichever path measured it."""
+    return {"threads": spec["threads"],
+            "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else None,
+            "input": {"shape": list(x.shape), "dtype": "float32",
+                      "data": "seeded normal noise"}}
+
+
 PYTHON_PATHS = {"executorch": "ExecuTorch Python bindings (portable_lib; libtorch in the "
                                "process)",
                 "litert": "ai-edge-litert Interpreter (Python)"}
@@ -150,19 +164,15 @@ def run_job_native(spec: dict[str, Any], job_dir: Path, artifact: Path, x: np.nd
         "measured_by": {"path": "native", "runner": runner.name,
                         "words": f"lean C++ runner {runner.name} (ExecuTorch's C++ runtime, "
                                  "no torch)"},
-        "threads": spec["threads"],
-        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-        else None,
+        **job_fields(spec, x),
         "latency": stats.to_dict(),
         "load_ms": out["load_ms"],
         "memory": {"rss_before_load_mb": out["rss_before_load_kb"] / 1024,
                    "peak_rss_mb": out["peak_rss_kb"] / 1024 if out["peak_rss_kb"] > 0
                    else None, "process": "the runner"},
-        "input": {"shape": list(x.shape), "dtype": "float32", "data": "seeded normal noise"},
     }
     if etdump is None:
-        result["per_op"] = {"available": False, "reason": "per-op not available because it was "
-                                                          "not asked for (profile=false)"}
+        result["per_op"] = NOT_ASKED
     else:
         result["per_op"] = {"available": True, "source": "etdump", "file": etdump.name,
                             "runs": spec["profile_runs"],
@@ -201,20 +211,16 @@ def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any
     result: dict[str, Any] = {
         "runtime": runner.runtime,
         "measured_by": {"path": "python", "words": PYTHON_PATHS[runner.runtime]},
-        "threads": spec["threads"],
-        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-        else None,
+        **job_fields(spec, x),
         "latency": stats.to_dict(),
         "load_ms": load_ms,
         "memory": {"rss_before_load_mb": rss_before, "peak_rss_mb": _peak_rss_mb()},
-        "input": {"shape": list(x.shape), "dtype": "float32", "data": "seeded normal noise"},
     }
     if not spec["profile"]:
-        result["per_op"] = {"available": False, "reason": "per-op not available because it was not "
-                             "asked for (profile=false)"}
+        result["per_op"] = NOT_ASKED
     elif runner.runtime == "executorch":
         report(phase="profiling per op", done=0, total=1)
-        result["per_op"] = executorch_etdump(artifact, x, spec["threads"],
+        result["per_op"] = executorch_etdump(artifact, x, runner.dim_orders, spec["threads"],
                                              spec["profile_runs"], job_dir / "etdump.etdp")
     else:
         report(phase="profiling per op", done=0, total=1)

@@ -100,10 +100,10 @@ def bootstrap(target: str, ssh_args: list[str], name: str | None = None,
     serve = " --tls --host 0.0.0.0" if tls else ""
     install_et = ""
     if executorch or et_runner is not None:
-        from ..device.native_runner import _executorch_version
+        from ..device.native_runner import executorch_version
 
         install_et = ("venv/bin/pip install -q --disable-pip-version-check --no-deps "
-                      f"executorch=={_executorch_version()}\n")
+                      f"executorch=={executorch_version()}\n")
     if et_runner is not None:
         if not et_runner.is_file():
             raise EdgepipeError(f"runner {et_runner} does not exist: make one with "

@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ..device.native_runner import _executorch_version, build_runner, compile_command
+from ..device.native_runner import build_runner, compile_command, executorch_version
 from ..errors import EdgepipeError
 
 WHEEL_PLATFORMS = {"aarch64": ("manylinux_2_28_aarch64", "manylinux2014_aarch64"),
@@ -57,7 +57,7 @@ def build_for(arch: str, out: Path, cache: Path, version: str | None = None) -> 
     """A runner for ``arch`` at ``out``: built with this machine's compiler when ``arch`` is
     this machine's, else cross-built with ``{arch}-linux-gnu-g++``. Raises
     :class:`EdgepipeError` naming what is missing (the cross-compiler, the wheel)."""
-    version = version or _executorch_version()
+    version = version or executorch_version()
     if arch == platform.machine():
         built = build_runner(cache / "bin")
         out.parent.mkdir(parents=True, exist_ok=True)
