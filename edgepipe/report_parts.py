@@ -51,3 +51,8 @@ def hbar_svg(items: list[tuple[str, float]], unit: str = "ms", width: int = 640,
             f'<text x="{label_w + value * scale + 4:.1f}" y="{y + 15}">{value:.3g} {unit}</text>')
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
             f'height="{len(items) * row_h + 4}">{"".join(bars)}</svg>')
+
+
+def ms_text(value: float | None, digits: int = 3) -> str:
+    """A time in ms, or "—" where it is not known (null in the result)."""
+    return "—" if value is None else f"{value:.{digits}f}"

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,7 +18,7 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from .report_parts import mb_text
+from .report_parts import mb_text, ms_text
 
 
 def _terminal_stream():
@@ -157,13 +158,20 @@ class JobProgress(ProgressBar):
                          total=progress.get("total"), completed=progress.get("done", 0))
 
 
+def device_words(device: dict[str, Any]) -> str:
+    """A device without an identity (no agent): its architecture and CPU, and why."""
+    return (f"{device.get('machine') or '?'}, {device.get('cpu_model') or 'CPU unknown'}; "
+            "no fingerprint (no agent)")
+
+
 def print_profile(result: Any, top: int | None = 15) -> None:
     """Whole-model stats and the per-op table of a ``ProfileResult``."""
     lat, device = result.latency, result.device
+    who = device.get("identity_words") or device_words(device)
     console.print(f"[bold]{result.artifact}[/] ({result.format} {result.precision}) on "
-                  f"{device.get('hostname')} [{device.get('identity_words')}], "
+                  f"{device.get('hostname')} {escape(f'[{who}]')}, "
                   f"{result.runtime}, {result.threads} thread(s)")
-    console.print(f"  {latency_words(lat)} · load {result.load_ms:.0f} ms · "
+    console.print(f"  {latency_words(lat)} · load {ms_text(result.load_ms, 0)} ms · "
                   f"peak RSS {mb_text(result.memory['peak_rss_mb'])} MB"
                   + (f" · measured by {result.measured_by}" if result.measured_by else ""))
     for i, r in enumerate((result.repeats or []) if result.replicability else []):
@@ -180,20 +188,21 @@ def print_profile(result: Any, top: int | None = 15) -> None:
         note = result.per_op_note or "per-op not available because the agent gave no reason"
         console.print(f"  {note}")
         return
-    rows = sorted(result.per_op, key=lambda r: -r.median_ms)[:top]
+    rows = sorted(result.per_op, key=lambda r: -r.ms)[:top]
+    stat = rows[0].stat if rows else "median"
     source = getattr(result, "per_op_source", None) or "ETDump"
     table = Table(title=f"slowest {len(rows)} of {len(result.per_op)} ops "
                         f"(whole run {result.per_op_total_ms:.3f} ms, {source})")
-    for col in ("op", "type", "delegated", "median ms", "p90 ms", "share"):
-        table.add_column(col, justify="right" if col in ("median ms", "p90 ms", "share")
+    for col in ("op", "type", "delegated", f"{stat} ms", "p90 ms", "share"):
+        table.add_column(col, justify="right" if col in (f"{stat} ms", "p90 ms", "share")
                          else "left")
     for r in rows:
-        table.add_row(r.name, r.type, "yes" if r.delegated else "no", f"{r.median_ms:.3f}",
-                      f"{r.p90_ms:.3f}", f"{r.share:.1%}")
+        table.add_row(r.name, r.type, "yes" if r.delegated else "no", f"{r.ms:.3f}",
+                      ms_text(r.p90_ms), f"{r.share:.1%}")
     console.print(table)
-    summed = sum(r.median_ms for r in result.per_op)
+    summed = sum(r.ms for r in result.per_op)
     if result.per_op_total_ms:
-        console.print(f"  the ops' medians add up to {summed:.3f} ms, "
+        console.print(f"  the ops' {stat}s add up to {summed:.3f} ms, "
                       f"{summed / result.per_op_total_ms:.0%} of the whole run")
     placed = getattr(result, "per_op_placed", None)
     if placed:
@@ -206,7 +215,8 @@ def print_profile(result: Any, top: int | None = 15) -> None:
     if cost:
         console.print(f"  profiling overhead: {cost['profiled_ms']:.3f} ms a run profiled vs "
                       f"{cost['unprofiled_ms']:.3f} ms unprofiled (×{cost['ratio']:.2f}, "
-                      f"medians of {cost['runs']} runs)")
+                      + (f"medians of {cost['runs']} runs)" if cost.get("stat") != "mean"
+                         else "means of the tool's runs)"))
     if result.per_op_note:
         console.print(f"  note: {result.per_op_note}")
 
@@ -216,8 +226,9 @@ def print_comparison(comparison: Any) -> None:
     ratio to the first artifact."""
     for label, r in zip(comparison.labels, comparison.results, strict=True):
         cost = r.per_op_overhead
-        console.print(f"[bold]{label}[/]: {r.artifact}, median {r.latency['median_ms']:.3f} ms "
-                      f"unprofiled; profiled {r.per_op_total_ms:.3f} ms a run"
+        console.print(f"[bold]{label}[/]: {r.artifact}, median "
+                      f"{ms_text(r.latency['median_ms'])} ms unprofiled; profiled "
+                      f"{r.per_op_total_ms:.3f} ms a run"
                       + (f" (overhead ×{cost['ratio']:.2f})" if cost else "")
                       + (f"; {r.per_op_placed}" if r.per_op_placed else "")
                       + (f"; measured by {r.measured_by}" if r.measured_by else ""))
@@ -248,16 +259,23 @@ def print_comparison(comparison: Any) -> None:
 
 
 def latency_words(lat: dict[str, Any]) -> str:
-    """median, p90, p99, mean ± std, runs and span of a latency record, on one line."""
-    return (f"median {lat['median_ms']:.3f} ms · p90 {lat['p90_ms']:.3f} · p99 "
-            f"{lat['p99_ms']:.3f} · mean {lat['mean_ms']:.3f} ± {lat['std_ms']:.3f} · min "
-            f"{lat['min_ms']:.3f} · n={lat['count']} over {lat['span_s']:.2f} s")
+    """median, p90, p99, mean ± std, runs and span of a latency record, on one line (a
+    statistic the measuring tool does not give: "—")."""
+    words = (f"median {ms_text(lat['median_ms'])} ms · p90 {ms_text(lat['p90_ms'])} · p99 "
+             f"{ms_text(lat['p99_ms'])} · mean {ms_text(lat['mean_ms'])} ± "
+             f"{ms_text(lat['std_ms'])} · min {ms_text(lat['min_ms'])} · n={lat['count']} "
+             f"over {lat['span_s']:.2f} s")
+    if lat.get("statistics_from"):
+        words += f" ({lat['statistics_from']})"
+    return words
 
 
 def state_words(state: dict[str, Any] | None, flags: list[str] | None = None) -> str:
     """A job's device state: the flags raised, or what was watched and found steady."""
     if state is None:
         return "not recorded (an older agent)"
+    if state.get("not_read"):
+        return state["not_read"]
     if flags:
         return "[bold red]FLAGGED[/]: " + "; ".join(flags)
     readable = [k for k, v in state.get("readable", {}).items() if v]
@@ -278,9 +296,9 @@ def print_run_summary(run: dict[str, Any]) -> None:
                              else "right")
         for r in entry["results"]:
             lat = r["latency"]
-            table.add_row(r["artifact"], str(r["threads"]), f"{lat['median_ms']:.3f}",
-                          f"{lat['p90_ms']:.3f}", f"{lat['p99_ms']:.3f}",
-                          f"{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f}",
+            table.add_row(r["artifact"], str(r["threads"]), ms_text(lat["median_ms"]),
+                          ms_text(lat["p90_ms"]), ms_text(lat["p99_ms"]),
+                          f"{ms_text(lat['mean_ms'])} ± {ms_text(lat['std_ms'])}",
                           mb_text(r['memory']['peak_rss_mb']),
                           f"{len(r['per_op'])} ops" if r["per_op"] else "n/a",
                           "[bold red]FLAGGED[/]: " + "; ".join(r["flags"]) if r.get("flags")

@@ -109,6 +109,38 @@ def test_deploy_and_profile_through_a_real_sshd(small_conversion, sshd, tmp_path
         stop_agent(agent)
 
 
+def test_runners_over_a_real_sshd_without_an_agent(small_conversion, sshd, tmp_path):
+    """No agent: the lean ExecuTorch runner (built here) copied over scp and run over ssh."""
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++ to build the lean runner")
+    from edgepipe.device.native_runner import build_runner
+
+    out, report = small_conversion
+    ssh_port, key = sshd
+    runner = tmp_path / "runners" / "et_runner"
+    runner.parent.mkdir()
+    shutil.copy2(build_runner(tmp_path / "built"), runner)
+    env = {"EDGEPIPE_HOME": str(tmp_path / "home")}
+    work = tmp_path / "device-work"
+    done = run_cli("device", "add", "bare", "--ssh", f"{getpass.getuser()}@127.0.0.1",
+                   "--ssh-port", str(ssh_port), "--identity", str(key),
+                   "--ssh-option", "StrictHostKeyChecking=no",
+                   "--ssh-option", "UserKnownHostsFile=/dev/null",
+                   "--runner", str(runner), "--work-dir", str(work), env=env)
+    assert done.returncode == 0, done.stderr
+    pte = out / artifact(report, "executorch", "int8")["file"]
+    table = tmp_path / "ops.csv"
+    done = run_cli("profile", str(pte), "--device", "bare", "--runs", "10", "--out",
+                   str(table), env=env)
+    assert done.returncode == 0, done.stderr
+    words = " ".join(done.stdout.split())
+    assert "lean C++ runner et_runner" in words and "over ssh" in words and "no agent" in words
+    assert len(table.read_text().splitlines()) > 60 and not work.exists()
+    tflite = out / artifact(report, "tflite", "int8")["file"]
+    done = run_cli("profile", str(tflite), "--device", "bare", env=env)
+    assert done.returncode == 2 and "has no runner for" in done.stderr
+
+
 def aarch64_python() -> tuple[list[str], dict[str, str]]:
     """The arm64 Python under qemu (built once, cached), and the environment it needs."""
     qemu = shutil.which("qemu-aarch64-static")

@@ -77,13 +77,21 @@ def _run_agent_cert(args: argparse.Namespace) -> int:
 def _add_device(sub: argparse._SubParsersAction) -> None:
     device = sub.add_parser("device", help="devices this host measures on").add_subparsers(
         dest="device_command", required=True)
-    p = device.add_parser("add", help="register a device's agent")
+    p = device.add_parser("add", help="register a device: its agent, or (--runner) the "
+                                      "runner programs it is measured with, over adb or ssh")
     p.add_argument("name")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="the agent's URL, reachable from here")
     where.add_argument("--ssh", metavar="USER@HOST", help="reach the agent through ssh")
     where.add_argument("--adb", metavar="SERIAL", help="reach the agent through adb forward")
-    p.add_argument("--token", required=True, help="the agent's token")
+    p.add_argument("--token", help="the agent's token (required unless --runner)")
+    p.add_argument("--runner", action="append", default=[], type=Path, metavar="PATH",
+                   help="no agent on the device: a runner program on this host, pushed "
+                        "there and run over --adb or --ssh (LiteRT's benchmark_model, the "
+                        "lean ExecuTorch runner from `device build-runner`; repeatable)")
+    p.add_argument("--work-dir", help="with --runner: the device's work folder (default "
+                                      "/data/local/tmp/edgepipe over adb, /tmp/edgepipe "
+                                      "over ssh; removed after each session)")
     p.add_argument("--fingerprint", help="with an https:// --url: the SHA-256 fingerprint "
                                          "`agent serve --tls` printed; any other certificate "
                                          "is refused")
@@ -151,9 +159,11 @@ def _run_device_add(args: argparse.Namespace) -> int:
     from ..host.registry import Device, add_device
 
     kind, target = next((k, v) for k in ("url", "ssh", "adb") if (v := getattr(args, k)))
-    add_device(Device(args.name, kind, target, args.token, args.agent_port,
-                      _ssh_args(args) if kind == "ssh" else [], fingerprint=args.fingerprint))
-    print(f"added device {args.name} ({kind} {target})")
+    add_device(Device(args.name, kind, target, args.token or "", args.agent_port,
+                      _ssh_args(args) if kind == "ssh" else [], fingerprint=args.fingerprint,
+                      runners=[str(p) for p in args.runner], work_dir=args.work_dir))
+    how = f", no agent: {', '.join(p.name for p in args.runner)}" if args.runner else ""
+    print(f"added device {args.name} ({kind} {target}{how})")
     return 0
 
 
@@ -161,7 +171,9 @@ def _run_device_list(args: argparse.Namespace) -> int:
     from ..host.registry import load_devices
 
     for d in load_devices().values():
-        print(f"{d.name}\t{d.kind}\t{d.target}")
+        runners = f"\trunners: {', '.join(Path(r).name for r in d.runners)}" if d.runners \
+            else ""
+        print(f"{d.name}\t{d.kind}\t{d.target}{runners}")
     return 0
 
 

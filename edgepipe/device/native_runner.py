@@ -160,6 +160,38 @@ def find_runner(folder: Path | None) -> Path | None:
     return built if built.is_file() and os.access(built, os.X_OK) else None
 
 
+def runner_arguments(program: str, input_path: str, shape: tuple[int, ...], *,
+                     threads: int = 1, warmup: int = 5, runs: int = 30,
+                     min_seconds: float = 0.0, etdump: str | None = None,
+                     profiled_runs: int | None = None, output: str | None = None) -> list[str]:
+    """The runner's arguments (after its own path); paths as the device sees them."""
+    args = [program, "--threads", str(threads), "--warmup", str(warmup), "--runs", str(runs),
+            "--min-seconds", str(min_seconds), "--input", input_path,
+            "--shape", ",".join(str(d) for d in shape)]
+    if output:
+        args += ["--output", output]
+    if etdump is not None:
+        args += ["--etdump", etdump, "--profiled-runs", str(profiled_runs or runs)]
+    return args
+
+
+def read_runner_output(code: int, stdout: str, stderr: str, program: str) -> dict[str, Any]:
+    """The runner's JSON result (its last line of stdout). Raises :class:`EdgepipeError`
+    quoting the runner's last lines when it failed or printed what cannot be read."""
+    last = " | ".join((stderr.strip() or stdout.strip()).splitlines()[-3:])
+    if code:
+        raise EdgepipeError(f"the ExecuTorch runner failed on {program} (exit {code}): "
+                            f"{last[:400] or 'no output'}")
+    try:
+        result = json.loads(stdout.strip().splitlines()[-1])
+        if not isinstance(result.get("times_ms"), list) or not result["times_ms"]:
+            raise ValueError("no times_ms")
+    except (ValueError, IndexError, AttributeError) as exc:
+        raise EdgepipeError(f"the ExecuTorch runner's output cannot be read ({exc}): "
+                            f"{last[:400] or 'no output'}") from None
+    return result
+
+
 def run_runner(runner: Path, program: Path, x: np.ndarray, *, threads: int = 1,
                warmup: int = 5, runs: int = 30, min_seconds: float = 0.0,
                etdump: Path | None = None, profiled_runs: int | None = None,
@@ -172,13 +204,10 @@ def run_runner(runner: Path, program: Path, x: np.ndarray, *, threads: int = 1,
     with tempfile.TemporaryDirectory(prefix="edgepipe-et-") as tmp:
         src, dst = Path(tmp) / "x.f32", Path(tmp) / "y.f32"
         np.ascontiguousarray(x, dtype=np.float32).tofile(src)
-        cmd = [str(runner), str(program), "--threads", str(threads), "--warmup", str(warmup),
-               "--runs", str(runs), "--min-seconds", str(min_seconds), "--input", str(src),
-               "--shape", ",".join(str(d) for d in x.shape)]
-        if output:
-            cmd += ["--output", str(dst)]
-        if etdump is not None:
-            cmd += ["--etdump", str(etdump), "--profiled-runs", str(profiled_runs or runs)]
+        cmd = [str(runner), *runner_arguments(
+            str(program), str(src), x.shape, threads=threads, warmup=warmup, runs=runs,
+            min_seconds=min_seconds, etdump=None if etdump is None else str(etdump),
+            profiled_runs=profiled_runs, output=str(dst) if output else None)]
         # the device's own executorch libraries (a runner cross-built on the host has the
         # host's folder as its rpath); EDGEPIPE_RUNNER_PREFIX: an emulator in front of it
         env = dict(os.environ)
@@ -193,17 +222,7 @@ def run_runner(runner: Path, program: Path, x: np.ndarray, *, threads: int = 1,
         except OSError as exc:
             raise EdgepipeError(f"cannot start the ExecuTorch runner {runner}: "
                                 f"{exc.strerror}") from None
-        last = " | ".join((run.stderr.strip() or run.stdout.strip()).splitlines()[-3:])
-        if run.returncode:
-            raise EdgepipeError(f"the ExecuTorch runner failed on {program.name} (exit "
-                                f"{run.returncode}): {last[:400] or 'no output'}")
-        try:
-            result = json.loads(run.stdout.strip().splitlines()[-1])
-            if not isinstance(result.get("times_ms"), list) or not result["times_ms"]:
-                raise ValueError("no times_ms")
-        except (ValueError, IndexError, AttributeError) as exc:
-            raise EdgepipeError(f"the ExecuTorch runner's output cannot be read ({exc}): "
-                                f"{last[:400] or 'no output'}") from None
+        result = read_runner_output(run.returncode, run.stdout, run.stderr, program.name)
         if output:
             result["output"] = np.fromfile(dst, dtype=np.float32)
         return result

@@ -157,13 +157,21 @@ def run_job_native(spec: dict[str, Any], job_dir: Path, artifact: Path, x: np.nd
     out = run_runner(runner, artifact, x, threads=spec["threads"], warmup=spec["warmup"],
                      runs=spec["runs"], min_seconds=spec.get("min_seconds", 0.0),
                      etdump=etdump, profiled_runs=spec["profile_runs"])
+    return native_result(spec, out, x, runner.name,
+                         etdump.name if etdump is not None else None)
+
+
+def native_result(spec: dict[str, Any], out: dict[str, Any], x: np.ndarray, runner: str,
+                  etdump: str | None, where: str = "") -> dict[str, Any]:
+    """A job's result from the lean runner's JSON (``out``): here, or on a device driven
+    without an agent (``where`` says how it was reached, in words)."""
     stats = LatencyStats.from_seconds([t / 1000 for t in out["times_ms"]],
                                       spec.get("raw", False), out["wall_ms"] / 1000)
     result: dict[str, Any] = {
         "runtime": "executorch",
-        "measured_by": {"path": "native", "runner": runner.name,
-                        "words": f"lean C++ runner {runner.name} (ExecuTorch's C++ runtime, "
-                                 "no torch)"},
+        "measured_by": {"path": "native", "runner": runner,
+                        "words": f"lean C++ runner {runner} (ExecuTorch's C++ runtime, "
+                                 f"no torch){where}"},
         **job_fields(spec, x),
         "latency": stats.to_dict(),
         "load_ms": out["load_ms"],
@@ -174,7 +182,7 @@ def run_job_native(spec: dict[str, Any], job_dir: Path, artifact: Path, x: np.nd
     if etdump is None:
         result["per_op"] = NOT_ASKED
     else:
-        result["per_op"] = {"available": True, "source": "etdump", "file": etdump.name,
+        result["per_op"] = {"available": True, "source": "etdump", "file": etdump,
                             "runs": spec["profile_runs"],
                             "profiled_ms": out["etdump"]["profiled_ms"],
                             # as many unprofiled runs as profiled ones (the Python path's

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import EdgepipeError
-from ..manifest import file_sha256, load_manifest, manifest_path
+from ..manifest import Manifest, file_sha256, load_manifest, manifest_path
 
 
 class CertificateChanged(OSError):
@@ -55,6 +55,23 @@ class _PinnedHTTPS(urllib.request.HTTPSHandler):
                         f"the new --fingerprint)")
 
         return self.do_open(Pinned, req, context=self._context)
+
+
+def checked_artifact(artifact: Path) -> tuple[Manifest, str]:
+    """An artifact's manifest and sha256, once both are known to describe that file."""
+    if not artifact.is_file():
+        raise EdgepipeError(f"{artifact} is not a file: deploy .tflite and .pte artifacts")
+    mpath = manifest_path(artifact)
+    if not mpath.is_file():
+        raise EdgepipeError(f"{artifact.name} has no manifest ({mpath.name}): write one "
+                            f"with `edgepipe manifest init {artifact}`")
+    manifest = load_manifest(artifact)
+    sha = file_sha256(artifact)
+    if manifest.file_sha256 != sha:
+        raise EdgepipeError(f"{mpath.name} describes another file (sha256 "
+                            f"{manifest.file_sha256[:12]}…): convert again or run "
+                            f"`edgepipe manifest init {artifact}`")
+    return manifest, sha
 
 
 class AgentClient:
@@ -115,18 +132,7 @@ class AgentClient:
         """Upload an artifact and its manifest (``<file>.json``); skipped when already there
         (``check_present=False``: the caller knows it is not)."""
         artifact = Path(artifact)
-        if not artifact.is_file():
-            raise EdgepipeError(f"{artifact} is not a file: deploy .tflite and .pte artifacts")
-        mpath = manifest_path(artifact)
-        if not mpath.is_file():
-            raise EdgepipeError(f"{artifact.name} has no manifest ({mpath.name}): write one "
-                                f"with `edgepipe manifest init {artifact}`")
-        manifest = load_manifest(artifact)
-        sha = file_sha256(artifact)
-        if manifest.file_sha256 != sha:
-            raise EdgepipeError(f"{mpath.name} describes another file (sha256 "
-                                f"{manifest.file_sha256[:12]}…): convert again or run "
-                                f"`edgepipe manifest init {artifact}`")
+        manifest, sha = checked_artifact(artifact)
         present = {a["sha256"]: a for a in self.artifacts()} if check_present else {}
         if sha not in present:
             size = artifact.stat().st_size

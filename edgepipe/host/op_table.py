@@ -9,7 +9,9 @@ did not take under their TFLite names. A runtime with no per-op profiler gets no
 reason, never numbers made up from something else.
 
 Per op: the median and p90 over the profiled runs (ms) and the share of the whole run (the
-runtime's own whole-run event: ExecuTorch's ``Method::execute``, LiteRT's ``Invoke``).
+runtime's own whole-run event: ExecuTorch's ``Method::execute``, LiteRT's ``Invoke``). LiteRT's
+``benchmark_model`` prints one mean per op and no per-run times: its rows carry ``mean_ms``
+with the median and p90 null (:func:`benchmark_model_op_table`).
 """
 
 from __future__ import annotations
@@ -35,11 +37,21 @@ class OpRow:
     name: str
     type: str
     delegated: bool  # run by the delegate (XNNPACK), else a runtime's own kernel
-    median_ms: float
-    p90_ms: float
-    share: float  # median over the whole model's median time
+    median_ms: float | None  # null where the runtime gives no per-run times
+    p90_ms: float | None
+    share: float  # this op's time (``ms``) over the whole model's time
     module: str | None = None  # the source model's module it ran (edgepipe.host.op_map)
     block: str | None = None  # that module's block: features.3, classifier
+    mean_ms: float | None = None  # per run; where the runtime gives only means
+
+    @property
+    def ms(self) -> float:
+        """The op's time per run: its median, or its mean where no median is known."""
+        return self.median_ms if self.median_ms is not None else float(self.mean_ms or 0.0)
+
+    @property
+    def stat(self) -> str:
+        return "median" if self.median_ms is not None else "mean"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -121,6 +133,23 @@ def litert_op_table(per_op: dict[str, Any]) -> tuple[list[OpRow], float]:
     return rows, float(total)
 
 
+def benchmark_model_op_table(per_op: dict[str, Any]) -> tuple[list[OpRow], float]:
+    """Rows in run order and the profiled runs' mean time (ms), from an agentless LiteRT job's
+    ``per_op`` (``source: benchmark_model``, :mod:`edgepipe.host.benchmark_model`). Each
+    row's time is its mean per run; the median and p90 are null (the tool prints none)."""
+    ops = per_op.get("ops") or []
+    total = float(per_op.get("run_ms") or 0.0)
+    if not ops or not total:
+        raise EdgepipeError("the benchmark_model per-op record holds no ops or no run time")
+    rows = []
+    for o in ops:
+        node = o["type"].removeprefix("Delegate/")
+        delegated = o["type"].startswith("Delegate/") or "Delegate" in o["name"]
+        rows.append(OpRow(o["name"], op_type(node) if delegated else node, delegated,
+                          None, None, o["ms_per_run"] / total, mean_ms=o["ms_per_run"]))
+    return rows, total
+
+
 def overhead(per_op: dict[str, Any], unprofiled_ms: float | None = None) -> dict[str, Any] | None:
     """What profiling costs: the median profiled run over the median unprofiled one, both
     timed by the job through the same API (LiteRT: the same compiled model with the profiler
@@ -133,7 +162,7 @@ def overhead(per_op: dict[str, Any], unprofiled_ms: float | None = None) -> dict
         return None
     median = statistics.median(profiled)
     return {"profiled_ms": median, "unprofiled_ms": base, "ratio": median / base,
-            "runs": len(profiled)}
+            "runs": len(profiled), "stat": per_op.get("stat", "median")}
 
 
 UNPLACED = "(not placed)"
@@ -146,7 +175,7 @@ def by_block(rows: list[OpRow]) -> list[dict[str, Any]]:
         key = r.block or UNPLACED
         t = totals.setdefault(key, {"block": key, "count": 0, "ms": 0.0, "share": 0.0})
         t["count"] += 1
-        t["ms"] += r.median_ms
+        t["ms"] += r.ms
         t["share"] += r.share
     return list(totals.values())
 
@@ -157,7 +186,7 @@ def by_type(rows: list[OpRow]) -> list[dict[str, Any]]:
     for r in rows:
         t = totals.setdefault(r.type, {"type": r.type, "count": 0, "ms": 0.0, "share": 0.0})
         t["count"] += 1
-        t["ms"] += r.median_ms
+        t["ms"] += r.ms
         t["share"] += r.share
     return sorted(totals.values(), key=lambda t: -t["ms"])
 

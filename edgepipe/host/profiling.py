@@ -15,7 +15,13 @@ from ..errors import EdgepipeError
 from ..manifest import load_manifest, manifest_path
 from .client import AgentClient
 from .op_map import executorch_modules, litert_modules
-from .op_table import OpRow, executorch_op_table, litert_op_table, overhead
+from .op_table import (
+    OpRow,
+    benchmark_model_op_table,
+    executorch_op_table,
+    litert_op_table,
+    overhead,
+)
 
 DEVICE_FIELDS = ("hostname", "fingerprint", "identity_words", "machine", "cpu_model", "cores",
                  "runtimes")
@@ -112,7 +118,8 @@ def profile(client: AgentClient, artifact: Path, *, threads: int = 1, warmup: in
     first = jobs[0]
     result = first["result"]
     medians = [j["result"]["latency"]["median_ms"] for j in jobs]
-    middle = jobs[medians.index(statistics.median_low(medians))]
+    known = None not in medians  # benchmark_model builds that print no median: null
+    middle = jobs[medians.index(statistics.median_low(medians))] if known else first
     flags = [f"repeat {i + 1}: {f}" if repeat > 1 else f for i, j in enumerate(jobs)
              for f in j["result"].get("device_state", {}).get("flags", [])]
     info = device_info or client.info()
@@ -126,7 +133,7 @@ def profile(client: AgentClient, artifact: Path, *, threads: int = 1, warmup: in
         repeats=[{"job_id": j["id"], "latency": j["result"]["latency"],
                   "flags": j["result"].get("device_state", {}).get("flags", [])}
                  for j in jobs],
-        replicability=replicability(medians) if repeat > 1 else None)
+        replicability=replicability(medians) if repeat > 1 and known else None)
     per_op = result["per_op"]
     if not per_op.get("available"):
         out.per_op_note = per_op.get("reason")
@@ -135,6 +142,13 @@ def profile(client: AgentClient, artifact: Path, *, threads: int = 1, warmup: in
         out.per_op_source = f"LiteRT profiler, {per_op['library']}"
         out.per_op_overhead = overhead(per_op)
         out.per_op_placed = litert_modules(out.per_op, per_op, artifact)
+    elif per_op.get("source") == "benchmark_model":
+        out.per_op, out.per_op_total_ms = benchmark_model_op_table(per_op)
+        out.per_op_source = f"{per_op['tool']}'s op profile (means; times called " \
+                            f"{per_op['times_called']})"
+        out.per_op_overhead = overhead(per_op)
+        out.per_op_note = ("ops not placed in the model: benchmark_model's table names "
+                           "the runtime's ops only")
     elif per_op.get("source") == "etdump":
         etrecord = manifest.extra.get("etrecord")
         etrecord_path = artifact.with_name(etrecord) if etrecord else None

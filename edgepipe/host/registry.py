@@ -2,8 +2,11 @@
 
 ``url``: the agent is reachable as is (same machine, or a trusted network).
 ``ssh``: an ssh tunnel to the agent's loopback port (the agent never listens outside).
-``adb``: ``adb forward`` to an Android phone's agent (Termux). The forward is all edgepipe does
-with adb; there is no phone here, so this path is the one not exercised by the tests.
+``adb``: ``adb forward`` to an Android phone's agent (Termux with a Debian userland).
+
+A device with ``runners`` has no agent: ``ssh`` or ``adb`` then carry files and commands, and
+the runners measure (:mod:`edgepipe.host.agentless`). No phone was used to build this: the
+tests drive a stand-in ``adb`` that maps ``push``/``shell``/``pull`` to a local folder.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..device import DEFAULT_PORT
 from ..device.tls import normalize_fingerprint
@@ -42,6 +46,8 @@ class Device:
     agent_port: int = DEFAULT_PORT  # the agent's port on the device (ssh, adb)
     ssh_options: list[str] = field(default_factory=list)  # extra `ssh` arguments
     fingerprint: str | None = None  # an https agent's pinned certificate (SHA-256, hex)
+    runners: list[str] = field(default_factory=list)  # no agent: runner programs (host paths)
+    work_dir: str | None = None  # ... and the device's folder they run in
 
 
 def _registry_path() -> Path:
@@ -70,6 +76,24 @@ def add_device(device: Device) -> None:
         raise EdgepipeError(f"invalid device name '{device.name}': letters, digits, . _ -")
     if device.kind == "url" and not device.target.startswith(("http://", "https://")):
         raise EdgepipeError(f"--url must start with http:// or https://, got {device.target}")
+    if device.runners:
+        from .agentless import DEFAULT_WORK, runner_runtime
+
+        if device.kind not in ("adb", "ssh"):
+            raise EdgepipeError("--runner drives a device without an agent, over --adb SERIAL "
+                                "or --ssh USER@HOST (not --url)")
+        runtimes: dict[str, str] = {}
+        for path in device.runners:
+            runtime = runner_runtime(Path(path))[0]
+            if runtime in runtimes:
+                raise EdgepipeError(f"two runners for {runtime}: {runtimes[runtime]} and "
+                                    f"{path}; give one")
+            runtimes[runtime] = path
+        device.runners = [str(Path(p).resolve()) for p in device.runners]
+        device.work_dir = device.work_dir or DEFAULT_WORK[device.kind]
+    elif not device.token:
+        raise EdgepipeError("--token is required for a device with an agent (or give "
+                            "--runner PATH to drive it without one)")
     if device.fingerprint is not None:
         if not (device.kind == "url" and device.target.startswith("https://")):
             raise EdgepipeError("--fingerprint pins an https agent's certificate: give it with "
@@ -143,8 +167,33 @@ def ssh_base(device: Device) -> list[str]:
 
 
 @contextmanager
+def agentless(device: Device) -> Iterator[Any]:
+    """A client that measures on a device without an agent; its work folder is removed on
+    exit."""
+    from .agentless import AdbTransport, AgentlessClient, SshTransport, runner_runtime
+
+    runners = {}
+    for path in device.runners:
+        runners[runner_runtime(Path(path))[0]] = Path(path)
+    if device.kind == "adb":
+        transport: Any = AdbTransport(_need("adb", "Android platform-tools (adb)"),
+                                      device.target)
+    else:
+        transport = SshTransport(ssh_base(device), device.target)
+    client = AgentlessClient(device.name, transport, runners, device.work_dir or "")
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@contextmanager
 def connect(device: Device) -> Iterator[AgentClient]:
     """A client for the device's agent, with the tunnel or forward open while in use."""
+    if device.runners:
+        with agentless(device) as client:
+            yield client
+        return
     if device.kind == "url":
         client = AgentClient(device.target, device.token, fingerprint=device.fingerprint)
         yield client

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..host.compare import side_by_side
 from ..host.op_table import OpRow, by_block, by_type
-from ..report_parts import PALETTE, STYLE, hbar_svg, mb_text, parity_text
+from ..report_parts import PALETTE, STYLE, hbar_svg, mb_text, ms_text, parity_text
 
 
 def _artifact_table(conversion: dict[str, Any]) -> str:
@@ -39,14 +39,16 @@ def _device_section(entry: dict[str, Any]) -> str:
     for r in results:
         lat = r["latency"]
         label = f"{r['format']} {r['precision']} ×{r['threads']}"
-        bars.append((label, lat["median_ms"]))
+        bars.append((label, lat["median_ms"] if lat["median_ms"] is not None
+                       else lat["mean_ms"]))
         state = (f'<span class="bad">FLAGGED: {escape("; ".join(r["flags"]))}</span>'
                  if r.get("flags") else "steady" if r.get("device_state") else "—")
         rows.append(
             f"<tr><td>{escape(r['artifact'])}</td><td>{escape(r['runtime'])}</td>"
-            f"<td class=num>{r['threads']}</td><td class=num>{lat['median_ms']:.3f}</td>"
-            f"<td class=num>{lat['p90_ms']:.3f}</td><td class=num>{lat['p99_ms']:.3f}</td>"
-            f"<td class=num>{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f}</td>"
+            f"<td class=num>{r['threads']}</td><td class=num>{ms_text(lat['median_ms'])}</td>"
+            f"<td class=num>{ms_text(lat['p90_ms'])}</td>"
+            f"<td class=num>{ms_text(lat['p99_ms'])}</td>"
+            f"<td class=num>{ms_text(lat['mean_ms'])} ± {ms_text(lat['std_ms'])}</td>"
             f"<td class=num>{lat['count']}</td>"
             f"<td class=num>{mb_text(r['memory']['peak_rss_mb'])}</td>"
             f"<td class=num>{r['load_ms']:.0f}</td><td>{state}</td>"
@@ -127,8 +129,8 @@ def table_prediction_words(table: dict[str, Any], results: list[dict[str, Any]])
     if not pred:
         return ""
     measured = [r["latency"]["median_ms"] for r in results
-                if r["runtime"] == pred["runtime"] and r["precision"] == pred["precision"]
-                and r["threads"] == pred["threads"]]
+                if r["latency"]["median_ms"] is not None and r["runtime"] == pred["runtime"]
+                and r["precision"] == pred["precision"] and r["threads"] == pred["threads"]]
     text = (f"predicts {pred['predicted_ms']:.3f} ms for {pred['model']} ({pred['runtime']} "
             f"{pred['precision']}, {pred['threads']} thread(s))")
     if measured:
@@ -150,12 +152,13 @@ def _per_op_section(result: dict[str, Any]) -> str:
     rows = [OpRow(**r) for r in result["per_op"]]
     types = by_type(rows)[:12]
     chart = hbar_svg([(f"{t['type']} ×{t['count']}", t["ms"]) for t in types])
-    top = sorted(rows, key=lambda r: -r.median_ms)[:10]
-    table = ("<table><tr><th>op</th><th>type</th><th>delegated</th><th>median ms</th>"
+    top = sorted(rows, key=lambda r: -r.ms)[:10]
+    stat = top[0].stat if top else "median"
+    table = (f"<table><tr><th>op</th><th>type</th><th>delegated</th><th>{stat} ms</th>"
              "<th>p90 ms</th><th>share</th></tr>" + "".join(
                  f"<tr><td>{escape(r.name)}</td><td>{escape(r.type)}</td>"
-                 f"<td>{'yes' if r.delegated else 'no'}</td><td class=num>{r.median_ms:.4f}</td>"
-                 f"<td class=num>{r.p90_ms:.4f}</td>"
+                 f"<td>{'yes' if r.delegated else 'no'}</td><td class=num>{r.ms:.4f}</td>"
+                 f"<td class=num>{ms_text(r.p90_ms, 4)}</td>"
                  f"<td class=num>{r.share:.1%}</td></tr>" for r in top) + "</table>")
     note = f'<p class="note">{escape(result["per_op_note"])}</p>' if result["per_op_note"] else ""
     cost = result.get("per_op_overhead")
