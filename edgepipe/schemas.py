@@ -38,6 +38,14 @@ BATCH_ITEM: dict[str, Any] = {
                    "shape": {"type": "array", "minItems": 1, "maxItems": 6,
                              "items": _int(1, 65536)}}}
 
+MAX_EVAL_IMAGES = 256
+EVAL_IMAGE: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["name", "data"],
+    "description": "one image of an evaluation: its name and its encoded file (PNG, JPEG, "
+                   "...), base64",
+    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 1024},
+                   "data": {"type": "string", "minLength": 1, "maxLength": 16 << 20}}}
+
 JOB_SPEC: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "description": "a benchmark: one artifact (artifact), or a batch of them (items)",
@@ -62,6 +70,13 @@ JOB_SPEC: dict[str, Any] = {
         "runner": {"enum": ["auto", "python", "native"],
                    "description": "ExecuTorch: the lean C++ runner (native), the Python "
                                   "bindings (python), or the runner where present (auto)"},
+        "kind": {"enum": ["benchmark", "evaluate"],
+                 "description": "benchmark (default): time the artifact; evaluate: run it on "
+                                "the images given, preprocessed on the device as its "
+                                "manifest says, and return the top-k or the mask of each"},
+        "images": {"type": "array", "minItems": 1, "maxItems": MAX_EVAL_IMAGES,
+                   "items": EVAL_IMAGE},
+        "top_k": _int(1, 100),
     },
 }
 

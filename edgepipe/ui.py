@@ -233,8 +233,12 @@ def print_comparison(comparison: Any) -> None:
                       + (f"; {r.per_op_placed}" if r.per_op_placed else "")
                       + (f"; measured by {r.measured_by}" if r.measured_by else ""))
     base = comparison.labels[0]
+    means = [label for label, r in zip(comparison.labels, comparison.results, strict=True)
+             if r.per_op and r.per_op[0].stat == "mean"]
+    stat = "medians" + (f"; means for {', '.join(means)}, whose runtime gives no median"
+                        if means else "")
     for title, table in (("by block", comparison.blocks), ("by op type", comparison.types)):
-        out = Table(title=f"{title}: ms (sum of per-op medians), ratio to {base}")
+        out = Table(title=f"{title}: ms (sum of per-op {stat}), ratio to {base}")
         out.add_column(title.removeprefix("by "))
         for k, label in enumerate(comparison.labels):
             out.add_column(label, justify="right")
@@ -249,11 +253,12 @@ def print_comparison(comparison: Any) -> None:
                     cells.append("" if ratio is None or not row["ops"][k] else f"{ratio:.2f}")
             out.add_row(*cells)
         totals = [sum(r["ms"][k] for r in table) for k in range(len(comparison.labels))]
+        present = [any(r["ops"][k] for r in table) for k in range(len(comparison.labels))]
         cells = ["all ops"]
         for k, t in enumerate(totals):
-            cells.append(f"{t:.3f}")
+            cells.append(f"{t:.3f}" if present[k] else "— (not placed)")
             if k:
-                cells.append(f"{t / totals[0]:.2f}" if totals[0] else "")
+                cells.append(f"{t / totals[0]:.2f}" if totals[0] and present[k] else "")
         out.add_row(*cells, style="bold")
         console.print(out)
 
@@ -285,18 +290,30 @@ def state_words(state: dict[str, Any] | None, flags: list[str] | None = None) ->
     return f"steady ({', '.join(readable)} watched at start and end)"
 
 
+def path_words(measured_by: str | None) -> str:
+    """Which path measured, in a word or two (the whole sentence is in the report)."""
+    if not measured_by:
+        return "?"
+    for key, words in (("lean C++ runner", "C++ runner"), ("benchmark_model", "benchmark_model"),
+                       ("Python", "Python")):
+        if key in measured_by:
+            return words
+    return measured_by.split(" ")[0]
+
+
 def print_run_summary(run: dict[str, Any]) -> None:
     print_convert_table(run["conversion"])
     for entry in run["devices"]:
         table = Table(title=f"on {entry['name']} "
                             f"({(entry.get('info') or {}).get('identity_words', '?')})")
-        for col in ("artifact", "threads", "median ms", "p90 ms", "p99 ms", "mean ± std",
-                    "peak RSS MB", "per-op", "device state"):
-            table.add_column(col, justify="left" if col in ("artifact", "device state")
-                             else "right")
+        for col in ("artifact", "by", "threads", "median ms", "p90 ms", "p99 ms",
+                    "mean ± std", "peak RSS MB", "per-op", "device state"):
+            table.add_column(col, justify="left" if col in ("artifact", "by", "device state")
+                             else "right", overflow="fold")
         for r in entry["results"]:
             lat = r["latency"]
-            table.add_row(r["artifact"], str(r["threads"]), ms_text(lat["median_ms"]),
+            table.add_row(r["artifact"], path_words(r.get("measured_by")), str(r["threads"]),
+                          ms_text(lat["median_ms"]),
                           ms_text(lat["p90_ms"]), ms_text(lat["p99_ms"]),
                           f"{ms_text(lat['mean_ms'])} ± {ms_text(lat['std_ms'])}",
                           mb_text(r['memory']['peak_rss_mb']),
@@ -335,3 +352,36 @@ def print_demo_summary(summary: Any) -> None:
         console.print(f"  note: {note}")
     for warning in summary.warnings:
         console.print(f"  [bold red]warning:[/] {warning}")
+
+
+def _rate_text(r: dict[str, Any] | None) -> str:
+    if not r:
+        return "—"
+    return f"{100 * r['value']:.1f} ({100 * r['low']:.1f}–{100 * r['high']:.1f})"
+
+
+def print_evaluation(summary: dict[str, Any]) -> None:
+    """Per artifact: top-1/top-5 with 95 % intervals, flip rate against PyTorch, what
+    changed most (``edgepipe evaluate``)."""
+    console.print(f"data: {escape(summary['data'])}; device: {summary['device']}")
+    table = Table(title="on the device, % (95 % interval)")
+    for col in ("artifact", "images", "top-1", "top-5", "flips vs PyTorch",
+                "pixels as PyTorch", "mIoU vs PyTorch"):
+        table.add_column(col, justify="left" if col == "artifact" else "right")
+    for a in summary["artifacts"]:
+        table.add_row(a["artifact"], str(a["images"]), _rate_text(a["top1"]),
+                      _rate_text(a["top5"]), _rate_text(a["flip_rate"]),
+                      "—" if a["pixel_agreement"] is None else f"{a['pixel_agreement']:.2%}",
+                      "—" if a["miou_vs_pytorch"] is None else f"{a['miou_vs_pytorch']:.3f}")
+    console.print(table)
+    for a in summary["artifacts"]:
+        if a["changed"]:
+            console.print(f"  {a['artifact']}: most changed " + "; ".join(
+                f"{c['from']} → {c['to']} ×{c['count']}" for c in a["changed"]))
+        if a["failed"]:
+            console.print(f"  {a['artifact']}: {len(a['failed'])} image(s) not decoded on the "
+                          f"device, e.g. {a['failed'][0]}")
+        if a["note"]:
+            console.print(f"  {a['artifact']}: {escape(a['note'])}")
+    for note in summary.get("skipped", []):
+        console.print(f"  skipped {note}")

@@ -160,7 +160,7 @@ def test_standin_phone_runs_executorch_on_the_lean_runner(phone, small_conversio
                    "--out", str(table), env=env)
     assert done.returncode == 0, done.stderr
     words = " ".join(done.stdout.split())
-    assert "lean C++ runner et_runner" in words and "over adb standin-phone, no agent" in words
+    assert "lean C++ runner et_runner" in words and "over adb standin-phone (no agent)" in words
     assert len(table.read_text().splitlines()) > 60  # the ETDump, pulled back and read
     rss = float(words.split("peak RSS ")[1].split(" MB")[0])
     assert 0 < rss < 200

@@ -100,15 +100,19 @@ class OutputDecoder:
                     f"{'NHWC' if self.layout == 'NCHW' else 'NCHW'} (set outputs[0].layout, "
                     "or `edgepipe manifest init --force --layout`)")
 
+    def probabilities(self, outputs: list[np.ndarray]) -> np.ndarray:
+        """A classifier's class probabilities (C,): softmax of logits, as given otherwise; one
+        score (a binary classifier) through a sigmoid."""
+        scores = np.asarray(outputs[0], dtype=np.float32).reshape(-1)
+        if scores.size == 1:
+            return 1 / (1 + np.exp(-scores)) if self.kind == "logits" else scores
+        return _softmax(scores, 0) if self.kind == "logits" else scores
+
     def __call__(self, outputs: list[np.ndarray]) -> Classification | Segmentation:
         y = np.asarray(outputs[0], dtype=np.float32)
         if self.task == "classification":
-            scores = y.reshape(-1)
-            if scores.size == 1:  # one score: a binary classifier's, through a sigmoid
-                p = 1 / (1 + np.exp(-scores)) if self.kind == "logits" else scores
-                return Classification([(_label(self.labels, 0), float(p[0]))])
-            probs = _softmax(scores, 0) if self.kind == "logits" else scores
-            best = np.argsort(-probs)[: self.top_k]
+            probs = self.probabilities(outputs)
+            best = np.argsort(-probs, kind="stable")[: self.top_k]
             return Classification([(_label(self.labels, int(i)), float(probs[i])) for i in best])
         if y.ndim != 4:
             raise EdgepipeError(f"a segmentation output must be 4-D, got shape {y.shape}")

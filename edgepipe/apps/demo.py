@@ -19,8 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..device.bench import rss_mb
 from ..errors import EdgepipeError
 from ..manifest import Manifest, load_manifest
@@ -104,22 +102,6 @@ def unchecked_guesses(manifest: Manifest) -> list[str]:
             if g.get("confidence") == "low" and g.get("name") in _DECISIVE]
 
 
-class TorchRunner:
-    """PyTorch eager, the reference: the model the artifact was converted from."""
-
-    runtime = "torch"
-
-    def __init__(self, module: Any, threads: int) -> None:
-        import torch
-
-        torch.set_num_threads(threads)
-        self._torch, self._module = torch, module.eval()
-
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
-        with self._torch.no_grad():
-            return [self._module(self._torch.from_numpy(x)).numpy()]
-
-
 def pick_artifact(folder: Path, runtimes: dict[str, str]) -> Path:
     """From a convert output: the fastest kind here, LiteRT int8 first (see the benchmarks)."""
     order = ["_int8.tflite", "_fp32.tflite", "_int8.pte", "_fp32.pte"]
@@ -146,7 +128,9 @@ def open_model(target: str, runtime: str | None, threads: int, weights: str | No
     if path.is_dir():
         path = pick_artifact(path, installed_runtimes())
     if runtime == "torch":
-        return _torch_model(path if path.is_file() else None, target, threads, weights)
+        from ..converters.reference import torch_reference
+
+        return torch_reference(path if path.is_file() else None, target, threads, weights)
     if not path.is_file():
         raise EdgepipeError(f"{target} is not an artifact or a convert output folder (for a "
                             f"built-in model on PyTorch pass --runtime torch)")
@@ -163,34 +147,6 @@ def open_model(target: str, runtime: str | None, threads: int, weights: str | No
         shape = (1, pre.channels, *pre.size)
         return ProcessRunner(path, threads, shape), manifest, path.name
     return open_runner(path, threads), manifest, path.name
-
-
-def _torch_model(artifact: Path | None, name: str, threads: int, weights: str | None
-                 ) -> tuple[Any, Manifest, str]:
-    from ..converters.base import float_spec
-    from ..converters.images import builtin_calibration_images
-    from ..converters.source import load_source_model
-    from ..models.pretrained import resolve_weights
-
-    manifest = load_manifest(artifact) if artifact else None
-    model = manifest.model if manifest else name
-    width = (manifest.extra.get("width_mult", 1.0) if manifest else 1.0)
-    size = tuple(manifest.preprocessing.size) if manifest else None
-    output = manifest.extra.get("output") if manifest else None
-    input_range = manifest.preprocessing.input_range() if manifest else None
-    if manifest and manifest.source_weights_sha256 and not weights:
-        raise EdgepipeError(f"{artifact.name} was converted from trained weights: pass them "
-                            f"with --weights (the same file, or `imagenet`)")
-    # a random init is rebuilt exactly as `convert` built it: same seed, same BN images
-    src = load_source_model(model, resolve_weights(model, weights), width, size,
-                            manifest.task if manifest else None,
-                            bn_images=builtin_calibration_images(32),
-                            output=None if output is None else str(output),
-                            input_range=input_range if input_range != "custom" else None)
-    built = Manifest(format="torch", precision="fp32", file="", file_sha256="", model=model,
-                     task=src.task, inputs=[], outputs=[float_spec("output", src.output_shape)],
-                     preprocessing=src.preprocessing, labels=src.labels)
-    return TorchRunner(src.module, threads), built, f"{model} (PyTorch eager)"
 
 
 class Rate:

@@ -1,5 +1,5 @@
 """The ``edgepipe`` command: maps sub-commands to the stages' public functions, one module a
-stage (artifacts, device, apps, lut, search)."""
+stage (artifacts, device, evaluate, apps, lut, search)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from ..errors import EdgepipeError
 from .apps import _add_demo, _add_run
 from .artifacts import INPUT_RANGES, _add_convert, _add_manifest, _run_models
 from .device import _add_agent, _add_deploy_profile, _add_device
+from .evaluate import _add_evaluate
 from .lut import _add_lut
 from .search import _add_search
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_deploy_profile(sub)
     _add_manifest(sub)
     _add_run(sub)
+    _add_evaluate(sub)
     _add_demo(sub)
     _add_lut(sub)
     _add_search(sub)

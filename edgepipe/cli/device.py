@@ -231,9 +231,11 @@ def _run_build_runner(args: argparse.Namespace) -> int:
 
     arch = args.arch or platform.machine()
     out = build_for(arch, args.out, cache_folder().parent)
-    print(f"wrote {out} ({elf_machine(out)}); on the device: pip install --no-deps "
-          f"executorch=={executorch_version()}, then `edgepipe agent serve --et-runner "
-          f"PATH` (or `device bootstrap --et-runner {out}`)")
+    print(f"wrote {out} ({elf_machine(out)}). With an agent on the device: pip install "
+          f"--no-deps executorch=={executorch_version()} there, then `edgepipe agent serve "
+          f"--et-runner PATH` (or `device bootstrap --et-runner {out}`). Without one: "
+          f"`edgepipe device add NAME --adb SERIAL|--ssh USER@HOST --runner {out}` (its "
+          "libraries are pushed with it)")
     return 0
 
 

@@ -70,6 +70,9 @@ class JobQueue:
             raise StoreError(400, "this device has no lean ExecuTorch runner ("
                                   f"{self.no_runner_reason or 'see /v1/info executorch_runner'}"
                                   "); ask for runner python or auto")
+        if (spec.kind == "evaluate") != bool(spec.images) or (spec.items and spec.images):
+            raise StoreError(400, "an evaluation (kind evaluate) takes images and one "
+                                  "artifact; a benchmark takes no images")
         if spec.runner == "native" and spec.items:
             raise StoreError(400, "batches run through the Python bindings: runner native "
                                   "takes one artifact")

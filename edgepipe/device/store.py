@@ -186,6 +186,9 @@ class JobSpec:
     # ExecuTorch: "native" the lean C++ runner (edgepipe.device.native_runner), "python" the
     # Python bindings, "auto" the runner where the device has one (batches: Python)
     runner: str = "auto"
+    kind: str = "benchmark"  # or "evaluate": run on ``images``, return the top-k / masks
+    images: list[dict[str, str]] | None = None  # [{"name": ..., "data": base64 file}]
+    top_k: int = 5
 
     @property
     def artifacts(self) -> list[str]:

@@ -195,6 +195,10 @@ def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any
     spec = _start(job_dir)
     state = device_state()
     manifest = Manifest.from_dict(json.loads(manifest_path.read_text()))
+    if spec.get("kind") == "evaluate":
+        from .evaluate import run_evaluation
+
+        return run_evaluation(spec, artifact, manifest, report)
     x = example_input(manifest)
     if artifact.suffix == ".pte" and spec.get("runner", "auto") != "python":
         from .native_runner import find_runner

@@ -418,7 +418,7 @@ class AgentlessClient:
             self.transport.pull(etdump, folder / "etdump.etdp")
         result = native_result(spec, out, x, runner.name,
                                "etdump.etdp" if etdump else None,
-                               where=f" over {self.transport.how}, no agent")
+                               where=f" over {self.transport.how} (no agent)")
         result["affinity"] = None
         result["device_state"] = self._state()
         return result

@@ -71,8 +71,11 @@ def compare(client: AgentClient, artifacts: list[Path], *, threads: int = 1, war
                                 f"{result.per_op_note}")
         results.append(result)
     rows = [r.per_op or [] for r in results]
+    # an artifact whose ops could not be placed in the model has no blocks, not one
+    # "(not placed)" block to be compared with the others' leftovers
     return Comparison(labels_for(results), results,
-                      side_by_side([by_block(r) for r in rows], "block"),
+                      side_by_side([by_block(r) if any(op.block for op in r) else []
+                                    for r in rows], "block"),
                       side_by_side([by_type(r) for r in rows], "type"))
 
 
@@ -118,7 +121,7 @@ def plot_comparison(comparison: Comparison, path: Path, top_types: int = 12) -> 
         ax.set_yticks([i + 0.4 - height / 2 for i in range(len(table))],
                       [r["name"] for r in table], fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel("ms (sum of per-op medians)")
+        ax.set_xlabel("ms (sum of per-op times)")
         ax.set_title(title)
     axes[0].legend(fontsize=8)
     device = comparison.results[0].device

@@ -77,6 +77,10 @@ def op_type(event_name: str) -> str:
 
 def executorch_op_table(etdump: Path, etrecord: Path | None) -> tuple[list[OpRow], float]:
     """Rows in execution order and the whole model's median time (ms)."""
+    import logging
+
+    # torch logs a deprecation of its own at import (pytree enums) on stderr: not the user's
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         from executorch.devtools import Inspector
     except ImportError:

@@ -144,8 +144,8 @@ def profile(client: AgentClient, artifact: Path, *, threads: int = 1, warmup: in
         out.per_op_placed = litert_modules(out.per_op, per_op, artifact)
     elif per_op.get("source") == "benchmark_model":
         out.per_op, out.per_op_total_ms = benchmark_model_op_table(per_op)
-        out.per_op_source = f"{per_op['tool']}'s op profile (means; times called " \
-                            f"{per_op['times_called']})"
+        out.per_op_source = (f"{per_op['tool']}'s op profile, means; [times called] read "
+                             f"as {per_op['times_called']}")
         out.per_op_overhead = overhead(per_op)
         out.per_op_note = ("ops not placed in the model: benchmark_model's table names "
                            "the runtime's ops only")

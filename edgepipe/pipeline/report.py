@@ -135,7 +135,8 @@ def table_prediction_words(table: dict[str, Any], results: list[dict[str, Any]])
             f"{pred['precision']}, {pred['threads']} thread(s))")
     if measured:
         error = (pred["predicted_ms"] - measured[0]) / measured[0] * 100
-        text += f"; measured {measured[0]:.3f} ms ({error:+.1f} %)"
+        text += (f"; measured {measured[0]:.3f} ms: the prediction is {abs(error):.1f} % "
+                 f"{'over' if error >= 0 else 'under'} it")
     return text
 
 

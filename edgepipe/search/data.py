@@ -112,12 +112,13 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return ((x - mean) / std).contiguous()
 
 
-def _split(x: torch.Tensor, y: torch.Tensor, classes: list[str], spec: DataSpec) -> Dataset:
-    """A stratified three-way split, the same for the same seed: every class in each part."""
+def split_parts(labels: np.ndarray, classes: list[str], spec: DataSpec) -> np.ndarray:
+    """Each image's part: 0 training, 1 validation, 2 test; stratified, the same for the same
+    seed, every class in each part (``edgepipe evaluate --data digits`` reads the test part)."""
     rng = np.random.default_rng(spec.split_seed)
-    part = np.zeros(len(y), dtype=np.int64)  # 0 train, 1 validation, 2 test
+    part = np.zeros(len(labels), dtype=np.int64)
     for c in range(len(classes)):
-        idx = np.flatnonzero(y.numpy() == c)
+        idx = np.flatnonzero(labels == c)
         if len(idx) < 3:
             raise EdgepipeError(f"class {classes[c]!r} has {len(idx)} image(s): give at least "
                                 "three per class (training, validation and test each need one)")
@@ -126,6 +127,12 @@ def _split(x: torch.Tensor, y: torch.Tensor, classes: list[str], spec: DataSpec)
         n_test = max(1, round(len(idx) * spec.test_fraction))
         part[idx[:n_val]] = 1
         part[idx[n_val:n_val + n_test]] = 2
+    return part
+
+
+def _split(x: torch.Tensor, y: torch.Tensor, classes: list[str], spec: DataSpec) -> Dataset:
+    """A stratified three-way split (:func:`split_parts`)."""
+    part = split_parts(y.numpy(), classes, spec)
     masks = [torch.from_numpy(part == k) for k in range(3)]
     return Dataset(x[masks[0]], y[masks[0]], x[masks[1]], y[masks[1]], x[masks[2]], y[masks[2]],
                    classes)

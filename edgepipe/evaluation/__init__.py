@@ -1,0 +1,1 @@
+"""evaluation: accuracy per format measured on the device, against labels and PyTorch."""

@@ -1,0 +1,154 @@
+"""What an evaluation runs on: labelled images, read as files (the device decodes them).
+
+``digits``: scikit-learn's handwritten digits, the test part of the split ``edgepipe search``
+trains with (:func:`edgepipe.search.data.split_parts`, same seed), each 8x8 scan written as
+an 8-bit grey PNG (16 levels scaled to 0-255). A folder: ImageFolder layout (one sub-folder
+per class, named after the model's labels or their indices, or mapped with a JSON file
+``{"folder": "label or index"}``), or a flat folder of images without labels (agreement with
+PyTorch only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgepipeError
+from ..images import IMAGE_SUFFIXES
+
+DIGITS = "digits"
+
+
+@dataclass
+class EvalImage:
+    name: str  # unique in the data set: "class/file.jpg", "digits/0123"
+    data: bytes  # the encoded file, as sent to the device
+    label: int | None  # the model's class index, None for unlabelled data
+
+    @property
+    def key(self) -> str:
+        """The name and the content's hash: a saved result is reused only for the same file."""
+        return f"{self.name}#{hashlib.sha256(self.data).hexdigest()[:12]}"
+
+
+@dataclass
+class EvalData:
+    images: list[EvalImage]
+    source: str  # in words: what the data is and how its labels map
+    labelled: bool
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[\s_-]+", " ", text.strip().lower())
+
+
+def match_classes(folders: list[str], labels: list[str] | None, classes: int,
+                  mapping: dict[str, str] | None = None) -> dict[str, int]:
+    """Each folder's class index in the model: by label name (case, spaces and underscores
+    ignored); by index only for a model without label names or through ``mapping`` (a
+    folder "3" is not silently class 3 of a model whose class 3 is "tiger shark"). Raises
+    :class:`EdgepipeError` naming the folders that match none of the model's classes."""
+    by_name: dict[str, int] = {}
+    for i, label in enumerate(labels or []):
+        by_name.setdefault(_norm(label), i)  # a repeated label name: its first index
+    found, missing = {}, []
+    for folder in folders:
+        key = (mapping or {}).get(folder, folder)
+        if _norm(str(key)) in by_name:
+            found[folder] = by_name[_norm(str(key))]
+        elif str(key).isdigit() and int(key) < classes and (not labels or folder in
+                                                             (mapping or {})):
+            found[folder] = int(key)  # an index: for a model without label names, or mapped
+        else:
+            missing.append(folder)
+    if missing:
+        example = ", ".join(repr(x) for x in (labels or [])[:3]) or f"0 … {classes - 1}"
+        raise EdgepipeError(
+            f"{len(missing)} of {len(folders)} class folder(s) match none of the model's "
+            f"{classes} classes: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}; "
+            f"name them after its labels ({example}) or their indices, or map them with "
+            "--label-map FILE.json ({\"folder\": \"label or index\"})")
+    return found
+
+
+def _digits(labels: list[str] | None, classes: int) -> EvalData:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from ..search.data import DataSpec, split_parts
+
+    if classes != 10:
+        named = f" (labels {', '.join((labels or [])[:3])}, …)" if labels else ""
+        raise EdgepipeError(f"digits has 10 classes; the model has {classes}{named}: digits "
+                            "evaluates models trained on it (edgepipe search)")
+    digits = load_digits()
+    names = [str(i) for i in range(10)]
+    parts = split_parts(digits.target, names, DataSpec())
+    mapping = match_classes(names, labels, classes)
+    images = []
+    for i in np.flatnonzero(parts == 2):
+        grey = np.clip(digits.images[i] * 255 / 16, 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(grey, mode="L").save(buffer, format="PNG")
+        images.append(EvalImage(f"digits/{i:04d}", buffer.getvalue(),
+                                mapping[str(digits.target[i])]))
+    return EvalData(images, f"scikit-learn digits, the test part of edgepipe search's split "
+                            f"({len(images)} images)", True)
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_data(source: str, labels: list[str] | None, classes: int, *,
+              limit: int | None = None, label_map: Path | None = None) -> EvalData:
+    """The images of ``source`` (``digits`` or a folder) with the model's class index of
+    each. ``limit``: that many, drawn evenly at random (seed 0) so that every class keeps
+    its share. Raises :class:`EdgepipeError` in one line for a folder without images,
+    classes that match none of the model's, an unreadable label map."""
+    if source == DIGITS:
+        data = _digits(labels, classes)
+    else:
+        root = Path(source)
+        if not root.is_dir():
+            raise EdgepipeError(f"--data {source} is not a folder: give an ImageFolder-layout "
+                                "folder (one sub-folder of images per class), a folder of "
+                                "images, or `digits`")
+        mapping = None
+        if label_map is not None:
+            try:
+                mapping = {str(k): str(v) for k, v in json.loads(label_map.read_text()).items()}
+            except (OSError, ValueError, AttributeError) as exc:
+                raise EdgepipeError(f"--label-map {label_map} is not a JSON object of folder "
+                                    f"→ label ({exc})") from None
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and _files(p))
+        if folders:
+            index = match_classes(folders, labels, classes, mapping)
+            images = [EvalImage(f"{f}/{p.relative_to(root / f)}", p.read_bytes(), index[f])
+                      for f in folders for p in _files(root / f)]
+            words = (f"{root} ({len(images)} images in {len(folders)} class folders, "
+                     f"matched to the model's labels)")
+            data = EvalData(images, words, True)
+        else:
+            files = _files(root)
+            if not files:
+                raise EdgepipeError(f"--data {root} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+                                    ": give a folder of images or of class folders")
+            images = [EvalImage(str(p.relative_to(root)), p.read_bytes(), None) for p in files]
+            data = EvalData(images, f"{root} ({len(images)} images, no labels: agreement with "
+                                    "PyTorch only)", False)
+    if limit is not None:
+        if limit < 1:
+            raise EdgepipeError(f"--limit {limit}: give 1 or more images")
+        if limit < len(data.images):
+            pick = np.sort(np.random.default_rng(0).permutation(len(data.images))[:limit])
+            data.images = [data.images[i] for i in pick]
+            data.source += f", {limit} drawn at random (seed 0)"
+    return data

@@ -1,0 +1,273 @@
+"""``edgepipe evaluate``: each artifact run on the device over a data set, PyTorch on the host
+as the reference, accuracy and agreement with intervals.
+
+The device gets the images as files, in batches (an ``evaluate`` job,
+:mod:`edgepipe.device.evaluate`), and preprocesses them itself as the manifest says. Every
+batch's answers are appended to ``OUT/<artifact>.<sha12>.jsonl`` as they arrive, keyed by
+image name and content hash: an interrupted evaluation resumes where it stopped, and a result
+is never reused for another file. PyTorch's answers (the model the artifact was converted from,
+rebuilt by :func:`edgepipe.converters.reference.torch_reference`) are kept the same way.
+
+Per artifact: top-1 and top-5 against the labels, the flip rate (top-1 differs from
+PyTorch's) and the classes that change most, each rate with its 95 % interval
+(:mod:`.metrics`); for segmentation, pixel agreement and mean IoU against PyTorch's masks.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import EdgepipeError
+from ..manifest import Manifest, load_manifest, write_atomic
+from .data import EvalData, EvalImage, load_data
+from .metrics import changed_classes, mask_agreement, rate, topk_hits
+
+BATCH = 128  # images a job: each job is a worker process that loads the runtime again
+BATCH_BYTES = 8 << 20  # ... and at most this much encoded data (the agent takes 16 MiB of JSON)
+
+
+class Progress(Protocol):
+    def phase(self, name: str, total: int) -> None: ...
+
+    def advance(self, n: int = 1) -> None: ...
+
+
+class _Silent:
+    def phase(self, name: str, total: int) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
+@dataclass
+class ArtifactEvaluation:
+    artifact: str
+    format: str
+    precision: str
+    task: str
+    images: int  # answered
+    failed: list[str] = field(default_factory=list)  # images the device could not decode
+    top1: dict[str, Any] | None = None  # rate(): value, low, high, n, method
+    top5: dict[str, Any] | None = None
+    flip_rate: dict[str, Any] | None = None  # top-1 differs from PyTorch's
+    changed: list[dict[str, Any]] = field(default_factory=list)
+    pixel_agreement: float | None = None  # segmentation, against PyTorch
+    miou_vs_pytorch: float | None = None
+    results: str | None = None  # the answers file
+    note: str | None = None  # why a figure is missing
+
+
+def _read_answers(path: Path) -> dict[str, dict[str, Any]]:
+    answers: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                answers[record["key"]] = record
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by an interruption: asked again
+    return answers
+
+
+def _append(path: Path, records: list[dict[str, Any]]) -> None:
+    """One JSON line a record, flushed; after a line an interruption cut short, on a line of
+    its own."""
+    cut = path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
+    with open(path, "a") as f:
+        if cut:
+            f.write("\n")
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def _batches(items: list[EvalImage], size: int) -> Iterator[list[EvalImage]]:
+    """Up to ``size`` images, and up to :data:`BATCH_BYTES` of base64 (one image at least)."""
+    batch: list[EvalImage] = []
+    total = 0
+    for item in items:
+        encoded = (len(item.data) + 2) // 3 * 4
+        if batch and (len(batch) == size or total + encoded > BATCH_BYTES):
+            yield batch
+            batch, total = [], 0
+        batch.append(item)
+        total += encoded
+    if batch:
+        yield batch
+
+
+def _payload(image: EvalImage) -> dict[str, str]:
+    return {"name": image.key, "data": base64.b64encode(image.data).decode()}
+
+
+def _classes(manifest: Manifest) -> int:
+    return int(np.prod(manifest.outputs[0].shape)) if manifest.outputs else 0
+
+
+def run_reference(manifest: Manifest, artifact: Path, data: EvalData, path: Path,
+                  top_k: int, weights: str | None, progress: Progress) -> dict[str, dict]:
+    """PyTorch's answers on the host, through the artifact's own preprocessing, kept in
+    ``path``. Raises :class:`EdgepipeError` when the model cannot be rebuilt."""
+    from ..apps.decode import OutputDecoder
+    from ..converters.reference import torch_reference
+    from ..device.evaluate import decode_image, encode_mask
+    from ..preprocess import preprocess
+
+    answers = _read_answers(path)
+    pending = [i for i in data.images if i.key not in answers]
+    if not pending:
+        return answers
+    runner, _, _ = torch_reference(artifact, manifest.model, 1, weights)
+    decoder = OutputDecoder(manifest, top_k=top_k)
+    progress.phase("PyTorch on the host (the reference)", len(pending))
+    for chunk in _batches(pending, BATCH):
+        records = []
+        for image in chunk:
+            try:
+                rgb = decode_image(base64.b64encode(image.data).decode(), image.name)
+            except EdgepipeError as exc:
+                records.append({"key": image.key, "error": str(exc)})
+                continue
+            outputs = runner.run(preprocess(rgb, manifest.preprocessing))
+            if decoder.task == "classification":
+                probs = decoder.probabilities(outputs)
+                best = np.argsort(-probs, kind="stable")[:top_k]
+                records.append({"key": image.key,
+                                "top": [[int(c), round(float(probs[c]), 6)] for c in best]})
+            else:
+                records.append({"key": image.key, "mask": encode_mask(decoder(outputs).classes)})
+        _append(path, records)
+        answers.update({r["key"]: r for r in records})
+        progress.advance(len(chunk))
+    return answers
+
+
+def _mask(record: dict[str, Any]) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(record["mask"]))))
+
+
+def score(manifest: Manifest, name: str, data: EvalData, answers: dict[str, dict],
+          reference: dict[str, dict] | None) -> ArtifactEvaluation:
+    """The figures of one artifact's answers (and PyTorch's, when there are any)."""
+    out = ArtifactEvaluation(name, manifest.format, manifest.precision, manifest.task, 0)
+    done = [(i, answers[i.key]) for i in data.images if i.key in answers]
+    out.failed = [i.name for i, a in done if "error" in a]
+    done = [(i, a) for i, a in done if "error" not in a]
+    out.images = len(done)
+    if manifest.task == "classification":
+        tops = [[c for c, _ in a["top"]] for _, a in done]
+        if data.labelled:
+            labels = [i.label for i, _ in done]
+            out.top1 = rate(topk_hits(tops, labels, 1))
+            out.top5 = rate(topk_hits(tops, labels, 5)) if len(tops[0] if tops else []) >= 5 \
+                else None
+        if reference is not None:
+            pairs = [(reference[i.key]["top"][0][0], t[0]) for (i, _), t in zip(done, tops,
+                                                                                strict=True)
+                     if "top" in reference.get(i.key, {})]
+            out.flip_rate = rate([r != p for r, p in pairs])
+            out.changed = changed_classes([r for r, _ in pairs], [p for _, p in pairs],
+                                          manifest.labels)
+    elif reference is not None:
+        scores = [mask_agreement(_mask(reference[i.key]), _mask(a)) for i, a in done
+                  if "mask" in reference.get(i.key, {})]
+        if scores:
+            out.pixel_agreement = float(np.mean([s[0] for s in scores]))
+            out.miou_vs_pytorch = float(np.mean([s[1] for s in scores]))
+    return out
+
+
+def evaluate(targets: list[Path], source: str, *, device: str | None = None,
+             out: Path, limit: int | None = None, label_map: Path | None = None,
+             top_k: int = 5, threads: int = 1, weights: str | None = None,
+             reference: bool = True, progress: Progress | None = None) -> dict[str, Any]:
+    """Evaluate every runnable artifact of ``targets`` (convert output folders or files) on
+    ``device`` (None: an agent started here) over ``source`` (``digits`` or a folder).
+    Answers and ``evaluation.json`` go to ``out``. Returns the summary written there."""
+    from ..apps.decode import OutputDecoder
+    from ..host.local import LOCAL, open_device
+    from ..host.profiling import deployable
+
+    progress = progress or _Silent()
+    artifacts: list[Path] = []
+    skipped: list[str] = []
+    for target in targets:
+        found, notes = deployable(Path(target))
+        artifacts += found
+        skipped += notes
+    manifests = {p: load_manifest(p) for p in artifacts}
+    for path, manifest in manifests.items():
+        try:
+            OutputDecoder(manifest)
+        except EdgepipeError as exc:
+            raise EdgepipeError(f"{path.name} cannot be evaluated: {exc}") from None
+    tasks = {m.task for m in manifests.values()}
+    if len(tasks) > 1:
+        raise EdgepipeError(f"the artifacts have different tasks ({', '.join(sorted(tasks))}):"
+                            " evaluate one model's artifacts at a time")
+    first = manifests[artifacts[0]]
+    if top_k < 1:
+        raise EdgepipeError(f"--top-k {top_k}: give 1 or more")
+    data = load_data(source, first.labels, _classes(first), limit=limit, label_map=label_map)
+    out.mkdir(parents=True, exist_ok=True)
+    evaluations: list[ArtifactEvaluation] = []
+    references: dict[str, dict[str, dict] | None] = {}
+    notes: dict[str, str] = {}
+    if reference:
+        for path, manifest in manifests.items():
+            key = f"{manifest.model}.{'x'.join(map(str, manifest.preprocessing.size))}." \
+                  f"{manifest.extra.get('width_mult', 1.0)}"
+            if key in references:
+                continue
+            try:
+                references[key] = run_reference(manifest, path, data,
+                                                out / f"pytorch.{key}.jsonl", top_k, weights,
+                                                progress)
+            except EdgepipeError as exc:
+                references[key] = None
+                notes[key] = f"no PyTorch reference: {exc}"
+    with tempfile.TemporaryDirectory(prefix="edgepipe-eval-") as tmp, \
+            open_device(device or LOCAL, Path(tmp)) as client:
+        for path, manifest in manifests.items():
+            answers_path = out / f"{path.name}.{manifest.file_sha256[:12]}.jsonl"
+            answers = _read_answers(answers_path)
+            pending = [i for i in data.images if i.key not in answers]
+            note = None
+            if pending:
+                progress.phase(f"{path.name} on {device or 'this machine'}", len(pending))
+                try:
+                    sha = client.upload(path)["sha256"]
+                    for chunk in _batches(pending, BATCH):
+                        job = client.submit(artifact=sha, kind="evaluate", threads=threads,
+                                            images=[_payload(i) for i in chunk], top_k=top_k)
+                        result = client.wait(job["id"])["result"]
+                        records = [{"key": r.pop("name"), **r} for r in result["results"]]
+                        _append(answers_path, records)
+                        answers.update({r["key"]: r for r in records})
+                        progress.advance(len(chunk))
+                except EdgepipeError as exc:  # the others still run; answers so far kept
+                    note = f"stopped: {exc}"
+            key = f"{manifest.model}.{'x'.join(map(str, manifest.preprocessing.size))}." \
+                  f"{manifest.extra.get('width_mult', 1.0)}"
+            evaluation = score(manifest, path.name, data, answers, references.get(key))
+            evaluation.results = answers_path.name
+            evaluation.note = "; ".join(n for n in (note, notes.get(key)) if n) or None
+            evaluations.append(evaluation)
+    summary = {"data": data.source, "labelled": data.labelled, "images": len(data.images),
+               "device": device or LOCAL, "top_k": top_k, "skipped": skipped,
+               "artifacts": [asdict(e) for e in evaluations]}
+    write_atomic(out / "evaluation.json", json.dumps(summary, indent=1))
+    return summary

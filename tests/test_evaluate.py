@@ -1,0 +1,156 @@
+"""`edgepipe evaluate`: a digits classifier trained here (seconds), converted with the real
+`edgepipe convert` (fp32 and int8, both runtimes), evaluated on the local agent over the
+digits test split; answers resume after an interruption; bad data refused in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgepipe.errors import EdgepipeError
+from edgepipe.evaluation.data import load_data
+from edgepipe.manifest import load_manifest
+
+from .conftest import artifact, run_cli
+from .factories import digits_cnn
+
+
+def _digit_pngs(folder: Path, part: int, count: int | None = None,
+                digit: int | None = None) -> list[tuple[Path, int]]:
+    """Digits of one part of edgepipe search's split (0 training, 1 validation, 2 test),
+    written as 8-bit grey PNGs as the evaluation sends them; ``digit``: of that class only."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from edgepipe.search.data import DataSpec, split_parts
+
+    digits = load_digits()
+    parts = split_parts(digits.target, [str(i) for i in range(10)], DataSpec())
+    chosen = [i for i in np.flatnonzero(parts == part)
+              if digit is None or digits.target[i] == digit][:count]
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in chosen:
+        grey = np.clip(digits.images[i] * 255 / 16, 0, 255).astype(np.uint8)
+        path = folder / f"{i:04d}.png"
+        Image.fromarray(grey, mode="L").save(path)
+        out.append((path, int(digits.target[i])))
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory):
+    """tests.factories:digits_cnn trained on the digits training part through the same
+    preprocessing the device applies (a few seconds), converted to every format."""
+    from edgepipe.images import read_image
+    from edgepipe.manifest import Preprocessing
+    from edgepipe.preprocess import preprocess
+
+    base = tmp_path_factory.mktemp("digits")
+    train = _digit_pngs(base / "train", 0)
+    pre = Preprocessing(size=[32, 32], resize=36)  # convert's default for 32 px
+    x = torch.from_numpy(np.concatenate([preprocess(read_image(p), pre) for p, _ in train]))
+    y = torch.tensor([label for _, label in train])
+    torch.manual_seed(0)
+    model = digits_cnn()
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(400):
+        idx = torch.randint(0, len(x), (64,))
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    weights = base / "digits_cnn.pth"
+    torch.save(model.state_dict(), weights)
+    calib = base / "calib"
+    _digit_pngs(calib, 1, 64)  # validation part: int8 calibrated on digits, not photos
+    out = base / "out"
+    done = run_cli("convert", "tests.factories:digits_cnn", "--weights", str(weights),
+                   "--size", "32", "--int8", "--calib", str(calib), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    return out, weights, json.loads((out / "report.json").read_text())
+
+
+def test_digits_accuracy_on_the_device_with_intervals_and_resume(digits_model, tmp_path):
+    out, weights, report = digits_model
+    evaluation = tmp_path / "eval"
+    done = run_cli("evaluate", str(out), "--data", "digits", "--weights", str(weights),
+                   "-o", str(evaluation))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((evaluation / "evaluation.json").read_text())
+    assert summary["images"] == 359 and summary["labelled"]
+    by = {(a["format"], a["precision"]): a for a in summary["artifacts"]}
+    assert set(by) == {("tflite", "fp32"), ("tflite", "int8"), ("executorch", "fp32"),
+                       ("executorch", "int8")}
+    for a in by.values():
+        assert a["images"] == 359 and not a["failed"] and a["note"] is None
+        top1 = a["top1"]
+        assert top1["low"] <= top1["value"] <= top1["high"] and top1["n"] == 359
+        assert top1["value"] > 0.8, a  # a trained model, on the device, through its manifest
+        assert a["top5"]["value"] >= top1["value"]
+    for fmt in ("tflite", "executorch"):  # fp32 answers as PyTorch does
+        assert by[(fmt, "fp32")]["flip_rate"]["value"] <= 0.01
+        assert abs(by[(fmt, "int8")]["top1"]["value"] - by[(fmt, "fp32")]["top1"]["value"]) \
+            < 0.05
+    words = " ".join(done.stdout.split())
+    assert "flips vs PyTorch" in words and "digits" in words
+    # interrupted: half of one artifact's answers lost; the rerun asks the device for the rest
+    name = artifact(report, "tflite", "int8")["file"]
+    answers = next(evaluation.glob(f"{name}.*.jsonl"))
+    lines = answers.read_text().splitlines()
+    answers.write_text("\n".join(lines[:150]) + "\n" + lines[150][:20])  # and a cut line
+    done = run_cli("evaluate", str(out / name), "--data", "digits", "--weights",
+                   str(weights), "-o", str(evaluation))
+    assert done.returncode == 0, done.stderr
+    again = json.loads((evaluation / "evaluation.json").read_text())["artifacts"][0]
+    assert again["top1"] == by[("tflite", "int8")]["top1"]
+    assert len({json.loads(x)["key"] for x in answers.read_text().splitlines()
+                if x.startswith("{") and x.endswith("}")}) == 359
+
+
+def test_folders_photos_and_bad_data(digits_model, tmp_path):
+    out, weights, report = digits_model
+    tflite = out / artifact(report, "tflite", "fp32")["file"]
+    # ImageFolder named by index (this model has no label names), one broken file
+    data = tmp_path / "folder"
+    for digit in (3, 7):
+        _digit_pngs(data / str(digit), 2, 5, digit)
+    (data / "7" / "broken.png").write_bytes(b"not a png")
+    done = run_cli("evaluate", str(tflite), "--data", str(data), "--weights", str(weights),
+                   "-o", str(tmp_path / "e1"))
+    assert done.returncode == 0, done.stderr
+    a = json.loads((tmp_path / "e1" / "evaluation.json").read_text())["artifacts"][0]
+    assert a["images"] == 10 and a["failed"] == ["7/broken.png"]
+    assert "not decoded" in done.stdout
+    # a folder that names no class of the model
+    (tmp_path / "bad" / "cat").mkdir(parents=True)
+    shutil.copy(next((data / "3").glob("*.png")), tmp_path / "bad" / "cat" / "a.png")
+    done = run_cli("evaluate", str(tflite), "--data", str(tmp_path / "bad"), "-o",
+                   str(tmp_path / "e2"))
+    assert done.returncode == 2 and "match none of the model's 10 classes: cat" in done.stderr
+    mapping = tmp_path / "map.json"
+    mapping.write_text('{"cat": "3"}')
+    done = run_cli("evaluate", str(tflite), "--data", str(tmp_path / "bad"), "--label-map",
+                   str(mapping), "--no-reference", "-o", str(tmp_path / "e3"))
+    assert done.returncode == 0, done.stderr
+    # no images; digits on a model that is not a 10-class one; a task evaluate cannot score
+    (tmp_path / "empty").mkdir()
+    done = run_cli("evaluate", str(tflite), "--data", str(tmp_path / "empty"))
+    assert done.returncode == 2 and "holds no images" in done.stderr
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    shutil.copy(tflite, odd / tflite.name)
+    manifest = json.loads((out / f"{tflite.name}.json").read_text())
+    manifest["task"] = "unknown"
+    (odd / f"{tflite.name}.json").write_text(json.dumps(manifest))
+    done = run_cli("evaluate", str(odd / tflite.name), "--data", "digits")
+    assert done.returncode == 2 and "cannot be evaluated" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert load_manifest(tflite).task == "classification"
+    with pytest.raises(EdgepipeError, match="digits has 10 classes; the model has 1000"):
+        load_data("digits", ["tench", "goldfish"], 1000)
