@@ -385,3 +385,44 @@ def print_evaluation(summary: dict[str, Any]) -> None:
             console.print(f"  {a['artifact']}: {escape(a['note'])}")
     for note in summary.get("skipped", []):
         console.print(f"  skipped {note}")
+
+
+def print_int8_analysis(report: dict[str, Any], top: int = 10) -> None:
+    """``convert --sensitivity`` / ``--keep-float``: the layers int8 hurts most, the layers
+    kept in float and what they cost."""
+    analysis = report["int8_analysis"]
+    ranking = analysis.get("sensitivity")
+    if ranking:
+        base = ranking["int8"]
+        table = Table(title=f"int8 sensitivity, worst {min(top, len(ranking['layers']))} of "
+                            f"{len(ranking['layers'])} layers (all int8: SQNR "
+                            f"{base['sqnr_db']:.1f} dB, top-1 agreement "
+                            f"{base['agreement']:.0%}; {ranking['images']} images)")
+        for col in ("rank", "layer", "MMACs", "alone int8 dB", "alone int8 agree",
+                    "alone float dB", "alone float agree"):
+            table.add_column(col, justify="left" if col == "layer" else "right")
+        for r in ranking["layers"][:top]:
+            table.add_row(str(r["rank"]), r["layer"], f"{r['macs'] / 1e6:.2f}",
+                          f"{r['alone_int8']['sqnr_db']:.1f}",
+                          f"{r['alone_int8']['agreement']:.0%}",
+                          f"{r['alone_float']['sqnr_db']:.1f}",
+                          f"{r['alone_float']['agreement']:.0%}")
+        console.print(table)
+    choice = analysis.get("keep_float")
+    if choice:
+        target = choice["target"]
+        got = choice["fidelity"]
+        verdict = "reached" if choice["reached"] else "[bold red]NOT reached[/]"
+        console.print(f"keep-float auto: target {target['metric']} ≥ {target['value']:g} "
+                      f"{verdict} with {len(choice['float_layers'])} layer(s) in float: "
+                      f"{', '.join(choice['float_layers']) or 'none'} (SQNR "
+                      f"{got['sqnr_db']:.1f} dB, agreement {got['agreement']:.0%}; all int8 "
+                      f"{choice['int8']['sqnr_db']:.1f} dB, {choice['int8']['agreement']:.0%})")
+    for a in report["artifacts"]:
+        cost = a.get("latency_cost")
+        if a.get("float_layers") and cost:
+            ratio = cost.get("ratio")
+            console.print(f"  {a['file']}: {len(a['float_layers'])} float layer(s), latency "
+                          + (f"×{ratio:.3f} of all-int8 ({cost['median_ms']:.3f} vs "
+                             f"{cost['plain_int8_median_ms']:.3f} ms, {cost['measured']})"
+                             if ratio else cost.get("why", "not measured")))

@@ -154,3 +154,81 @@ def test_folders_photos_and_bad_data(digits_model, tmp_path):
     assert load_manifest(tflite).task == "classification"
     with pytest.raises(EdgepipeError, match="digits has 10 classes; the model has 1000"):
         load_data("digits", ["tench", "goldfish"], 1000)
+
+
+@pytest.fixture(scope="module")
+def broken_digits(digits_model, tmp_path_factory):
+    """The trained digits model with one layer int8 cannot represent: conv "3" gets an
+    outlier weight (50) on an input channel that is always zero (its batch norm before ReLU
+    sends it below 0), so the float model computes the same, while per-channel int8 rounds
+    every other weight of that layer to 0."""
+    _, weights, _ = digits_model
+    base = tmp_path_factory.mktemp("broken")
+    model = digits_cnn()
+    model.load_state_dict(torch.load(weights))
+    with torch.no_grad():
+        model[1].weight[0], model[1].bias[0] = 0.0, -10.0
+        model[3].weight[:, 0, 1, 1] = 50.0
+    broken = base / "broken.pth"
+    torch.save(model.state_dict(), broken)
+    calib = base / "calib"
+    _digit_pngs(calib, 1, 64)
+    return broken, calib
+
+
+def test_sensitivity_ranks_the_broken_layer_first_and_auto_keeps_it_float(broken_digits,
+                                                                         tmp_path):
+    broken, calib = broken_digits
+    common = ["tests.factories:digits_cnn", "--weights", str(broken), "--size", "32",
+              "--int8", "--calib", str(calib), "--to", "executorch,tflite"]
+    plain, repaired = tmp_path / "plain", tmp_path / "repaired"
+    done = run_cli("convert", *common, "-o", str(plain))
+    assert done.returncode == 0, done.stderr
+    done = run_cli("convert", *common, "--sensitivity", "--keep-float", "auto",
+                   "-o", str(repaired))
+    assert done.returncode == 0, done.stderr
+    report = json.loads((repaired / "report.json").read_text())
+    analysis = report["int8_analysis"]
+    ranking = analysis["sensitivity"]["layers"]
+    assert ranking[0]["layer"] == "3"  # the broken layer loses most when alone int8
+    assert ranking[0]["alone_int8"]["sqnr_db"] < 0 < ranking[1]["alone_int8"]["sqnr_db"]
+    assert analysis["sensitivity"]["int8"]["agreement"] < 0.6  # all int8: broken
+    choice = analysis["keep_float"]
+    assert choice["float_layers"][0] == "3" and choice["reached"]
+    assert choice["fidelity"]["agreement"] >= 0.99
+    assert (repaired / "sensitivity.json").is_file() and (repaired / "sensitivity.png").is_file()
+    words = " ".join(done.stdout.split())
+    assert "int8 sensitivity" in words and "keep-float auto" in words
+    for a in report["artifacts"]:
+        if a["precision"] != "int8":
+            continue
+        assert a["float_layers"] == choice["float_layers"]
+        assert a["latency_cost"]["ratio"] > 0 and a["graph"]["delegate_partitions"] == 1
+        manifest = load_manifest(repaired / a["file"])
+        assert manifest.quantization["float_layers"] == choice["float_layers"]
+    # on the device: the repaired int8 agrees with PyTorch, the plain one does not
+    flips = {}
+    for name, out in (("plain", plain), ("repaired", repaired)):
+        tflite = next(out.glob("*_int8.tflite"))
+        done = run_cli("evaluate", str(tflite), "--data", "digits", "--limit", "100",
+                       "--weights", str(broken), "-o", str(tmp_path / f"eval-{name}"))
+        assert done.returncode == 0, done.stderr
+        summary = json.loads((tmp_path / f"eval-{name}" / "evaluation.json").read_text())
+        flips[name] = summary["artifacts"][0]["flip_rate"]
+    assert flips["plain"]["low"] > 0.3 and flips["repaired"]["value"] <= 0.05, flips
+
+
+def test_keep_float_bad_input(broken_digits, tmp_path):
+    broken, calib = broken_digits
+    common = ["tests.factories:digits_cnn", "--weights", str(broken), "--size", "32",
+              "--to", "tflite", "-o", str(tmp_path / "o")]
+    done = run_cli("convert", *common, "--int8", "--keep-float", "features.99")
+    assert done.returncode == 2 and "names no quantized layer" in done.stderr
+    assert "layers: 0, 3, 6, 11" in done.stderr
+    done = run_cli("convert", *common, "--sensitivity")
+    assert done.returncode == 2 and "add --int8" in done.stderr
+    done = run_cli("convert", *common, "--int8", "--keep-float", "auto:150")
+    assert done.returncode == 2 and "agreement between 0 and 1" in done.stderr
+    done = run_cli("convert", *common, "--int8", "--keep-float", "auto:most")
+    assert done.returncode == 2 and "give auto, auto:0.99" in done.stderr
+    assert not (tmp_path / "o").exists()

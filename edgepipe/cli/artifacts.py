@@ -37,6 +37,13 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    help="the input range the model was trained on (default imagenet: "
                         "ImageNet mean/std)")
     p.add_argument("--threads", type=int, default=1, help="threads for host latency")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="with --int8: rank the layers by the error each adds (alone int8, "
+                        "alone float; SQNR vs float); sensitivity.json/.png, in the report")
+    p.add_argument("--keep-float", metavar="NAME,…|auto[:TARGET]",
+                   help="with --int8: leave these layers (module names) in float, or choose "
+                        "them: auto (top-1 agreement with float ≥ 0.99 on the calibration "
+                        "images), auto:0.995, auto:sqnr=30")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=_run_convert)
 
@@ -54,10 +61,15 @@ def _run_convert(args: argparse.Namespace) -> int:
         int8=args.int8, weights=resolve_weights(args.model, args.weights),
         width_mult=args.width, size=args.size, task=args.task, calib_dir=args.calib,
         threads=args.threads, output=args.output, input_range=args.input_range,
+        keep_float=args.keep_float, sensitivity=args.sensitivity,
     )
     with ProgressBar(f"converting {args.model}") as progress:
         report = convert(request, progress)
     print_convert_table(report)
+    if report.get("int8_analysis"):
+        from ..ui import print_int8_analysis
+
+        print_int8_analysis(report)
     console.print(f"wrote {args.out}/ (artifacts, manifests, report.json, report.html)")
     return 0
 

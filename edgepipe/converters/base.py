@@ -56,9 +56,11 @@ class Converter:
         return versions
 
     def convert(self, src: SourceModel, precision: str, calibration: list[torch.Tensor],
-                path: Path, debug_info: bool = True) -> Converted:
+                path: Path, debug_info: bool = True, keep_float: tuple[str, ...] = ()
+                ) -> Converted:
         """Write ``path``. ``debug_info``: also write what per-op profiling needs (where the
-        format has such a companion file)."""
+        format has such a companion file). ``keep_float``: int8 only, the layers (module
+        names of ``src.module``) left in float."""
         raise NotImplementedError
 
 

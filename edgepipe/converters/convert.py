@@ -48,6 +48,8 @@ class ConvertRequest:
     calib_dir: Path | None = None
     calib_count: int = 32
     threads: int = 1
+    keep_float: str | None = None  # int8: "NAME,NAME" (module names) or "auto[:TARGET]"
+    sensitivity: bool = False  # int8: rank the layers by the error each adds
 
 
 @dataclass
@@ -59,6 +61,8 @@ class ArtifactResult:
     parity: dict[str, Any]
     latency: dict[str, float] | None
     graph: dict[str, Any]
+    float_layers: list[str] | None = None  # int8 with --keep-float: the layers left float
+    latency_cost: dict[str, Any] | None = None  # ... and what they cost, measured here
 
 
 def check_formats(formats: list[str]) -> list[Converter]:
@@ -173,6 +177,125 @@ def _artifact_stem(model: str) -> str:
     return model.replace(":", "_").replace(".", "_").replace("/", "_")
 
 
+def int8_quantizer() -> tuple[Any, Any]:
+    """(a PT2E quantizer class, the int8 config the converters set globally): ExecuTorch's
+    XNNPACK quantizer, else litert-torch's (the same symmetric scheme)."""
+    try:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+
+        return XNNPACKQuantizer, get_symmetric_quantization_config(is_per_channel=True)
+    except ImportError:
+        from litert_torch.quantize import pt2e_quantizer
+
+        return (pt2e_quantizer.PT2EQuantizer,
+                pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+
+
+def int8_analysis(req: ConvertRequest, src: Any, calibration: list[Any], work: Path,
+                  progress: Progress) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
+    """``--sensitivity`` and ``--keep-float``: (what the report says, the layers kept float).
+    Writes ``sensitivity.json`` and ``sensitivity.png`` into ``work``."""
+    from .sensitivity import (
+        QuantizationStudy,
+        choose_float_layers,
+        parse_target,
+        quantizable_layers,
+        sensitivity,
+    )
+
+    keep = (req.keep_float or "").strip()
+    if not (req.sensitivity or keep):
+        return None, ()
+    if not req.int8:
+        raise EdgepipeError("--sensitivity and --keep-float are about int8 artifacts: add "
+                            "--int8")
+    layers = quantizable_layers(src.module)
+    auto = keep == "auto" or keep.startswith("auto:")
+    if auto:
+        parse_target(keep)  # a bad target fails before minutes of analysis
+    chosen: tuple[str, ...] = ()
+    if keep and not auto:
+        chosen = tuple(n.strip() for n in keep.split(",") if n.strip())
+        unknown = [n for n in chosen if n not in layers]
+        if unknown:
+            raise EdgepipeError(f"--keep-float names no quantized layer of {req.model}: "
+                                f"{', '.join(unknown[:3])} (layers: "
+                                f"{', '.join(layers[:6])}{' …' if len(layers) > 6 else ''}; "
+                                "`--sensitivity` lists them all)")
+    analysis: dict[str, Any] = {}
+    if req.sensitivity or auto:
+        quantizer_class, config = int8_quantizer()
+        study = QuantizationStudy(src.module, src.example_input(), calibration,
+                                  quantizer_class, config)
+        progress.step(f"int8 sensitivity of {len(layers)} layers")
+        ranking = sensitivity(study)
+        analysis["sensitivity"] = ranking
+        write_atomic(work / "sensitivity.json", json.dumps(ranking, indent=1))
+        plot_sensitivity(ranking, work / "sensitivity.png")
+        if auto:
+            progress.step("choosing the layers to keep in float")
+            choice = choose_float_layers(study, keep, ranking)
+            analysis["keep_float"] = choice
+            chosen = tuple(choice["float_layers"])
+    analysis["float_layers"] = list(chosen)
+    return analysis, chosen
+
+
+def plot_sensitivity(ranking: dict[str, Any], path: Path, top: int = 25) -> None:
+    """The layers' SQNR alone int8 and alone float, worst first (a temporary file, renamed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = ranking["layers"][:top]
+    names = [r["layer"] for r in rows][::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1.5))
+    y = range(len(rows))
+    ax.barh([i + 0.2 for i in y], [min(r["alone_int8"]["sqnr_db"], 80) for r in rows][::-1],
+            height=0.4, label="only this layer int8")
+    ax.barh([i - 0.2 for i in y], [min(r["alone_float"]["sqnr_db"], 80) for r in rows][::-1],
+            height=0.4, label="only this layer float")
+    ax.axvline(ranking["int8"]["sqnr_db"], color="k", ls="--", lw=1, label="all int8")
+    ax.set_yticks(list(y), names, fontsize=7)
+    ax.set_xlabel("output SQNR vs float, dB (higher is better)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plain_int8_latency(converter: Converter, src: Any, calibration: list[Any], work: Path,
+                       reference: ParityReference, threads: int) -> dict[str, float] | None:
+    """The host latency of the same artifact with every layer int8 (what keeping layers in
+    float is measured against); the file is not kept."""
+    path = work / f".plain-int8{converter.suffix}"
+    try:
+        plain = converter.convert(src, "int8", calibration, path, debug_info=False)
+        return check_artifact(reference, plain, threads)[1]
+    finally:
+        for f in artifact_files(path):
+            if f.is_dir():
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                f.unlink(missing_ok=True)
+
+
+def latency_cost(latency: dict[str, float] | None, plain: dict[str, float] | None,
+                 threads: int) -> dict[str, Any]:
+    """What the float layers cost: median host latency with them, over all-int8."""
+    if not latency or not plain:
+        return {"ratio": None, "why": "not measured: the artifact does not run here"}
+    return {"median_ms": latency["median_ms"], "plain_int8_median_ms": plain["median_ms"],
+            "ratio": latency["median_ms"] / plain["median_ms"],
+            "measured": f"on this host, {threads} thread(s), side by side at conversion"}
+
+
 def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, Any]:
     """Run the conversion; returns the report also written to ``OUT/report.json``."""
     progress = progress or Progress()
@@ -195,6 +318,7 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
                                     bn_images=calib_images, output=req.output,
                                     input_range=req.input_range)
             calibration = src.batches(calib_images)
+            analysis, float_layers = int8_analysis(req, src, calibration, work, progress)
             progress.step("PyTorch reference on real photos")
             reference = ParityReference(src, parity_photos())
             results = []
@@ -202,8 +326,13 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
             for converter, precision in jobs:
                 progress.step(f"{converter.format} {precision}: converting")
                 path = work / f"{stem}_{precision}{converter.suffix}"
+                keep = float_layers if precision == "int8" else ()
                 try:
-                    converted = converter.convert(src, precision, calibration, path)
+                    converted = converter.convert(src, precision, calibration, path,
+                                                  keep_float=keep)
+                    plain = (plain_int8_latency(converter, src, calibration, work, reference,
+                                                req.threads)
+                             if keep and converted.runnable_here else None)
                 except EdgepipeError:
                     raise
                 except Exception as exc:
@@ -212,12 +341,16 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
                     raise EdgepipeError(
                         f"{converter.format} {precision} conversion of {req.model} failed: "
                         f"{first[:300]} (full log: {log})") from None
-                save_manifest(build_manifest(src, converter, converted), path)
                 progress.step(f"{converter.format} {precision}: parity and latency")
                 parity, latency = check_artifact(reference, converted, req.threads)
+                cost = None
+                if keep and converted.quantization is not None:
+                    cost = latency_cost(latency, plain, req.threads)
+                    converted.quantization["latency_cost"] = cost
+                save_manifest(build_manifest(src, converter, converted), path)
                 results.append(ArtifactResult(converter.format, precision, path.name,
                                               round(_size_mb(path), 3), parity, latency,
-                                              converted.graph))
+                                              converted.graph, list(keep) or None, cost))
         report = {
             "model": req.model,
             "task": src.task,
@@ -229,6 +362,8 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
             "threads": req.threads,
             "artifacts": [r.__dict__ for r in results],
         }
+        if analysis:
+            report["int8_analysis"] = analysis
         write_atomic(work / "report.json", json.dumps(report, indent=2))
         write_atomic(work / "report.html", render_report(report))
         _replace_dir(work, out)

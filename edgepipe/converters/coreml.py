@@ -51,7 +51,8 @@ class CoreMLConverter(Converter):
     precisions = ("fp16", "int8")
 
     def convert(self, src: SourceModel, precision: str, calibration: list[torch.Tensor],
-                path: Path, debug_info: bool = True) -> Converted:
+                path: Path, debug_info: bool = True, keep_float: tuple[str, ...] = ()
+                ) -> Converted:
         import coremltools as ct
 
         example = src.example_input()
@@ -71,6 +72,9 @@ class CoreMLConverter(Converter):
                     mode="linear_symmetric", dtype="int8", granularity="per_channel"))
             model = ct.optimize.coreml.linear_quantize_weights(model, config=config)
             quant = {"weights": "int8 per-channel (linear symmetric)", "activations": "fp16"}
+            if keep_float:
+                quant["keep_float"] = ("not applied: Core ML int8 here quantizes weights only; "
+                                       "activations stay fp16")
         if path.exists():
             shutil.rmtree(path)
         model.save(str(path))

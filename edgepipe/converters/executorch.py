@@ -17,7 +17,7 @@ import torch
 
 from .base import Converted, Converter, float_spec
 from .forms import Forms, runtime_forms
-from .quantize import float_ops, op_name, quantize_pt2e
+from .quantize import float_ops, keep_in_float, op_name, quantize_pt2e
 from .source import SourceModel
 
 
@@ -70,7 +70,8 @@ class ExecuTorchConverter(Converter):
     dynamic_size = True  # XNNPACK takes a dynamic height/width at static speed (measured)
 
     def convert(self, src: SourceModel, precision: str, calibration: list[torch.Tensor],
-                path: Path, debug_info: bool = True) -> Converted:
+                path: Path, debug_info: bool = True, keep_float: tuple[str, ...] = ()
+                ) -> Converted:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer,
@@ -93,11 +94,14 @@ class ExecuTorchConverter(Converter):
             if precision == "int8":
                 quantizer = XNNPACKQuantizer().set_global(
                     get_symmetric_quantization_config(is_per_channel=True))
+                for name in keep_float:
+                    keep_in_float(quantizer, name)
                 module = quantize_pt2e(module, example, quantizer, calibration)
                 floats = float_ops(module)
                 quant = {"scheme": "PT2E static, XNNPACKQuantizer symmetric",
                          "weights": "int8 per-channel", "activations": "int8 per-tensor",
-                         "calibration_images": len(calibration)}
+                         "calibration_images": len(calibration),
+                         "float_layers": list(keep_float)}
             program = torch.export.export(module, (example,),
                                           dynamic_shapes=src.dynamic_shapes())
         pools = global_pools_as_means(program)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
+
+from ..errors import EdgepipeError
 
 # ops that only move or view values: they keep whatever precision their input has
 # (and dropout, a no-op in an eval graph; in-place variants end with "_")
@@ -96,3 +101,45 @@ def quantize_pt2e(module: nn.Module, example: torch.Tensor, quantizer: object,
         for batch in calibration:
             prepared(batch)
     return convert_pt2e(prepared, fold_quantize=fold_quantize)
+
+
+def keep_in_float(quantizer: Any, module_name: str) -> None:
+    """Leave ``module_name`` (and what it contains) out of a PT2E quantizer's annotation.
+
+    XNNPACK's and litert-torch's quantizers skip a module whose config is None (their
+    annotation returns early for it, and the global config excludes every named module), but
+    their ``set_module_name`` asserts that the config is not None ("not supported yet": the
+    case they have not covered is cancelling an annotation made earlier, which cannot happen
+    here, where nothing else names the module). So the entry is written directly.
+    """
+    if not hasattr(quantizer, "module_name_config"):
+        raise EdgepipeError(f"{type(quantizer).__name__} cannot leave a module in float")
+    quantizer.module_name_config[module_name] = None
+
+
+@contextmanager
+def litert_module_names() -> Iterator[None]:
+    """Within the block, litert-torch's quantizer finds a node's modules by their qualified
+    names.
+
+    litert-torch 0.10 reads them from the keys of a node's ``nn_module_stack``
+    ("L__self___features_3" → "features.3"), which torch.export no longer writes (its keys are
+    ids now; the names are in the values, where XNNPACK's quantizer reads them): without this,
+    ``--keep-float`` names match nothing and every layer is quantized.
+    """
+    from litert_torch.quantize import pt2e_quantizer
+
+    original = pt2e_quantizer._get_module_name_filter
+
+    def by_name(module_name: str) -> Any:
+        def module_name_filter(node: Any) -> bool:
+            stack = node.meta.get("nn_module_stack") or {}
+            return module_name in [value[0] for value in stack.values()]
+
+        return module_name_filter
+
+    pt2e_quantizer._get_module_name_filter = by_name
+    try:
+        yield
+    finally:
+        pt2e_quantizer._get_module_name_filter = original

@@ -12,7 +12,7 @@ import torch
 from ..device.inspect_artifact import litert_tensor_specs
 from .base import Converted, Converter
 from .forms import Forms, runtime_forms
-from .quantize import quantize_pt2e
+from .quantize import keep_in_float, litert_module_names, quantize_pt2e
 from .source import SourceModel
 
 _EDGE_OPS = {"QUANTIZE", "DEQUANTIZE"}
@@ -55,7 +55,8 @@ class TFLiteConverter(Converter):
     distributions = ("litert-torch", "ai-edge-litert", "torchao")
 
     def convert(self, src: SourceModel, precision: str, calibration: list[torch.Tensor],
-                path: Path, debug_info: bool = True) -> Converted:
+                path: Path, debug_info: bool = True, keep_float: tuple[str, ...] = ()
+                ) -> Converted:
         import litert_torch
 
         # Images arrive HWC: an NHWC input saves the device a transpose per frame.
@@ -74,13 +75,20 @@ class TFLiteConverter(Converter):
 
                 quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
                     pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
-                graph = quantize_pt2e(nhwc, example, quantizer, nhwc_calibration,
-                                      fold_quantize=False)
-                edge = litert_torch.convert(graph, (example,),
-                                            quant_config=QuantConfig(pt2e_quantizer=quantizer))
+                # the channels-last wrapper holds the model as a submodule: its names gain
+                # the wrapper's prefix
+                prefix = next(n for n, m in nhwc.named_modules() if m is src.module)
+                for name in keep_float:
+                    keep_in_float(quantizer, f"{prefix}.{name}" if prefix else name)
+                with litert_module_names():
+                    graph = quantize_pt2e(nhwc, example, quantizer, nhwc_calibration,
+                                          fold_quantize=False)
+                    edge = litert_torch.convert(
+                        graph, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
                 quant = {"scheme": "PT2E static, litert-torch PT2EQuantizer symmetric",
                          "weights": "int8 per-channel", "activations": "int8 per-tensor",
-                         "calibration_images": len(calibration)}
+                         "calibration_images": len(calibration),
+                         "float_layers": list(keep_float)}
             else:
                 edge = litert_torch.convert(nhwc, (example,))
         edge.export(str(path))

@@ -1,0 +1,238 @@
+"""Which layers int8 hurts, and which to keep in float (``convert --int8 --sensitivity``,
+``--keep-float NAME,…|auto[:TARGET]``).
+
+A layer is a module with weights that PT2E quantizes (``nn.Conv2d``, ``nn.Linear``), named as
+in the model (``features.3.block.0.0``). The same PT2E flow the converters use (XNNPACK's
+symmetric config: weights int8 per-channel, activations int8 per-tensor; litert-torch's
+quantizer uses the same scheme) is run in PyTorch on q/dq graphs, whose arithmetic simulates
+the runtime's int8: for every layer, the output error when it **alone** is quantized, and when
+it alone is kept in **float** with the rest int8, measured against the float model on the
+calibration images as SQNR (dB; higher is better), cosine and top-1 agreement. The figures
+rank layers for one model; a runtime's own kernels round slightly differently (``edgepipe
+evaluate`` measures the artifacts themselves on the device).
+
+``auto`` keeps layers in float until the int8 model agrees with float on the images (top-1
+agreement ≥ TARGET, default 0.99; or ``sqnr=DB``): greedily, each step adding the cheapest
+layer (by multiply-accumulates, the latency proxy at conversion time) whose float copy alone
+reached the target, else the layer that loses most when it alone is int8, and measuring
+again. The
+latency the chosen set costs is then measured on the converted artifacts and reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import EdgepipeError
+from .quantize import capture_for_quantization, keep_in_float, litert_module_names
+
+LAYER_TYPES = (nn.Conv2d, nn.Linear)
+# ops a quantizer fuses into the layer before them (conv-bn-relu, linear-relu)
+FOLLOWERS = {"batch_norm", "_native_batch_norm_legit_no_training", "getitem", "relu", "relu_",
+             "relu6", "hardtanh", "hardtanh_", "clamp"}
+DEFAULT_AGREEMENT = 0.99
+
+
+def quantizable_layers(module: nn.Module) -> list[str]:
+    """The names of the layers PT2E quantizes, in module order."""
+    return [name for name, m in module.named_modules() if isinstance(m, LAYER_TYPES) and name]
+
+
+def layer_macs(module: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Multiply-accumulates of each layer for one ``example`` (a forward pass with hooks)."""
+    macs: dict[str, int] = {}
+    hooks = []
+    for name, m in module.named_modules():
+        if isinstance(m, LAYER_TYPES) and name:
+            def hook(mod: nn.Module, _: Any, out: torch.Tensor, name: str = name) -> None:
+                per_output = mod.weight[0].numel()  # one output value: one filter (per group)
+                macs[name] = int(out.numel() * per_output)
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            module(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs
+
+
+@dataclass
+class Fidelity:
+    """A quantized variant against the float model on the evaluation images."""
+
+    sqnr_db: float  # 10·log10(Σ float² / Σ (float − int8)²) over every output value
+    cosine: float  # mean over images of the outputs' cosine similarity
+    agreement: float  # share of images whose top-1 class is the float model's
+
+
+def fidelity(reference: list[torch.Tensor], outputs: list[torch.Tensor]) -> Fidelity:
+    ref = torch.cat([r.flatten(1) for r in reference]).double()
+    out = torch.cat([o.flatten(1) for o in outputs]).double()
+    noise = float(((ref - out) ** 2).sum())
+    signal = float((ref ** 2).sum())
+    sqnr = math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-30) / noise)
+    cosine = float(nn.functional.cosine_similarity(ref, out, dim=1).mean())
+    agree = float((ref.argmax(1) == out.argmax(1)).double().mean()) if ref.shape[1] > 1 \
+        else float(((ref > 0) == (out > 0)).double().mean())
+    return Fidelity(round(sqnr, 3), round(cosine, 6), agree)
+
+
+@dataclass
+class QuantizationStudy:
+    """What quantizing the model costs in fidelity, layer by layer."""
+
+    module: nn.Module
+    example: torch.Tensor
+    calibration: list[torch.Tensor]
+    quantizer_class: Callable[[], Any]  # a PT2E quantizer class (XNNPACK's, litert-torch's)
+    config: Any  # the int8 config: set globally, or for one layer alone
+    prefix: str = ""  # how the quantized graph names the model's modules
+
+    def __post_init__(self) -> None:
+        self._graph = capture_for_quantization(self.module, self.example)
+        with torch.no_grad():
+            self.reference = [self.module(b) for b in self.calibration]
+
+    def run(self, quantizer: Any) -> Fidelity:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        names = (litert_module_names() if type(quantizer).__module__.startswith("litert_torch")
+                 else contextlib.nullcontext())
+        with names:
+            prepared = prepare_pt2e(copy.deepcopy(self._graph), quantizer)
+        with torch.no_grad():
+            for batch in self.calibration:
+                prepared(batch)
+            converted = convert_pt2e(prepared)
+            outputs = [converted(b) for b in self.calibration]
+        return fidelity(self.reference, outputs)
+
+    def int8(self, keep_float: list[str] = ()) -> Fidelity:
+        """Everything int8 but ``keep_float``."""
+        quantizer = self.quantizer_class().set_global(self.config)
+        for name in keep_float:
+            keep_in_float(quantizer, self.prefix + name)
+        return self.run(quantizer)
+
+    def layer_nodes(self, name: str) -> set[str]:
+        """The graph nodes that quantizing layer ``name`` annotates: its own, and the batch
+        norm and activation that follow it (the quantizers' conv-bn-relu patterns span
+        modules, so a filter on the layer's module alone would match no pattern)."""
+        fqn = self.prefix + name
+
+        def owner(node: Any) -> str | None:
+            stack = node.meta.get("nn_module_stack")
+            return list(stack.values())[-1][0] if stack else None
+
+        own = [n for n in self._graph.graph.nodes
+               if n.op == "call_function" and owner(n) == fqn]
+        found = {n.name for n in own}
+        for node in own:
+            while len(node.users) == 1:
+                node = next(iter(node.users))
+                if getattr(node.target, "__name__", str(node.target)).split(".")[0] \
+                        not in FOLLOWERS:
+                    break
+                found.add(node.name)
+        # the annotators check the whole partition: weights, biases, batch-norm statistics
+        nodes = {n.name: n for n in self._graph.graph.nodes}
+        found |= {i.name for f in list(found) for i in nodes[f].all_input_nodes
+                  if i.op == "get_attr"}
+        return found
+
+    def alone(self, name: str) -> Fidelity:
+        """Only ``name`` int8 (with the batch norm and activation fused into it), the rest
+        float."""
+        quantizer = self.quantizer_class().set_global(self.config)
+        if hasattr(quantizer, "set_filter_function"):
+            nodes = self.layer_nodes(name)
+            quantizer.set_filter_function(lambda node: node.name in nodes)
+        else:  # litert-torch's quantizer has no filter: every other layer kept float
+            for other in quantizable_layers(self.module):
+                if other != name:
+                    keep_in_float(quantizer, self.prefix + other)
+        return self.run(quantizer)
+
+
+def sensitivity(study: QuantizationStudy, on_layer: Callable[[str], None] | None = None
+                ) -> dict[str, Any]:
+    """Per layer: fidelity when it alone is int8, and when it alone stays float; ranked by the
+    error it adds alone (lowest SQNR first). ``{"int8": Fidelity, "layers": [...]}``."""
+    layers = quantizable_layers(study.module)
+    if not layers:
+        raise EdgepipeError("the model has no Conv2d or Linear layer to quantize")
+    macs = layer_macs(study.module, study.example)
+    rows = []
+    for name in layers:
+        if on_layer:
+            on_layer(name)
+        rows.append({"layer": name, "macs": macs.get(name, 0),
+                     "alone_int8": asdict(study.alone(name)),
+                     "alone_float": asdict(study.int8([name]))})
+    rows.sort(key=lambda r: r["alone_int8"]["sqnr_db"])
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    return {"int8": asdict(study.int8()), "images": len(study.calibration),
+            "method": "PT2E q/dq graphs in PyTorch against the float model, on the "
+                      "calibration images", "layers": rows}
+
+
+def parse_target(text: str) -> tuple[str, float]:
+    """``auto`` → ("agreement", 0.99); ``auto:0.995`` or ``auto:99.5`` → agreement;
+    ``auto:sqnr=30`` → ("sqnr_db", 30)."""
+    if text == "auto":
+        return "agreement", DEFAULT_AGREEMENT
+    spec = text.removeprefix("auto:")
+    try:
+        if spec.startswith("sqnr="):
+            return "sqnr_db", float(spec.removeprefix("sqnr=").removesuffix("dB"))
+        value = float(spec.rstrip("%"))
+    except ValueError:
+        raise EdgepipeError(f"--keep-float {text}: give auto, auto:0.99 (top-1 agreement "
+                            "with float) or auto:sqnr=30 (dB)") from None
+    value = value / 100 if value > 1 else value
+    if not 0 < value <= 1:
+        raise EdgepipeError(f"--keep-float {text}: an agreement between 0 and 1 (or 100 %)")
+    return "agreement", value
+
+
+def choose_float_layers(study: QuantizationStudy, target: str = "auto",
+                        ranking: dict[str, Any] | None = None,
+                        on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Layers whose float copies bring the int8 model to ``target``, chosen greedily (see the
+    module's text). ``ranking``: a :func:`sensitivity` result to reuse."""
+    metric, goal = parse_target(target)
+    ranking = ranking or sensitivity(study, on_step)
+    base = study.int8()
+    steps = [{"float_layers": [], **asdict(base)}]
+    current, chosen = base, []
+    alone = {r["layer"]: r for r in ranking["layers"]}
+    left = set(alone)
+    while left and getattr(current, metric) < goal:
+        # the cheapest layer whose float copy alone reached the target; else the layer that
+        # alone int8 loses most (the single-layer figures guide; each step is measured)
+        enough = [n for n in left if alone[n]["alone_float"][metric] >= goal]
+        name = (min(enough, key=lambda n: (alone[n]["macs"], n)) if enough else
+                min(left, key=lambda n: (alone[n]["alone_int8"][metric],
+                                         -alone[n]["alone_float"][metric])))
+        left.discard(name)
+        if on_step:
+            on_step(f"keeping {name} in float")
+        chosen.append(name)
+        current = study.int8(chosen)
+        steps.append({"float_layers": list(chosen), **asdict(current)})
+    reached = getattr(current, metric) >= goal
+    return {"target": {"metric": metric, "value": goal}, "float_layers": chosen,
+            "reached": reached, "fidelity": asdict(current), "int8": asdict(base),
+            "steps": steps,
+            "order": "the cheapest layer (MACs) whose float copy alone reaches the target, "
+                     "else the layer that loses most alone int8; measured after each step"}
