@@ -130,6 +130,8 @@ def test_packaged_weights_alias_for_other_models(tmp_path):
     ("[measure]\nthreads = [0]", "threads must be a list of positive integers"),
     ("[extras]\n", "unknown section(s)"),
     ("devices = ['nowhere']", "no device named 'nowhere'"),
+    ("[evaluate]\ndata = 'nowhere'", "[evaluate] data 'nowhere' is not a folder"),
+    ("[evaluate]\ndata = 'digits'\nlimit = 0", "[evaluate] limit must be 1 or more"),
 ])
 def test_bad_pipeline_config_fails_before_any_work(tmp_path, text, message):
     config = tmp_path / "run.toml"

@@ -232,3 +232,30 @@ def test_keep_float_bad_input(broken_digits, tmp_path):
     done = run_cli("convert", *common, "--int8", "--keep-float", "auto:most")
     assert done.returncode == 2 and "give auto, auto:0.99" in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_run_evaluates_when_its_config_asks(tmp_path):
+    """`edgepipe run` with an [evaluate] section: a narrow model, one format, photos without
+    labels (agreement with PyTorch), a table in run.json and the report."""
+    from PIL import Image
+
+    from edgepipe.converters.images import builtin_calibration_images
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, image in enumerate(builtin_calibration_images(6, seed=3)):
+        Image.fromarray(image).save(photos / f"{i}.jpg")
+    config = tmp_path / "run.toml"
+    config.write_text("[model]\nname = 'mobilenet_v3_small'\nwidth = 0.5\nsize = 96\n"
+                      "formats = ['tflite']\nint8 = false\n[measure]\nruns = 5\nper_op = false\n"
+                      "check_tables = false\n"
+                      f"[evaluate]\ndata = '{photos}'\n")
+    done = run_cli("run", str(config), "-o", str(tmp_path / "out"),
+                   env={"EDGEPIPE_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    (entry,) = run["evaluations"]
+    (a,) = entry["artifacts"]
+    assert a["images"] == 6 and a["top1"] is None and a["flip_rate"]["n"] == 6
+    assert a["flip_rate"]["value"] == 0.0  # fp32 answers as PyTorch does
+    assert "Accuracy on this-machine" in (tmp_path / "out" / "report.html").read_text()

@@ -55,10 +55,18 @@ class MeasureSection:
 
 
 @dataclass
+class EvaluateSection:
+    data: str | None = None  # "digits" or a folder (edgepipe evaluate --data); None: skipped
+    limit: int | None = None
+    label_map: str | None = None
+
+
+@dataclass
 class PipelineConfig:
     model: ModelSection = field(default_factory=ModelSection)
     measure: MeasureSection = field(default_factory=MeasureSection)
     devices: list[str] = field(default_factory=list)  # empty: an agent on this machine
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
 
 
 def _section(cls: type, data: Any, where: str) -> Any:
@@ -83,19 +91,28 @@ def load_config(path: Path | None) -> PipelineConfig:
         raise EdgepipeError(f"cannot read config {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise EdgepipeError(f"config {path} is not valid TOML: {exc}") from None
-    unknown = set(data) - {"model", "measure", "devices"}
+    unknown = set(data) - {"model", "measure", "devices", "evaluate"}
     if unknown:
         raise EdgepipeError(f"unknown section(s) in {path}: {', '.join(sorted(unknown))} "
-                            f"(use [model], [measure] and devices = [...])")
+                            f"(use [model], [measure], [evaluate] and devices = [...])")
     config = PipelineConfig(
         model=_section(ModelSection, data.get("model", {}), "model"),
         measure=_section(MeasureSection, data.get("measure", {}), "measure"),
-        devices=list(data.get("devices", [])))
+        devices=list(data.get("devices", [])),
+        evaluate=_section(EvaluateSection, data.get("evaluate", {}), "evaluate"))
     if config.model.size is not None:
         parse_size(config.model.size)  # a bad size fails here, before any work
     if not config.measure.threads or not all(
             isinstance(t, int) and t > 0 for t in config.measure.threads):
         raise EdgepipeError("[measure] threads must be a list of positive integers")
+    e = config.evaluate
+    if e.data is not None and e.data != "digits" and not Path(e.data).is_dir():
+        raise EdgepipeError(f"[evaluate] data {e.data!r} is not a folder: give an image folder "
+                            "or \"digits\"")
+    if e.limit is not None and (not isinstance(e.limit, int) or e.limit < 1):
+        raise EdgepipeError("[evaluate] limit must be 1 or more")
+    if e.label_map is not None and not Path(e.label_map).is_file():
+        raise EdgepipeError(f"[evaluate] label_map {e.label_map!r} is not a file")
     m = config.measure
     if not isinstance(m.repeat, int) or m.repeat < 1 or not isinstance(
             m.cooldown, (int, float)) or m.cooldown < 0 or not isinstance(

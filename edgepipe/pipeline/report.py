@@ -172,6 +172,32 @@ def _per_op_section(result: dict[str, Any]) -> str:
             + "<p>Slowest operators:</p>" + table + note)
 
 
+def _rate_cell(r: dict[str, Any] | None) -> str:
+    if not r:
+        return "<td class=num>—</td>"
+    return (f"<td class=num>{100 * r['value']:.1f} <span class=note>({100 * r['low']:.1f}–"
+            f"{100 * r['high']:.1f})</span></td>")
+
+
+def _changed_text(changed: list[dict[str, Any]], most: int = 3) -> str:
+    return "; ".join(f"{c['from']} → {c['to']} ×{c['count']}" for c in changed[:most])
+
+
+def _evaluation_section(entry: dict[str, Any]) -> str:
+    """``edgepipe evaluate``'s figures for one device: top-1/top-5, flips against PyTorch."""
+    head = f"<h2>Accuracy on {escape(entry['name'])}</h2>"
+    if entry.get("error"):
+        return head + f'<p class="bad">{escape(entry["error"])}</p>'
+    rows = "".join(
+        f"<tr><td>{escape(a['artifact'])}</td><td class=num>{a['images']}</td>"
+        f"{_rate_cell(a['top1'])}{_rate_cell(a['top5'])}{_rate_cell(a['flip_rate'])}"
+        f"<td>{escape(_changed_text(a['changed']))}</td></tr>"
+        for a in entry["artifacts"])
+    return (head + f"<p>{escape(entry['data'])}; % with 95 % intervals</p><table><tr>"
+            "<th>artifact</th><th>images</th><th>top-1</th><th>top-5</th>"
+            "<th>flips vs PyTorch</th><th>most changed</th></tr>" + rows + "</table>")
+
+
 def render_run_report(run: dict[str, Any]) -> str:
     conversion = run["conversion"]
     size = "x".join(str(s) for s in conversion["input_size"])
@@ -186,5 +212,6 @@ def render_run_report(run: dict[str, Any]) -> str:
 <h2>Artifacts</h2>{_artifact_table(conversion)}
 {f'<p class="note">Not measured on devices:</p><ul>{skipped}</ul>' if skipped else ''}
 {''.join(_device_section(d) for d in run['devices'])}
+{''.join(_evaluation_section(e) for e in run.get('evaluations') or [])}
 </body></html>
 """

@@ -93,6 +93,19 @@ def _silent(title: str) -> AbstractContextManager[Progress]:
     return nullcontext(Progress())
 
 
+class _StepProgress:
+    """An evaluation's phases on a run's progress bar."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+
+    def phase(self, name: str, total: int) -> None:
+        self.bar.step(name)
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
 def run_pipeline(config: PipelineConfig, out: Path,
                  progress: Callable[[str], AbstractContextManager[Progress]] = _silent
                  ) -> dict[str, Any]:
@@ -114,8 +127,26 @@ def run_pipeline(config: PipelineConfig, out: Path,
                                    + config.measure.check_tables))
         for name in devices:
             results.append(measure_on_device(name, artifacts, config, out, bar.step))
+    evaluations = []
+    if config.evaluate.data:
+        from ..evaluation.run import evaluate
+
+        for name in devices:
+            with progress(f"evaluating on {name} over {config.evaluate.data}") as bar:
+                entry: dict[str, Any] = {"name": name}
+                try:
+                    entry.update(evaluate(
+                        [out / "artifacts"], config.evaluate.data,
+                        device=None if name == LOCAL else name, out=out / "evaluation" / name,
+                        limit=config.evaluate.limit,
+                        label_map=Path(config.evaluate.label_map)
+                        if config.evaluate.label_map else None,
+                        weights=model.weights, progress=_StepProgress(bar)))
+                except EdgepipeError as exc:
+                    entry["error"] = str(exc)
+                evaluations.append(entry)
     run = {"config": asdict(config), "conversion": conversion, "skipped": skipped,
-           "devices": results}
+           "devices": results, "evaluations": evaluations}
     write_atomic(out / "run.json", json.dumps(run, indent=1, default=str))
     write_atomic(out / "report.html", render_run_report(run))
     return run
