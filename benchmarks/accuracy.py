@@ -54,21 +54,14 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def digit_pngs(folder: Path, part: int, count: int | None = None) -> list[tuple[Path, int]]:
-    from PIL import Image
-    from sklearn.datasets import load_digits
+    from edgepipe.evaluation.data import digits_part
 
-    from edgepipe.search.data import DataSpec, split_parts
-
-    digits = load_digits()
-    parts = split_parts(digits.target, [str(i) for i in range(10)], DataSpec())
     folder.mkdir(parents=True, exist_ok=True)
     out = []
-    for i in np.flatnonzero(parts == part)[:count]:
+    for i, png, label in digits_part(part)[:count]:
         path = folder / f"{i:04d}.png"
-        if not path.is_file():
-            grey = np.clip(digits.images[i] * 255 / 16, 0, 255).astype(np.uint8)
-            Image.fromarray(grey, mode="L").save(path)
-        out.append((path, int(digits.target[i])))
+        path.write_bytes(png)
+        out.append((path, label))
     return out
 
 

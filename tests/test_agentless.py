@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from edgepipe.converters.images import builtin_calibration_images
 from edgepipe.device.litert_profiler import profile_ops
 from edgepipe.device.native_runner import build_runner
 from edgepipe.host.benchmark_model import (
@@ -61,7 +63,7 @@ def test_profile_text_reads_into_one_row_per_op(summary):
     assert [(r.name, r.avg_ms, r.times_called) for r in again] == \
         [(r.name, r.avg_ms, r.times_called) for r in rows]
     # calls per run or over all runs: read from whether the rows fit in the run
-    run_ms = statistics.mean(events["profiled_ms"])
+    run_ms = statistics.mean(events["invoke_us"]) / 1000  # LiteRT's own whole-run event
     times, convention = op_times(rows, events["runs"], run_ms)
     assert convention == f"calls over all {events['runs']} runs"
     assert sum(times) <= 1.25 * run_ms
@@ -165,9 +167,19 @@ def test_standin_phone_runs_executorch_on_the_lean_runner(phone, small_conversio
     rss = float(words.split("peak RSS ")[1].split(" MB")[0])
     assert 0 < rss < 200
     assert not (base / "fs" / "data/local/tmp/edgepipe").exists()
-    # batches need the agent; the Python path does not exist there
+    # batches need the agent; the Python path does not exist there; nor does evaluation
     done = run_cli("profile", str(pte), "--device", "phone", "--runner", "python", env=env)
     assert done.returncode != 0 and "has no Python" in done.stderr
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, image in enumerate(builtin_calibration_images(2)):
+        Image.fromarray(image).save(photos / f"{i}.png")
+    done = run_cli("evaluate", str(pte), "--device", "phone", "--data", str(photos),
+                   "--no-reference", "-o", str(tmp_path / "eval"), env=env)
+    assert done.returncode == 2 and "evaluate jobs need the agent" in done.stderr
+    assert "not fully evaluated" in done.stderr and "run again to resume" in done.stderr
+    (a,) = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["artifacts"]
+    assert a["images"] == 0 and "evaluate jobs need the agent" in a["stopped"]
 
 
 def _fake_tool(path: Path, body: str) -> Path:

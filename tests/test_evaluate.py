@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from edgepipe.errors import EdgepipeError
-from edgepipe.evaluation.data import load_data
+from edgepipe.evaluation.data import digits_part, load_data
 from edgepipe.manifest import load_manifest
 
 from .conftest import artifact, run_cli
@@ -22,24 +22,14 @@ from .factories import digits_cnn
 
 def _digit_pngs(folder: Path, part: int, count: int | None = None,
                 digit: int | None = None) -> list[tuple[Path, int]]:
-    """Digits of one part of edgepipe search's split (0 training, 1 validation, 2 test),
-    written as 8-bit grey PNGs as the evaluation sends them; ``digit``: of that class only."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    from edgepipe.search.data import DataSpec, split_parts
-
-    digits = load_digits()
-    parts = split_parts(digits.target, [str(i) for i in range(10)], DataSpec())
-    chosen = [i for i in np.flatnonzero(parts == part)
-              if digit is None or digits.target[i] == digit][:count]
+    """Digits of one part of edgepipe search's split written as the evaluation sends them;
+    ``digit``: of that class only."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
-    for i in chosen:
-        grey = np.clip(digits.images[i] * 255 / 16, 0, 255).astype(np.uint8)
+    for i, png, label in [d for d in digits_part(part) if digit in (None, d[2])][:count]:
         path = folder / f"{i:04d}.png"
-        Image.fromarray(grey, mode="L").save(path)
-        out.append((path, int(digits.target[i])))
+        path.write_bytes(png)
+        out.append((path, label))
     return out
 
 
@@ -79,18 +69,19 @@ def digits_model(tmp_path_factory):
 def test_digits_accuracy_on_the_device_with_intervals_and_resume(digits_model, tmp_path):
     out, weights, report = digits_model
     evaluation = tmp_path / "eval"
-    done = run_cli("evaluate", str(out), "--data", "digits", "--weights", str(weights),
-                   "-o", str(evaluation))
+    done = run_cli("evaluate", str(out), "--data", "digits", "--limit", "120", "--weights",
+                   str(weights), "-o", str(evaluation))
     assert done.returncode == 0, done.stderr
     summary = json.loads((evaluation / "evaluation.json").read_text())
-    assert summary["images"] == 359 and summary["labelled"]
+    assert summary["images"] == 120 and summary["labelled"]
+    assert "120 drawn at random" in summary["data"]
     by = {(a["format"], a["precision"]): a for a in summary["artifacts"]}
     assert set(by) == {("tflite", "fp32"), ("tflite", "int8"), ("executorch", "fp32"),
                        ("executorch", "int8")}
     for a in by.values():
-        assert a["images"] == 359 and not a["failed"] and a["note"] is None
+        assert a["images"] == 120 and not a["failed"] and a["note"] is None
         top1 = a["top1"]
-        assert top1["low"] <= top1["value"] <= top1["high"] and top1["n"] == 359
+        assert top1["low"] <= top1["value"] <= top1["high"] and top1["n"] == 120
         assert top1["value"] > 0.8, a  # a trained model, on the device, through its manifest
         assert a["top5"]["value"] >= top1["value"]
     for fmt in ("tflite", "executorch"):  # fp32 answers as PyTorch does
@@ -103,14 +94,14 @@ def test_digits_accuracy_on_the_device_with_intervals_and_resume(digits_model, t
     name = artifact(report, "tflite", "int8")["file"]
     answers = next(evaluation.glob(f"{name}.*.jsonl"))
     lines = answers.read_text().splitlines()
-    answers.write_text("\n".join(lines[:150]) + "\n" + lines[150][:20])  # and a cut line
-    done = run_cli("evaluate", str(out / name), "--data", "digits", "--weights",
-                   str(weights), "-o", str(evaluation))
+    answers.write_text("\n".join(lines[:50]) + "\n" + lines[50][:20])  # and a cut line
+    done = run_cli("evaluate", str(out / name), "--data", "digits", "--limit", "120",
+                   "--weights", str(weights), "-o", str(evaluation))
     assert done.returncode == 0, done.stderr
     again = json.loads((evaluation / "evaluation.json").read_text())["artifacts"][0]
     assert again["top1"] == by[("tflite", "int8")]["top1"]
     assert len({json.loads(x)["key"] for x in answers.read_text().splitlines()
-                if x.startswith("{") and x.endswith("}")}) == 359
+                if x.startswith("{") and x.endswith("}")}) == 120
 
 
 def test_folders_photos_and_bad_data(digits_model, tmp_path):

@@ -51,4 +51,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                            reference=not args.no_reference, progress=progress)
     print_evaluation(summary)
     print(f"wrote {out / 'evaluation.json'}")
+    stopped = [a for a in summary["artifacts"] if a["stopped"]]
+    if stopped:
+        raise EdgepipeError(f"{len(stopped)} of {len(summary['artifacts'])} artifact(s) not "
+                            f"fully evaluated ({stopped[0]['artifact']}: {stopped[0]['stopped']});"
+                            f" the answers so far are kept in {out}: run again to resume")
     return 0

@@ -77,27 +77,33 @@ def match_classes(folders: list[str], labels: list[str] | None, classes: int,
     return found
 
 
-def _digits(labels: list[str] | None, classes: int) -> EvalData:
+def digits_part(part: int) -> list[tuple[int, bytes, int]]:
+    """(index in ``load_digits``, an 8-bit grey PNG, the digit) of each image of one part of
+    ``edgepipe search``'s split (0 training, 1 validation, 2 test)."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
     from ..search.data import DataSpec, split_parts
 
+    digits = load_digits()
+    parts = split_parts(digits.target, [str(i) for i in range(10)], DataSpec())
+    out = []
+    for i in np.flatnonzero(parts == part):
+        grey = np.clip(digits.images[i] * 255 / 16, 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(grey, mode="L").save(buffer, format="PNG")
+        out.append((int(i), buffer.getvalue(), int(digits.target[i])))
+    return out
+
+
+def _digits(labels: list[str] | None, classes: int) -> EvalData:
     if classes != 10:
         named = f" (labels {', '.join((labels or [])[:3])}, …)" if labels else ""
         raise EdgepipeError(f"digits has 10 classes; the model has {classes}{named}: digits "
                             "evaluates models trained on it (edgepipe search)")
-    digits = load_digits()
-    names = [str(i) for i in range(10)]
-    parts = split_parts(digits.target, names, DataSpec())
-    mapping = match_classes(names, labels, classes)
-    images = []
-    for i in np.flatnonzero(parts == 2):
-        grey = np.clip(digits.images[i] * 255 / 16, 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(grey, mode="L").save(buffer, format="PNG")
-        images.append(EvalImage(f"digits/{i:04d}", buffer.getvalue(),
-                                mapping[str(digits.target[i])]))
+    mapping = match_classes([str(i) for i in range(10)], labels, classes)
+    images = [EvalImage(f"digits/{i:04d}", png, mapping[str(digit)])
+              for i, png, digit in digits_part(2)]
     return EvalData(images, f"scikit-learn digits, the test part of edgepipe search's split "
                             f"({len(images)} images)", True)
 

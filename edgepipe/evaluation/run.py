@@ -64,6 +64,7 @@ class ArtifactEvaluation:
     miou_vs_pytorch: float | None = None
     results: str | None = None  # the answers file
     note: str | None = None  # why a figure is missing
+    stopped: str | None = None  # why the device did not answer every image
 
 
 def _read_answers(path: Path) -> dict[str, dict[str, Any]]:
@@ -259,11 +260,12 @@ def evaluate(targets: list[Path], source: str, *, device: str | None = None,
                         answers.update({r["key"]: r for r in records})
                         progress.advance(len(chunk))
                 except EdgepipeError as exc:  # the others still run; answers so far kept
-                    note = f"stopped: {exc}"
+                    note = str(exc)
             key = f"{manifest.model}.{'x'.join(map(str, manifest.preprocessing.size))}." \
                   f"{manifest.extra.get('width_mult', 1.0)}"
             evaluation = score(manifest, path.name, data, answers, references.get(key))
             evaluation.results = answers_path.name
+            evaluation.stopped = note
             evaluation.note = "; ".join(n for n in (note, notes.get(key)) if n) or None
             evaluations.append(evaluation)
     summary = {"data": data.source, "labelled": data.labelled, "images": len(data.images),

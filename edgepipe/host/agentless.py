@@ -259,6 +259,9 @@ class AgentlessClient:
     def submit(self, **spec: Any) -> dict[str, Any]:
         """Run the job now (one at a time: the host waits for it); the record is kept for
         :meth:`job` and :meth:`wait`."""
+        if spec.get("kind", "benchmark") != "benchmark":
+            raise EdgepipeError(f"device {self.name} is driven without an agent: its runners "
+                                f"time models; {spec['kind']} jobs need the agent")
         if spec.get("items"):
             raise EdgepipeError(f"device {self.name} is driven without an agent: latency-table "
                                 "batches need the agent (`edgepipe agent serve` on the device)")
