@@ -418,6 +418,12 @@ def print_int8_analysis(report: dict[str, Any], top: int = 10) -> None:
                       f"{', '.join(choice['float_layers']) or 'none'} (SQNR "
                       f"{got['sqnr_db']:.1f} dB, agreement {got['agreement']:.0%}; all int8 "
                       f"{choice['int8']['sqnr_db']:.1f} dB, {choice['int8']['agreement']:.0%})")
+        ceiling = choice.get("ceiling")
+        if ceiling and not choice["reached"]:
+            console.print(f"  with every layer in float the model reaches only "
+                          f"{ceiling['sqnr_db']:.1f} dB, agreement {ceiling['agreement']:.0%}: "
+                          "the rest of the error is in int8 activations between the layers "
+                          "(adds, pools, the input), which --keep-float does not change")
     for a in report["artifacts"]:
         cost = a.get("latency_cost")
         if a.get("float_layers") and cost:

@@ -250,3 +250,29 @@ def test_run_evaluates_when_its_config_asks(tmp_path):
     assert a["images"] == 6 and a["top1"] is None and a["flip_rate"]["n"] == 6
     assert a["flip_rate"]["value"] == 0.0  # fp32 answers as PyTorch does
     assert "Accuracy on this-machine" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_keep_float_auto_stops_at_its_ceiling(broken_digits):
+    """A target no set of float layers reaches (the activations between them stay int8) is
+    not chased through every layer: the best prefix, a plateau stop, the ceiling said."""
+    from edgepipe.converters.convert import int8_quantizer
+    from edgepipe.converters.sensitivity import QuantizationStudy, choose_float_layers
+    from edgepipe.images import read_image
+    from edgepipe.manifest import Preprocessing
+    from edgepipe.preprocess import preprocess
+
+    broken, calib = broken_digits
+    model = digits_cnn()
+    model.load_state_dict(torch.load(broken))
+    pre = Preprocessing(size=[32, 32], resize=36)
+    batches = [torch.from_numpy(preprocess(read_image(p), pre))
+               for p in sorted(calib.glob("*.png"))[:24]]
+    quantizer_class, config = int8_quantizer()
+    study = QuantizationStudy(model.eval(), batches[0], batches, quantizer_class, config)
+    choice = choose_float_layers(study, "auto:sqnr=500")
+    assert not choice["reached"] and choice["ceiling"]["sqnr_db"] < 500
+    assert choice["float_layers"][0] == "3"  # the broken layer still comes first
+    tried = len(choice["steps"]) - 1
+    assert len(choice["float_layers"]) <= tried <= 4  # 4 layers: all tried at most
+    best = max(s["sqnr_db"] for s in choice["steps"])
+    assert choice["fidelity"]["sqnr_db"] == best

@@ -143,10 +143,6 @@ class QuantizationStudy:
                         not in FOLLOWERS:
                     break
                 found.add(node.name)
-        # the annotators check the whole partition: weights, biases, batch-norm statistics
-        nodes = {n.name: n for n in self._graph.graph.nodes}
-        found |= {i.name for f in list(found) for i in nodes[f].all_input_nodes
-                  if i.op == "get_attr"}
         return found
 
     def alone(self, name: str) -> Fidelity:
@@ -155,7 +151,11 @@ class QuantizationStudy:
         quantizer = self.quantizer_class().set_global(self.config)
         if hasattr(quantizer, "set_filter_function"):
             nodes = self.layer_nodes(name)
-            quantizer.set_filter_function(lambda node: node.name in nodes)
+            # the annotators check every node of a pattern, weights and biases included, and
+            # folding batch norms into convolutions makes new ones: constants always pass
+            # (they are annotated only as inputs of an op that itself passed)
+            quantizer.set_filter_function(
+                lambda node: node.op == "get_attr" or node.name in nodes)
         else:  # litert-torch's quantizer has no filter: every other layer kept float
             for other in quantizable_layers(self.module):
                 if other != name:
@@ -205,19 +205,30 @@ def parse_target(text: str) -> tuple[str, float]:
     return "agreement", value
 
 
+PLATEAU_STEPS = 3  # steps without improvement before the search gives up
+
+
 def choose_float_layers(study: QuantizationStudy, target: str = "auto",
                         ranking: dict[str, Any] | None = None,
                         on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Layers whose float copies bring the int8 model to ``target``, chosen greedily (see the
-    module's text). ``ranking``: a :func:`sensitivity` result to reuse."""
+    module's text). ``ranking``: a :func:`sensitivity` result to reuse.
+
+    First the ceiling: every layer in float, the ops between them (residual adds, pools, the
+    model's input) still int8. A target above the ceiling cannot be reached by keeping layers
+    in float, and is not chased: the search keeps the prefix of layers that did best, stops
+    after :data:`PLATEAU_STEPS` steps without improvement, and says so (``reached`` false,
+    ``ceiling``)."""
     metric, goal = parse_target(target)
     ranking = ranking or sensitivity(study, on_step)
     base = study.int8()
+    ceiling = study.int8([r["layer"] for r in ranking["layers"]])
     steps = [{"float_layers": [], **asdict(base)}]
     current, chosen = base, []
+    best, best_at, since = getattr(base, metric), 0, 0
     alone = {r["layer"]: r for r in ranking["layers"]}
     left = set(alone)
-    while left and getattr(current, metric) < goal:
+    while left and getattr(current, metric) < goal and since < PLATEAU_STEPS:
         # the cheapest layer whose float copy alone reached the target; else the layer that
         # alone int8 loses most (the single-layer figures guide; each step is measured)
         enough = [n for n in left if alone[n]["alone_float"][metric] >= goal]
@@ -230,9 +241,17 @@ def choose_float_layers(study: QuantizationStudy, target: str = "auto",
         chosen.append(name)
         current = study.int8(chosen)
         steps.append({"float_layers": list(chosen), **asdict(current)})
+        if getattr(current, metric) > best:
+            best, best_at, since = getattr(current, metric), len(chosen), 0
+        else:
+            since += 1
     reached = getattr(current, metric) >= goal
+    if not reached:  # the prefix that did best, not the layers tried after it
+        chosen = chosen[:best_at]
+        current = Fidelity(**{k: v for k, v in steps[best_at].items() if k != "float_layers"})
     return {"target": {"metric": metric, "value": goal}, "float_layers": chosen,
             "reached": reached, "fidelity": asdict(current), "int8": asdict(base),
-            "steps": steps,
+            "ceiling": asdict(ceiling), "steps": steps,
             "order": "the cheapest layer (MACs) whose float copy alone reaches the target, "
-                     "else the layer that loses most alone int8; measured after each step"}
+                     "else the layer that loses most alone int8; measured after each step; "
+                     f"stops after {PLATEAU_STEPS} steps without improvement"}
