@@ -61,7 +61,8 @@ def digits_model(tmp_path_factory):
     _digit_pngs(calib, 1, 64)  # validation part: int8 calibrated on digits, not photos
     out = base / "out"
     done = run_cli("convert", "tests.factories:digits_cnn", "--weights", str(weights),
-                   "--size", "32", "--int8", "--calib", str(calib), "-o", str(out))
+                   "--size", "32", "--int8", "--calib", str(calib), "--to", "executorch,tflite",
+                   "-o", str(out))
     assert done.returncode == 0, done.stderr
     return out, weights, json.loads((out / "report.json").read_text())
 
