@@ -56,3 +56,10 @@ def hbar_svg(items: list[tuple[str, float]], unit: str = "ms", width: int = 640,
 def ms_text(value: float | None, digits: int = 3) -> str:
     """A time in ms, or "—" where it is not known (null in the result)."""
     return "—" if value is None else f"{value:.{digits}f}"
+
+
+def rate_text(r: dict[str, Any] | None) -> str:
+    """A rate with its 95 % interval, in %: "88.6 (85.2–91.9)"; "—" where there is none."""
+    if not r:
+        return "—"
+    return f"{100 * r['value']:.1f} ({100 * r['low']:.1f}–{100 * r['high']:.1f})"

@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from .report_parts import mb_text, ms_text
+from .report_parts import mb_text, ms_text, rate_text
 
 
 def _terminal_stream():
@@ -354,12 +354,6 @@ def print_demo_summary(summary: Any) -> None:
         console.print(f"  [bold red]warning:[/] {warning}")
 
 
-def _rate_text(r: dict[str, Any] | None) -> str:
-    if not r:
-        return "—"
-    return f"{100 * r['value']:.1f} ({100 * r['low']:.1f}–{100 * r['high']:.1f})"
-
-
 def print_evaluation(summary: dict[str, Any]) -> None:
     """Per artifact: top-1/top-5 with 95 % intervals, flip rate against PyTorch, what
     changed most (``edgepipe evaluate``)."""
@@ -369,8 +363,8 @@ def print_evaluation(summary: dict[str, Any]) -> None:
                 "pixels as PyTorch", "mIoU vs PyTorch"):
         table.add_column(col, justify="left" if col == "artifact" else "right")
     for a in summary["artifacts"]:
-        table.add_row(a["artifact"], str(a["images"]), _rate_text(a["top1"]),
-                      _rate_text(a["top5"]), _rate_text(a["flip_rate"]),
+        table.add_row(a["artifact"], str(a["images"]), rate_text(a["top1"]),
+                      rate_text(a["top5"]), rate_text(a["flip_rate"]),
                       "—" if a["pixel_agreement"] is None else f"{a['pixel_agreement']:.2%}",
                       "—" if a["miou_vs_pytorch"] is None else f"{a['miou_vs_pytorch']:.3f}")
     console.print(table)

@@ -26,16 +26,15 @@ from ..preprocess import preprocess
 from .runtimes import import_runtime, open_runner
 
 
-def decode_image(data: str, name: str) -> np.ndarray:
-    """A base64 image file → HxWx3 uint8 RGB, upright. Raises EdgepipeError naming it."""
+def decode_image(raw: bytes, name: str) -> np.ndarray:
+    """An encoded image file → HxWx3 uint8 RGB, upright. Raises EdgepipeError naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        raw = base64.b64decode(data, validate=True)
         with Image.open(io.BytesIO(raw)) as img:
             img.load()
             return pil_to_rgb8(img, f"image {name}")
-    except (binascii.Error, UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise EdgepipeError(f"image {name} cannot be decoded ({exc})") from None
 
 
@@ -63,7 +62,13 @@ def run_evaluation(spec: dict[str, Any], artifact: Any, manifest: Manifest,
     for i, item in enumerate(images):
         report(phase="evaluating", done=i, total=len(images))
         try:
-            rgb = decode_image(item["data"], item["name"])
+            raw = base64.b64decode(item["data"], validate=True)
+        except binascii.Error as exc:
+            results.append({"name": item["name"],
+                            "error": f"image {item['name']} cannot be decoded ({exc})"})
+            continue
+        try:
+            rgb = decode_image(raw, item["name"])
         except EdgepipeError as exc:
             results.append({"name": item["name"], "error": str(exc)})
             continue

@@ -110,6 +110,13 @@ def _payload(image: EvalImage) -> dict[str, str]:
     return {"name": image.key, "data": base64.b64encode(image.data).decode()}
 
 
+def reference_key(manifest: Manifest) -> str:
+    """Which PyTorch model an artifact came from: artifacts of one model (its formats and
+    precisions) share one reference run."""
+    return (f"{manifest.model}.{'x'.join(map(str, manifest.preprocessing.size))}."
+            f"{manifest.extra.get('width_mult', 1.0)}")
+
+
 def _classes(manifest: Manifest) -> int:
     return int(np.prod(manifest.outputs[0].shape)) if manifest.outputs else 0
 
@@ -134,7 +141,7 @@ def run_reference(manifest: Manifest, artifact: Path, data: EvalData, path: Path
         records = []
         for image in chunk:
             try:
-                rgb = decode_image(base64.b64encode(image.data).decode(), image.name)
+                rgb = decode_image(image.data, image.name)
             except EdgepipeError as exc:
                 records.append({"key": image.key, "error": str(exc)})
                 continue
@@ -229,8 +236,7 @@ def evaluate(targets: list[Path], source: str, *, device: str | None = None,
     notes: dict[str, str] = {}
     if reference:
         for path, manifest in manifests.items():
-            key = f"{manifest.model}.{'x'.join(map(str, manifest.preprocessing.size))}." \
-                  f"{manifest.extra.get('width_mult', 1.0)}"
+            key = reference_key(manifest)
             if key in references:
                 continue
             try:
@@ -261,8 +267,7 @@ def evaluate(targets: list[Path], source: str, *, device: str | None = None,
                         progress.advance(len(chunk))
                 except EdgepipeError as exc:  # the others still run; answers so far kept
                     note = str(exc)
-            key = f"{manifest.model}.{'x'.join(map(str, manifest.preprocessing.size))}." \
-                  f"{manifest.extra.get('width_mult', 1.0)}"
+            key = reference_key(manifest)
             evaluation = score(manifest, path.name, data, answers, references.get(key))
             evaluation.results = answers_path.name
             evaluation.stopped = note

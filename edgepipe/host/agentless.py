@@ -39,6 +39,7 @@ from ..device.native_runner import (
     read_runner_output,
     runner_arguments,
 )
+from ..device.store import JobSpec, StoreError
 from ..errors import EdgepipeError
 from ..manifest import Manifest
 from .benchmark_model import UnreadableOutput, latency_record, op_times, parse_output
@@ -282,8 +283,10 @@ class AgentlessClient:
                                 f"runners: {have}): add one with `edgepipe device add "
                                 f"{self.name} … --runner PATH`")
         self.info()  # reachable, and the runners are for its architecture
-        spec = {"threads": 1, "warmup": 10, "runs": 50, "min_seconds": 0.0, "raw": False,
-                "profile": True, "profile_runs": 10, **spec}
+        try:  # the agent's own validation and defaults
+            spec = asdict(JobSpec.from_dict(spec))
+        except StoreError as exc:
+            raise EdgepipeError(str(exc)) from None
         job_id = uuid.uuid4().hex[:12]
         job: dict[str, Any] = {"id": job_id, "state": "running", "spec": spec,
                                "result": None, "error": None, "progress": {}}

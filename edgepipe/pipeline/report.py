@@ -8,7 +8,7 @@ from typing import Any
 
 from ..host.compare import side_by_side
 from ..host.op_table import OpRow, by_block, by_type
-from ..report_parts import PALETTE, STYLE, hbar_svg, mb_text, ms_text, parity_text
+from ..report_parts import PALETTE, STYLE, hbar_svg, mb_text, ms_text, parity_text, rate_text
 
 
 def _artifact_table(conversion: dict[str, Any]) -> str:
@@ -173,10 +173,7 @@ def _per_op_section(result: dict[str, Any]) -> str:
 
 
 def _rate_cell(r: dict[str, Any] | None) -> str:
-    if not r:
-        return "<td class=num>—</td>"
-    return (f"<td class=num>{100 * r['value']:.1f} <span class=note>({100 * r['low']:.1f}–"
-            f"{100 * r['high']:.1f})</span></td>")
+    return f"<td class=num>{rate_text(r)}</td>"
 
 
 def _changed_text(changed: list[dict[str, Any]], most: int = 3) -> str:
