@@ -30,17 +30,17 @@ from edgepipe.device.native_runner import build_runner, run_runner
 CACHE = Path(__file__).parent / ".cache"
 
 PYTHON_PATH = """
-import json, resource, sys, time
+import json, sys, time
 start = float(sys.argv[1])
 import numpy as np
 from edgepipe.device.runtimes import open_runner
-from edgepipe.device.bench import measure_latency
+from edgepipe.device.bench import measure_latency, peak_rss_mb
 runner = open_runner(sys.argv[2], 1)
 ready = time.time() - start
 x = np.fromfile(sys.argv[3], dtype=np.float32).reshape(json.loads(sys.argv[4]))
 stats = measure_latency(runner, x, 20, int(sys.argv[5]))
 print(json.dumps({"startup_s": ready, "median_ms": stats.median_ms,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_rss_mb()}))
 """
 
 

@@ -13,15 +13,27 @@ import numpy as np
 from .runtimes import Runner
 
 
-def rss_mb() -> float:
-    """Resident memory of this process now, in MB (Linux /proc; NaN elsewhere)."""
+def _status_mb(field: str) -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return float("nan")
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, in MB (Linux /proc; NaN elsewhere)."""
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory, in MB (Linux ``VmHWM``; NaN elsewhere).
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries it over ``execve``, so a process started
+    by a large one reports the parent's peak (the lean runner's first figure was 517 MB that
+    way, and this benchmark's Python path 1.4 GB after converting in the parent)."""
+    return _status_mb("VmHWM")
 
 
 @dataclass

@@ -21,18 +21,9 @@ import numpy as np
 
 from ..errors import EdgepipeError
 from ..manifest import Manifest, write_atomic
-from .bench import LatencyStats, measure_latency, measure_until_stable, rss_mb
+from .bench import LatencyStats, measure_latency, measure_until_stable, peak_rss_mb, rss_mb
 from .info import device_state, state_changes
 from .runtimes import import_runtime, open_runner
-
-
-def _peak_rss_mb() -> float:
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
-    except ImportError:
-        return float("nan")
 
 
 def report(**fields: Any) -> None:
@@ -226,7 +217,7 @@ def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any
         **job_fields(spec, x),
         "latency": stats.to_dict(),
         "load_ms": load_ms,
-        "memory": {"rss_before_load_mb": rss_before, "peak_rss_mb": _peak_rss_mb()},
+        "memory": {"rss_before_load_mb": rss_before, "peak_rss_mb": peak_rss_mb()},
     }
     if not spec["profile"]:
         result["per_op"] = NOT_ASKED
