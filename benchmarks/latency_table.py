@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,16 @@ def main() -> None:
                                                   "are reused (default: a new, empty one)")
     args = parser.parse_args()
     print(machine_line())
+    # a home made here holds several GB of converted programs: removed at the end
     home = args.home or Path(tempfile.mkdtemp(prefix="edgepipe-bench-lut-"))
+    try:
+        run(args, home)
+    finally:
+        if args.home is None:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, home: Path) -> None:
     table = args.table
     lines = []
     if table is None:

@@ -63,3 +63,15 @@ def rate_text(r: dict[str, Any] | None) -> str:
     if not r:
         return "—"
     return f"{100 * r['value']:.1f} ({100 * r['low']:.1f}–{100 * r['high']:.1f})"
+
+
+def floor_text(a: dict[str, Any]) -> str | None:
+    """What PyTorch itself does on the images moved by ±1/255 (the evaluation's floor)."""
+    if a.get("flip_floor"):
+        return (f"PyTorch's own top-1 changes on {rate_text(a['flip_floor'])} % of these images "
+                "when every value moves by ±1/255: flips near that come with the data, not "
+                "the conversion (\"flips where PyTorch holds\" leaves those images out)")
+    if a.get("pixel_agreement_floor") is not None:
+        return (f"PyTorch's own mask keeps {a['pixel_agreement_floor']:.2%} of pixels when "
+                "every value moves by ±1/255: pixel agreement near that comes with the data")
+    return None

@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from .report_parts import mb_text, ms_text, rate_text
+from .report_parts import floor_text, mb_text, ms_text, rate_text
 
 
 def _terminal_stream():
@@ -359,15 +359,30 @@ def print_evaluation(summary: dict[str, Any]) -> None:
     changed most (``edgepipe evaluate``)."""
     console.print(f"data: {escape(summary['data'])}; device: {summary['device']}")
     table = Table(title="on the device, % (95 % interval)")
-    for col in ("artifact", "images", "top-1", "top-5", "flips vs PyTorch",
-                "pixels as PyTorch", "mIoU vs PyTorch"):
-        table.add_column(col, justify="left" if col == "artifact" else "right")
-    for a in summary["artifacts"]:
-        table.add_row(a["artifact"], str(a["images"]), rate_text(a["top1"]),
-                      rate_text(a["top5"]), rate_text(a["flip_rate"]),
-                      "—" if a["pixel_agreement"] is None else f"{a['pixel_agreement']:.2%}",
-                      "—" if a["miou_vs_pytorch"] is None else f"{a['miou_vs_pytorch']:.3f}")
+    segmentation = any(a["task"] == "segmentation" for a in summary["artifacts"])
+    columns = ["artifact", "images", "top-1", "top-5", "flips vs PyTorch",
+               "flips where PyTorch holds"]
+    if segmentation:  # one task per evaluation: the other's columns would stay empty
+        columns = ["artifact", "images", "mIoU (masks)", "pixel accuracy (masks)",
+                   "pixels as PyTorch", "mIoU vs PyTorch"]
+    for col in columns:
+        table.add_column(col, justify="left" if col == "artifact" else "right",
+                         overflow="fold")
+    labelled = summary.get("labelled")
+    for a in [*(summary.get("pytorch") or [] if labelled else []), *summary["artifacts"]]:
+        if segmentation:
+            table.add_row(a["artifact"], str(a["images"]), rate_text(a.get("miou")),
+                          rate_text(a.get("pixel_accuracy")),
+                          "—" if a["pixel_agreement"] is None else f"{a['pixel_agreement']:.2%}",
+                          "—" if a["miou_vs_pytorch"] is None else f"{a['miou_vs_pytorch']:.3f}")
+        else:
+            table.add_row(a["artifact"], str(a["images"]), rate_text(a["top1"]),
+                          rate_text(a["top5"]), rate_text(a["flip_rate"]),
+                          rate_text(a.get("flip_rate_stable")))
     console.print(table)
+    for line in dict.fromkeys(floor_text(a) for a in summary["artifacts"]):
+        if line:
+            console.print(f"  floor: {line}")
     for a in summary["artifacts"]:
         if a["changed"]:
             console.print(f"  {a['artifact']}: most changed " + "; ".join(
@@ -402,6 +417,26 @@ def print_int8_analysis(report: dict[str, Any], top: int = 10) -> None:
                           f"{r['alone_float']['sqnr_db']:.1f}",
                           f"{r['alone_float']['agreement']:.0%}")
         console.print(table)
+    tensors = (ranking or {}).get("activations")
+    if tensors:
+        rows = tensors["tensors"]
+        table = Table(title=f"int8 activations, worst {min(top, len(rows))} of {len(rows)} "
+                            "(the tensors requantized between layers)")
+        for col in ("rank", "tensor", "scale", "alone int8 dB", "alone int8 agree",
+                    "alone float dB", "alone float agree"):
+            table.add_column(col, justify="left" if col == "tensor" else "right")
+        for r in rows[:top]:
+            table.add_row(str(r["rank"]), r["tensor"], f"{r['scale']:.3g}",
+                          f"{r['alone_int8']['sqnr_db']:.1f}",
+                          f"{r['alone_int8']['agreement']:.0%}",
+                          f"{r['alone_float']['sqnr_db']:.1f}",
+                          f"{r['alone_float']['agreement']:.0%}")
+        console.print(table)
+        a, w, q = tensors["activations_float"], tensors["weights_float"], tensors["int8"]
+        console.print(f"  split: all int8 {q['sqnr_db']:.1f} dB ({q['agreement']:.0%} agree); "
+                      f"weights int8, activations float {a['sqnr_db']:.1f} dB "
+                      f"({a['agreement']:.0%}); activations int8, weights float "
+                      f"{w['sqnr_db']:.1f} dB ({w['agreement']:.0%})")
     choice = analysis.get("keep_float")
     if choice:
         target = choice["target"]

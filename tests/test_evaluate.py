@@ -89,20 +89,59 @@ def test_digits_accuracy_on_the_device_with_intervals_and_resume(digits_model, t
         assert by[(fmt, "fp32")]["flip_rate"]["value"] <= 0.01
         assert abs(by[(fmt, "int8")]["top1"]["value"] - by[(fmt, "fp32")]["top1"]["value"]) \
             < 0.05
+    # the floor: PyTorch on the same images moved by ±1/255, shared by the four artifacts
+    floor = by[("tflite", "fp32")]["flip_floor"]
+    assert floor["n"] == 120 and all(a["flip_floor"] == floor for a in by.values())
+    reference = [json.loads(x) for x in next(evaluation.glob("pytorch.*.jsonl")).read_text()
+                 .splitlines()]
+    moved = sum(r["top"][0][0] != r["floor"] for r in reference)
+    assert floor["value"] == moved / 120
+    for a in by.values():  # flips counted again on the images whose top-1 held
+        assert a["flip_rate_stable"]["n"] == 120 - moved
+    # the float model on the host, scored the same way: fp32 on the device matches it
+    (torch_row,) = summary["pytorch"]
+    assert torch_row["format"] == "pytorch" and torch_row["images"] == 120
+    assert torch_row["top1"]["value"] == pytest.approx(
+        by[("tflite", "fp32")]["top1"]["value"], abs=0.01)
+    assert torch_row["top1"]["value"] == sum(
+        r["top"][0][0] == i.label for r, i in zip(
+            sorted(reference, key=lambda r: r["key"]),
+            sorted(load_data("digits", None, 10, limit=120).images, key=lambda i: i.key),
+            strict=True)) / 120
     words = " ".join(done.stdout.split())
     assert "flips vs PyTorch" in words and "digits" in words
+    assert "flips where PyTorch holds" in words and "floor: PyTorch's own top-1" in words
     # interrupted: half of one artifact's answers lost; the rerun asks the device for the rest
     name = artifact(report, "tflite", "int8")["file"]
     answers = next(evaluation.glob(f"{name}.*.jsonl"))
     lines = answers.read_text().splitlines()
     answers.write_text("\n".join(lines[:50]) + "\n" + lines[50][:20])  # and a cut line
+    # and PyTorch's answers as an earlier version kept them, without the floor
+    kept = next(evaluation.glob("pytorch.*.jsonl"))
+    kept.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "floor"}) + "\n"
+                            for r in reference))
     done = run_cli("evaluate", str(out / name), "--data", "digits", "--limit", "120",
                    "--weights", str(weights), "-o", str(evaluation))
     assert done.returncode == 0, done.stderr
     again = json.loads((evaluation / "evaluation.json").read_text())["artifacts"][0]
     assert again["top1"] == by[("tflite", "int8")]["top1"]
+    assert again["flip_floor"] == floor  # computed again, the same
     assert len({json.loads(x)["key"] for x in answers.read_text().splitlines()
                 if x.startswith("{") and x.endswith("}")}) == 120
+
+
+def test_jitter_moves_each_value_by_one_level_at_most_the_same_way_each_time():
+    from edgepipe.evaluation.run import jitter
+
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 30, 3)).astype(np.uint8)
+    rgb[0, :, :] = 0
+    rgb[1, :, :] = 255
+    moved = jitter(rgb, "a.jpg")
+    delta = moved.astype(int) - rgb.astype(int)
+    assert moved.dtype == np.uint8 and np.abs(delta).max() == 1
+    assert 0.5 < (delta != 0).mean() < 0.8  # -1, 0, +1 alike, clipped at the ends
+    assert np.array_equal(moved, jitter(rgb, "a.jpg"))
+    assert not np.array_equal(moved, jitter(rgb, "b.jpg"))
 
 
 def test_folders_photos_and_bad_data(digits_model, tmp_path):
@@ -134,6 +173,8 @@ def test_folders_photos_and_bad_data(digits_model, tmp_path):
     (tmp_path / "empty").mkdir()
     done = run_cli("evaluate", str(tflite), "--data", str(tmp_path / "empty"))
     assert done.returncode == 2 and "holds no images" in done.stderr
+    done = run_cli("evaluate", str(tflite), "--data", str(data), "--masks", str(data / "3"))
+    assert done.returncode == 2 and "--masks is for segmentation" in done.stderr
     odd = tmp_path / "odd"
     odd.mkdir()
     shutil.copy(tflite, odd / tflite.name)
@@ -191,6 +232,9 @@ def test_sensitivity_ranks_the_broken_layer_first_and_auto_keeps_it_float(broken
     assert (repaired / "sensitivity.json").is_file() and (repaired / "sensitivity.png").is_file()
     words = " ".join(done.stdout.split())
     assert "int8 sensitivity" in words and "keep-float auto" in words
+    tensors = analysis["sensitivity"]["activations"]
+    assert tensors["tensors"] and tensors["tensors"][0]["rank"] == 1
+    assert "int8 activations" in words and "split: all int8" in words
     for a in report["artifacts"]:
         if a["precision"] != "int8":
             continue
@@ -277,3 +321,104 @@ def test_keep_float_auto_stops_at_its_ceiling(broken_digits):
     assert len(choice["float_layers"]) <= tried <= 4  # 4 layers: all tried at most
     best = max(s["sqnr_db"] for s in choice["steps"])
     assert choice["fidelity"]["sqnr_db"] == best
+
+
+# Segmentation against ground-truth masks
+
+def _mask_on_image(grid: np.ndarray, width: int, height: int, manifest) -> np.ndarray:
+    """A model-grid mask drawn back onto a ``width``x``height`` image: each image pixel takes
+    the class of the grid cell it falls in; pixels the preprocessing crops away: 255."""
+    from edgepipe.preprocess import crop_box
+
+    left, top, right, bottom = crop_box(width, height, manifest.preprocessing)
+    gh, gw = grid.shape
+    xs = np.floor(((np.arange(width) + 0.5) - left) / (right - left) * gw).astype(int)
+    ys = np.floor(((np.arange(height) + 0.5) - top) / (bottom - top) * gh).astype(int)
+    inside = (ys[:, None] >= 0) & (ys[:, None] < gh) & (xs[None] >= 0) & (xs[None] < gw)
+    out = grid[np.clip(ys, 0, gh - 1)[:, None], np.clip(xs, 0, gw - 1)[None]]
+    return np.where(inside, out, 255).astype(np.uint8)
+
+
+def test_segmentation_against_ground_truth_masks(tmp_path):
+    from PIL import Image
+
+    from edgepipe.apps.decode import OutputDecoder
+    from edgepipe.converters.images import builtin_calibration_images
+    from edgepipe.converters.reference import torch_reference
+    from edgepipe.preprocess import preprocess
+
+    out = tmp_path / "seg"
+    done = run_cli("convert", "tests.factories:dict_seg", "--task", "segmentation", "--size",
+                   "48x64", "--to", "tflite", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    model = next(out.glob("*_fp32.tflite"))
+    manifest = load_manifest(model)
+    runner, _, _ = torch_reference(model, manifest.model, 1, None)
+    decoder = OutputDecoder(manifest)
+    data, masks, zeros = tmp_path / "images", tmp_path / "masks", tmp_path / "zeros"
+    for folder in (data, masks, zeros):
+        folder.mkdir()
+    sizes = [(120, 90), (90, 120), (100, 100), (160, 100), (77, 133)]
+    for i, (photo, (w, h)) in enumerate(zip(builtin_calibration_images(len(sizes)), sizes,
+                                            strict=True)):
+        rgb = np.asarray(Image.fromarray(photo).resize((w, h)))
+        Image.fromarray(rgb).save(data / f"{i}.png")
+        # ground truth: PyTorch's own mask drawn back onto the image (255 outside the crop)
+        grid = decoder(runner.run(preprocess(rgb, manifest.preprocessing))).classes
+        Image.fromarray(_mask_on_image(grid, w, h, manifest), mode="L").save(masks / f"{i}.png")
+        Image.fromarray(np.zeros((h, w), np.uint8), mode="L").save(zeros / f"{i}.png")
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(data / "no_mask.png")
+
+    evaluation = tmp_path / "eval"
+    done = run_cli("evaluate", str(model), "--data", str(data), "--masks", str(masks), "-o",
+                   str(evaluation))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((evaluation / "evaluation.json").read_text())
+    assert summary["images"] == 5 and "1 without a mask left out, e.g. no_mask.png" in \
+        summary["data"]
+    a = summary["artifacts"][0]
+    # the masks are PyTorch's: the fp32 artifact matches them as it matches PyTorch
+    assert a["pixel_accuracy"]["value"] > 0.97 and a["pixel_agreement"] > 0.99
+    assert a["miou"]["value"] > 0.9 and a["miou"]["n"] == 5
+    assert a["miou"]["low"] <= a["miou"]["value"] <= a["miou"]["high"]
+    assert len(a["per_class_iou"]) == 4
+    (torch_row,) = summary["pytorch"]  # PyTorch against its own masks
+    assert torch_row["pixel_accuracy"]["value"] > 0.97
+    words = " ".join(done.stdout.split())
+    assert "mIoU (masks)" in words and "pixel accuracy (masks)" in words
+    assert "(host)" in words and torch_row["artifact"] == "PyTorch tests.factories:dict_seg (host)"
+
+    # masks that say "class 0" everywhere: pixel accuracy is the share of class 0 in the
+    # device's masks, mIoU class 0's IoU over the classes present
+    done = run_cli("evaluate", str(model), "--data", str(data), "--masks", str(zeros), "-o",
+                   str(tmp_path / "eval0"), "--no-reference")
+    assert done.returncode == 0, done.stderr
+    b = json.loads((tmp_path / "eval0" / "evaluation.json").read_text())["artifacts"][0]
+    answers = [json.loads(x) for x in next((tmp_path / "eval0").glob("*.jsonl")).read_text()
+               .splitlines()]
+    from edgepipe.evaluation.run import _mask
+
+    device = [_mask(r) for r in answers]
+    zero_share = sum((m == 0).sum() for m in device) / sum(m.size for m in device)
+    assert b["pixel_accuracy"]["value"] == pytest.approx(zero_share, abs=1e-9)
+    present = {int(c) for m in device for c in np.unique(m)} | {0}
+    assert b["miou"]["value"] == pytest.approx(zero_share / len(present), abs=1e-9)
+
+    # bad masks: one line each, before any device time
+    bad = tmp_path / "bad"
+    for name, image in (("rgb", np.zeros((90, 120, 3), np.uint8)),
+                        ("class9", np.full((90, 120), 9, np.uint8)),
+                        ("small", np.zeros((45, 60), np.uint8))):
+        shutil.rmtree(bad, ignore_errors=True)
+        bad.mkdir()
+        Image.fromarray(image).save(bad / "0.png")
+        done = run_cli("evaluate", str(model), "--data", str(data), "--masks", str(bad), "-o",
+                       str(tmp_path / "evalbad"))
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+        line = done.stderr.strip().splitlines()[-1]
+        assert {"rgb": "is a RGB image: give class indices",
+                "class9": "holds class 9: the model has 4 classes",
+                "small": "is 60x45, its image 0.png 120x90"}[name] in line, line
+    done = run_cli("evaluate", str(model), "--data", str(data), "--masks",
+                   str(tmp_path / "nowhere"))
+    assert done.returncode != 0 and "is not a folder" in done.stderr

@@ -200,6 +200,7 @@ def int8_analysis(req: ConvertRequest, src: Any, calibration: list[Any], work: P
     Writes ``sensitivity.json`` and ``sensitivity.png`` into ``work``."""
     from .sensitivity import (
         QuantizationStudy,
+        activation_sensitivity,
         choose_float_layers,
         parse_target,
         quantizable_layers,
@@ -232,6 +233,9 @@ def int8_analysis(req: ConvertRequest, src: Any, calibration: list[Any], work: P
                                   quantizer_class, config)
         progress.step(f"int8 sensitivity of {len(layers)} layers")
         ranking = sensitivity(study)
+        if req.sensitivity:
+            progress.step("int8 sensitivity of the activations between layers")
+            ranking["activations"] = activation_sensitivity(study)
         analysis["sensitivity"] = ranking
         write_atomic(work / "sensitivity.json", json.dumps(ranking, indent=1))
         plot_sensitivity(ranking, work / "sensitivity.png")
@@ -304,7 +308,10 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
     calib_images = folder_images(req.calib_dir) if req.calib_dir else \
         builtin_calibration_images(req.calib_count)
     jobs = [(c, p) for c in converters for p in c.precisions if req.int8 or p != "int8"]
-    progress.start(2 + 2 * len(jobs))
+    auto = (req.keep_float or "").strip().startswith("auto")
+    analysis_steps = (int(req.sensitivity or auto) + int(req.sensitivity) + int(auto)
+                      if req.int8 else 0)
+    progress.start(2 + 2 * len(jobs) + analysis_steps)
     out = req.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))

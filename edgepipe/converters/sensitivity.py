@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import EdgepipeError
-from .quantize import capture_for_quantization, keep_in_float, litert_module_names
+from .quantize import capture_for_quantization, keep_in_float, litert_module_names, prepare
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 # ops a quantizer fuses into the layer before them (conv-bn-relu, linear-relu)
@@ -102,19 +102,25 @@ class QuantizationStudy:
         with torch.no_grad():
             self.reference = [self.module(b) for b in self.calibration]
 
-    def run(self, quantizer: Any) -> Fidelity:
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    def converted(self, quantizer: Any, fold_quantize: bool = True) -> torch.fx.GraphModule:
+        """The q/dq graph ``quantizer`` makes, calibrated on the study's images."""
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
         names = (litert_module_names() if type(quantizer).__module__.startswith("litert_torch")
                  else contextlib.nullcontext())
         with names:
-            prepared = prepare_pt2e(copy.deepcopy(self._graph), quantizer)
+            prepared = prepare(copy.deepcopy(self._graph), quantizer)
         with torch.no_grad():
             for batch in self.calibration:
                 prepared(batch)
-            converted = convert_pt2e(prepared)
-            outputs = [converted(b) for b in self.calibration]
-        return fidelity(self.reference, outputs)
+            return convert_pt2e(prepared, fold_quantize=fold_quantize)
+
+    def measure(self, graph: nn.Module) -> Fidelity:
+        with torch.no_grad():
+            return fidelity(self.reference, [graph(b) for b in self.calibration])
+
+    def run(self, quantizer: Any) -> Fidelity:
+        return self.measure(self.converted(quantizer))
 
     def int8(self, keep_float: list[str] = ()) -> Fidelity:
         """Everything int8 but ``keep_float``."""
@@ -184,6 +190,73 @@ def sensitivity(study: QuantizationStudy, on_layer: Callable[[str], None] | None
     return {"int8": asdict(study.int8()), "images": len(study.calibration),
             "method": "PT2E q/dq graphs in PyTorch against the float model, on the "
                       "calibration images", "layers": rows}
+
+
+def _quantizers(graph: torch.fx.GraphModule) -> tuple[list[Any], list[Any]]:
+    """(activation quantize nodes, weight quantize nodes) of an unfolded q/dq graph."""
+    acts, weights = [], []
+    for node in graph.graph.nodes:
+        name = getattr(node.target, "__name__", str(node.target))
+        if node.op != "call_function" or not name.startswith("quantize_per_"):
+            continue
+        (weights if node.args[0].op == "get_attr" else acts).append(node)
+    return acts, weights
+
+
+def _without(graph: torch.fx.GraphModule, names: set[str]) -> torch.fx.GraphModule:
+    """A copy of ``graph`` with the quantize nodes ``names`` and their dequantize nodes
+    removed: those tensors flow in float."""
+    graph = copy.deepcopy(graph)
+    for node in list(graph.graph.nodes):
+        if node.name in names:
+            for dq in list(node.users):
+                dq.replace_all_uses_with(node.args[0])
+                graph.graph.erase_node(dq)
+            graph.graph.erase_node(node)
+    graph.recompile()
+    return graph
+
+
+def _tensor_name(node: Any) -> str:
+    """Where an activation comes from, in the model's words: "features.3 add",
+    "features.1.conv.0.0 hardtanh", "input"."""
+    if node.op == "placeholder":
+        return "input"
+    stack = node.meta.get("nn_module_stack") or {}
+    module = list(stack.values())[-1][0] if stack else ""
+    op = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+    return f"{module} {op}".strip()
+
+
+def activation_sensitivity(study: QuantizationStudy,
+                           on_tensor: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Per quantized activation (a layer's output, a residual add's, the model's input):
+    fidelity when it alone is int8 (weights and every other activation float), and when it
+    alone stays float (the rest int8); ranked by the error it adds alone. These are the
+    tensors a runtime requantizes between layers; ``--keep-float`` keeps layers, not tensors,
+    in float, so this ranking diagnoses: an error spread over many activations (no tensor
+    alone recovers much) says per-tensor int8 activations, not one layer, cost the accuracy.
+    ``{"int8": Fidelity, "tensors": [...]}``."""
+    quantizer = study.quantizer_class().set_global(study.config)
+    graph = study.converted(quantizer, fold_quantize=False)
+    acts, weights = _quantizers(graph)
+    every = {n.name for n in acts} | {n.name for n in weights}
+    rows = []
+    for node in acts:
+        name = _tensor_name(node.args[0])
+        if on_tensor:
+            on_tensor(name)
+        rows.append({"tensor": name, "node": node.args[0].name,
+                     "scale": float(node.args[1]),
+                     "alone_int8": asdict(study.measure(_without(graph, every - {node.name}))),
+                     "alone_float": asdict(study.measure(_without(graph, {node.name})))})
+    rows.sort(key=lambda r: r["alone_int8"]["sqnr_db"])
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    return {"int8": asdict(study.measure(graph)),
+            "activations_float": asdict(study.measure(_without(graph, {n.name for n in acts}))),
+            "weights_float": asdict(study.measure(_without(graph, {n.name for n in weights}))),
+            "images": len(study.calibration), "tensors": rows}
 
 
 def parse_target(text: str) -> tuple[str, float]:

@@ -5,7 +5,10 @@ trains with (:func:`edgepipe.search.data.split_parts`, same seed), each 8x8 scan
 an 8-bit grey PNG (16 levels scaled to 0-255). A folder: ImageFolder layout (one sub-folder
 per class, named after the model's labels or their indices, or mapped with a JSON file
 ``{"folder": "label or index"}``), or a flat folder of images without labels (agreement with
-PyTorch only).
+PyTorch only). For segmentation, ground-truth masks in a second folder (``--masks``): each
+image's mask at the same relative path and name, any image suffix (``a/b.jpg`` ↔
+``a/b.png``), one channel of class indices (a palette or grey PNG, as Pascal VOC's
+``SegmentationClass``), 255 where no class is given, the size of the upright image.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class EvalImage:
     name: str  # unique in the data set: "class/file.jpg", "digits/0123"
     data: bytes  # the encoded file, as sent to the device
     label: int | None  # the model's class index, None for unlabelled data
+    mask: np.ndarray | None = None  # segmentation ground truth: HxW class indices, 255 ignored
 
     @property
     def key(self) -> str:
@@ -108,18 +112,95 @@ def _digits(labels: list[str] | None, classes: int) -> EvalData:
                             f"({len(images)} images)", True)
 
 
+IGNORE = 255  # a mask's "no class here" (Pascal VOC's borders and unlabelled objects)
+
+
+def read_mask(path: Path, classes: int) -> np.ndarray:
+    """A ground-truth mask file → HxW uint8 class indices. Raises :class:`EdgepipeError`
+    for a colour image, a value that is no class of the model (but 255), an unreadable file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            if mode not in ("P", "L", "I", "I;16", "1"):
+                raise EdgepipeError(f"mask {path} is a {mode} image: give class indices, one "
+                                    "channel (a palette or grey PNG, 255 = no class)")
+            mask = np.asarray(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise EdgepipeError(f"mask {path} cannot be read ({exc})") from None
+    values = np.unique(mask)
+    bad = [int(v) for v in values if v != IGNORE and not 0 <= v < classes]
+    if bad:
+        raise EdgepipeError(f"mask {path} holds class {bad[0]}: the model has {classes} classes"
+                            f" (0-{classes - 1}; 255 = no class)")
+    return mask.astype(np.uint8)
+
+
+def _upright_size(data: bytes, name: str) -> tuple[int, int]:
+    """(width, height) of an encoded image as the device sees it: EXIF orientation applied."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            turned = img.getexif().get(0x0112) in (5, 6, 7, 8)  # the four 90° orientations
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise EdgepipeError(f"image {name} cannot be decoded ({exc})") from None
+    return (h, w) if turned else (w, h)
+
+
+def _with_masks(root: Path, masks: Path, classes: int) -> EvalData:
+    """The images of ``root`` that have a mask in ``masks``, each with it."""
+    if not masks.is_dir():
+        raise EdgepipeError(f"--masks {masks} is not a folder: give the folder of ground-truth "
+                            "masks (the images' relative paths, .png)")
+    if masks.resolve() == root.resolve():
+        raise EdgepipeError(f"--masks {masks} is the --data folder: keep the masks apart")
+    files = _files(root)
+    if not files:
+        raise EdgepipeError(f"--data {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    by_stem = {p.relative_to(masks).with_suffix(""): p for p in _files(masks)}
+    images, missing = [], []
+    for path in files:
+        rel = path.relative_to(root)
+        mask_path = by_stem.get(rel.with_suffix(""))
+        if mask_path is None:
+            missing.append(str(rel))
+            continue
+        data = path.read_bytes()
+        mask = read_mask(mask_path, classes)
+        size = _upright_size(data, str(rel))
+        if mask.shape[::-1] != size:
+            raise EdgepipeError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]}, its image "
+                                f"{rel} {size[0]}x{size[1]}: a mask has its image's size")
+        images.append(EvalImage(str(rel), data, None, mask=mask))
+    if not images:
+        raise EdgepipeError(f"--masks {masks}: none of the {len(files)} images of {root} has a "
+                            f"mask there (e.g. {files[0].relative_to(root).with_suffix('.png')})")
+    left = (f"; {len(missing)} without a mask left out, e.g. {missing[0]}" if missing else "")
+    return EvalData(images, f"{root} ({len(images)} images with ground-truth masks from "
+                            f"{masks}{left})", False)
+
+
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*")
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def load_data(source: str, labels: list[str] | None, classes: int, *,
-              limit: int | None = None, label_map: Path | None = None) -> EvalData:
+              limit: int | None = None, label_map: Path | None = None,
+              masks: Path | None = None) -> EvalData:
     """The images of ``source`` (``digits`` or a folder) with the model's class index of
-    each. ``limit``: that many, drawn evenly at random (seed 0) so that every class keeps
+    each, or with ``masks`` (segmentation) the images that have a ground-truth mask, each
+    with it. ``limit``: that many, drawn evenly at random (seed 0) so that every class keeps
     its share. Raises :class:`EdgepipeError` in one line for a folder without images,
-    classes that match none of the model's, an unreadable label map."""
-    if source == DIGITS:
+    classes that match none of the model's, an unreadable label map or mask."""
+    if masks is not None:
+        if source == DIGITS:
+            raise EdgepipeError("--masks goes with a folder of images, not digits")
+        data = _with_masks(Path(source), Path(masks), classes)
+    elif source == DIGITS:
         data = _digits(labels, classes)
     else:
         root = Path(source)

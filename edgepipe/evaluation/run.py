@@ -11,6 +11,13 @@ rebuilt by :func:`edgepipe.converters.reference.torch_reference`) are kept the s
 Per artifact: top-1 and top-5 against the labels, the flip rate (top-1 differs from
 PyTorch's) and the classes that change most, each rate with its 95 % interval
 (:mod:`.metrics`); for segmentation, pixel agreement and mean IoU against PyTorch's masks.
+
+The floor: PyTorch run again on each image with every value moved by -1, 0 or +1 of 255
+(seeded by the image's key) — a change below what JPEG or a camera pipeline makes. The share
+of images whose top-1 that changes (``flip_floor``; for segmentation, the pixel agreement) says
+how many flips the data set gives for nothing: on low-confidence images (crops of photos
+whose content is not an ImageNet class) it is several percent, and no int8 artifact can be
+judged below it. ``flip_rate_stable`` counts flips only on the images that keep their top-1.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import base64
 import json
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +36,14 @@ import numpy as np
 from ..errors import EdgepipeError
 from ..manifest import Manifest, load_manifest, write_atomic
 from .data import EvalData, EvalImage, load_data
-from .metrics import changed_classes, mask_agreement, rate, topk_hits
+from .metrics import (
+    changed_classes,
+    confusion,
+    mask_agreement,
+    rate,
+    segmentation_scores,
+    topk_hits,
+)
 
 BATCH = 128  # images a job: each job is a worker process that loads the runtime again
 BATCH_BYTES = 8 << 20  # ... and at most this much encoded data (the agent takes 16 MiB of JSON)
@@ -59,8 +74,14 @@ class ArtifactEvaluation:
     top1: dict[str, Any] | None = None  # rate(): value, low, high, n, method
     top5: dict[str, Any] | None = None
     flip_rate: dict[str, Any] | None = None  # top-1 differs from PyTorch's
+    flip_floor: dict[str, Any] | None = None  # PyTorch's own flips, image moved by ±1/255
+    flip_rate_stable: dict[str, Any] | None = None  # flips on images that keep PyTorch's top-1
     changed: list[dict[str, Any]] = field(default_factory=list)
     pixel_agreement: float | None = None  # segmentation, against PyTorch
+    pixel_agreement_floor: float | None = None  # PyTorch against itself moved by ±1/255
+    miou: dict[str, Any] | None = None  # segmentation against --masks, rate-like with interval
+    pixel_accuracy: dict[str, Any] | None = None  # ... labelled pixels the artifact gets right
+    per_class_iou: list[float | None] | None = None  # ... None for a class in no mask or output
     miou_vs_pytorch: float | None = None
     results: str | None = None  # the answers file
     note: str | None = None  # why a figure is missing
@@ -118,20 +139,39 @@ def reference_key(manifest: Manifest) -> str:
 
 
 def _classes(manifest: Manifest) -> int:
-    return int(np.prod(manifest.outputs[0].shape)) if manifest.outputs else 0
+    """Classes the model tells apart: a classifier's outputs, a mask's channels."""
+    if not manifest.outputs:
+        return 0
+    out = manifest.outputs[0]
+    if manifest.task == "segmentation" and len(out.shape) == 4:
+        # one channel: a foreground probability, two classes (decode.py's threshold)
+        channels = out.shape[1] if out.layout == "NCHW" else out.shape[3]
+        return max(int(channels), 2)
+    return int(np.prod(out.shape))
+
+
+def jitter(rgb: np.ndarray, key: str) -> np.ndarray:
+    """``rgb`` (uint8) with every value moved by -1, 0 or +1, the same for the same key."""
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    moved = rgb.astype(np.int16) + rng.integers(-1, 2, size=rgb.shape, dtype=np.int16)
+    return np.clip(moved, 0, 255).astype(np.uint8)
 
 
 def run_reference(manifest: Manifest, artifact: Path, data: EvalData, path: Path,
                   top_k: int, weights: str | None, progress: Progress) -> dict[str, dict]:
     """PyTorch's answers on the host, through the artifact's own preprocessing, kept in
-    ``path``. Raises :class:`EdgepipeError` when the model cannot be rebuilt."""
+    ``path``, each with the answer on the image moved by ±1/255 (``floor``: the top-1 class,
+    or for segmentation the pixel agreement of the two masks). Raises
+    :class:`EdgepipeError` when the model cannot be rebuilt."""
     from ..apps.decode import OutputDecoder
     from ..converters.reference import torch_reference
     from ..device.evaluate import decode_image, encode_mask
     from ..preprocess import preprocess
 
     answers = _read_answers(path)
-    pending = [i for i in data.images if i.key not in answers]
+    # an answer kept without its floor (an earlier version's) is computed again
+    pending = [i for i in data.images
+               if i.key not in answers or not {"floor", "error"} & answers[i.key].keys()]
     if not pending:
         return answers
     runner, _, _ = torch_reference(artifact, manifest.model, 1, weights)
@@ -146,17 +186,36 @@ def run_reference(manifest: Manifest, artifact: Path, data: EvalData, path: Path
                 records.append({"key": image.key, "error": str(exc)})
                 continue
             outputs = runner.run(preprocess(rgb, manifest.preprocessing))
+            moved = runner.run(preprocess(jitter(rgb, image.key), manifest.preprocessing))
             if decoder.task == "classification":
                 probs = decoder.probabilities(outputs)
                 best = np.argsort(-probs, kind="stable")[:top_k]
                 records.append({"key": image.key,
-                                "top": [[int(c), round(float(probs[c]), 6)] for c in best]})
+                                "top": [[int(c), round(float(probs[c]), 6)] for c in best],
+                                "floor": int(np.argmax(decoder.probabilities(moved)))})
             else:
-                records.append({"key": image.key, "mask": encode_mask(decoder(outputs).classes)})
+                mask = decoder(outputs).classes
+                floor = mask_agreement(mask, decoder(moved).classes)[0]
+                records.append({"key": image.key, "mask": encode_mask(mask),
+                                "floor": round(floor, 6)})
         _append(path, records)
         answers.update({r["key"]: r for r in records})
         progress.advance(len(chunk))
     return answers
+
+
+def mask_on_model_grid(mask: np.ndarray, shape: tuple[int, ...],
+                       manifest: Manifest) -> np.ndarray:
+    """A ground-truth mask (the image's size) sampled where the model's output pixels lie:
+    the part of the image preprocessing keeps (:func:`edgepipe.preprocess.crop_box`), at the
+    output's ``shape`` (HxW), nearest class."""
+    from PIL import Image
+
+    from ..preprocess import crop_box
+
+    img = Image.fromarray(mask)
+    box = crop_box(img.width, img.height, manifest.preprocessing)
+    return np.asarray(img.resize((shape[1], shape[0]), Image.NEAREST, box=box))
 
 
 def _mask(record: dict[str, Any]) -> np.ndarray:
@@ -189,19 +248,39 @@ def score(manifest: Manifest, name: str, data: EvalData, answers: dict[str, dict
             out.flip_rate = rate([r != p for r, p in pairs])
             out.changed = changed_classes([r for r, _ in pairs], [p for _, p in pairs],
                                           manifest.labels)
-    elif reference is not None:
+            # references kept by an earlier version have no floor: then it is None
+            floors = [(reference[i.key]["top"][0][0], reference[i.key]["floor"], t[0])
+                      for (i, _), t in zip(done, tops, strict=True)
+                      if "floor" in reference.get(i.key, {})]
+            out.flip_floor = rate([r != f for r, f, _ in floors])
+            out.flip_rate_stable = rate([r != p for r, f, p in floors if r == f])
+    else:
+        truths = [(i, a) for i, a in done if i.mask is not None]
+        if truths:
+            classes = _classes(manifest)
+            scored = segmentation_scores([
+                confusion(mask_on_model_grid(i.mask, _mask(a).shape, manifest), _mask(a), classes)
+                for i, a in truths])
+            if scored:
+                out.miou, out.pixel_accuracy = scored["miou"], scored["pixel_accuracy"]
+                out.per_class_iou = scored["per_class_iou"]
+    if manifest.task != "classification" and reference is not None:
         scores = [mask_agreement(_mask(reference[i.key]), _mask(a)) for i, a in done
                   if "mask" in reference.get(i.key, {})]
         if scores:
             out.pixel_agreement = float(np.mean([s[0] for s in scores]))
             out.miou_vs_pytorch = float(np.mean([s[1] for s in scores]))
+        floors = [reference[i.key]["floor"] for i, _ in done
+                  if "floor" in reference.get(i.key, {})]
+        out.pixel_agreement_floor = float(np.mean(floors)) if floors else None
     return out
 
 
 def evaluate(targets: list[Path], source: str, *, device: str | None = None,
              out: Path, limit: int | None = None, label_map: Path | None = None,
              top_k: int = 5, threads: int = 1, weights: str | None = None,
-             reference: bool = True, progress: Progress | None = None) -> dict[str, Any]:
+             reference: bool = True, masks: Path | None = None,
+             progress: Progress | None = None) -> dict[str, Any]:
     """Evaluate every runnable artifact of ``targets`` (convert output folders or files) on
     ``device`` (None: an agent started here) over ``source`` (``digits`` or a folder).
     Answers and ``evaluation.json`` go to ``out``. Returns the summary written there."""
@@ -229,7 +308,11 @@ def evaluate(targets: list[Path], source: str, *, device: str | None = None,
     first = manifests[artifacts[0]]
     if top_k < 1:
         raise EdgepipeError(f"--top-k {top_k}: give 1 or more")
-    data = load_data(source, first.labels, _classes(first), limit=limit, label_map=label_map)
+    if masks is not None and first.task != "segmentation":
+        raise EdgepipeError(f"--masks is for segmentation; {artifacts[0].name} is a "
+                            f"{first.task} model")
+    data = load_data(source, first.labels, _classes(first), limit=limit, label_map=label_map,
+                     masks=masks)
     out.mkdir(parents=True, exist_ok=True)
     evaluations: list[ArtifactEvaluation] = []
     references: dict[str, dict[str, dict] | None] = {}
@@ -273,7 +356,17 @@ def evaluate(targets: list[Path], source: str, *, device: str | None = None,
             evaluation.stopped = note
             evaluation.note = "; ".join(n for n in (note, notes.get(key)) if n) or None
             evaluations.append(evaluation)
-    summary = {"data": data.source, "labelled": data.labelled, "images": len(data.images),
+    # the float model itself, on the host: what the artifacts' accuracy is read against
+    pytorch = []
+    for manifest in manifests.values():
+        key = reference_key(manifest)
+        if references.get(key) and key not in {r["key"] for r in pytorch}:
+            row = score(manifest, f"PyTorch {manifest.model} (host)", data, references[key],
+                        None)
+            row.format, row.precision, row.results = "pytorch", "fp32", f"pytorch.{key}.jsonl"
+            pytorch.append({"key": key, **asdict(row)})
+    summary = {"data": data.source, "labelled": data.labelled or masks is not None,
+               "images": len(data.images), "pytorch": pytorch,
                "device": device or LOCAL, "top_k": top_k, "skipped": skipped,
                "artifacts": [asdict(e) for e in evaluations]}
     write_atomic(out / "evaluation.json", json.dumps(summary, indent=1))

@@ -59,6 +59,7 @@ class EvaluateSection:
     data: str | None = None  # "digits" or a folder (edgepipe evaluate --data); None: skipped
     limit: int | None = None
     label_map: str | None = None
+    masks: str | None = None  # segmentation: ground-truth masks (edgepipe evaluate --masks)
 
 
 @dataclass
@@ -113,6 +114,9 @@ def load_config(path: Path | None) -> PipelineConfig:
         raise EdgepipeError("[evaluate] limit must be 1 or more")
     if e.label_map is not None and not Path(e.label_map).is_file():
         raise EdgepipeError(f"[evaluate] label_map {e.label_map!r} is not a file")
+    if e.masks is not None and not Path(e.masks).is_dir():
+        raise EdgepipeError(f"[evaluate] masks {e.masks!r} is not a folder: give the folder of "
+                            "ground-truth masks")
     m = config.measure
     if not isinstance(m.repeat, int) or m.repeat < 1 or not isinstance(
             m.cooldown, (int, float)) or m.cooldown < 0 or not isinstance(

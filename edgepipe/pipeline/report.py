@@ -8,7 +8,16 @@ from typing import Any
 
 from ..host.compare import side_by_side
 from ..host.op_table import OpRow, by_block, by_type
-from ..report_parts import PALETTE, STYLE, hbar_svg, mb_text, ms_text, parity_text, rate_text
+from ..report_parts import (
+    PALETTE,
+    STYLE,
+    floor_text,
+    hbar_svg,
+    mb_text,
+    ms_text,
+    parity_text,
+    rate_text,
+)
 
 
 def _artifact_table(conversion: dict[str, Any]) -> str:
@@ -176,6 +185,10 @@ def _rate_cell(r: dict[str, Any] | None) -> str:
     return f"<td class=num>{rate_text(r)}</td>"
 
 
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
 def _changed_text(changed: list[dict[str, Any]], most: int = 3) -> str:
     return "; ".join(f"{c['from']} → {c['to']} ×{c['count']}" for c in changed[:most])
 
@@ -185,14 +198,34 @@ def _evaluation_section(entry: dict[str, Any]) -> str:
     head = f"<h2>Accuracy on {escape(entry['name'])}</h2>"
     if entry.get("error"):
         return head + f'<p class="bad">{escape(entry["error"])}</p>'
+    # the float model on the host first, where there is something to score it against
+    shown = [*(entry.get("pytorch") or [] if entry.get("labelled") else []),
+             *entry["artifacts"]]
+    if any(a["task"] == "segmentation" for a in entry["artifacts"]):
+        rows = "".join(
+            f"<tr><td>{escape(a['artifact'])}</td><td class=num>{a['images']}</td>"
+            f"{_rate_cell(a.get('miou'))}{_rate_cell(a.get('pixel_accuracy'))}"
+            f"<td class=num>{_share(a['pixel_agreement'])}</td>"
+            f"<td class=num>{_share(a['miou_vs_pytorch'])}</td></tr>"
+            for a in shown)
+        floors = "".join(f"<p>Floor: {escape(line)}.</p>" for line in dict.fromkeys(
+            floor_text(a) for a in entry["artifacts"]) if line)
+        return (head + f"<p>{escape(entry['data'])}; % with 95 % intervals</p><table><tr>"
+                "<th>artifact</th><th>images</th><th>mIoU (masks)</th>"
+                "<th>pixel accuracy (masks)</th><th>pixels as PyTorch</th>"
+                "<th>mIoU vs PyTorch</th></tr>" + rows + "</table>" + floors)
     rows = "".join(
         f"<tr><td>{escape(a['artifact'])}</td><td class=num>{a['images']}</td>"
         f"{_rate_cell(a['top1'])}{_rate_cell(a['top5'])}{_rate_cell(a['flip_rate'])}"
+        f"{_rate_cell(a.get('flip_rate_stable'))}"
         f"<td>{escape(_changed_text(a['changed']))}</td></tr>"
-        for a in entry["artifacts"])
+        for a in shown)
+    floors = "".join(f"<p>Floor: {escape(line)}.</p>" for line in dict.fromkeys(
+        floor_text(a) for a in entry["artifacts"]) if line)
     return (head + f"<p>{escape(entry['data'])}; % with 95 % intervals</p><table><tr>"
             "<th>artifact</th><th>images</th><th>top-1</th><th>top-5</th>"
-            "<th>flips vs PyTorch</th><th>most changed</th></tr>" + rows + "</table>")
+            "<th>flips vs PyTorch</th><th>flips where PyTorch holds</th><th>most changed</th>"
+            "</tr>" + rows + "</table>" + floors)
 
 
 def render_run_report(run: dict[str, Any]) -> str:

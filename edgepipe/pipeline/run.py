@@ -141,6 +141,7 @@ def run_pipeline(config: PipelineConfig, out: Path,
                         limit=config.evaluate.limit,
                         label_map=Path(config.evaluate.label_map)
                         if config.evaluate.label_map else None,
+                        masks=Path(config.evaluate.masks) if config.evaluate.masks else None,
                         weights=model.weights, progress=_StepProgress(bar)))
                 except EdgepipeError as exc:
                     entry["error"] = str(exc)
