@@ -231,7 +231,7 @@ def plot(results: dict, path: Path) -> None:
         else:
             items = list(results["v2"]["flip_rates"].items())
             ax.set_title("MobileNetV2 int8: flips against PyTorch")
-            ax.set_xlabel("images whose top-1 differs from PyTorch's, % (95 % interval)")
+            ax.set_xlabel("top-1 differs from PyTorch's, % of images (95 % interval)")
         names = [n for n, _ in items]
         values = [100 * r["value"] for _, r in items]
         errors = [[100 * (r["value"] - r["low"]) for _, r in items],
