@@ -387,6 +387,10 @@ def test_segmentation_against_ground_truth_masks(tmp_path):
     words = " ".join(done.stdout.split())
     assert "mIoU (masks)" in words and "pixel accuracy (masks)" in words
     assert "(host)" in words and torch_row["artifact"] == "PyTorch tests.factories:dict_seg (host)"
+    from edgepipe.pipeline.report import _evaluation_section
+
+    html = _evaluation_section({**summary, "name": "here"})  # run's report, same figures
+    assert "<th>mIoU (masks)</th>" in html and "(host)</td>" in html and "Floor:" in html
 
     # masks that say "class 0" everywhere: pixel accuracy is the share of class 0 in the
     # device's masks, mIoU class 0's IoU over the classes present

@@ -202,30 +202,28 @@ def _evaluation_section(entry: dict[str, Any]) -> str:
     shown = [*(entry.get("pytorch") or [] if entry.get("labelled") else []),
              *entry["artifacts"]]
     if any(a["task"] == "segmentation" for a in entry["artifacts"]):
-        rows = "".join(
-            f"<tr><td>{escape(a['artifact'])}</td><td class=num>{a['images']}</td>"
-            f"{_rate_cell(a.get('miou'))}{_rate_cell(a.get('pixel_accuracy'))}"
-            f"<td class=num>{_share(a['pixel_agreement'])}</td>"
-            f"<td class=num>{_share(a['miou_vs_pytorch'])}</td></tr>"
-            for a in shown)
-        floors = "".join(f"<p>Floor: {escape(line)}.</p>" for line in dict.fromkeys(
-            floor_text(a) for a in entry["artifacts"]) if line)
-        return (head + f"<p>{escape(entry['data'])}; % with 95 % intervals</p><table><tr>"
-                "<th>artifact</th><th>images</th><th>mIoU (masks)</th>"
-                "<th>pixel accuracy (masks)</th><th>pixels as PyTorch</th>"
-                "<th>mIoU vs PyTorch</th></tr>" + rows + "</table>" + floors)
-    rows = "".join(
-        f"<tr><td>{escape(a['artifact'])}</td><td class=num>{a['images']}</td>"
-        f"{_rate_cell(a['top1'])}{_rate_cell(a['top5'])}{_rate_cell(a['flip_rate'])}"
-        f"{_rate_cell(a.get('flip_rate_stable'))}"
-        f"<td>{escape(_changed_text(a['changed']))}</td></tr>"
-        for a in shown)
+        heads = ("mIoU (masks)", "pixel accuracy (masks)", "pixels as PyTorch",
+                 "mIoU vs PyTorch")
+
+        def cells(a: dict[str, Any]) -> str:
+            return (f"{_rate_cell(a.get('miou'))}{_rate_cell(a.get('pixel_accuracy'))}"
+                    f"<td class=num>{_share(a['pixel_agreement'])}</td>"
+                    f"<td class=num>{_share(a['miou_vs_pytorch'])}</td>")
+    else:
+        heads = ("top-1", "top-5", "flips vs PyTorch", "flips where PyTorch holds",
+                 "most changed")
+
+        def cells(a: dict[str, Any]) -> str:
+            return (f"{_rate_cell(a['top1'])}{_rate_cell(a['top5'])}"
+                    f"{_rate_cell(a['flip_rate'])}{_rate_cell(a.get('flip_rate_stable'))}"
+                    f"<td>{escape(_changed_text(a['changed']))}</td>")
+    rows = "".join(f"<tr><td>{escape(a['artifact'])}</td><td class=num>{a['images']}</td>"
+                   f"{cells(a)}</tr>" for a in shown)
     floors = "".join(f"<p>Floor: {escape(line)}.</p>" for line in dict.fromkeys(
         floor_text(a) for a in entry["artifacts"]) if line)
+    header = "".join(f"<th>{h}</th>" for h in ("artifact", "images", *heads))
     return (head + f"<p>{escape(entry['data'])}; % with 95 % intervals</p><table><tr>"
-            "<th>artifact</th><th>images</th><th>top-1</th><th>top-5</th>"
-            "<th>flips vs PyTorch</th><th>flips where PyTorch holds</th><th>most changed</th>"
-            "</tr>" + rows + "</table>" + floors)
+            + header + "</tr>" + rows + "</table>" + floors)
 
 
 def render_run_report(run: dict[str, Any]) -> str:
