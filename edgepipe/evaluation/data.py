@@ -116,8 +116,9 @@ IGNORE = 255  # a mask's "no class here" (Pascal VOC's borders and unlabelled ob
 
 
 def read_mask(path: Path, classes: int) -> np.ndarray:
-    """A ground-truth mask file → HxW uint8 class indices. Raises :class:`EdgepipeError`
-    for a colour image, a value that is no class of the model (but 255), an unreadable file."""
+    """A ground-truth mask file → HxW class indices (uint8 up to 255 classes). Raises
+    :class:`EdgepipeError` for a colour image, a value that is no class of the model (but
+    255), an unreadable file."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -134,7 +135,8 @@ def read_mask(path: Path, classes: int) -> np.ndarray:
     if bad:
         raise EdgepipeError(f"mask {path} holds class {bad[0]}: the model has {classes} classes"
                             f" (0-{classes - 1}; 255 = no class)")
-    return mask.astype(np.uint8)
+    # past 255 classes the indices need more than a byte (255 still means no class)
+    return mask.astype(np.uint8 if classes <= IGNORE else np.int32)
 
 
 def _upright_size(data: bytes, name: str) -> tuple[int, int]:
