@@ -9,12 +9,12 @@ and every artifact evaluated by `edgepipe evaluate` on the local agent over the 
 digits: top-1 with 95 % intervals. Goal: int8 within 0.5 points of fp32 in both runtimes.
 
 v2: torchvision's trained ImageNet MobileNetV2 (the packaged checkpoint), int8 as `convert`
-makes it and with `--keep-float auto`, evaluated on N crops and flips of the photos at hand
-(scikit-image's and scikit-learn's; seed 1, so not the calibration crops, which are seed 0 of
-the same photos) with PyTorch's top-1 as the label: the flip rate against PyTorch with 95 %
-intervals, and the latency the float layers cost (both int8 artifacts of a runtime timed
-alternately in one process, 3 rounds of 200 runs, 1 thread). Goal: flip rate ≤ 1 %, latency
-≤ 1.15× plain int8.
+makes it, with `--keep-float auto`, with `--bias-correction`, and with both, evaluated on N
+crops and flips of the photos at hand (scikit-image's and scikit-learn's; seed 1, so not the
+calibration crops, which are seed 0 of the same photos) with PyTorch's top-1 as the label: the
+flip rate against PyTorch with 95 % intervals, and the latency each variant costs against
+plain int8 (the two artifacts of a runtime timed alternately in one process, 3 rounds of 200
+runs, 1 thread). Goal: flip rate ≤ 1 %, latency ≤ 1.15× plain int8.
 
 Prints the CPU it ran on; writes benchmarks/.cache/accuracy/results.json and docs/accuracy.png.
 """
@@ -163,28 +163,36 @@ def alternate_latency(a: Path, b: Path, rounds: int = 3, runs: int = 200) -> dic
 def part_v2(count: int) -> dict:
     natural = natural_images(count)
     results = {}
-    outs = {"plain": CACHE / "v2-plain", "keep-float auto": CACHE / "v2-auto"}
+    variants = {"plain": [], "keep-float auto": ["--sensitivity", "--keep-float", "auto"],
+                "bias correction": ["--bias-correction"],
+                "bias correction + keep-float auto": ["--bias-correction", "--sensitivity",
+                                                      "--keep-float", "auto"]}
+    outs = {name: CACHE / f"v2-{name.replace(' + ', '-').replace(' ', '-')}"
+            for name in variants}
     for name, out in outs.items():
         if not (out / "report.json").is_file():
-            extra = ["--sensitivity", "--keep-float", "auto"] if name != "plain" else []
             started = time.perf_counter()
             cli("convert", "mobilenet_v2", "--weights", "imagenet", "--int8", "--to",
-                "executorch,tflite", *extra, "-o", str(out))
+                "executorch,tflite", *variants[name], "-o", str(out))
             print(f"  converted {name} in {time.perf_counter() - started:.0f} s")
-    report = json.loads((outs["keep-float auto"] / "report.json").read_text())
-    analysis = report["int8_analysis"]
-    print(f"\nMobileNetV2 (ImageNet weights): keep-float auto kept "
-          f"{len(analysis['float_layers'])} layer(s) in float: "
-          f"{', '.join(analysis['float_layers'])}; on the calibration images all-int8 "
-          f"agreement {analysis['keep_float']['int8']['agreement']:.0%} → "
-          f"{analysis['keep_float']['fidelity']['agreement']:.0%} (target "
-          f"{'reached' if analysis['keep_float']['reached'] else 'NOT reached'})")
+    choices = {}
+    for name in ("keep-float auto", "bias correction + keep-float auto"):
+        analysis = json.loads((outs[name] / "report.json").read_text())["int8_analysis"]
+        choices[name] = {"float_layers": analysis["float_layers"],
+                         **{k: analysis["keep_float"][k] for k in ("int8", "fidelity",
+                                                                    "reached", "ceiling")}}
+        print(f"\nMobileNetV2 (ImageNet weights), {name}: kept "
+              f"{len(analysis['float_layers'])} layer(s) in float: "
+              f"{', '.join(analysis['float_layers'])}; on the calibration images all-int8 "
+              f"agreement {analysis['keep_float']['int8']['agreement']:.0%} → "
+              f"{analysis['keep_float']['fidelity']['agreement']:.0%} (target "
+              f"{'reached' if analysis['keep_float']['reached'] else 'NOT reached'})")
     for name, out in outs.items():
         targets = [str(p) for p in sorted(out.glob("*_int8.*")) if p.suffix in (".pte", ".tflite")]
+        evaluation = CACHE / f"v2-eval-{out.name.removeprefix('v2-')}"
         cli("evaluate", *targets, "--data", str(natural), "--weights", "imagenet", "-o",
-            str(CACHE / f"v2-eval-{name.replace(' ', '-')}"))
-        summary = json.loads((CACHE / f"v2-eval-{name.replace(' ', '-')}" /
-                              "evaluation.json").read_text())
+            str(evaluation))
+        summary = json.loads((evaluation / "evaluation.json").read_text())
         for a in summary["artifacts"]:
             results[f"{a['format']} int8, {name}"] = a
     print(f"\n{count} natural crops, PyTorch's top-1 as the label, local agent:")
@@ -196,19 +204,20 @@ def part_v2(count: int) -> dict:
     floor = next(iter(results.values()))["flip_floor"]
     print(f"  floor: PyTorch itself flips {100 * floor['value']:.1f} % ({100 * floor['low']:.1f}"
           f"–{100 * floor['high']:.1f}) of these images moved by ±1/255")
-    latency = {}
+    latency: dict[str, dict] = {}
     for fmt, suffix in (("executorch", ".pte"), ("tflite", ".tflite")):
         plain = next(outs["plain"].glob(f"*_int8{suffix}"))
-        kept = next(outs["keep-float auto"].glob(f"*_int8{suffix}"))
-        latency[fmt] = alternate_latency(plain, kept)
-        r = latency[fmt]
-        flips = results[f"{fmt} int8, keep-float auto"]["flip_rate"]["value"]
-        print(f"  {fmt}: plain int8 {r['plain_ms']:.3f} ms, keep-float {r['keep_float_ms']:.3f}"
-              f" ms (×{r['ratio']:.3f}; goal ≤ 1.15 {'met' if r['ratio'] <= 1.15 else 'NOT met'})"
-              f"; flip rate {100 * flips:.1f} % (goal ≤ 1 % "
-              f"{'met' if flips <= 0.01 else 'NOT met'})")
-    return {"images": count, "float_layers": analysis["float_layers"],
-            "choice": {k: analysis["keep_float"][k] for k in ("int8", "fidelity", "reached")},
+        for name, out in outs.items():
+            if name == "plain":
+                continue
+            r = latency.setdefault(name, {})[fmt] = alternate_latency(
+                plain, next(out.glob(f"*_int8{suffix}")))
+            flips = results[f"{fmt} int8, {name}"]["flip_rate"]["value"]
+            print(f"  {fmt}, {name}: plain int8 {r['plain_ms']:.3f} ms, this "
+                  f"{r['keep_float_ms']:.3f} ms (×{r['ratio']:.3f}; goal ≤ 1.15 "
+                  f"{'met' if r['ratio'] <= 1.15 else 'NOT met'}); flip rate "
+                  f"{100 * flips:.1f} % (goal ≤ 1 % {'met' if flips <= 0.01 else 'NOT met'})")
+    return {"images": count, "choices": choices,
             "flip_rates": {k: a["flip_rate"] for k, a in results.items()},
             "flip_rates_where_pytorch_holds": {k: a["flip_rate_stable"]
                                                for k, a in results.items()},

@@ -143,3 +143,79 @@ def test_activation_sensitivity_finds_the_tensors_no_layer_owns():
     # would not help: the add and the mean requantize its 400)
     assert found["activations_float"]["sqnr_db"] > found["weights_float"]["sqnr_db"] + 20
     assert [r["rank"] for r in found["tensors"]] == list(range(1, len(found["tensors"]) + 1))
+
+
+class RoundsUp(nn.Module):
+    """conv → batch norm whose weights all sit just past half an int8 step of their channel
+    (one weight per channel sets the step): per-channel rounding moves every one of them the
+    same way, so on positive inputs the output's mean shifts — the error bias correction
+    takes off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6))
+        with torch.no_grad():
+            step = 1.0 / 127
+            weight = torch.full((6, 4, 3, 3), 0.6 * step)
+            weight[:, 0, 0, 0] = 1.0  # the largest weight: the channel's step is 1/127
+            self.net[0].weight.copy_(weight)
+            self.net[1].running_mean.zero_()
+            self.net[1].running_var.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_bias_correction_takes_off_the_mean_shift_of_rounded_weights():
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    from edgepipe.converters.quantize import conv_bn_pairs, correct_biases
+
+    model = RoundsUp().eval()
+    batches = [torch.rand(1, 4, 12, 12, generator=torch.Generator().manual_seed(i)) + 1.0
+               for i in range(8)]  # inputs in [1, 2]: a mean the shift multiplies
+    fixed, names = correct_biases(model, batches)
+    assert names == ["net.0"] == [n for n, _, _ in conv_bn_pairs(model)]
+    assert torch.equal(model.net[1].bias, torch.zeros(6))  # the original is untouched
+    assert (fixed.net[1].bias < 0).all()  # every channel rounded up: shifted down
+
+    def mean_error(module: nn.Module) -> float:
+        quantizer = XNNPACKQuantizer().set_global(
+            get_symmetric_quantization_config(is_per_channel=True))
+        graph = quantize_pt2e(module, batches[0], quantizer, batches)
+        with torch.no_grad():
+            return float(torch.stack([(graph(b) - model(b)).mean() for b in batches]).mean())
+
+    plain, corrected = mean_error(model), mean_error(fixed)
+    assert abs(plain) > 0.05, plain  # 36 taps x 0.4 step x ~1.5 per output, all one way
+    assert abs(corrected) < abs(plain) / 5, (plain, corrected)
+    assert correct_biases(model, batches, skip=["net.0"])[1] == []
+
+
+def test_convert_bias_correction_from_the_cli(tmp_path):
+    import json
+
+    from edgepipe.manifest import load_manifest
+
+    from .conftest import run_cli
+
+    out = tmp_path / "bc"
+    done = run_cli("convert", "tests.factories:digits_cnn", "--size", "32", "--to", "tflite",
+                   "--int8", "--bias-correction", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    int8 = next(a for a in report["artifacts"] if a["precision"] == "int8")
+    assert load_manifest(out / int8["file"]).quantization["bias_corrected_layers"] == \
+        ["0", "3", "6"]
+    assert int8["parity"]["top1_agreement"] >= 0.75, int8["parity"]
+    for args, words in (((), "add --int8"),
+                        (("--int8",), "has no Conv2d followed by a BatchNorm2d")):
+        model = "tests.factories:dict_seg" if args else "tests.factories:digits_cnn"
+        done = run_cli("convert", model, "--size", "32", "--to", "tflite", "--task",
+                       "segmentation" if args else "classification", *args,
+                       "--bias-correction", "-o", str(tmp_path / "no"))
+        assert done.returncode == 2 and words in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and not (tmp_path / "no").exists()

@@ -44,6 +44,9 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    help="with --int8: leave these layers (module names) in float, or choose "
                         "them: auto (top-1 agreement with float ≥ 0.99 on the calibration "
                         "images), auto:0.995, auto:sqnr=30")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="with --int8: batch norms absorb the mean shift the weights' int8 "
+                        "rounding adds (Nagel et al. 2019), measured on the calibration images")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=_run_convert)
 
@@ -62,6 +65,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         width_mult=args.width, size=args.size, task=args.task, calib_dir=args.calib,
         threads=args.threads, output=args.output, input_range=args.input_range,
         keep_float=args.keep_float, sensitivity=args.sensitivity,
+        bias_correction=args.bias_correction,
     )
     with ProgressBar(f"converting {args.model}") as progress:
         report = convert(request, progress)

@@ -6,6 +6,7 @@ so a failed or interrupted run never leaves a half-written output behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -50,6 +51,7 @@ class ConvertRequest:
     threads: int = 1
     keep_float: str | None = None  # int8: "NAME,NAME" (module names) or "auto[:TARGET]"
     sensitivity: bool = False  # int8: rank the layers by the error each adds
+    bias_correction: bool = False  # int8: batch norms absorb the weights' rounding shift
 
 
 @dataclass
@@ -194,10 +196,26 @@ def int8_quantizer() -> tuple[Any, Any]:
                 pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
 
 
+def bias_corrected(src: Any, calibration: list[Any], skip: tuple[str, ...] = ()) -> Any:
+    """``src`` with a bias-corrected copy of its module (:func:`.quantize.correct_biases`),
+    for the int8 artifacts; the float ones and every parity check use the original."""
+    from .quantize import correct_biases
+
+    module, corrected = correct_biases(src.module, calibration, skip)
+    if not corrected:
+        raise EdgepipeError(f"--bias-correction: {src.name} has no Conv2d followed by a "
+                            "BatchNorm2d in an nn.Sequential to correct; leave it out")
+    return dataclasses.replace(src, module=module, notes=list(src.notes),
+                               bias_corrected=corrected)
+
+
 def int8_analysis(req: ConvertRequest, src: Any, calibration: list[Any], work: Path,
-                  progress: Progress) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
+                  progress: Progress, float_module: Any = None
+                  ) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
     """``--sensitivity`` and ``--keep-float``: (what the report says, the layers kept float).
-    Writes ``sensitivity.json`` and ``sensitivity.png`` into ``work``."""
+    ``float_module``: the model the variants are measured against (default ``src.module``;
+    the original where ``src`` is bias-corrected). Writes ``sensitivity.json`` and
+    ``sensitivity.png`` into ``work``."""
     from .sensitivity import (
         QuantizationStudy,
         activation_sensitivity,
@@ -230,7 +248,7 @@ def int8_analysis(req: ConvertRequest, src: Any, calibration: list[Any], work: P
     if req.sensitivity or auto:
         quantizer_class, config = int8_quantizer()
         study = QuantizationStudy(src.module, src.example_input(), calibration,
-                                  quantizer_class, config)
+                                  quantizer_class, config, float_module=float_module)
         progress.step(f"int8 sensitivity of {len(layers)} layers")
         ranking = sensitivity(study)
         if req.sensitivity:
@@ -304,6 +322,8 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
     """Run the conversion; returns the report also written to ``OUT/report.json``."""
     progress = progress or Progress()
     converters = check_formats(req.formats)
+    if req.bias_correction and not req.int8:
+        raise EdgepipeError("--bias-correction is about int8 artifacts: add --int8")
     check_output_folder(req.out.resolve())
     calib_images = folder_images(req.calib_dir) if req.calib_dir else \
         builtin_calibration_images(req.calib_count)
@@ -325,7 +345,13 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
                                     bn_images=calib_images, output=req.output,
                                     input_range=req.input_range)
             calibration = src.batches(calib_images)
-            analysis, float_layers = int8_analysis(req, src, calibration, work, progress)
+            int8_src = src
+            if req.bias_correction:
+                int8_src = bias_corrected(src, calibration)
+            analysis, float_layers = int8_analysis(req, int8_src, calibration, work, progress,
+                                                   float_module=src.module)
+            if req.bias_correction and float_layers:  # layers kept float keep their biases
+                int8_src = bias_corrected(src, calibration, skip=float_layers)
             progress.step("PyTorch reference on real photos")
             reference = ParityReference(src, parity_photos())
             results = []
@@ -335,10 +361,11 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
                 path = work / f"{stem}_{precision}{converter.suffix}"
                 keep = float_layers if precision == "int8" else ()
                 try:
-                    converted = converter.convert(src, precision, calibration, path,
+                    converted = converter.convert(int8_src if precision == "int8" else src,
+                                                  precision, calibration, path,
                                                   keep_float=keep)
-                    plain = (plain_int8_latency(converter, src, calibration, work, reference,
-                                                req.threads)
+                    plain = (plain_int8_latency(converter, int8_src, calibration, work,
+                                                reference, req.threads)
                              if keep and converted.runnable_here else None)
                 except EdgepipeError:
                     raise

@@ -17,7 +17,7 @@ import torch
 
 from .base import Converted, Converter, float_spec
 from .forms import Forms, runtime_forms
-from .quantize import float_ops, keep_in_float, op_name, quantize_pt2e
+from .quantize import float_ops, keep_in_float, op_name, quantization_record, quantize_pt2e
 from .source import SourceModel
 
 
@@ -98,10 +98,8 @@ class ExecuTorchConverter(Converter):
                     keep_in_float(quantizer, name)
                 module = quantize_pt2e(module, example, quantizer, calibration)
                 floats = float_ops(module)
-                quant = {"scheme": "PT2E static, XNNPACKQuantizer symmetric",
-                         "weights": "int8 per-channel", "activations": "int8 per-tensor",
-                         "calibration_images": len(calibration),
-                         "float_layers": list(keep_float)}
+                quant = quantization_record(
+                    "PT2E static, XNNPACKQuantizer symmetric", src, calibration, keep_float)
             program = torch.export.export(module, (example,),
                                           dynamic_shapes=src.dynamic_shapes())
         pools = global_pools_as_means(program)

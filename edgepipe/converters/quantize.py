@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -217,3 +218,86 @@ def litert_module_names() -> Iterator[None]:
         yield
     finally:
         pt2e_quantizer._get_module_name_filter = original
+
+
+def quantization_record(scheme: str, src: Any, calibration: list[torch.Tensor],
+                        keep_float: tuple[str, ...]) -> dict[str, Any]:
+    """The manifest's ``quantization`` of an int8 artifact (both converters)."""
+    return {"scheme": scheme, "weights": "int8 per-channel", "activations": "int8 per-tensor",
+            "relu6": "quantized after the clamp (fused)",
+            "calibration_images": len(calibration), "float_layers": list(keep_float),
+            "bias_corrected_layers": src.bias_corrected}
+
+
+# what both converters' quantizers do to weights: symmetric, per output channel, [-127, 127]
+WEIGHT_QMAX = 127
+WEIGHT_EPS = 2 ** -12  # the observers' smallest scale
+
+
+def conv_bn_pairs(module: nn.Module) -> list[tuple[str, nn.Conv2d, nn.BatchNorm2d]]:
+    """(conv name, conv, batch norm) for each ``Conv2d`` followed by a ``BatchNorm2d`` in an
+    ``nn.Sequential`` — how torchvision's ``Conv2dNormActivation`` and most mobile models
+    build them, and the pattern PT2E folds before quantizing the weights."""
+    pairs = []
+    for name, m in module.named_modules():
+        if not isinstance(m, nn.Sequential):
+            continue
+        kids = list(m.named_children())
+        for (a_name, a), (_, b) in zip(kids, kids[1:], strict=False):
+            if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                pairs.append((f"{name}.{a_name}" if name else a_name, a, b))
+    return pairs
+
+
+def correct_biases(module: nn.Module, calibration: list[torch.Tensor],
+                   skip: Iterable[str] = ()) -> tuple[nn.Module, list[str]]:
+    """Bias correction for per-channel int8 weights: a copy of ``module`` whose batch norms
+    absorb the mean shift that rounding the (BN-folded) weights adds to each output channel.
+
+    Rounding makes W + ΔW; on average a convolution's output moves by ΔW·E[x], per output
+    channel Σ over input channels and taps of ΔW times that input channel's mean. Nagel et al.
+    2019 ("Data-Free Quantization Through Weight Equalization and Bias Correction", §4.2)
+    subtract it; here E[x] is measured on the calibration batches (their "empirical" variant)
+    in the float model, and the shift is taken off the batch norm's bias, which PT2E folds
+    into the convolution's. ``skip``: layer names kept in float (not corrected). Returns
+    (the copy, the corrected layers' names); the original is untouched. Borders (padding)
+    and the activations' own rounding are not modelled.
+    """
+    model = copy.deepcopy(module).eval()
+    skip = set(skip)
+    # a batch norm without running statistics or a bias has nowhere to take the shift
+    pairs = [(n, c, b) for n, c, b in conv_bn_pairs(model)
+             if n not in skip and b.bias is not None and b.running_var is not None]
+    sums: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, conv, _ in pairs:
+        def hook(_: nn.Module, inputs: tuple[torch.Tensor, ...], name: str = name) -> None:
+            x = inputs[0].detach().double()
+            sums[name] = sums.get(name, 0) + x.mean(dim=(0, 2, 3))
+        hooks.append(conv.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for batch in calibration:
+                model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    done = []
+    with torch.no_grad():
+        for name, conv, bn in pairs:
+            if name not in sums:
+                continue  # not on the path the images take
+            mean_in = sums[name] / len(calibration)  # per input channel
+            gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
+            scale = (gamma / torch.sqrt(bn.running_var + bn.eps)).double()
+            w = conv.weight.double() * scale.view(-1, 1, 1, 1)
+            step = (w.abs().amax(dim=(1, 2, 3)) / WEIGHT_QMAX).clamp(min=WEIGHT_EPS)
+            step = step.view(-1, 1, 1, 1)
+            dw = (torch.round(w / step).clamp(-WEIGHT_QMAX, WEIGHT_QMAX) * step - w).sum((2, 3))
+            groups = conv.groups
+            per_group_in = conv.in_channels // groups
+            dw = dw.view(groups, conv.out_channels // groups, per_group_in)
+            shift = (dw * mean_in.view(groups, 1, per_group_in)).sum(-1).reshape(-1)
+            bn.bias -= shift.to(bn.bias.dtype)
+            done.append(name)
+    return model, done

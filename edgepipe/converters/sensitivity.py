@@ -96,11 +96,14 @@ class QuantizationStudy:
     quantizer_class: Callable[[], Any]  # a PT2E quantizer class (XNNPACK's, litert-torch's)
     config: Any  # the int8 config: set globally, or for one layer alone
     prefix: str = ""  # how the quantized graph names the model's modules
+    # what the variants are measured against (default: ``module``; the original model where
+    # ``module`` is a bias-corrected copy)
+    float_module: nn.Module | None = None
 
     def __post_init__(self) -> None:
         self._graph = capture_for_quantization(self.module, self.example)
         with torch.no_grad():
-            self.reference = [self.module(b) for b in self.calibration]
+            self.reference = [(self.float_module or self.module)(b) for b in self.calibration]
 
     def converted(self, quantizer: Any, fold_quantize: bool = True) -> torch.fx.GraphModule:
         """The q/dq graph ``quantizer`` makes, calibrated on the study's images."""

@@ -34,6 +34,8 @@ class SourceModel:
     # which of several outputs is converted (a dict key or a tuple index), None: the only one
     output: str | int | None = None
     notes: list[str] = field(default_factory=list)  # what the report must say about the model
+    # int8 only: the layers whose batch norms took a bias correction (converters.quantize)
+    bias_corrected: list[str] | None = None
 
     @property
     def task(self) -> str:

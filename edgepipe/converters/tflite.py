@@ -12,7 +12,7 @@ import torch
 from ..device.inspect_artifact import litert_tensor_specs
 from .base import Converted, Converter
 from .forms import Forms, runtime_forms
-from .quantize import keep_in_float, litert_module_names, quantize_pt2e
+from .quantize import keep_in_float, litert_module_names, quantization_record, quantize_pt2e
 from .source import SourceModel
 
 _EDGE_OPS = {"QUANTIZE", "DEQUANTIZE"}
@@ -85,10 +85,9 @@ class TFLiteConverter(Converter):
                                           fold_quantize=False)
                     edge = litert_torch.convert(
                         graph, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
-                quant = {"scheme": "PT2E static, litert-torch PT2EQuantizer symmetric",
-                         "weights": "int8 per-channel", "activations": "int8 per-tensor",
-                         "calibration_images": len(calibration),
-                         "float_layers": list(keep_float)}
+                quant = quantization_record(
+                    "PT2E static, litert-torch PT2EQuantizer symmetric", src, calibration,
+                    keep_float)
             else:
                 edge = litert_torch.convert(nhwc, (example,))
         edge.export(str(path))
