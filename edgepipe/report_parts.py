@@ -65,6 +65,11 @@ def rate_text(r: dict[str, Any] | None) -> str:
     return f"{100 * r['value']:.1f} ({100 * r['low']:.1f}–{100 * r['high']:.1f})"
 
 
+def share_text(value: float | None) -> str:
+    """A fraction (0-1) in %, as rate_text writes its value: "98.2"; "—" for None."""
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
 def floor_text(a: dict[str, Any]) -> str | None:
     """What PyTorch itself does on the images moved by ±1/255 (the evaluation's floor)."""
     if a.get("flip_floor"):
@@ -72,6 +77,7 @@ def floor_text(a: dict[str, Any]) -> str | None:
                 "when every value moves by ±1/255: flips near that come with the data, not "
                 "the conversion (\"flips where PyTorch holds\" leaves those images out)")
     if a.get("pixel_agreement_floor") is not None:
-        return (f"PyTorch's own mask keeps {a['pixel_agreement_floor']:.2%} of pixels when "
-                "every value moves by ±1/255: pixel agreement near that comes with the data")
+        return (f"PyTorch's own mask keeps {share_text(a['pixel_agreement_floor'])} % of "
+                "pixels when every value moves by ±1/255: pixel agreement near that comes "
+                "with the data")
     return None

@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from .report_parts import floor_text, mb_text, ms_text, rate_text
+from .report_parts import floor_text, mb_text, ms_text, rate_text, share_text
 
 
 def _terminal_stream():
@@ -373,8 +373,7 @@ def print_evaluation(summary: dict[str, Any]) -> None:
         if segmentation:
             table.add_row(a["artifact"], str(a["images"]), rate_text(a.get("miou")),
                           rate_text(a.get("pixel_accuracy")),
-                          "—" if a["pixel_agreement"] is None else f"{a['pixel_agreement']:.2%}",
-                          "—" if a["miou_vs_pytorch"] is None else f"{a['miou_vs_pytorch']:.3f}")
+                          share_text(a["pixel_agreement"]), share_text(a["miou_vs_pytorch"]))
         else:
             table.add_row(a["artifact"], str(a["images"]), rate_text(a["top1"]),
                           rate_text(a["top5"]), rate_text(a["flip_rate"]),
@@ -386,7 +385,8 @@ def print_evaluation(summary: dict[str, Any]) -> None:
     for a in summary["artifacts"]:
         if a["changed"]:
             console.print(f"  {a['artifact']}: most changed " + "; ".join(
-                f"{c['from']} → {c['to']} ×{c['count']}" for c in a["changed"]))
+                f"{c['from']} → {c['to']} ({c['count']} image{'s' * (c['count'] > 1)})"
+                for c in a["changed"]))
         if a["failed"]:
             console.print(f"  {a['artifact']}: {len(a['failed'])} image(s) not decoded on the "
                           f"device, e.g. {a['failed'][0]}")

@@ -38,8 +38,10 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                         "ImageNet mean/std)")
     p.add_argument("--threads", type=int, default=1, help="threads for host latency")
     p.add_argument("--sensitivity", action="store_true",
-                   help="with --int8: rank the layers by the error each adds (alone int8, "
-                        "alone float; SQNR vs float); sensitivity.json/.png, in the report")
+                   help="with --int8: rank the layers, then the activations between them, by "
+                        "the error each adds (alone int8, alone float; SQNR vs float) and split "
+                        "weights from activations; sensitivity.json/.png, in the report "
+                        "(minutes: two PT2E variants per layer)")
     p.add_argument("--keep-float", metavar="NAME,…|auto[:TARGET]",
                    help="with --int8: leave these layers (module names) in float, or choose "
                         "them: auto (top-1 agreement with float ≥ 0.99 on the calibration "

@@ -17,6 +17,7 @@ from ..report_parts import (
     ms_text,
     parity_text,
     rate_text,
+    share_text,
 )
 
 
@@ -185,12 +186,9 @@ def _rate_cell(r: dict[str, Any] | None) -> str:
     return f"<td class=num>{rate_text(r)}</td>"
 
 
-def _share(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}"
-
-
 def _changed_text(changed: list[dict[str, Any]], most: int = 3) -> str:
-    return "; ".join(f"{c['from']} → {c['to']} ×{c['count']}" for c in changed[:most])
+    return "; ".join(f"{c['from']} → {c['to']} ({c['count']} image{'s' * (c['count'] > 1)})"
+                     for c in changed[:most])
 
 
 def _evaluation_section(entry: dict[str, Any]) -> str:
@@ -207,8 +205,8 @@ def _evaluation_section(entry: dict[str, Any]) -> str:
 
         def cells(a: dict[str, Any]) -> str:
             return (f"{_rate_cell(a.get('miou'))}{_rate_cell(a.get('pixel_accuracy'))}"
-                    f"<td class=num>{_share(a['pixel_agreement'])}</td>"
-                    f"<td class=num>{_share(a['miou_vs_pytorch'])}</td>")
+                    f"<td class=num>{share_text(a['pixel_agreement'])}</td>"
+                    f"<td class=num>{share_text(a['miou_vs_pytorch'])}</td>")
     else:
         heads = ("top-1", "top-5", "flips vs PyTorch", "flips where PyTorch holds",
                  "most changed")
