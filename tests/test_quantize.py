@@ -196,6 +196,18 @@ def test_bias_correction_takes_off_the_mean_shift_of_rounded_weights():
     assert abs(corrected) < abs(plain) / 5, (plain, corrected)
     assert correct_biases(model, batches, skip=["net.0"])[1] == []
 
+    # a layer kept in float after the correction gets its bias back: as if skipped from
+    # the start (the input means are measured before any correction)
+    from edgepipe.converters.convert import bias_corrected, without_correction
+    from edgepipe.converters.source import SourceModel
+
+    src = SourceModel("rounds_up", model, None, None, None, None)
+    corrected = bias_corrected(src, batches)
+    assert corrected.bias_corrected == ["net.0"] and src.bias_corrected is None
+    restored = without_correction(corrected, src, ("net.0",))
+    assert restored.bias_corrected == []
+    assert torch.equal(restored.module.net[1].bias, model.net[1].bias)
+
 
 def test_convert_bias_correction_from_the_cli(tmp_path):
     import json

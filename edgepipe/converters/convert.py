@@ -196,17 +196,40 @@ def int8_quantizer() -> tuple[Any, Any]:
                 pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
 
 
-def bias_corrected(src: Any, calibration: list[Any], skip: tuple[str, ...] = ()) -> Any:
+def _is_auto(keep_float: str | None) -> bool:
+    """``--keep-float auto`` or ``auto:TARGET`` (not a list of layer names)."""
+    keep = (keep_float or "").strip()
+    return keep == "auto" or keep.startswith("auto:")
+
+
+def bias_corrected(src: Any, calibration: list[Any]) -> Any:
     """``src`` with a bias-corrected copy of its module (:func:`.quantize.correct_biases`),
     for the int8 artifacts; the float ones and every parity check use the original."""
     from .quantize import correct_biases
 
-    module, corrected = correct_biases(src.module, calibration, skip)
+    module, corrected = correct_biases(src.module, calibration)
     if not corrected:
         raise EdgepipeError(f"--bias-correction: {src.name} has no Conv2d followed by a "
                             "BatchNorm2d in an nn.Sequential to correct; leave it out")
     return dataclasses.replace(src, module=module, notes=list(src.notes),
                                bias_corrected=corrected)
+
+
+def without_correction(corrected: Any, src: Any, names: tuple[str, ...]) -> Any:
+    """``corrected`` (from :func:`bias_corrected`) with the batch norms of ``names`` given
+    back their original biases, in place: the input means were measured in the float model
+    before any correction, so this equals correcting every other layer from scratch."""
+    import torch
+
+    from .quantize import conv_bn_pairs
+
+    originals = {name: bn for name, _, bn in conv_bn_pairs(src.module)}
+    with torch.no_grad():
+        for name, _, bn in conv_bn_pairs(corrected.module):
+            if name in names:
+                bn.bias.copy_(originals[name].bias)
+    corrected.bias_corrected = [n for n in corrected.bias_corrected if n not in names]
+    return corrected
 
 
 def int8_analysis(req: ConvertRequest, src: Any, calibration: list[Any], work: Path,
@@ -232,7 +255,7 @@ def int8_analysis(req: ConvertRequest, src: Any, calibration: list[Any], work: P
         raise EdgepipeError("--sensitivity and --keep-float are about int8 artifacts: add "
                             "--int8")
     layers = quantizable_layers(src.module)
-    auto = keep == "auto" or keep.startswith("auto:")
+    auto = _is_auto(keep)
     if auto:
         parse_target(keep)  # a bad target fails before minutes of analysis
     chosen: tuple[str, ...] = ()
@@ -328,7 +351,7 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
     calib_images = folder_images(req.calib_dir) if req.calib_dir else \
         builtin_calibration_images(req.calib_count)
     jobs = [(c, p) for c in converters for p in c.precisions if req.int8 or p != "int8"]
-    auto = (req.keep_float or "").strip().startswith("auto")
+    auto = _is_auto(req.keep_float)
     analysis_steps = (int(req.sensitivity or auto) + int(req.sensitivity) + int(auto)
                       if req.int8 else 0)
     progress.start(2 + 2 * len(jobs) + analysis_steps)
@@ -351,7 +374,7 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
             analysis, float_layers = int8_analysis(req, int8_src, calibration, work, progress,
                                                    float_module=src.module)
             if req.bias_correction and float_layers:  # layers kept float keep their biases
-                int8_src = bias_corrected(src, calibration, skip=float_layers)
+                int8_src = without_correction(int8_src, src, float_layers)
             progress.step("PyTorch reference on real photos")
             reference = ParityReference(src, parity_photos())
             results = []

@@ -32,7 +32,13 @@ import torch
 from torch import nn
 
 from ..errors import EdgepipeError
-from .quantize import capture_for_quantization, keep_in_float, litert_module_names, prepare
+from .quantize import (
+    capture_for_quantization,
+    keep_in_float,
+    litert_module_names,
+    op_name,
+    prepare,
+)
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 # ops a quantizer fuses into the layer before them (conv-bn-relu, linear-relu)
@@ -201,8 +207,7 @@ def _quantizers(graph: torch.fx.GraphModule) -> tuple[list[Any], list[Any]]:
     """(activation quantize nodes, weight quantize nodes) of an unfolded q/dq graph."""
     acts, weights = [], []
     for node in graph.graph.nodes:
-        name = getattr(node.target, "__name__", str(node.target))
-        if node.op != "call_function" or not name.startswith("quantize_per_"):
+        if node.op != "call_function" or not op_name(node.target).startswith("quantize_per_"):
             continue
         (weights if node.args[0].op == "get_attr" else acts).append(node)
     return acts, weights
@@ -264,8 +269,7 @@ def _tensor_name(node: Any) -> str:
         return "input"
     stack = node.meta.get("nn_module_stack") or {}
     module = list(stack.values())[-1][0] if stack else ""
-    op = getattr(node.target, "__name__", str(node.target)).split(".")[0]
-    return f"{module} {op}".strip()
+    return f"{module} {op_name(node.target)}".strip()
 
 
 def activation_sensitivity(study: QuantizationStudy,

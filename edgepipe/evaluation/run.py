@@ -254,18 +254,19 @@ def score(manifest: Manifest, name: str, data: EvalData, answers: dict[str, dict
                       if "floor" in reference.get(i.key, {})]
             out.flip_floor = rate([r != f for r, f, _ in floors])
             out.flip_rate_stable = rate([r != p for r, f, p in floors if r == f])
-    else:
-        truths = [(i, a) for i, a in done if i.mask is not None]
-        if truths:
-            classes = _classes(manifest)
-            scored = segmentation_scores([
-                confusion(mask_on_model_grid(i.mask, _mask(a).shape, manifest), _mask(a), classes)
-                for i, a in truths])
-            if scored:
-                out.miou, out.pixel_accuracy = scored["miou"], scored["pixel_accuracy"]
-                out.per_class_iou = scored["per_class_iou"]
-    if manifest.task != "classification" and reference is not None:
-        scores = [mask_agreement(_mask(reference[i.key]), _mask(a)) for i, a in done
+        return out
+    masks = {i.key: _mask(a) for i, a in done}  # each PNG decoded once
+    truths = [(i, masks[i.key]) for i, _ in done if i.mask is not None]
+    if truths:
+        classes = _classes(manifest)
+        scored = segmentation_scores([
+            confusion(mask_on_model_grid(i.mask, m.shape, manifest), m, classes)
+            for i, m in truths])
+        if scored:
+            out.miou, out.pixel_accuracy = scored["miou"], scored["pixel_accuracy"]
+            out.per_class_iou = scored["per_class_iou"]
+    if reference is not None:
+        scores = [mask_agreement(_mask(reference[i.key]), masks[i.key]) for i, _ in done
                   if "mask" in reference.get(i.key, {})]
         if scores:
             out.pixel_agreement = float(np.mean([s[0] for s in scores]))
