@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from edgepipe.device.identity import ARM_FEATURES, X86_FEATURES
 from edgepipe.errors import EdgepipeError
 from edgepipe.latency_tables.collect import fit_overhead, space_units
 from edgepipe.latency_tables.evaluate import error_metrics, kendall_tau
@@ -174,17 +175,20 @@ def test_predict_evaluate_and_refusals(collected, tmp_path):
                   env=env)
     assert run.returncode == 2 and "no entry for" in run.stderr  # not a network of this space
 
-    # a table from another device is refused, naming what differs, unless forced
+    # a table from another device is refused, naming what differs, unless forced; the
+    # foreign identity is made of what this CPU lacks (any CPU, AMX and AVX-512 FP16 included)
     foreign = json.loads(table_file.read_text())
     identity = foreign["device"]["identity"]
     identity["family"] = (identity["family"] or 0) + 1
-    identity["isa"] = [f for f in identity["isa"] if "vnni" not in f] + ["amx_int8"]
+    lacked = next(f for f in (*X86_FEATURES, *ARM_FEATURES, "sme2") if f not in identity["isa"])
+    identity["isa"] = identity["isa"] + [lacked]
     foreign["device"]["fingerprint"] = "0123456789abcdef"
     (tmp_path / "foreign.json").write_text(json.dumps(foreign))
     run = run_cli("lut", "predict", "--table", str(tmp_path / "foreign.json"), "--arch",
                   str(arch), env=env)
     assert run.returncode == 2 and "another device (table: family" in run.stderr
-    assert "amx_int8" in run.stderr and "this device: family" in run.stderr
+    assert lacked in run.stderr and f"no {lacked}" in run.stderr
+    assert "this device: family" in run.stderr
     assert "--force" in run.stderr and len(run.stderr.strip().splitlines()) == 1
     run = run_cli("lut", "predict", "--table", str(tmp_path / "foreign.json"), "--arch",
                   str(arch), "--force", "--no-check", env=env)
