@@ -207,8 +207,8 @@ def test_predict_evaluate_and_refusals(collected, tmp_path):
     # corrupted files: one clear line each, nothing half-written
     for name, text in (("cut.json", table_file.read_text()[:500]),
                        ("other.json", json.dumps({"hello": 1})),
-                       ("bad-entry.json", table_file.read_text().replace(
-                           '"median_ms": ', '"median_ms": -', 1)),
+                       ("bad-entry.json", json.dumps({**json.loads(table_file.read_text()),
+                                                      "units": {"ir-x": {"median_ms": -1}}})),
                        ("bad-sentinel.json", json.dumps({**json.loads(table_file.read_text()),
                                                          "sentinels": [{"name": "x"}]}))):
         (tmp_path / name).write_text(text)
@@ -405,7 +405,7 @@ def adapted(collected, tmp_path_factory):
     out = tmp_path_factory.mktemp("adapted") / "lite.json"
     run = run_cli("lut", "adapt", "--from", str(table_file), "--runtime", "litert",
                   "--units", "10", "--budget-s", "120", "--out", str(out),
-                  env={"EDGEPIPE_HOME": str(home)})
+                  env={"EDGEPIPE_HOME": str(home)}, timeout=1800)
     assert run.returncode == 0, run.stderr
     return home, out, run.stdout
 
