@@ -7,6 +7,7 @@
     weights = "imagenet"          # a .pth, `imagenet` (MobileNetV2), or omit for random init
     formats = ["executorch", "tflite", "coreml"]
     int8 = true
+    fp16 = false                  # true: fp16 artifacts too (ExecuTorch, LiteRT)
 
     [measure]
     threads = [1, 2]
@@ -40,6 +41,7 @@ class ModelSection:
     task: str | None = None
     formats: list[str] = field(default_factory=lambda: ["executorch", "tflite", "coreml"])
     int8: bool = True
+    fp16: bool = False
 
 
 @dataclass

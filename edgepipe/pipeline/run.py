@@ -115,6 +115,7 @@ def run_pipeline(config: PipelineConfig, out: Path,
         get_device(name)
     request = ConvertRequest(
         model=model.name, out=out / "artifacts", formats=model.formats, int8=model.int8,
+        fp16=model.fp16,
         weights=resolve_weights(model.name, model.weights), width_mult=model.width,
         size=model.size, task=model.task, threads=config.measure.threads[0])
     with progress(f"converting {model.name}") as bar:
