@@ -159,9 +159,14 @@ def fp16_support(identity: dict[str, Any] | None) -> dict[str, Any]:
     """Whether a CPU computes fp16 natively, from the ISA features its identity lists:
     ``{"native": True | False | None, "feature": ..., "words": ...}`` (None: no identity to
     read it from, e.g. a device measured without an agent). Where it is not native, an fp16
-    artifact still runs: LiteRT's XNNPACK delegate then computes in fp32 (it converts fp16
-    only where the CPU has fp16 arithmetic), ExecuTorch's XNNPACK fp16 operators convert to
-    fp32 around each kernel on x86 (F16C), and need fp16 arithmetic on ARM."""
+    artifact still runs, without fp16's speed: LiteRT's XNNPACK delegate computes it in fp32
+    (it switches to fp16 only where the CPU has fp16 arithmetic), and ExecuTorch's XNNPACK
+    runs F16 kernels that convert to fp32 around each operation on x86 (F16C), F32 kernels
+    behind converts on ARM without FEAT_FP16 (seen in their per-op names: "(NC, F16)" vs
+    "(NC, F32)"; tests/test_fp16.py under an emulated Cortex-A72).
+
+    Under qemu-user the identity is the host's /proc/cpuinfo (qemu passes it through), while
+    the runtimes read the emulated CPU's features from the auxiliary vector."""
     if not identity or not identity.get("arch"):
         return {"native": None, "feature": None,
                 "words": "fp16 arithmetic unknown: no CPU identity (measured without an agent)"}
@@ -172,8 +177,7 @@ def fp16_support(identity: dict[str, Any] | None) -> dict[str, Any]:
         return {"native": True, "feature": feature,
                 "words": f"native fp16 arithmetic ({feature})"}
     return {"native": False, "feature": feature,
-            "words": f"no native fp16 arithmetic (no {feature}): fp16 artifacts run, "
-                     "converted to fp32 around each kernel or computed in fp32"}
+            "words": f"no native fp16 arithmetic (no {feature})"}
 
 
 def local_identity() -> dict[str, Any]:
