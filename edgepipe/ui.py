@@ -411,16 +411,22 @@ def print_evaluation(summary: dict[str, Any]) -> None:
         table.add_column(col, justify="left" if col == "artifact" else "right",
                          overflow="fold")
     labelled = summary.get("labelled")
+    not_native = (summary.get("fp16") or {}).get("native") is not True
     for a in [*(summary.get("pytorch") or [] if labelled else []), *summary["artifacts"]]:
+        name = a["artifact"]
+        if a.get("precision") == "fp16" and summary.get("fp16") and not_native:
+            name += " [yellow](fp16 not native)[/]"
         if segmentation:
-            table.add_row(a["artifact"], str(a["images"]), rate_text(a.get("miou")),
+            table.add_row(name, str(a["images"]), rate_text(a.get("miou")),
                           rate_text(a.get("pixel_accuracy")),
                           share_text(a["pixel_agreement"]), share_text(a["miou_vs_pytorch"]))
         else:
-            table.add_row(a["artifact"], str(a["images"]), rate_text(a["top1"]),
+            table.add_row(name, str(a["images"]), rate_text(a["top1"]),
                           rate_text(a["top5"]), rate_text(a["flip_rate"]),
                           rate_text(a.get("flip_rate_stable")))
     console.print(table)
+    if summary.get("fp16") and any(a.get("precision") == "fp16" for a in summary["artifacts"]):
+        console.print(f"  fp16 on {summary['device']}: {escape(summary['fp16']['words'])}")
     for line in dict.fromkeys(floor_text(a) for a in summary["artifacts"]):
         if line:
             console.print(f"  floor: {line}")

@@ -135,6 +135,35 @@ def test_fp16_results_carry_the_flag_and_the_kernels_that_ran(fp16_conversion, t
     assert fp32.fp16 is None and fp32.kernels.get("F32", 0) > 10
 
 
+def test_evaluate_takes_fp16_and_flags_it(fp16_conversion, tmp_path):
+    """`evaluate` over photos on an agent here: the fp16 artifacts answer as fp32's do, and
+    the summary and its table carry the device's fp16 flag."""
+    from PIL import Image
+
+    from edgepipe.converters.images import parity_photos
+    from edgepipe.evaluation.run import evaluate
+    from edgepipe.ui import console, print_evaluation
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, rgb in parity_photos().items():
+        Image.fromarray(rgb).save(photos / f"{name}.png")
+    out, report = fp16_conversion
+    summary = evaluate([out], str(photos), out=tmp_path / "eval")
+    native = fp16_support(local_identity())
+    assert summary["fp16"] == native
+    rows = {a["artifact"]: a for a in summary["artifacts"]}
+    for fmt in ("executorch", "tflite"):
+        row = rows[artifact(report, fmt, "fp16")["file"]]
+        assert row["precision"] == "fp16" and row["images"] == 4
+        assert row["flip_rate"]["value"] == 0.0  # top-1 as PyTorch fp32 on every photo
+    with console.capture() as printed:
+        print_evaluation(summary)
+    said = " ".join(printed.get().split())
+    assert f"fp16 on this-machine: {native['words']}" in said
+    assert ("fp16 not native" in said) is (not native["native"])
+
+
 def test_fp16_bad_input_is_one_line(tmp_path):
     only_coreml = run_cli("convert", "tests.factories:tiny_cnn", "--size", "32", "--to",
                           "coreml", "--fp16", "-o", str(tmp_path / "a"))

@@ -148,8 +148,8 @@ def run_pipeline(config: PipelineConfig, out: Path,
                 except EdgepipeError as exc:
                     entry["error"] = str(exc)
                 # fp16 rows of this device's table carry its fp16 flag
-                entry["fp16"] = next(((d.get("info") or {}).get("fp16") for d in results
-                                      if d["name"] == name), None)
+                entry.setdefault("fp16", next(((d.get("info") or {}).get("fp16")
+                                               for d in results if d["name"] == name), None))
                 evaluations.append(entry)
     run = {"config": asdict(config), "conversion": conversion, "skipped": skipped,
            "devices": results, "evaluations": evaluations}
