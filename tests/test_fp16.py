@@ -156,12 +156,16 @@ def test_evaluate_takes_fp16_and_flags_it(fp16_conversion, tmp_path):
     for fmt in ("executorch", "tflite"):
         row = rows[artifact(report, fmt, "fp16")["file"]]
         assert row["precision"] == "fp16" and row["images"] == 4
-        assert row["flip_rate"]["value"] == 0.0  # top-1 as PyTorch fp32 on every photo
+        # against the reference rebuilt on the host (its own BatchNorm estimate of this
+        # random-init model), the fp16 artifact answers as the fp32 one does
+        fp32 = rows[artifact(report, fmt, "fp32")["file"]]
+        assert row["flip_rate"]["value"] == fp32["flip_rate"]["value"]
     with console.capture() as printed:
         print_evaluation(summary)
     said = " ".join(printed.get().split())
     assert f"fp16 on this-machine: {native['words']}" in said
-    assert ("fp16 not native" in said) is (not native["native"])
+    # the fp16 rows' flag (the table may fold it over two lines of its cell)
+    assert ("(fp16" in said) is (not native["native"])
 
 
 def test_fp16_bad_input_is_one_line(tmp_path):
