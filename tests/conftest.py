@@ -43,3 +43,12 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 900,
     code = f"import sys\n{prelude}\nfrom edgepipe.cli import main\nsys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def fp16_conversion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """MobileNetV3-Small x0.5 @96 to ExecuTorch and LiteRT, fp32 and fp16."""
+    out = tmp_path_factory.mktemp("convert") / "small_fp16"
+    report = convert(ConvertRequest(out=out, fp16=True, formats=["executorch", "tflite"],
+                                    calib_count=16, **SMALL))
+    return out, report

@@ -330,8 +330,15 @@ def evaluate(targets: list[Path], source: str, *, device: str | None = None,
             except EdgepipeError as exc:
                 references[key] = None
                 notes[key] = f"no PyTorch reference: {exc}"
+    fp16 = None
     with tempfile.TemporaryDirectory(prefix="edgepipe-eval-") as tmp, \
             open_device(device or LOCAL, Path(tmp)) as client:
+        if any(m.precision == "fp16" for m in manifests.values()):
+            # the device's fp16 arithmetic: fp16 rows say where it is not native
+            from ..device.identity import fp16_support
+
+            info = client.info()
+            fp16 = info.get("fp16") or fp16_support(info.get("identity"))
         for path, manifest in manifests.items():
             answers_path = out / f"{path.name}.{manifest.file_sha256[:12]}.jsonl"
             answers = _read_answers(answers_path)
@@ -370,5 +377,7 @@ def evaluate(targets: list[Path], source: str, *, device: str | None = None,
                "images": len(data.images), "pytorch": pytorch,
                "device": device or LOCAL, "top_k": top_k, "skipped": skipped,
                "artifacts": [asdict(e) for e in evaluations]}
+    if fp16 is not None:
+        summary["fp16"] = fp16
     write_atomic(out / "evaluation.json", json.dumps(summary, indent=1))
     return summary

@@ -18,6 +18,7 @@ from ..host.registry import config_home, get_device
 from ..manifest import write_atomic
 from ..models.pretrained import resolve_weights
 from .config import PipelineConfig
+from .recommend import recommend
 from .report import render_run_report
 
 
@@ -119,6 +120,7 @@ def run_pipeline(config: PipelineConfig, out: Path,
         get_device(name)
     request = ConvertRequest(
         model=model.name, out=out / "artifacts", formats=model.formats, int8=model.int8,
+        fp16=model.fp16,
         weights=resolve_weights(model.name, model.weights), width_mult=model.width,
         size=model.size, task=model.task, threads=config.measure.threads[0])
     with progress(f"converting {model.name}") as bar:
@@ -149,9 +151,14 @@ def run_pipeline(config: PipelineConfig, out: Path,
                         weights=model.weights, progress=_StepProgress(bar)))
                 except EdgepipeError as exc:
                     entry["error"] = str(exc)
+                # fp16 rows of this device's table carry its fp16 flag
+                entry.setdefault("fp16", next(((d.get("info") or {}).get("fp16")
+                                               for d in results if d["name"] == name), None))
                 evaluations.append(entry)
     run = {"config": asdict(config), "conversion": conversion, "skipped": skipped,
            "devices": results, "evaluations": evaluations}
+    # each device's artifact to ship, and why every other lost: first in the report
+    run["recommendations"] = recommend(run, config.recommend.max_flip_rate)
     write_atomic(out / "run.json", json.dumps(run, indent=1, default=str))
     write_atomic(out / "report.html", render_run_report(run))
     return run
