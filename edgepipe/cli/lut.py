@@ -16,7 +16,7 @@ def target_args(p: argparse.ArgumentParser) -> None:
                    help="a registered device, or this-machine (an agent started here; "
                         "default)")
     p.add_argument("--runtime", choices=["executorch", "litert"], default="executorch")
-    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
     p.add_argument("--threads", type=int, default=1)
 
 
