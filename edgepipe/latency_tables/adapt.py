@@ -234,7 +234,12 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
     sentinel_s = sum(2 * min(settings.whole_model_runs * 3 * t / 1000, 3.0)
                      for t in sentinel_ms) + JOB_OVERHEAD_S
     measured: dict[int, dict[str, Any]] = {}
-    queue = list(to_convert)
+    # after the chosen units, the others their programs already run (a dynamic-size program
+    # measures its shape at every size): more measured units for no more conversion
+    chosen = set(to_convert)
+    siblings = [i for i in order if i not in chosen and
+                program_for(every, units[i]).key in programs] if req.max_units is None else []
+    queue = list(to_convert) + siblings
     progress.phase("measuring units", len(queue))
     per_unit_s = float(np.mean(unit_s[queue[:50]])) * 2
     reserve = sitting_s * 1.3 + sentinel_s + JOB_OVERHEAD_S  # what follows the units
