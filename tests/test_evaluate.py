@@ -342,9 +342,9 @@ def _mask_on_image(grid: np.ndarray, width: int, height: int, manifest) -> np.nd
 def test_segmentation_against_ground_truth_masks(tmp_path):
     from PIL import Image
 
-    from edgepipe.apps.decode import OutputDecoder
     from edgepipe.converters.images import builtin_calibration_images
     from edgepipe.converters.reference import torch_reference
+    from edgepipe.decode import OutputDecoder
     from edgepipe.preprocess import preprocess
 
     out = tmp_path / "seg"

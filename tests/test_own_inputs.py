@@ -372,7 +372,7 @@ def test_manifest_init_guesses_a_sigmoid_mask_with_reasons(tmp_path):
 
 
 def test_implausible_masks_are_warned_about_or_refused(tmp_path):
-    from edgepipe.apps.decode import OutputDecoder, Plausibility
+    from edgepipe.decode import OutputDecoder, Plausibility
 
     model = foreign.bright_segmenter(tmp_path / "bright.tflite")
     # not astronaut: its pure-black background stays dark in any range (a mask of two
@@ -569,8 +569,8 @@ def test_mixed_orientation_folder_every_frame_in_the_file(small_conversion, tmp_
 # 12. Segmentation drawing (its speed against inference: benchmarks/seg_drawing.py)
 
 def test_segmentation_drawing_blends_class_pixels_and_keeps_background():
-    from edgepipe.apps.decode import Segmentation, argmax_channels
     from edgepipe.apps.draw import PALETTE, draw_segmentation
+    from edgepipe.decode import Segmentation, argmax_channels
     from edgepipe.manifest import Preprocessing
 
     rng = np.random.default_rng(0)
