@@ -141,12 +141,20 @@ def table_prediction_words(table: dict[str, Any], results: list[dict[str, Any]])
     measured = [r["latency"]["median_ms"] for r in results
                 if r["latency"]["median_ms"] is not None and r["runtime"] == pred["runtime"]
                 and r["precision"] == pred["precision"] and r["threads"] == pred["threads"]]
-    text = (f"predicts {pred['predicted_ms']:.3f} ms for {pred['model']} ({pred['runtime']} "
-            f"{pred['precision']}, {pred['threads']} thread(s))")
+    what = (f"{pred['model']} ({pred['runtime']} {pred['precision']}, {pred['threads']} "
+            "thread(s))")
+    text = (f"predicts for {what}: {pred['words']}" if pred.get("words") else
+            f"predicts {pred['predicted_ms']:.3f} ms for {what}")
     if measured:
         error = (pred["predicted_ms"] - measured[0]) / measured[0] * 100
-        text += (f"; measured {measured[0]:.3f} ms: the prediction is {abs(error):.1f} % "
-                 f"{'over' if error >= 0 else 'under'} it")
+        text += (f"; measured median {measured[0]:.3f} ms: the predicted median is "
+                 f"{abs(error):.1f} % {'over' if error >= 0 else 'under'} it")
+        low, high = pred.get("interval_ms") or (None, None)
+        if low is not None:
+            inside = low <= measured[0] <= high
+            text += (", inside its 95 % interval" if inside else
+                     ", OUTSIDE its 95 % interval: the table does not hold here (check it, "
+                     "or collect it again)")
     return text
 
 

@@ -50,9 +50,13 @@ def check_device_tables(client: AgentClient, info: dict[str, Any], config: Pipel
         size = model.size or 224
         if seed and size in space.resolutions and model.width in space.width_mults:
             arch = space.seed_architecture(seed, size, model.width)
+            prediction = Estimator(table).prediction(arch)
             record["model_prediction"] = {
                 "model": model.name, "precision": table.precision, "threads": table.threads,
-                "runtime": table.runtime, "predicted_ms": Estimator(table).predict(arch)}
+                "runtime": table.runtime, "predicted_ms": prediction.median,
+                "statistic": "median", "p90_ms": prediction.p90,
+                "interval_ms": prediction.intervals.get("median"),
+                "words": prediction.words(("median", "p90"))}
         found.append(record)
     return found
 

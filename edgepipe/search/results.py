@@ -26,9 +26,13 @@ def finish_model(folder: Path, arch: Architecture, result: TrainResult, labels: 
                  estimator: Estimator, extra: dict[str, Any]) -> dict[str, Any]:
     """Write model.json + weights.pth; the summary the search records."""
     save_weights(folder / "weights.pth", result.state)
+    prediction = estimator.prediction(arch)
     summary = {"accuracy": result.accuracy, "test_accuracy": result.test_accuracy,
-               "predicted_ms": estimator.predict(arch),
+               "predicted_ms": estimator.predict(arch), "predicted_p90_ms": prediction.p90,
+               "interval_ms": prediction.intervals.get("median"),
                "measured_share": estimator.measured_share(arch),
+               "transferred_share": prediction.transferred_share,
+               "prediction": prediction.words(("median", "p90")),
                "table": estimator.table.describe(), **extra,
                "model": str(folder / "model.json"), "weights": str(folder / "weights.pth")}
     write_atomic(folder / "model.json",
