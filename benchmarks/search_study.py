@@ -173,11 +173,9 @@ def print_table(summary: list[dict], seed_ms: float, seconds: float) -> None:
 
 
 def plot(rows: list[dict], seed_ms: float, path: Path) -> None:
-    import matplotlib
+    from edgepipe.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     for method, colour, marker in (("netadapt", "#1f5fa8", "o"), ("width", "#c0392b", "s"),
                                    ("width-wider", "#e67e22", "^")):
@@ -192,7 +190,7 @@ def plot(rows: list[dict], seed_ms: float, path: Path) -> None:
                  fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

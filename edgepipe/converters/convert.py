@@ -307,11 +307,9 @@ def int8_analysis(req: ConvertRequest, src: Any, calibration: list[Any], work: P
 
 def plot_sensitivity(ranking: dict[str, Any], path: Path, top: int = 25) -> None:
     """The layers' SQNR alone int8 and alone float, worst first (a temporary file, renamed)."""
-    import matplotlib
+    from ..plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = ranking["layers"][:top]
     names = [r["layer"] for r in rows][::-1]
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1.5))
@@ -325,10 +323,7 @@ def plot_sensitivity(ranking: dict[str, Any], path: Path, top: int = 25) -> None
     ax.set_xlabel("output SQNR vs float, dB (higher is better)")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def plain_int8_latency(converter: Converter, src: Any, calibration: list[Any], work: Path,

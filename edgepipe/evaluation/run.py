@@ -163,8 +163,8 @@ def run_reference(manifest: Manifest, artifact: Path, data: EvalData, path: Path
     ``path``, each with the answer on the image moved by ±1/255 (``floor``: the top-1 class,
     or for segmentation the pixel agreement of the two masks). Raises
     :class:`EdgepipeError` when the model cannot be rebuilt."""
-    from ..apps.decode import OutputDecoder
     from ..converters.reference import torch_reference
+    from ..decode import OutputDecoder
     from ..device.evaluate import decode_image, encode_mask
     from ..preprocess import preprocess
 
@@ -285,7 +285,7 @@ def evaluate(targets: list[Path], source: str, *, device: str | None = None,
     """Evaluate every runnable artifact of ``targets`` (convert output folders or files) on
     ``device`` (None: an agent started here) over ``source`` (``digits`` or a folder).
     Answers and ``evaluation.json`` go to ``out``. Returns the summary written there."""
-    from ..apps.decode import OutputDecoder
+    from ..decode import OutputDecoder
     from ..host.local import LOCAL, open_device
     from ..host.profiling import deployable
 

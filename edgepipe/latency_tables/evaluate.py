@@ -23,6 +23,7 @@ import numpy as np
 from ..host.client import AgentClient
 from ..manifest import write_atomic
 from ..models.space import Architecture, SearchSpace
+from ..plotting import pyplot, save_figure
 from .drift import DriftGuard
 from .measure import (
     MeasureSettings,
@@ -283,10 +284,7 @@ def _measure(client: AgentClient, guard: DriftGuard | None, job: dict[str, Any],
 
 def scatter_plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
     """Predicted vs measured, the ±5/10 % bands, and the naive per-op sums where measured."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     measured = np.array([r["measured_ms"] for r in rows])
     predicted = np.array([r["predicted_ms"] for r in rows])
@@ -315,13 +313,3 @@ def scatter_plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
-
-
-def save_figure(fig, path: Path) -> None:
-    """Write a matplotlib figure so readers never see half a PNG, and free it."""
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
