@@ -99,7 +99,7 @@ def _collect(home: Path, *extra: str) -> subprocess.Popen:
     code = "import sys\nfrom edgepipe.cli import main\nsys.exit(main(sys.argv[1:]))"
     return subprocess.Popen(
         [sys.executable, "-c", code, "lut", "collect", "--space", "tiny", "--out",
-         str(home / "t.json"), "--calibration", "5", *extra],
+         str(home / "t.json"), "--calibration", "3", *extra],
         env={**os.environ, "EDGEPIPE_HOME": str(home)}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True)
 
@@ -146,8 +146,8 @@ def test_collect_killed_resumes(collected):
     assert "network model: median ≈" in words and "left-out networks: median within" in words
     assert len(table.method["sittings"]) == 3
     model = table.network_model
-    # --calibration 5: five networks, each at both resolutions of the space (one program)
-    assert len(model.networks) == 10 and len(model.median.loo_errors) == 10
+    # --calibration 3: three networks, each at both resolutions of the space (one program)
+    assert len(model.networks) == 6 and len(model.median.loo_errors) == 6
     for n in model.networks:
         assert n["count"] >= 3 * 15 and n["p90_ms"] >= n["median_ms"] >= n["min_ms"] > 0
         assert len(n["sitting_medians_ms"]) == 3
@@ -404,7 +404,7 @@ def adapted(collected, tmp_path_factory):
     home, table_file, _, _ = collected
     out = tmp_path_factory.mktemp("adapted") / "lite.json"
     run = run_cli("lut", "adapt", "--from", str(table_file), "--runtime", "litert",
-                  "--units", "10", "--budget-s", "120", "--out", str(out),
+                  "--units", "10", "--networks", "2", "--budget-s", "120", "--out", str(out),
                   env={"EDGEPIPE_HOME": str(home)}, timeout=1800)
     assert run.returncode == 0, run.stderr
     return home, out, run.stdout
