@@ -156,7 +156,7 @@ def open_table(req: CollectRequest, info: dict[str, Any]) -> LatencyTable:
         method={**req.settings.__dict__, "programs": "dynamic height/width"
                 if takes_dynamic_size(req.runtime) else "one per unit",
                 "input": "seeded normal noise", "statistic": "median",
-                "network_sittings": req.sittings,
+                "network_sittings": req.sittings, "calibration_models": req.calibration_models,
                 "program_input": PROGRAM_INPUT[req.runtime]})
 
 
@@ -275,7 +275,10 @@ def recollect(stale: LatencyTable, target: Target, client: AgentClient, home: Pa
     partial = out.with_name(out.stem + ".collecting.json")
     table = collect(CollectRequest(space, target.runtime, target.precision, target.threads,
                                    partial, workdir,
-                                   settings=MeasureSettings.of_table(stale.method)),
+                                   calibration_models=stale.method.get("calibration_models",
+                                                                       10),
+                                   settings=MeasureSettings.of_table(stale.method),
+                                   sittings=stale.method.get("network_sittings", 3)),
                     client, progress)
     os.replace(partial, out)
     fresh = TableUse(out, table, use.policy, fresh=True)
