@@ -66,7 +66,9 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 900,
 @pytest.fixture(scope="session")
 def fp16_conversion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """MobileNetV3-Small x0.5 @96 to ExecuTorch and LiteRT, fp32 and fp16."""
+    from .artifacts import convert_cached
+
     out = tmp_path_factory.mktemp("convert") / "small_fp16"
-    report = convert(ConvertRequest(out=out, fp16=True, formats=["executorch", "tflite"],
+    report = convert_cached(ConvertRequest(out=out, fp16=True, formats=["executorch", "tflite"],
                                     calib_count=16, **SMALL))
     return out, report
