@@ -34,9 +34,10 @@ class KernelEvent:
     @property
     def op(self) -> str:
         """The op as people write it: ``split_with_sizes_copy`` for
-        ``native_call_split_with_sizes_copy.out``; the event's name otherwise."""
+        ``native_call_split_with_sizes_copy.out``, ``fmod`` for
+        ``native_call_fmod.Scalar_out``; the event's name otherwise."""
         if self.name.startswith(KERNEL_PREFIX):
-            return self.name[len(KERNEL_PREFIX):].removesuffix(".out")
+            return self.name[len(KERNEL_PREFIX):].split(".")[0]
         return self.name
 
 

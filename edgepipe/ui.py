@@ -370,6 +370,12 @@ def print_demo_summary(summary: Any) -> None:
         f"  dropped: {dropped or 'none'} · inference {rate(summary.fps)} FPS\n"
         f"  mean ms: {stages}\n  RSS {summary.rss_start_mb:.0f} MB at start, "
         f"{summary.rss_end_mb:.0f} MB at end")
+    if getattr(summary, "frames", ""):
+        console.print(f"  frames: {summary.frames}")
+    if getattr(summary, "camera_order", None):
+        console.print(f"  camera byte order: {summary.camera_order}")
+    if getattr(summary, "video_seconds", None) is not None:
+        console.print(f"  the annotated video spans {summary.video_seconds:.2f} s")
     for note in [*summary.guesses, *summary.display_notes]:
         console.print(f"  note: {note}")
     for warning in summary.warnings:

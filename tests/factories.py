@@ -191,3 +191,25 @@ def channel_flip() -> nn.Module:
 
 def channel_sort() -> nn.Module:
     return _ChannelOp("sort")
+
+
+class _RedVsBlue(nn.Module):
+    """Class 0 when the (normalized) input is redder than it is blue, class 1 otherwise: the
+    mean of R - B and of B - R. A swapped byte order answers the other class."""
+
+    def __init__(self) -> None:
+        import torch
+
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([[1.0, 0.0, -1.0],
+                                                 [-1.0, 0.0, 1.0]]).view(2, 3, 1, 1))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        return self.pool(self.conv(x)).flatten(1)
+
+
+def red_vs_blue() -> nn.Module:
+    return _RedVsBlue()
