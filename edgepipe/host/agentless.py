@@ -345,10 +345,12 @@ class AgentlessClient:
         base = (f"{_quote(tool)} --graph={_quote(graph)} --num_threads={spec['threads']} "
                 f"--warmup_min_secs=0")
         first = manifest.inputs[0] if manifest.inputs else None
+        given: dict[str, Any] = {}
         if first is not None and first.shape_signature and -1 in first.shape_signature:
             # a free input size: benchmark_model would run the file's placeholder shape
             base += (f" --input_layer={_quote(first.name)} --input_layer_shape="
                      + ",".join(str(d) for d in first.shape))
+            given = {"shape": list(first.shape)}
         text = self._run_tool(f"{base} --warmup_runs={spec['warmup']} "
                               f"--num_runs={spec['runs']} --min_secs={spec['min_seconds']}",
                               f"{runner.name} on {path.name}")
@@ -365,7 +367,7 @@ class AgentlessClient:
                             "words": f"LiteRT {runner.name} over {self.transport.how} "
                                      "(no agent)"},
             "threads": spec["threads"], "affinity": None,
-            "input": {"data": "benchmark_model's own random input"},
+            "input": {**given, "data": "benchmark_model's own random input"},
             "latency": latency,
             "load_ms": out.init_ms,
             "memory": {"rss_before_load_mb": None, "peak_rss_mb": out.memory_mb.get("peak"),
