@@ -6,6 +6,12 @@ with a transpose (``Transpose (ND, X8)``: 0.12 ms of MobileNetV3-Small int8's 1.
 1 thread; README, "Runtimes compared layer by layer"). Such a program reads an
 NCHW-contiguous tensor without complaint and computes on scrambled pixels, so every caller
 lays its input out through :func:`edgepipe.device.runtimes.executorch_inputs`.
+
+What XNNPACK does not take runs on ExecuTorch's portable kernels, some of which refuse or
+misread channels-last tensors. So channel splits are rewritten as slices XNNPACK takes
+(:func:`delegate_friendly`), every program is run once before it is written (its values checked
+where ops run outside the delegate), a program that fails is exported for NCHW input instead,
+and one that fails that way too is refused in one line (:func:`trial_run`).
 """
 
 from __future__ import annotations
