@@ -59,7 +59,7 @@ def test_a_shufflenet_unit_converts_whole_and_runs_in_fp32_and_int8(tmp_path):
     it lowered to a program that failed at run time ("error 0x12" in a portable
     split_with_sizes_copy outside the delegate, fp32 and int8); now one partition each."""
     report = convert(ConvertRequest(model="tests.factories:shuffle_unit", out=tmp_path / "o",
-                                    formats=["executorch", "tflite"], int8=True, size=32,
+                                    formats=["executorch"], int8=True, size=32,
                                     calib_count=8))
     for precision in ("fp32", "int8"):
         pte = artifact(report, "executorch", precision)
@@ -70,7 +70,6 @@ def test_a_shufflenet_unit_converts_whole_and_runs_in_fp32_and_int8(tmp_path):
         assert "exported_nchw" not in pte["graph"]  # channels-last, as the converter wants
         delegation = pte_delegation(tmp_path / "o" / pte["file"])
         assert delegation.portable_ops == {} and delegation.partitions == {"XnnpackBackend": 1}
-        assert artifact(report, "tflite", precision)["parity"]["top1_agreement"] == 1.0
     assert pte["file"] == "shuffle_unit_int8.pte"  # named by its factory
 
 
