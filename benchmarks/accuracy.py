@@ -225,11 +225,9 @@ def part_v2(count: int) -> dict:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
+    from edgepipe.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = [k for k in ("digits", "v2") if k in results]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
     for ax, key in zip(axes[0], panels, strict=True):
@@ -254,10 +252,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_yticks(range(len(items)), names, fontsize=8)
         ax.invert_yaxis()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def main() -> None:

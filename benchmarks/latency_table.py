@@ -1,15 +1,28 @@
-"""The latency table's targets, measured: collection time from scratch, whether the table
-passes its own check, and prediction accuracy on random networks measured whole, beside the
-device's own repeatability in the same run.
+"""Latency tables, measured: how long a table costs, and how well it predicts what users
+measure (the median and p90 of a network's runs), collected or adapted.
 
-    python benchmarks/latency_table.py [--space default] [--count 200] [--naive 10]
-                                       [--table EXISTING.json]   # skip the collection
-                                       [--home DIR]  # reuse converted programs of an earlier run
+    python benchmarks/latency_table.py [--count 200] [--count-other 60] [--budget-s 120]
+                                       [--parts collect,cpu,threads,int8,litert,offline]
+                                       [--cache DIR] [--out out/bench-lut]
 
-Collects the space's ExecuTorch fp32 1-thread table on an agent started on this machine, in a
-fresh EDGEPIPE_HOME (nothing cached: every program converted), checks it (`lut check`), then
-evaluates it on ``--count`` seeded random networks, each measured whole twice. Targets:
-collection under 15 minutes; >= 95 % of networks within ±5 % and >= 99 % within ±10 %.
+One run, on an agent started on this machine, the CPU printed first:
+
+* ``collect``: the default space's ExecuTorch fp32 1-thread table collected from scratch (an
+  empty EDGEPIPE_HOME: every program converted), timed; then ``--count`` seeded networks of
+  the space (not the table's own seeds), each measured whole in two sittings minutes apart,
+  their runs pooled. Scored: the predicted median and p90 against the pooled ones, beside the
+  device against itself (sitting 2 against sitting 1: the ceiling of any prediction).
+* ``cpu``: ``lut adapt`` from the other CPU's shipped table (``--budget-s`` of measurement),
+  scored on the same networks, beside the other CPU's table times one global factor (fitted
+  on 3 networks measured here, the way a user would rescale it) and the full collection.
+* ``threads``, ``int8``, ``litert``: ``lut adapt`` from the full table to 2 threads, int8 and
+  LiteRT on this machine, each scored on ``--count-other`` networks measured in that setting
+  (``threads``: beside a full 2-thread collection, which reuses the converted programs).
+* ``offline``: the two shipped tables (AMD family 25 and Intel family 6 model 167, the same
+  units measured on both) transferred one to the other from 1, 2, 5 and 10 % of the units.
+
+``--cache``: where converted programs are kept between runs (the evaluation networks, the
+int8 and LiteRT programs); the collection itself always starts from an empty home.
 """
 
 from __future__ import annotations
@@ -23,78 +36,301 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from edgepipe.device.identity import machine_line
 
+GOALS = {"median_10": 0.95, "median_5": 0.70, "p90_10": 0.90, "adapted_10": 0.90}
 
-def edgepipe(*args: str, home: Path, check: bool = True) -> int:
-    return subprocess.run([sys.executable, "-m", "edgepipe.cli", *args], check=check,
-                          env={**os.environ, "EDGEPIPE_HOME": str(home)}).returncode
+
+def edgepipe(*args: str, home: Path) -> subprocess.CompletedProcess:
+    run = subprocess.run([sys.executable, "-m", "edgepipe.cli", *args], text=True,
+                         env={**os.environ, "EDGEPIPE_HOME": str(home)}, capture_output=True)
+    sys.stdout.write(run.stdout[-3000:])
+    if run.returncode != 0:
+        raise SystemExit(f"edgepipe {' '.join(args)} failed: {run.stderr.strip()[-2000:]}")
+    return run
+
+
+def shares(predicted: list[float], measured: list[float]) -> dict[str, float]:
+    p, m = np.asarray(predicted), np.asarray(measured)
+    rel = (p - m) / m * 100
+    return {"n": len(m), "within_5": float(np.mean(np.abs(rel) <= 5)),
+            "within_10": float(np.mean(np.abs(rel) <= 10)), "mean": float(rel.mean()),
+            "rmse": float(np.sqrt(np.mean(rel ** 2))), "worst": float(np.abs(rel).max())}
+
+
+def row(label: str, s: dict[str, float]) -> str:
+    return (f"| {label} | {s['within_5']:.1%} | {s['within_10']:.1%} | {s['rmse']:.2f} % | "
+            f"{s['mean']:+.2f} % | {s['worst']:.1f} % | {s['n']} |")
+
+
+HEADER = ("| predictor | within ±5 % | within ±10 % | RMSE | mean error | worst | networks |\n"
+          "|---|---|---|---|---|---|---|")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = args.out
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.cache = args.cache
+        self.lines: list[str] = []
+        self.results: dict[str, Any] = {"machine": machine_line()}
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+    # --- measuring networks once, scoring every predictor on them ------------------------
+    def networks(self, table_path: Path, count: int, seed: int, threads_label: str
+                 ) -> tuple[list[Any], list[dict[str, Any]]]:
+        """``count`` seeded networks measured whole in two sittings on this machine, in the
+        table's runtime/precision/threads (cached in the output folder: a rerun scores
+        again without measuring)."""
+        from edgepipe.host.local import open_device
+        from edgepipe.latency_tables.evaluate import measure_networks
+        from edgepipe.latency_tables.table import LatencyTable
+        from edgepipe.models.space import Architecture, SearchSpace
+        from edgepipe.ui import PhaseProgress
+
+        saved = self.out / f"networks-{threads_label}.json"
+        table = LatencyTable.load(table_path)
+        if saved.is_file():
+            rows = json.loads(saved.read_text())
+            return [Architecture.from_dict(r["arch"]) for r in rows], rows
+        space = SearchSpace.from_dict(table.space)
+        archs = space.architectures(count, seed=seed)
+        workdir = self.cache / "lut-work" / space.digest()[:12]
+        with open_device("this-machine", workdir) as client, PhaseProgress() as progress:
+            rows, _ = measure_networks(archs, table, client, workdir, progress=progress)
+        saved.write_text(json.dumps(rows))
+        return archs, rows
+
+    def score(self, label: str, table_path: Path, archs: list[Any],
+              rows: list[dict[str, Any]]) -> dict[str, Any]:
+        from edgepipe.latency_tables.estimate import Estimator
+        from edgepipe.latency_tables.table import LatencyTable
+
+        est = Estimator(LatencyTable.load(table_path))
+        preds = [est.prediction(a) for a in archs]
+        median = shares([p.median for p in preds], [r["measured_ms"] for r in rows])
+        out = {"median": median}
+        if preds[0].p90 is not None:
+            out["p90"] = shares([p.p90 for p in preds], [r["p90_ms"] for r in rows])
+            inside = [p.intervals["median"][0] <= r["measured_ms"] <= p.intervals["median"][1]
+                      for p, r in zip(preds, rows, strict=True)]
+            out["interval_coverage"] = float(np.mean(inside))
+        self.results[label] = out
+        return out
+
+    def ceiling(self, label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        out = {"median": shares([r["passes_ms"][1] for r in rows],
+                                [r["passes_ms"][0] for r in rows]),
+               "p90": shares([r["passes_p90_ms"][1] for r in rows],
+                             [r["passes_p90_ms"][0] for r in rows])}
+        self.results[label] = out
+        return out
+
+    def table_lines(self, title: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        self.say(f"\n{title} — median of every run of both sittings")
+        self.say(HEADER)
+        for label, s in entries:
+            self.say(row(label, s["median"]))
+        if any("p90" in s for _, s in entries):
+            self.say("\np90 of every run of both sittings")
+            self.say(HEADER)
+            for label, s in entries:
+                if "p90" in s:
+                    self.say(row(label, s["p90"]))
+        for label, s in entries:
+            if "interval_coverage" in s:
+                self.say(f"{label}: measured medians inside their predicted 95 % interval "
+                         f"{s['interval_coverage']:.1%}")
+
+    # --- the parts --------------------------------------------------------------------------
+    def collect(self) -> Path:
+        table = self.out / "table.json"
+        if table.is_file() and self.args.reuse_table:
+            return table
+        home = Path(tempfile.mkdtemp(prefix="edgepipe-bench-lut-"))
+        try:
+            began = time.perf_counter()
+            edgepipe("lut", "collect", "--out", str(table), home=home)
+            minutes = (time.perf_counter() - began) / 60
+            times = json.loads(table.read_text())["method"]["collection_s"]
+            self.results["collection"] = {**times, "minutes": minutes}
+            self.say(f"collection from scratch: {times['units']} units, {times['programs']} "
+                     f"programs: converted in {times['convert']:.0f} s, measured in "
+                     f"{times['measure']:.0f} s, {minutes:.1f} min in all "
+                     f"({'meets' if minutes <= 10 else 'MISSES'} the 10-minute goal); a "
+                     f"second device of this host (programs converted): {times['measure']:.0f}"
+                     " s of measurement")
+            # the programs stay for the other parts (a second device reuses them)
+            for sub in ("lut-work",):
+                target = self.cache / sub
+                for src in (home / sub).glob("*/*"):
+                    if src.name == "agent":
+                        continue
+                    dst = target / src.parent.name / src.name
+                    dst.mkdir(parents=True, exist_ok=True)
+                    for f in src.iterdir():
+                        if not (dst / f.name).exists():
+                            shutil.copy2(f, dst / f.name)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+        return table
+
+    def adapt(self, sources: list[Path], name: str, *flags: str) -> Path:
+        out = self.out / f"{name}.json"
+        if out.is_file():
+            out.unlink()
+        run = edgepipe("lut", "adapt", "--from", ",".join(map(str, sources)), "--budget-s",
+                       str(self.args.budget_s), "--out", str(out), *flags, home=self.cache)
+        adapted = json.loads(out.read_text())["adapted"]
+        self.results[f"adapt-{name}"] = {k: adapted[k] for k in (
+            "measured_units", "units", "measurement_s", "regressor", "transfer_cv", "base")}
+        self.say(f"adapt {name}: {adapted['measured_units']} of {adapted['units']} units "
+                 f"measured in {adapted['measurement_s']:.0f} s (budget "
+                 f"{self.args.budget_s:g} s), regressor {adapted['regressor']}, base "
+                 f"{adapted['base']}")
+        del run
+        return out
+
+    def global_factor(self, source: Path, archs: list[Any], rows: list[dict[str, Any]]
+                      ) -> dict[str, Any]:
+        """The other CPU's table times one factor fitted on 3 networks measured here."""
+        from edgepipe.latency_tables.table import LatencyTable
+
+        table = LatencyTable.load(source)
+        sums = [table.unit_sum_ms(a) for a in archs]
+        fit = [r["measured_ms"] / s for r, s in zip(rows[:3], sums[:3], strict=True)]
+        factor = float(np.mean(fit))
+        out = {"median": shares([s * factor for s in sums], [r["measured_ms"] for r in rows]),
+               "factor": factor}
+        self.results["global_factor"] = out
+        return out
+
+
+def offline(bench: Bench) -> None:
+    """AMD family 25 ↔ Intel family 6 model 167 from the two shipped tables."""
+    from edgepipe.latency_tables.features import unit_from_key
+    from edgepipe.latency_tables.table import SHIPPED, LatencyTable
+    from edgepipe.latency_tables.transfer import (
+        fit_transfer,
+        measurement_order,
+        time_weights,
+        transfer,
+    )
+    from edgepipe.latency_tables.units import units_of
+    from edgepipe.models.space import SPACES
+
+    amd = LatencyTable.load(next(SHIPPED.glob("82660cc886a34a83-*.json")))
+    intel = LatencyTable.load(next(SHIPPED.glob("60a219bdfc5a6978-*.json")))
+    keys = sorted(set(amd.units) & set(intel.units))
+    units = [unit_from_key(k) for k in keys]
+    index = {k: i for i, k in enumerate(keys)}
+    archs = SPACES["default"].architectures(200, seed=1)
+    nets = [[index[u.key] for u in units_of(a)] for a in archs]
+    bench.say("\noffline, unit level and network sums (200 networks), from the shipped tables")
+    bench.say("| direction | units measured | units ±5 % | units ±10 % | networks ±5 % | "
+              "networks ±10 % | one factor: units ±10 % | networks ±10 % |")
+    bench.say("|---|---|---|---|---|---|---|---|")
+    out = {}
+    for label, source, target in (("AMD → Intel", amd, intel), ("Intel → AMD", intel, amd)):
+        s = np.array([source.units[k]["median_ms"] for k in keys])
+        t = np.array([target.units[k]["median_ms"] for k in keys])
+        order = measurement_order(units, s, time_weights(units, s, archs[:100]))
+        for pct in (1, 2, 5, 10):
+            idx = np.array(order[:max(8, round(len(keys) * pct / 100))])
+            model = fit_transfer(units, [s], idx, t[idx])
+            moved = transfer(units, [s], model)
+            rest = np.ones(len(keys), bool)
+            rest[idx] = False
+            unit_err = np.abs(moved[rest] / t[rest] - 1)
+            moved[idx] = t[idx]
+            net = np.array([moved[n].sum() for n in nets])
+            actual = np.array([t[n].sum() for n in nets])
+            net_err = np.abs(net / actual - 1)
+            factor = np.exp(np.median(np.log(t[idx] / s[idx])))
+            flat_units = np.abs(s[rest] * factor / t[rest] - 1)
+            flat_nets = np.abs(np.array([s[n].sum() for n in nets]) * factor / actual - 1)
+            out[f"{label} {pct}"] = [float(np.mean(unit_err <= 0.05)),
+                                     float(np.mean(unit_err <= 0.10)),
+                                     float(np.mean(net_err <= 0.05)),
+                                     float(np.mean(net_err <= 0.10))]
+            bench.say(f"| {label} | {pct} % ({len(idx)}) | {np.mean(unit_err <= .05):.0%} | "
+                      f"{np.mean(unit_err <= .10):.0%} | {np.mean(net_err <= .05):.0%} | "
+                      f"{np.mean(net_err <= .10):.0%} | {np.mean(flat_units <= .10):.0%} | "
+                      f"{np.mean(flat_nets <= .10):.0%} |")
+    bench.results["offline"] = out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--space", default="default")
     parser.add_argument("--count", type=int, default=200)
-    parser.add_argument("--naive", type=int, default=10)
-    parser.add_argument("--table", type=Path)
+    parser.add_argument("--count-other", type=int, default=60)
+    parser.add_argument("--budget-s", type=float, default=120.0)
+    parser.add_argument("--parts", default="collect,cpu,threads,int8,litert,offline")
+    parser.add_argument("--cache", type=Path, default=Path("out/bench-lut-cache"))
     parser.add_argument("--out", type=Path, default=Path("out/bench-lut"))
-    parser.add_argument("--home", type=Path, help="an EDGEPIPE_HOME whose converted programs "
-                                                  "are reused (default: a new, empty one)")
+    parser.add_argument("--reuse-table", action="store_true",
+                        help="score the table an earlier run collected instead of collecting")
     args = parser.parse_args()
-    print(machine_line())
-    # a home made here holds several GB of converted programs: removed at the end
-    home = args.home or Path(tempfile.mkdtemp(prefix="edgepipe-bench-lut-"))
-    try:
-        run(args, home)
-    finally:
-        if args.home is None:
-            shutil.rmtree(home, ignore_errors=True)
+    parts = args.parts.split(",")
+    bench = Bench(args)
+    bench.say(machine_line())
+    from edgepipe.device.info import device_info
+    from edgepipe.latency_tables.table import SHIPPED
 
-
-def run(args: argparse.Namespace, home: Path) -> None:
-    table = args.table
-    lines = []
-    if table is None:
-        table = args.out / "table.json"
-        began = time.perf_counter()
-        edgepipe("lut", "collect", "--space", args.space, "--out", str(table), home=home)
-        minutes = (time.perf_counter() - began) / 60
-        units = len(json.loads(table.read_text())["units"])
-        lines.append(f"collection: {units} units in {minutes:.1f} min "
-                     f"({'meets' if minutes < 15 else 'MISSES'} the 15-minute target)")
-    code = edgepipe("lut", "check", "--table", str(table), home=home, check=False)
-    checks = json.loads(Path(table).read_text())["checks"]
-    if checks:
-        c = checks[-1]
-        lines.append(f"lut check: {c['verdict']}, factor ×{c['factor']:.3f}, spread "
-                     f"{c['spread_pct']:.1f} %, {c['seconds']:.0f} s (exit {code})")
-    edgepipe("lut", "evaluate", "--table", str(table), "--count", str(args.count), "--naive",
-             str(args.naive), "--out", str(args.out), home=home)
-    report = json.loads((args.out / "evaluation.json").read_text())
-    if report.get("check"):
-        lines.append(f"check right before the networks: factor ×{report['check']['factor']:.3f}"
-                     f" ({report['check']['verdict']})")
-    for key, label in (("prediction", "prediction (units + overhead)"),
-                       ("prediction_rescaled", "prediction rescaled by that check"),
-                       ("repeatability", "the device against itself (pass 2 vs pass 1)")):
-        m = report.get(key)
-        if not m:
-            continue
-        lines.append(f"{label}: within ±5 % {m['within_5pct']:.1%}, within ±10 % "
-                     f"{m['within_10pct']:.1%}, RMSE {m['rmse_pct']:.2f} %, mean error "
-                     f"{m['mean_error_pct']:+.2f} %, worst {m['max_abs_error_pct']:.1f} %, "
-                     f"Kendall tau {m['kendall_tau']:.3f}, {m['count']} networks")
-    n = report["naive_per_op_sum"]
-    if n.get("count"):
-        lines.append(f"naive per-op sum on {n['count']} of them: within ±10 % "
-                     f"{n['within_10pct']:.1%}, RMSE {n['rmse_pct']:.1f} % (units on the same "
-                     f"networks: RMSE {n['units_same_networks']['rmse_pct']:.2f} %)")
-    p = report["prediction"]
-    lines.append(f"targets: ≥ 95 % within ±5 % {'met' if p['within_5pct'] >= 0.95 else 'NOT met'}"
-                 f", ≥ 99 % within ±10 % {'met' if p['within_10pct'] >= 0.99 else 'NOT met'}")
-    print("\n" + machine_line())
-    print("\n".join(lines))
+    # the other CPUs' tables: sources for `lut adapt` (all of them, where none is this CPU's)
+    here = device_info()["fingerprint"]
+    others = [p for p in sorted(SHIPPED.glob("*-executorch-fp32-t1.json"))
+              if not p.name.startswith(here)]
+    table = bench.collect() if "collect" in parts or "cpu" in parts or "threads" in parts \
+        or "int8" in parts or "litert" in parts else None
+    if table is not None:
+        archs, rows = bench.networks(table, args.count, 123, "fp32-t1")
+        entries = [("the full collection (this CPU)", bench.score("full", table, archs, rows))]
+        if "cpu" in parts:
+            adapted = bench.adapt(others, "cpu")
+            names = ", ".join(p.name for p in others)
+            entries.append((f"adapted from {names} ({args.budget_s:g} s)",
+                            bench.score("adapted_cpu", adapted, archs, rows)))
+            entries.append((f"{others[0].name} × one factor from 3 networks",
+                            bench.global_factor(others[0], archs, rows)))
+        entries.append(("the device against itself (sitting 2 vs 1)", bench.ceiling(
+            "ceiling", rows)))
+        bench.table_lines(f"ExecuTorch fp32, 1 thread, {len(rows)} networks", entries)
+        for name, flags in (("threads", ("--threads", "2")),
+                            ("int8", ("--precision", "int8")),
+                            ("litert", ("--runtime", "litert", "--units", "400"))):
+            if name not in parts:
+                continue
+            adapted = bench.adapt([table], name, *flags)
+            archs_o, rows_o = bench.networks(adapted, args.count_other, 321, name)
+            entries = [(f"adapted from the full fp32 1-thread table ({args.budget_s:g} s)",
+                        bench.score(f"adapted_{name}", adapted, archs_o, rows_o))]
+            if name == "threads":
+                full2 = bench.out / "table-t2.json"
+                if not full2.is_file():
+                    began = time.perf_counter()
+                    edgepipe("lut", "collect", "--threads", "2", "--out", str(full2),
+                             home=bench.cache)
+                    bench.say(f"full 2-thread collection (programs converted): "
+                              f"{(time.perf_counter() - began) / 60:.1f} min")
+                entries.append(("the full 2-thread collection",
+                                bench.score("full_t2", full2, archs_o, rows_o)))
+            entries.append(("the device against itself", bench.ceiling(f"ceiling_{name}",
+                                                                        rows_o)))
+            bench.table_lines(f"{name}: {len(rows_o)} networks", entries)
+    if "offline" in parts:
+        offline(bench)
+    bench.say("\n" + machine_line())
+    (args.out / "results.json").write_text(json.dumps(bench.results, indent=1))
+    (args.out / "summary.md").write_text("\n".join(bench.lines) + "\n")
 
 
 if __name__ == "__main__":

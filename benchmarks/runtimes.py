@@ -3,16 +3,21 @@
     python benchmarks/runtimes.py [--runs 200] [--threads 1 2] [--models small large]
 
 Converts with edgepipe's own converters (cached in benchmarks/.cache), then times, in one
-process and one run: torch eager, ExecuTorch XNNPACK fp32/int8, LiteRT fp32/int8, and the
-peers users pick instead: ONNX Runtime fp32 and int8 (static QDQ, per-channel weights, the
-same calibration photos as edgepipe's int8), OpenVINO fp32 and int8 (the same ONNX files;
-OpenVINO runs a QDQ graph in int8; fp32 pinned with INFERENCE_PRECISION_HINT=f32, and its
-default hint as its own entry where that picks bf16), NCNN fp32 (exported by ``pnnx`` from
-the same module) and MNN fp32 (``mnnconvert`` from the same ONNX file; int8 through
-``mnnquant`` on the same calibration photos where it works). Each peer is optional: where it
-is not installed or does not convert, it is skipped and the reason printed. Prints medians
-and each entry's ratio to the fastest entry of its model and thread count, and whether each
-graph is whole (XNNPACK partitions).
+process and one run: torch eager, ExecuTorch XNNPACK fp32/fp16/int8, LiteRT fp32/fp16/int8,
+and the peers users pick instead, at every precision they run here: ONNX Runtime fp32, fp16
+(onnxruntime.transformers.float16, float32 inputs and outputs) and int8 (static QDQ,
+per-channel weights, the same calibration photos as edgepipe's int8), OpenVINO fp32, bf16,
+f16 and int8 (the same ONNX files; OpenVINO runs a QDQ graph in int8; each float precision
+pinned with INFERENCE_PRECISION_HINT and read back: a hint the CPU cannot take is skipped
+with what OpenVINO ran instead), NCNN fp32 (exported by ``pnnx`` from the same module) and
+MNN fp32 (``mnnconvert`` from the same ONNX file; int8 through ``mnnquant`` on the same
+calibration photos where it works). Each peer is optional: where it is not installed or does
+not convert, it is skipped and the reason printed. Prints medians and each entry's ratio to
+the fastest entry of its model and thread count, and whether each graph is whole (XNNPACK
+partitions); then, per precision, edgepipe's best artifact against the fastest peer, and
+the artifact ``edgepipe run`` would recommend (edgepipe.pipeline.recommend, on parity alone:
+random-init models have no accuracy figure) against the fastest entry of the table (the
+issue's goals: within 1.1× each). fp16 entries say whether this CPU computes fp16 natively.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import torch
 
 from edgepipe.converters.convert import ConvertRequest, convert
 from edgepipe.device.bench import LatencyStats, measure_latency
-from edgepipe.device.identity import machine_line
+from edgepipe.device.identity import fp16_support, local_identity, machine_line
 from edgepipe.device.runtimes import open_runner
 
 CACHE = Path(__file__).parent / ".cache"
@@ -159,6 +164,12 @@ class Mnn:
         self.interp.runSession(self.session)
 
 
+def openvino_capabilities() -> list[str]:
+    import openvino as ov
+
+    return [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
 def ncnn_files(model: str, module: torch.nn.Module) -> tuple[Path, Path]:
     """NCNN's param/bin, exported by pnnx (TorchScript → pnnx → ncnn) from the same module."""
     import pnnx
@@ -252,6 +263,21 @@ def onnx_int8_file(model: str, onnx: Path, calibration: list[torch.Tensor]) -> P
     return path
 
 
+def onnx_fp16_file(model: str, onnx: Path) -> Path:
+    """The ONNX model in float16 (weights and activations; float32 inputs and outputs, cast
+    at the edges), by onnxruntime's own converter."""
+    import onnx as onnx_lib
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    path = CACHE / f"{model}_fp16.onnx"
+    if not path.is_file():
+        half = convert_float_to_float16(onnx_lib.load(str(onnx)), keep_io_types=True)
+        tmp = path.with_suffix(".tmp.onnx")
+        onnx_lib.save(half, str(tmp))
+        tmp.replace(path)
+    return path
+
+
 def peers(model: str, module: torch.nn.Module, onnx: Path, calibration: list[torch.Tensor],
           mean: tuple[float, ...], std: tuple[float, ...], threads: int,
           skipped: dict[str, str]) -> list[tuple[str, str, object, dict]]:
@@ -263,6 +289,11 @@ def peers(model: str, module: torch.nn.Module, onnx: Path, calibration: list[tor
         skipped["ONNX QDQ int8"] = f"{type(exc).__name__}: {exc}"
         int8 = None
     entries.append(("ONNX Runtime", "fp32", OnnxRuntime(onnx, threads), {}))
+    try:
+        entries.append(("ONNX Runtime", "fp16",
+                        OnnxRuntime(onnx_fp16_file(model, onnx), threads), {}))
+    except Exception as exc:
+        skipped["ONNX Runtime fp16"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     if int8:
         entries.append(("ONNX Runtime", "int8", OnnxRuntime(int8, threads), {}))
     try:
@@ -270,18 +301,29 @@ def peers(model: str, module: torch.nn.Module, onnx: Path, calibration: list[tor
     except ImportError:
         skipped["OpenVINO"] = "not installed (pip install openvino)"
     else:
-        for precision, path in (("fp32", onnx), ("int8", int8)):
+        hints = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+        for precision, path in (("fp32", onnx), ("bf16", onnx), ("fp16", onnx),
+                                ("int8", int8)):
             if path is None:
                 continue
-            try:
-                entries.append(("OpenVINO", precision, OpenVino(path, threads), {}))
-                if precision == "fp32":  # what users get without a hint
-                    default = OpenVino(path, threads, precision_hint=None)
-                    if default.precision != "fp32":
-                        entries.append(("OpenVINO (default hint)",
-                                        f"{default.precision} (fp32 model)", default, {}))
+            try:  # int8: the layers OpenVINO keeps float in f32, as before
+                runner = OpenVino(path, threads, precision_hint=hints.get(precision, "f32"))
             except Exception as exc:
                 skipped[f"OpenVINO {precision}"] = f"{type(exc).__name__}: {exc}"
+                continue
+            if precision in hints and runner.precision != precision:
+                # OpenVINO runs what the CPU has: a hint it cannot follow is not that precision
+                skipped[f"OpenVINO {precision}"] = (
+                    f"hint {hints[precision]} ran as {runner.precision} on this CPU (CPU "
+                    f"capabilities: {', '.join(openvino_capabilities())})")
+                continue
+            entries.append(("OpenVINO", precision, runner, {}))
+        try:
+            default = OpenVino(onnx, threads, precision_hint=None)
+            skipped.setdefault("OpenVINO (default hint)", f"runs {default.precision} here: "
+                               f"the OpenVINO {default.precision} entry")
+        except Exception as exc:
+            skipped["OpenVINO (default hint)"] = f"{type(exc).__name__}: {exc}"
     try:
         entries.append(("NCNN", "fp32", Ncnn(*ncnn_files(model, module), threads), {}))
     except ImportError:
@@ -319,7 +361,7 @@ def converted(model: str) -> tuple[Path, dict]:
             or stamp.read_text() != converters_digest():
         print(f"converting {model} (cached in {out}) ...", file=sys.stderr)
         convert(ConvertRequest(model=model, out=out, formats=["executorch", "tflite"],
-                               int8=True))
+                               int8=True, fp16=True))
         stamp.write_text(converters_digest())
     return out, json.loads((out / "report.json").read_text())
 
@@ -347,9 +389,12 @@ def main() -> None:
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     rows = []
     skipped: dict[str, str] = {}
+    reports: dict[str, dict] = {}
+    fp16 = fp16_support(local_identity())
     for short in args.models:
         model = f"mobilenet_v3_{short}"
         out, report = converted(model)
+        reports[model] = report
         src = load_source_model(model, bn_images=builtin_calibration_images(16))
         onnx = onnx_file(model, src.module)
         calibration = src.batches(builtin_calibration_images(32))  # as convert
@@ -359,15 +404,19 @@ def main() -> None:
             for a in report["artifacts"]:
                 name = {"executorch": "ExecuTorch XNNPACK", "tflite": "LiteRT"}[a["format"]]
                 entries.append((name, a["precision"], open_runner(out / a["file"], threads),
-                                a["graph"]))
+                                {**a["graph"], "artifact": a}))
             entries += peers(model, src.module, onnx, calibration, src.preprocessing.mean,
                              src.preprocessing.std, threads, skipped)
             for name, precision, runner, graph in entries:
                 stats: LatencyStats = measure_latency(runner, x, args.warmup, args.runs)
+                a = graph.get("artifact")
                 rows.append({"model": model, "threads": threads, "runtime": name,
                              "precision": precision, "median_ms": stats.median_ms,
                              "p90_ms": stats.p90_ms, "p99_ms": stats.p99_ms,
-                             "partitions": graph.get("delegate_partitions")})
+                             "partitions": graph.get("delegate_partitions"),
+                             "latency": stats.to_dict(),
+                             "edgepipe": a["file"] if a else None,
+                             "format": a["format"] if a else None})
                 time.sleep(0.2)
     for row in rows:
         fastest = min(r["median_ms"] for r in rows
@@ -380,13 +429,73 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         parts = "—" if r["partitions"] is None else str(r["partitions"])
+        flag = " (not native here)" if r["precision"] == "fp16" and not fp16["native"] else ""
         print(f"| {r['model'].removeprefix('mobilenet_v3_')} | {r['threads']} | {r['runtime']} "
-              f"| {r['precision']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
+              f"| {r['precision']}{flag} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
               f"{r['p99_ms']:.2f} | {r['ratio_to_fastest']:.2f} | {parts} |")
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")
+    print(f"\nfp16 on this CPU: {fp16['words']}")
+    goals = summarize(rows, reports, fp16)
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "skipped": skipped}, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "skipped": skipped, "goals": goals,
+                                         "machine": machine_line()}, indent=2))
+
+
+GOAL_RATIO = 1.1  # the issue's goals: within 1.1× of the fastest peer / the fastest entry
+
+
+def summarize(rows: list[dict], reports: dict[str, dict], fp16: dict) -> list[dict]:
+    """Per model and thread count: at each precision, edgepipe's best artifact against the
+    fastest peer (torch eager is the source, not a peer), and the artifact `edgepipe run`
+    would recommend (on parity alone) against the fastest entry of the table."""
+    from edgepipe.pipeline.recommend import recommend_device
+
+    goals = []
+    print("\n| model | threads | precision | edgepipe best | peer best | ratio | ≤ 1.1× |")
+    print("|---|---|---|---|---|---|---|")
+    for key in dict.fromkeys((r["model"], r["threads"]) for r in rows):
+        group = [r for r in rows if (r["model"], r["threads"]) == key]
+        for precision in dict.fromkeys(r["precision"] for r in group):
+            ours = [r for r in group if r["precision"] == precision and r["edgepipe"]]
+            theirs = [r for r in group if r["precision"] == precision and not r["edgepipe"]
+                      and r["runtime"] != "torch eager"]
+            if theirs and not ours:
+                print(f"| {key[0].removeprefix('mobilenet_v3_')} | {key[1]} | {precision} | "
+                      f"— (edgepipe makes no {precision} artifact) | "
+                      f"{min(theirs, key=lambda r: r['median_ms'])['runtime']} | — | — |")
+            if not ours or not theirs:
+                continue
+            best = min(ours, key=lambda r: r["median_ms"])
+            peer = min(theirs, key=lambda r: r["median_ms"])
+            ratio = best["median_ms"] / peer["median_ms"]
+            goals.append({"model": key[0], "threads": key[1], "precision": precision,
+                          "edgepipe": best["runtime"], "peer": peer["runtime"],
+                          "ratio": ratio, "met": ratio <= GOAL_RATIO})
+            print(f"| {key[0].removeprefix('mobilenet_v3_')} | {key[1]} | {precision} | "
+                  f"{best['runtime']} {best['median_ms']:.2f} | {peer['runtime']} "
+                  f"{peer['median_ms']:.2f} | {ratio:.2f} | "
+                  f"{'yes' if ratio <= GOAL_RATIO else 'no'} |")
+        entry = {"name": f"{key[0]} ×{key[1]}", "results": [
+            {"artifact": r["edgepipe"], "format": r["format"], "precision": r["precision"],
+             "runtime": r["runtime"], "threads": r["threads"], "latency": r["latency"],
+             "fp16": fp16 if r["precision"] == "fp16" else None}
+            for r in group if r["edgepipe"]]}
+        rec = recommend_device(entry, reports[key[0]], None)
+        fastest = min(group, key=lambda r: r["median_ms"])
+        pick = rec["pick"]
+        ratio = pick["median_ms"] / fastest["median_ms"] if pick else None
+        goals.append({"model": key[0], "threads": key[1], "recommendation": rec["line"],
+                      "fastest": f"{fastest['runtime']} {fastest['precision']}",
+                      "ratio": ratio, "met": ratio is not None and ratio <= GOAL_RATIO})
+        print(f"\nrecommended {rec['line']}")
+        if pick:
+            print(f"  ×{ratio:.2f} the fastest entry ({fastest['runtime']} "
+                  f"{fastest['precision']}, {fastest['median_ms']:.2f} ms): "
+                  f"{'within' if ratio <= GOAL_RATIO else 'NOT within'} 1.1×")
+        for other in rec["others"]:
+            print(f"  {other['artifact']}: {other['why']}")
+    return goals
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgepipe.device.identity import machine_line
 from edgepipe.latency_tables.estimate import Estimator
-from edgepipe.latency_tables.table import SHIPPED, LatencyTable
+from edgepipe.latency_tables.table import REFERENCE_TABLE, LatencyTable
 from edgepipe.manifest import write_atomic
 from edgepipe.models.space import SearchSpace
 from edgepipe.search.data import DataSpec
@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("out/search-samplers"))
     args = ap.parse_args()
     began = time.time()
-    est = Estimator(LatencyTable.load(next(SHIPPED.glob("*-executorch-fp32-t1.json"))))
+    est = Estimator(LatencyTable.load(REFERENCE_TABLE))
     space = SearchSpace(num_classes=10)
     target = est.predict(space.seed_architecture("small", 224)) * args.target_pct / 100
     rows = []

@@ -27,7 +27,7 @@ from edgepipe.host.local import LOCAL, open_device
 from edgepipe.latency_tables.estimate import Estimator
 from edgepipe.latency_tables.evaluate import measure_networks
 from edgepipe.latency_tables.sentinels import check_table, check_words
-from edgepipe.latency_tables.table import SHIPPED, LatencyTable
+from edgepipe.latency_tables.table import REFERENCE_TABLE, LatencyTable
 from edgepipe.manifest import write_atomic
 from edgepipe.models.space import SearchSpace
 from edgepipe.search.baseline import width_above, width_for_latency
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("out/search-study"))
     args = ap.parse_args()
     began = time.time()
-    table_path = next(SHIPPED.glob("*-executorch-fp32-t1.json"))
+    table_path = REFERENCE_TABLE
     est = Estimator(LatencyTable.load(table_path))
     data = DataSpec(args.data, args.image_size)
     classes = len(load_dataset(data).classes)
@@ -173,11 +173,9 @@ def print_table(summary: list[dict], seed_ms: float, seconds: float) -> None:
 
 
 def plot(rows: list[dict], seed_ms: float, path: Path) -> None:
-    import matplotlib
+    from edgepipe.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     for method, colour, marker in (("netadapt", "#1f5fa8", "o"), ("width", "#c0392b", "s"),
                                    ("width-wider", "#e67e22", "^")):
@@ -192,7 +190,7 @@ def plot(rows: list[dict], seed_ms: float, path: Path) -> None:
                  fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

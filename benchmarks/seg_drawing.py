@@ -22,9 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgepipe.apps.decode import OutputDecoder
 from edgepipe.apps.draw import PALETTE, draw_segmentation
 from edgepipe.converters.convert import ConvertRequest, convert
+from edgepipe.decode import OutputDecoder
 from edgepipe.device.identity import machine_line
 from edgepipe.device.runtimes import open_runner
 from edgepipe.manifest import load_manifest

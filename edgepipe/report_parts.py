@@ -10,7 +10,7 @@ STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px}
 th{background:#f3f3f3}td.num{text-align:right}.bad{color:#b00020;font-weight:bold}
-.bar{background:#4a7bd0;height:12px;display:inline-block}.note{color:#555;font-size:90%}
+.bar{background:#4a7bd0;height:12px;display:inline-block}.note{color:#555;font-size:90%}.pick{color:#1b5e20}
 svg text{font-family:system-ui,sans-serif;font-size:12px}
 """
 

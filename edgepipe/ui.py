@@ -120,6 +120,8 @@ def print_convert_table(report: dict[str, Any]) -> None:
         if floats:
             details.append(f"{name}: {sum(floats.values())} op(s) left in float: "
                            f"{_ops_text(floats)}")
+        if a["parity"].get("arithmetic"):
+            details.append(f"{name}: parity with {a['parity']['arithmetic']}")
         table.add_row(a["format"], a["precision"], f"{a['size_mb']:.2f}",
                       _parity_cell(a["parity"]),
                       f"{latency:.2f}" if latency is not None else "—",
@@ -177,6 +179,20 @@ def device_words(device: dict[str, Any]) -> str:
             "no fingerprint (no agent)")
 
 
+def fp16_note(fp16: dict[str, Any] | None, kernels: dict[str, Any] | None) -> str | None:
+    """An fp16 result's flag in words: whether the device computes fp16 natively, and what
+    its XNNPACK kernels ran (the per-op evidence); None for other precisions."""
+    if not fp16:
+        return None
+    head = ("fp16 native on this CPU" if fp16.get("native") else
+            "[bold yellow]fp16 NOT native[/] on this CPU" if fp16.get("native") is False else
+            "fp16 arithmetic of this device unknown")
+    words = f"{head}: {escape(fp16.get('words') or '')}"
+    if kernels:
+        words += f"; XNNPACK kernels: {escape(kernels.get('words') or '')}"
+    return words
+
+
 def print_profile(result: Any, top: int | None = 15) -> None:
     """Whole-model stats and the per-op table of a ``ProfileResult``."""
     lat, device = result.latency, result.device
@@ -200,6 +216,9 @@ def print_profile(result: Any, top: int | None = 15) -> None:
                       f"{rep['spread_pct']:.1f} % apart (MLPerf Mobile: within "
                       f"{rep['within_pct']:g} %)")
     console.print("  device state: " + state_words(result.device_state, result.flags))
+    note = fp16_note(getattr(result, "fp16", None), getattr(result, "kernels", None))
+    if note:
+        console.print(f"  {note}")
     if not result.per_op:
         note = result.per_op_note or "per-op not available because the agent gave no reason"
         console.print(f"  {note}")
@@ -252,6 +271,10 @@ def print_comparison(comparison: Any) -> None:
                       + (f" (overhead ×{cost['ratio']:.2f})" if cost else "")
                       + (f"; {r.per_op_placed}" if r.per_op_placed else "")
                       + (f"; measured by {r.measured_by}" if r.measured_by else ""))
+        if r.kernels and any(x.precision == "fp16" for x in comparison.results):
+            # fp16 beside other precisions: which kernels each ran is the point
+            console.print(f"  XNNPACK kernels: {r.kernels['words']}"
+                          + (f" · {fp16_note(r.fp16, None)}" if r.fp16 else ""))
     base = comparison.labels[0]
     means = [label for label, r in zip(comparison.labels, comparison.results, strict=True)
              if r.per_op and r.per_op[0].stat == "mean"]
@@ -334,7 +357,10 @@ def print_run_summary(run: dict[str, Any]) -> None:
                              else "right", overflow="fold")
         for r in entry["results"]:
             lat = r["latency"]
-            table.add_row(r["artifact"], path_words(r.get("measured_by")), str(r["threads"]),
+            name = r["artifact"]
+            if r.get("fp16") and r["fp16"].get("native") is not True:
+                name += " [yellow](fp16 not native)[/]"
+            table.add_row(name, path_words(r.get("measured_by")), str(r["threads"]),
                           ms_text(lat["median_ms"]),
                           ms_text(lat["p90_ms"]), ms_text(lat["p99_ms"]),
                           f"{ms_text(lat['mean_ms'])} ± {ms_text(lat['std_ms'])}",
@@ -348,8 +374,24 @@ def print_run_summary(run: dict[str, Any]) -> None:
         for line in entry.get("tables") or []:
             words = table_prediction_words(line, entry["results"])
             console.print(f"latency table: {line['words']}" + (f"; {words}" if words else ""))
+        fp16 = next((r for r in entry["results"] if r.get("fp16")), None)
+        if fp16:
+            console.print(f"fp16 on {entry['name']}: {escape(fp16['fp16']['words'])}; "
+                          + "; ".join(f"{r['artifact']} ran {r['kernels']['words']}"
+                                      for r in entry["results"]
+                                      if r.get("fp16") and r.get("kernels")))
         for error in entry["errors"]:
             console.print(f"[red]error:[/] {error}")
+    print_recommendations(run.get("recommendations") or [])
+
+
+def print_recommendations(recommendations: list[dict[str, Any]]) -> None:
+    """Each device's artifact to ship, in one line, then why each other artifact lost."""
+    for rec in recommendations:
+        console.print(f"[bold green]recommended[/] {escape(rec['line'])}")
+        for other in rec["others"]:
+            console.print(f"  {escape(other['artifact'])} ×{other['threads']}: "
+                          f"{escape(other['why'])}")
 
 
 def print_demo_summary(summary: Any) -> None:
@@ -397,16 +439,22 @@ def print_evaluation(summary: dict[str, Any]) -> None:
         table.add_column(col, justify="left" if col == "artifact" else "right",
                          overflow="fold")
     labelled = summary.get("labelled")
+    not_native = (summary.get("fp16") or {}).get("native") is not True
     for a in [*(summary.get("pytorch") or [] if labelled else []), *summary["artifacts"]]:
+        name = a["artifact"]
+        if a.get("precision") == "fp16" and summary.get("fp16") and not_native:
+            name += " [yellow](fp16 not native)[/]"
         if segmentation:
-            table.add_row(a["artifact"], str(a["images"]), rate_text(a.get("miou")),
+            table.add_row(name, str(a["images"]), rate_text(a.get("miou")),
                           rate_text(a.get("pixel_accuracy")),
                           share_text(a["pixel_agreement"]), share_text(a["miou_vs_pytorch"]))
         else:
-            table.add_row(a["artifact"], str(a["images"]), rate_text(a["top1"]),
+            table.add_row(name, str(a["images"]), rate_text(a["top1"]),
                           rate_text(a["top5"]), rate_text(a["flip_rate"]),
                           rate_text(a.get("flip_rate_stable")))
     console.print(table)
+    if summary.get("fp16") and any(a.get("precision") == "fp16" for a in summary["artifacts"]):
+        console.print(f"  fp16 on {summary['device']}: {escape(summary['fp16']['words'])}")
     for line in dict.fromkeys(floor_text(a) for a in summary["artifacts"]):
         if line:
             console.print(f"  floor: {line}")

@@ -1,4 +1,6 @@
-"""Shared fixtures: conversions are slow (tens of seconds each), so each is done once."""
+"""Shared fixtures: conversions are slow (tens of seconds to minutes each), so each is done
+once per run here, and once per content across runs (tests/artifacts.py): a test reads a
+session fixture's folder instead of converting again."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgepipe.converters.convert import ConvertRequest, convert
+from edgepipe.converters.convert import ConvertRequest
 
 # Narrow and low-resolution: the real converters and runtimes, at a fraction of the cost.
 SMALL = dict(model="mobilenet_v3_small", width_mult=0.5, size=96)
@@ -18,8 +20,22 @@ SMALL = dict(model="mobilenet_v3_small", width_mult=0.5, size=96)
 @pytest.fixture(scope="session")
 def small_conversion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """MobileNetV3-Small x0.5 @96 to every format, fp32 and int8."""
+    from .artifacts import convert_cached
+
     out = tmp_path_factory.mktemp("convert") / "small"
-    report = convert(ConvertRequest(out=out, int8=True, calib_count=16, **SMALL))
+    report = convert_cached(ConvertRequest(out=out, int8=True, calib_count=16, **SMALL))
+    return out, report
+
+
+@pytest.fixture(scope="session")
+def small_segmentation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """LR-ASPP on MobileNetV3-Small x0.5 @128 (random init) to LiteRT, fp32 and int8."""
+    from .artifacts import convert_cached
+
+    out = tmp_path_factory.mktemp("convert") / "seg"
+    report = convert_cached(ConvertRequest(model="lraspp_mobilenet_v3_small", out=out,
+                                           formats=["tflite"], int8=True, width_mult=0.5,
+                                           size=128, calib_count=8))
     return out, report
 
 
@@ -27,8 +43,10 @@ def small_conversion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, di
 def real_v2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     """torchvision's trained ImageNet MobileNetV2 through the real `edgepipe convert` command,
     every format, fp32 and int8 (slow: ~2 minutes)."""
+    from .artifacts import convert_cli_cached
+
     out = tmp_path_factory.mktemp("real_v2") / "v2"
-    proc = run_cli("convert", "mobilenet_v2", "--weights", "imagenet", "--int8", "-o", str(out))
+    proc = convert_cli_cached("mobilenet_v2", "--weights", "imagenet", "--int8", "-o", str(out))
     return out, proc
 
 
@@ -43,3 +61,12 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 900,
     code = f"import sys\n{prelude}\nfrom edgepipe.cli import main\nsys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def fp16_conversion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """MobileNetV3-Small x0.5 @96 to ExecuTorch and LiteRT, fp32 and fp16."""
+    out = tmp_path_factory.mktemp("convert") / "small_fp16"
+    report = convert(ConvertRequest(out=out, fp16=True, formats=["executorch", "tflite"],
+                                    calib_count=16, **SMALL))
+    return out, report

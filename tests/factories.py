@@ -127,6 +127,32 @@ def digits_cnn() -> nn.Module:
     )
 
 
+class _Overflowing(nn.Module):
+    """A convolution whose outputs reach ~1e5 on ordinary images: past float16's 65504."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        nn.init.constant_(self.stem.weight, 2000.0)
+        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(8, 10))
+
+    def forward(self, x):
+        return self.head(self.stem(x))
+
+
+def overflowing_cnn() -> nn.Module:
+    return _Overflowing()
+
+
+def gelu_cnn() -> nn.Module:
+    """GELU, which ExecuTorch's XNNPACK partitioner takes in fp32 but not in fp16."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.GELU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    )
+
+
 # Channel splits and channel-wise ops (ShuffleNetV2, GhostNet, CSP blocks; pytorch/executorch
 # #21829): what XNNPACK does not take runs on portable kernels, which may refuse or misread
 # a channels-last tensor.

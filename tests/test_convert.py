@@ -97,10 +97,8 @@ def test_device_runner_follows_the_manifest(small_conversion):
     assert manifest.labels[int(logits.argmax())] == chelsea["artifact"]
 
 
-def test_segmentation_conversion(tmp_path):
-    report = convert(ConvertRequest(model="lraspp_mobilenet_v3_small", out=tmp_path / "seg",
-                                    formats=["tflite"], int8=True, width_mult=0.5, size=128,
-                                    calib_count=8))
+def test_segmentation_conversion(small_segmentation):
+    out, report = small_segmentation
     fp32, int8 = (artifact(report, "tflite", p) for p in ("fp32", "int8"))
     assert report["task"] == "segmentation"
     assert fp32["parity"]["pixel_agreement"] > 0.99
@@ -108,7 +106,7 @@ def test_segmentation_conversion(tmp_path):
     assert int8["parity"]["pixel_agreement"] > 0.5
     assert int8["parity"]["min_cosine_similarity"] > 0.8
     assert int8["graph"]["float_ops"] == {} and int8["graph"]["delegate_partitions"] == 1
-    manifest = load_manifest(tmp_path / "seg" / fp32["file"])
+    manifest = load_manifest(out / fp32["file"])
     assert manifest.label_set == "voc" and manifest.outputs[0].shape == [1, 21, 128, 128]
 
 

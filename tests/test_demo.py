@@ -73,12 +73,9 @@ def test_real_mobilenet_v2_names_the_cat_in_the_annotated_video(real_v2, video, 
     assert not list(tmp_path.glob(".annotated.partial-*"))  # renamed into place
 
 
-def test_segmentation_blends_the_mask_and_draws_a_legend(tmp_path):
+def test_segmentation_blends_the_mask_and_draws_a_legend(small_segmentation, tmp_path):
     """LR-ASPP (random init: the mask means nothing, the drawing is what is tested)."""
-    out = tmp_path / "seg"
-    done = run_cli("convert", "lraspp_mobilenet_v3_small", "--width", "0.5", "--size", "128",
-                   "--to", "tflite", "-o", str(out))
-    assert done.returncode == 0, done.stderr
+    out, _ = small_segmentation
     folder = tmp_path / "photos"
     folder.mkdir()
     for name in ("chelsea", "astronaut"):

@@ -16,6 +16,7 @@ from edgepipe.errors import EdgepipeError
 from edgepipe.evaluation.data import digits_part, load_data
 from edgepipe.manifest import load_manifest
 
+from .artifacts import convert_cli_cached
 from .conftest import artifact, run_cli
 from .factories import digits_cnn
 
@@ -60,9 +61,9 @@ def digits_model(tmp_path_factory):
     calib = base / "calib"
     _digit_pngs(calib, 1, 64)  # validation part: int8 calibrated on digits, not photos
     out = base / "out"
-    done = run_cli("convert", "tests.factories:digits_cnn", "--weights", str(weights),
-                   "--size", "32", "--int8", "--calib", str(calib), "--to", "executorch,tflite",
-                   "-o", str(out))
+    done = convert_cli_cached("tests.factories:digits_cnn", "--weights", str(weights),
+                              "--size", "32", "--int8", "--calib", str(calib),
+                              "--to", "executorch,tflite", "-o", str(out))
     assert done.returncode == 0, done.stderr
     return out, weights, json.loads((out / "report.json").read_text())
 
@@ -215,10 +216,10 @@ def test_sensitivity_ranks_the_broken_layer_first_and_auto_keeps_it_float(broken
     common = ["tests.factories:digits_cnn", "--weights", str(broken), "--size", "32",
               "--int8", "--calib", str(calib), "--to", "executorch,tflite"]
     plain, repaired = tmp_path / "plain", tmp_path / "repaired"
-    done = run_cli("convert", *common, "-o", str(plain))
+    done = convert_cli_cached(*common, "-o", str(plain))
     assert done.returncode == 0, done.stderr
-    done = run_cli("convert", *common, "--sensitivity", "--keep-float", "auto",
-                   "-o", str(repaired))
+    done = convert_cli_cached(*common, "--sensitivity", "--keep-float", "auto",
+                              "-o", str(repaired))
     assert done.returncode == 0, done.stderr
     report = json.loads((repaired / "report.json").read_text())
     analysis = report["int8_analysis"]
@@ -342,14 +343,14 @@ def _mask_on_image(grid: np.ndarray, width: int, height: int, manifest) -> np.nd
 def test_segmentation_against_ground_truth_masks(tmp_path):
     from PIL import Image
 
-    from edgepipe.apps.decode import OutputDecoder
     from edgepipe.converters.images import builtin_calibration_images
     from edgepipe.converters.reference import torch_reference
+    from edgepipe.decode import OutputDecoder
     from edgepipe.preprocess import preprocess
 
     out = tmp_path / "seg"
-    done = run_cli("convert", "tests.factories:dict_seg", "--task", "segmentation", "--size",
-                   "48x64", "--to", "tflite", "-o", str(out))
+    done = convert_cli_cached("tests.factories:dict_seg", "--task", "segmentation", "--size",
+                              "48x64", "--to", "tflite", "-o", str(out))
     assert done.returncode == 0, done.stderr
     model = next(out.glob("*_fp32.tflite"))
     manifest = load_manifest(model)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from edgepipe.apps.demo import run_demo
-from edgepipe.converters.convert import ConvertRequest, artifact_stem, convert
+from edgepipe.converters.convert import ConvertRequest, artifact_stem
 from edgepipe.device.inspect_artifact import init_manifest, pte_delegation
 from edgepipe.device.runtimes import open_runner
 from edgepipe.errors import EdgepipeError
@@ -29,6 +29,7 @@ from edgepipe.host.profiling import profile
 from edgepipe.manifest import load_manifest
 from edgepipe.preprocess import preprocess
 
+from .artifacts import convert_cached
 from .conftest import artifact, run_cli
 from .media import photo
 from .test_agent import agent  # noqa: F401  (fixture)
@@ -58,7 +59,7 @@ def test_a_shufflenet_unit_converts_whole_and_runs_in_fp32_and_int8(tmp_path):
     """The split case's unit (chunk, branch, concat, channel shuffle, mean with dims dropped):
     it lowered to a program that failed at run time ("error 0x12" in a portable
     split_with_sizes_copy outside the delegate, fp32 and int8); now one partition each."""
-    report = convert(ConvertRequest(model="tests.factories:shuffle_unit", out=tmp_path / "o",
+    report = convert_cached(ConvertRequest(model="tests.factories:shuffle_unit", out=tmp_path / "o",
                                     formats=["executorch"], int8=True, size=32,
                                     calib_count=8))
     for precision in ("fp32", "int8"):
@@ -79,7 +80,7 @@ def test_programs_a_channels_last_layout_breaks_run_in_nchw_or_are_refused(tmp_p
     for NCHW input instead, say so, and name the ops left outside with their measured cost.
     sort has no portable kernel: refused in one line naming it."""
     for factory in ("channel_roll", "channel_flip"):
-        report = convert(ConvertRequest(model=f"tests.factories:{factory}",
+        report = convert_cached(ConvertRequest(model=f"tests.factories:{factory}",
                                         out=tmp_path / factory, formats=["executorch"],
                                         size=32))
         pte = artifact(report, "executorch", "fp32")
@@ -101,7 +102,7 @@ def test_programs_a_channels_last_layout_breaks_run_in_nchw_or_are_refused(tmp_p
 def test_torchvision_shufflenet_v2_is_one_partition_in_int8(tmp_path):
     """torchvision's shufflenet_v2_x0_5 (13 chunks): 15 partitions and 13 split_with_sizes_copy
     outside the delegate before; now one partition, nothing outside."""
-    report = convert(ConvertRequest(model="torchvision.models:shufflenet_v2_x0_5",
+    report = convert_cached(ConvertRequest(model="torchvision.models:shufflenet_v2_x0_5",
                                     out=tmp_path / "o", formats=["executorch"], int8=True,
                                     size=64, calib_count=8))
     for precision in ("fp32", "int8"):
@@ -221,7 +222,7 @@ def test_an_executorch_program_of_free_size_and_a_free_batch(tmp_path):
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
-    done = convert(ConvertRequest(model="tests.factories:red_vs_blue", out=tmp_path / "rb",
+    done = convert_cached(ConvertRequest(model="tests.factories:red_vs_blue", out=tmp_path / "rb",
                                   formats=["tflite"], size=32))
     raw = (tmp_path / "rb" / done["artifacts"][0]["file"]).read_bytes()
     tree = schema.ModelT.InitFromObj(schema.Model.GetRootAs(raw, 0))
@@ -330,7 +331,7 @@ class StandInCamera:
 @pytest.fixture(scope="module")
 def red_vs_blue(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rb") / "o"
-    report = convert(ConvertRequest(model="tests.factories:red_vs_blue", out=out,
+    report = convert_cached(ConvertRequest(model="tests.factories:red_vs_blue", out=out,
                                     formats=["tflite"], size=32))
     return out / report["artifacts"][0]["file"]
 

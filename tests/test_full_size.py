@@ -4,11 +4,12 @@ import json
 
 import pytest
 
-from edgepipe.converters.convert import ConvertRequest, convert
-from edgepipe.latency_tables.table import SHIPPED, LatencyTable
+from edgepipe.converters.convert import ConvertRequest
+from edgepipe.latency_tables.table import REFERENCE_TABLE, LatencyTable
 from edgepipe.manifest import file_sha256
 from edgepipe.models.pretrained import resolve_weights
 
+from .artifacts import convert_cached
 from .conftest import artifact, run_cli
 
 pytestmark = pytest.mark.slow
@@ -45,7 +46,7 @@ def test_real_mobilenet_v2_every_format_agrees_with_pytorch(real_v2):
 # MobileNetV3-Small full size is what `edgepipe run` converts by default: tested below
 @pytest.mark.parametrize("model", ["mobilenet_v3_large", "lraspp_mobilenet_v3_large"])
 def test_full_size_model_to_all_six_artifacts(tmp_path, model):
-    report = convert(ConvertRequest(model=model, out=tmp_path / model, int8=True))
+    report = convert_cached(ConvertRequest(model=model, out=tmp_path / model, int8=True))
     assert {(a["format"], a["precision"]) for a in report["artifacts"]} == ALL_SIX
     for fmt, precision in RUNNABLE:
         a = artifact(report, fmt, precision)
@@ -60,7 +61,7 @@ def test_full_size_model_to_all_six_artifacts(tmp_path, model):
         assert a["graph"]["ops_outside_delegate"] == {}, (fmt, precision)
 
 
-TABLE = next(SHIPPED.glob("*-executorch-fp32-t1.json"))
+TABLE = REFERENCE_TABLE
 
 
 def test_run_with_no_arguments_is_the_whole_job(tmp_path):

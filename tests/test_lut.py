@@ -12,16 +12,17 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from edgepipe.device.identity import ARM_FEATURES, X86_FEATURES
 from edgepipe.errors import EdgepipeError
-from edgepipe.latency_tables.collect import fit_overhead, space_units
+from edgepipe.latency_tables.collect import space_units
 from edgepipe.latency_tables.evaluate import error_metrics, kendall_tau
 from edgepipe.latency_tables.programs import unit_programs
-from edgepipe.latency_tables.table import SHIPPED, LatencyTable, Target
+from edgepipe.latency_tables.table import REFERENCE_TABLE, LatencyTable, Target
 from edgepipe.latency_tables.units import naive_ops, units_of
 from edgepipe.models.space import SPACES, Architecture, SearchSpace, build_architecture
 
@@ -65,7 +66,7 @@ def test_unit_keys_are_readable_and_name_what_changes_the_time():
     assert [o.kind for o in ops] == ["conv", "act", "conv", "act", "conv", "add"]
 
 
-def test_metrics_and_overhead_fit():
+def test_metrics():
     scipy_stats = pytest.importorskip("scipy.stats")
     rng = random.Random(1)
     a = [rng.random() for _ in range(30)]
@@ -73,37 +74,32 @@ def test_metrics_and_overhead_fit():
     assert kendall_tau(a, b) == pytest.approx(scipy_stats.kendalltau(a, b)[0], abs=1e-9)
     m = error_metrics([104, 96, 111, 100], [100, 100, 100, 100])
     assert (m["within_5pct"], m["within_10pct"]) == (0.75, 0.75)
-    # the overhead fit recovers how a known device turns unit sums into network times
-    models = [{"sum_ms": s, "boundary_m": e, "measured_ms": 0.9 * s - 0.4 * e + 0.3}
-              for s, e in ((5, 1.4), (8, 1.7), (11, 1.5), (13, 2.0), (6, 1.8))]
-    fit = fit_overhead(models)
-    assert (fit.scale, fit.boundary_ms_per_m, fit.offset_ms) == pytest.approx((0.9, -0.4, 0.3))
-    # where the boundary elements explain nothing but noise, left-out networks say so
-    noise = random.Random(2)
-    models = [{"sum_ms": s, "boundary_m": noise.uniform(0.8, 2.0),
-               "measured_ms": (0.9 * s + 0.3) * noise.uniform(0.97, 1.03)}
-              for s in (2, 3, 5, 6, 8, 9, 11, 13, 17, 20, 26, 31)]
-    fit = fit_overhead(models)
-    assert fit.boundary_ms_per_m == 0 and fit.scale == pytest.approx(0.9, abs=0.05)
 
 
 def test_shipped_table_predicts_the_seeds_in_their_known_order():
-    tables = sorted(SHIPPED.glob("*executorch-fp32-t1.json"))
-    assert tables, "edgepipe ships an ExecuTorch fp32 1-thread table"
-    table = LatencyTable.load(tables[0])
+    assert REFERENCE_TABLE.is_file(), "edgepipe ships an ExecuTorch fp32 1-thread table"
+    table = LatencyTable.load(REFERENCE_TABLE)
     space = SearchSpace.from_dict(table.space)
     large = table.predict(space.seed_architecture("large"))
     small = table.predict(space.seed_architecture("small"))
     assert 2 * small < large  # V3-Small is ~3x faster than Large on CPUs (paper, table 3)
     assert table.predict(space.seed_architecture("large", 160)) < large
-    assert table.overhead is not None and len(table.overhead.models) >= 5
+    model = table.network_model
+    assert model is not None and len(model.networks) >= 12  # every size the space holds
+    sizes = [n["median_ms"] for n in model.networks]
+    assert max(sizes) > 5 * min(sizes)
+
+
+def _predicted(words: str) -> float:
+    """The median `lut predict` printed, in ms."""
+    return float(re.search(r"predicted median ([0-9.]+) ms", " ".join(words.split()))[1])
 
 
 def _collect(home: Path, *extra: str) -> subprocess.Popen:
     code = "import sys\nfrom edgepipe.cli import main\nsys.exit(main(sys.argv[1:]))"
     return subprocess.Popen(
         [sys.executable, "-c", code, "lut", "collect", "--space", "tiny", "--out",
-         str(home / "t.json"), "--calibration", "5", *extra],
+         str(home / "t.json"), "--calibration", "3", *extra],
         env={**os.environ, "EDGEPIPE_HOME": str(home)}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True)
 
@@ -133,7 +129,8 @@ def collected(tmp_path_factory):
 def test_collect_killed_resumes(collected):
     home, table_file, partial, out = collected
     assert 6 <= len(partial["units"]) < len(space_units(SPACES["tiny"]))
-    assert partial["overhead"] is None and partial["sentinels"] == []
+    assert partial["model"] is None and partial["sentinels"] == []
+    assert len(partial["method"]["sittings"]) >= 1  # the first sitting, before the units
     table = LatencyTable.load(table_file)
     assert set(table.units) == {u.key for u in space_units(SPACES["tiny"])}
     for key, stats in partial["units"].items():  # kept, not measured again
@@ -144,6 +141,16 @@ def test_collect_killed_resumes(collected):
         assert stats["count"] >= 15 and stats["median_ms"] > 0 and "ci95_pct" in stats
         assert stats["p90_ms"] <= stats["p99_ms"] and 0 < stats["cpu_share"] <= 1
     assert "units (" in out and "wrote" in out and "sentinels: reference unit" in out
+    # the network model: fitted on networks measured in three sittings, left out one at a time
+    words = " ".join(out.split())
+    assert "network model: median ≈" in words and "left-out networks: median within" in words
+    assert len(table.method["sittings"]) == 3
+    model = table.network_model
+    # --calibration 3: three networks, each at both resolutions of the space (one program)
+    assert len(model.networks) == 6 and len(model.median.loo_errors) == 6
+    for n in model.networks:
+        assert n["count"] >= 3 * 15 and n["p90_ms"] >= n["median_ms"] >= n["min_ms"] > 0
+        assert len(n["sitting_medians_ms"]) == 3
     # the table knows the device by its identity, and carries its sentinels
     from edgepipe.device.info import device_info
 
@@ -168,7 +175,7 @@ def test_predict_evaluate_and_refusals(collected, tmp_path):
     run = run_cli("lut", "predict", "--table", str(table_file), "--arch", str(arch), env=env)
     assert run.returncode == 0, run.stderr
     words = " ".join(run.stdout.split())
-    small96 = float(words.split("predicted ")[1].split(" ms")[0])
+    small96 = _predicted(words)
     assert small96 > 0
     assert f"table {table_file.name} (collected " in words and "checked" in words
     run = run_cli("lut", "predict", "--table", str(table_file), "--arch", "large", "--no-check",
@@ -200,8 +207,8 @@ def test_predict_evaluate_and_refusals(collected, tmp_path):
     # corrupted files: one clear line each, nothing half-written
     for name, text in (("cut.json", table_file.read_text()[:500]),
                        ("other.json", json.dumps({"hello": 1})),
-                       ("bad-entry.json", table_file.read_text().replace(
-                           '"median_ms": ', '"median_ms": -', 1)),
+                       ("bad-entry.json", json.dumps({**json.loads(table_file.read_text()),
+                                                      "units": {"ir-x": {"median_ms": -1}}})),
                        ("bad-sentinel.json", json.dumps({**json.loads(table_file.read_text()),
                                                          "sentinels": [{"name": "x"}]}))):
         (tmp_path / name).write_text(text)
@@ -273,12 +280,12 @@ def test_a_drifted_table_warns_refuses_or_rescales(collected, tmp_path):
     base = ("lut", "predict", "--table", str(fast_file), "--arch", str(arch))
     plain = run_cli(*base, "--no-check", env=env)
     assert plain.returncode == 0, plain.stderr
-    unchecked = float(plain.stdout.split("predicted ")[1].split(" ms")[0])
+    unchecked = _predicted(plain.stdout)
 
     warned = run_cli(*base, env=env)  # measures the sentinels: about ×2
     words = " ".join(warned.stdout.split())
     assert warned.returncode == 0 and "warning: drift: the device runs" in words, words
-    assert float(words.split("predicted ")[1].split(" ms")[0]) == pytest.approx(unchecked)
+    assert _predicted(words) == pytest.approx(unchecked)
     check = LatencyTable.load(fast_file).checks[-1]
     assert check["verdict"] == "drift" and 1.6 < check["factor"] < 2.5
 
@@ -288,7 +295,7 @@ def test_a_drifted_table_warns_refuses_or_rescales(collected, tmp_path):
     rescaled = run_cli(*base, "--rescale", env=env)
     words = " ".join(rescaled.stdout.split())
     assert rescaled.returncode == 0 and f"rescaled ×{check['factor']:.3f}" in words
-    assert float(words.split("predicted ")[1].split(" ms")[0]) == pytest.approx(
+    assert _predicted(words) == pytest.approx(
         unchecked * check["factor"], abs=0.0005 * (1 + check["factor"]))  # printed to 3 places
     assert len(LatencyTable.load(fast_file).checks) == 1  # reused, not measured again
 
@@ -387,4 +394,113 @@ def test_litert_table_one_program_per_unit(tmp_path):
     times = table.method["collection_s"]
     assert times["programs"] == times["units"] == len(table.units)
     arch = SPACES["tiny"].architectures(1, seed=2)[0]
-    assert table.predict(arch) > 0 and table.overhead.scale > 0
+    assert table.predict(arch) > 0 and table.network_model.median.coef[0] > 0
+
+
+@pytest.fixture(scope="module")
+def adapted(collected, tmp_path_factory):
+    """The tiny ExecuTorch table adapted to LiteRT on the same agent from 10 units measured:
+    (EDGEPIPE_HOME, adapted table file, the command's stdout)."""
+    home, table_file, _, _ = collected
+    out = tmp_path_factory.mktemp("adapted") / "lite.json"
+    run = run_cli("lut", "adapt", "--from", str(table_file), "--runtime", "litert",
+                  "--units", "10", "--networks", "2", "--budget-s", "120", "--out", str(out),
+                  env={"EDGEPIPE_HOME": str(home)}, timeout=1800)
+    assert run.returncode == 0, run.stderr
+    return home, out, run.stdout
+
+
+def test_adapt_measures_a_few_units_and_transfers_the_rest(collected, adapted, tmp_path):
+    """`lut adapt` on the local agent: ExecuTorch's table to LiteRT from 10 measured units;
+    every unit says where it comes from, predictions say how much was transferred, and they
+    are checked against networks measured whole."""
+    home, table_file, _, _ = collected
+    _, lite_file, out = adapted
+    env = {"EDGEPIPE_HOME": str(home)}
+    words = " ".join(out.split())
+    assert "units measured on" in words and "the rest transferred from t.json" in words
+    table = LatencyTable.load(lite_file)
+    source = LatencyTable.load(table_file)
+    assert table.runtime == "litert" and set(table.units) == set(source.units)
+    kinds = [u.get("source") for u in table.units.values()]
+    assert 10 <= kinds.count("measured") <= 11 and kinds.count("transferred") >= 20
+    for u in table.units.values():
+        if u["source"] == "transferred":
+            assert u["expected_error_pct"] > 0 and u["median_ms"] > 0
+    a = table.adapted
+    assert a["sources"][0]["name"] == "t.json" and a["sources"][0]["runtime"] == "executorch"
+    assert a["measured_units"] == kinds.count("measured") and a["regressor"] in (
+        "factor", "ridge", "trees")
+    assert a["measurement_s"] <= 120 + 15  # the budget (one job may run over it a little)
+    assert table.network_model is not None and len(table.sentinels) == 4
+
+    arch = tmp_path / "arch.json"
+    arch.write_text(json.dumps(SPACES["tiny"].architectures(1, seed=5)[0].to_dict()))
+    run = run_cli("lut", "predict", "--table", str(lite_file), "--runtime", "litert",
+                  "--arch", str(arch), "--p90", env=env)
+    words = " ".join(run.stdout.split())
+    assert run.returncode == 0, run.stderr
+    assert "predicted median" in words and "p90 (90th percentile of runs)" in words
+    assert "95 % interval" in words and "of its unit time transferred" in words
+    assert "adapted from t.json" in words and "checked now" in words
+
+    run = run_cli("lut", "evaluate", "--table", str(lite_file), "--count", "4", "--naive",
+                  "0", "--out", str(tmp_path / "eval"), env=env)
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    for row in report["networks"]:
+        # a sub-millisecond network on a shared 2-core host: within a quarter of its median
+        assert abs(row["predicted_ms"] / row["measured_ms"] - 1) < 0.25, row
+        assert row["runs"] >= 2 * 40 and row["transferred_share"] > 0
+    assert "recorded in" in run.stdout
+    assert LatencyTable.load(lite_file).network_model.evaluation["count"] == 4
+
+    (home / "tables").mkdir(exist_ok=True)
+    shutil.copy(lite_file, home / "tables" / "adapted.json")
+    listing = " ".join(run_cli("lut", "list", env=env).stdout.split())
+    assert "adapted.json: 32 units" in listing and "adapted from t.json" in listing
+    assert "evaluated" in listing and "on 4 networks" in listing
+
+
+def test_netadapt_searches_on_an_adapted_table(collected, adapted, tmp_path):
+    home, _, _, _ = collected
+    _, lite_file, _ = adapted
+    arch = SPACES["tiny"].architectures(1, seed=5)[0]  # with digits' 10 classes: its head
+    seed = replace(arch, network=replace(arch.network, num_classes=10))  # is estimated
+    model = tmp_path / "seed.json"
+    model.write_text(json.dumps(seed.to_dict()))
+    run = run_cli("search", "netadapt", "--model", str(model), "--resolution",
+                  str(seed.resolution), "--target-pct", "85", "--workers", "1",
+                  "--delta-pct", "5", "--finetune-steps", "2", "--pretrain-steps", "10",
+                  "--final-steps", "5", "--table", str(lite_file), "--runtime", "litert",
+                  "--no-check", "--no-verify", "-o", str(tmp_path / "search"),
+                  env={"EDGEPIPE_HOME": str(home)})
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "search" / "search.json").read_text())
+    words = " ".join(result["table_checks"][0]["words"].split())
+    assert "adapted from t.json" in words and "litert fp32" in words
+    final = next(iter(result["finals"].values()))
+    assert final["predicted_ms"] <= 0.85 * result["steps"][0]["predicted_ms"]
+
+
+def test_adapt_bad_input_is_one_line(collected, tmp_path):
+    home, table_file, _, _ = collected
+    env = {"EDGEPIPE_HOME": str(home)}
+    (tmp_path / "cut.json").write_text(table_file.read_text()[:300])
+    for args, needle in (
+            (("--from", f"{table_file},{REFERENCE_TABLE}"), "of another search space"),
+            (("--from", str(tmp_path / "cut.json")), "is corrupted"),
+            (("--from", str(tmp_path / "none.json")), "does not exist"),
+            (("--from", str(table_file), "--runtime", "litert", "--budget-s", "0.5"),
+             "too small to fit anything"),
+            (("--from", str(table_file), "--runtime", "litert", "--units", "3"),
+             "at least 8 measured units")):
+        out = tmp_path / "never.json"
+        run = run_cli("lut", "adapt", *args, "--out", str(out), env=env)
+        assert run.returncode == 2 and needle in run.stderr, (args, run.stderr)
+        assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+        assert not out.exists()
+    budget = run_cli("lut", "adapt", "--from", str(table_file), "--runtime", "litert",
+                     "--budget-s", "0.5", "--out", str(tmp_path / "x.json"), env=env)
+    minimum = int(budget.stderr.split("give --budget-s ")[1].split()[0])
+    assert minimum > 0.5

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from edgepipe.apps.demo import run_demo
-from edgepipe.converters.convert import ConvertRequest, convert
+from edgepipe.converters.convert import ConvertRequest
 from edgepipe.converters.images import folder_images
 from edgepipe.device.inspect_artifact import init_manifest
 from edgepipe.device.runtimes import open_runner
@@ -30,6 +30,7 @@ from edgepipe.manifest import load_manifest, manifest_path
 from edgepipe.preprocess import crop_box, preprocess
 
 from . import foreign
+from .artifacts import convert_cached, convert_cli_cached
 from .conftest import artifact, run_cli
 from .media import make_video, photo
 from .test_bad_input import _one_line_error
@@ -82,9 +83,9 @@ def test_foreign_mobilenet_v3_and_efficientnet_graphs_are_whole(tmp_path, factor
     (nn.SiLU), narrowed: one XNNPACK partition, nothing outside it, no float op left in
     int8 (before: LiteRT int8 in 20 partitions, 18 _to_dim_order_copy outside ExecuTorch's
     delegate, 49 LOGISTIC + 49 MUL in float). int8 against fp32 speed: benchmarks/."""
-    report = convert(ConvertRequest(model=f"tests.factories:{factory}", out=tmp_path / "o",
-                                    formats=["executorch", "tflite"], int8=True, size=64,
-                                    calib_count=8))
+    report = convert_cached(ConvertRequest(model=f"tests.factories:{factory}", out=tmp_path / "o",
+                                           formats=["executorch", "tflite"], int8=True,
+                                           size=64, calib_count=8))
     graphs = {f"{a['format']} {a['precision']}": a["graph"] for a in report["artifacts"]}
     assert all(g["delegate_partitions"] == 1 for g in graphs.values()), graphs
     assert all(g["ops_outside_delegate"] == {} for g in graphs.values()), graphs
@@ -125,8 +126,8 @@ def test_convert_table_names_ops_outside_the_delegate_and_float_ops(tmp_path):
     """An activation called as a function (F.hardsigmoid) is not a module and keeps its
     cost: the printed table counts it and names the ops, not only report.html."""
     out = tmp_path / "o"
-    done = run_cli("convert", "tests.factories:functional_gate", "--size", "64", "--int8",
-                   "--to", "executorch,tflite", "-o", str(out))
+    done = convert_cli_cached("tests.factories:functional_gate", "--size", "64", "--int8",
+                              "--to", "executorch,tflite", "-o", str(out))
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
     named = 0
@@ -182,8 +183,8 @@ def test_float_ops_are_named_by_op_not_overload():
 def test_dict_and_tuple_outputs_convert_and_say_which(tmp_path):
     common = ("--size", "64", "--to", "tflite")
     out = tmp_path / "dict"
-    done = run_cli("convert", "tests.factories:dict_seg", "--task", "segmentation", *common,
-                   "-o", str(out))
+    done = convert_cli_cached("tests.factories:dict_seg", "--task", "segmentation", *common,
+                              "-o", str(out))
     assert done.returncode == 0, done.stderr
     assert "converted 'out'" in done.stdout and "--output KEY" in done.stdout
     report = json.loads((out / "report.json").read_text())
@@ -193,8 +194,8 @@ def test_dict_and_tuple_outputs_convert_and_say_which(tmp_path):
     manifest = load_manifest(out / fp32["file"])
     assert manifest.outputs[0].shape == [1, 4, 64, 64] and manifest.extra["output"] == "out"
 
-    aux = run_cli("convert", "tests.factories:dict_seg", "--task", "segmentation", *common,
-                  "--output", "aux", "-o", str(tmp_path / "aux"))
+    aux = convert_cli_cached("tests.factories:dict_seg", "--task", "segmentation", *common,
+                             "--output", "aux", "-o", str(tmp_path / "aux"))
     assert aux.returncode == 0, aux.stderr
     assert load_manifest(next((tmp_path / "aux").glob("*.tflite"))).outputs[0].shape == \
         [1, 2, 64, 64]
@@ -203,7 +204,7 @@ def test_dict_and_tuple_outputs_convert_and_say_which(tmp_path):
     _one_line_error(wrong, "keys 'out' (1x4x64x64), 'aux' (1x2x64x64)", "--output logits")
     assert "input" not in wrong.stderr  # the model's outputs are the matter, not the input
 
-    pair = run_cli("convert", "tests.factories:tuple_cls", *common, "-o", str(tmp_path / "t"))
+    pair = convert_cli_cached("tests.factories:tuple_cls", *common, "-o", str(tmp_path / "t"))
     assert pair.returncode == 0, pair.stderr
     assert "returns a tuple of 2 (1x10, 1x8): converted output 0" in pair.stdout
     t_report = json.loads((tmp_path / "t" / "report.json").read_text())
@@ -231,9 +232,9 @@ def test_namedtuple_outputs_are_named_and_picked_by_field():
 
 def test_grey_model_converts_and_runs_on_grey_frames(tmp_path):
     out = tmp_path / "g"
-    report = convert(ConvertRequest(model="tests.factories:gray_cnn", out=out,
-                                    formats=["tflite", "executorch"], int8=True, size=64,
-                                    calib_count=8))
+    report = convert_cached(ConvertRequest(model="tests.factories:gray_cnn", out=out,
+                                           formats=["tflite", "executorch"], int8=True,
+                                           size=64, calib_count=8))
     for a in report["artifacts"]:
         m = load_manifest(out / a["file"])
         assert m.preprocessing.color == "GRAY" and len(m.preprocessing.mean) == 1
@@ -372,7 +373,7 @@ def test_manifest_init_guesses_a_sigmoid_mask_with_reasons(tmp_path):
 
 
 def test_implausible_masks_are_warned_about_or_refused(tmp_path):
-    from edgepipe.apps.decode import OutputDecoder, Plausibility
+    from edgepipe.decode import OutputDecoder, Plausibility
 
     model = foreign.bright_segmenter(tmp_path / "bright.tflite")
     # not astronaut: its pure-black background stays dark in any range (a mask of two
@@ -447,8 +448,8 @@ def test_non_square_input_through_convert_manifest_demo_and_agent(tmp_path):
     from edgepipe.host.local import local_agent
 
     out = tmp_path / "wide"
-    done = run_cli("convert", "tests.factories:tiny_cnn", "--size", "96x128",
-                   "--to", "tflite,executorch", "-o", str(out))
+    done = convert_cli_cached("tests.factories:tiny_cnn", "--size", "96x128",
+                              "--to", "tflite,executorch", "-o", str(out))
     assert done.returncode == 0, done.stderr
     assert "tests.factories:tiny_cnn 96x128" in done.stdout
     report = json.loads((out / "report.json").read_text())
@@ -524,9 +525,9 @@ def test_sixteen_bit_and_float_calibration_images_are_scaled(tmp_path):
                            strict=True):
         np.testing.assert_array_equal(a16, a8)
         np.testing.assert_array_equal(af, a8)
-    reports = [convert(ConvertRequest(model="tests.factories:tiny_cnn", size=64,
-                                      out=tmp_path / f"o{i}", formats=["tflite"], int8=True,
-                                      calib_dir=folder))
+    reports = [convert_cached(ConvertRequest(model="tests.factories:tiny_cnn", size=64,
+                                             out=tmp_path / f"o{i}", formats=["tflite"],
+                                             int8=True, calib_dir=folder))
                for i, folder in enumerate((c16, c8))]
     p16, p8 = (artifact(r, "tflite", "int8")["parity"] for r in reports)
     assert p16 == p8
@@ -569,8 +570,8 @@ def test_mixed_orientation_folder_every_frame_in_the_file(small_conversion, tmp_
 # 12. Segmentation drawing (its speed against inference: benchmarks/seg_drawing.py)
 
 def test_segmentation_drawing_blends_class_pixels_and_keeps_background():
-    from edgepipe.apps.decode import Segmentation, argmax_channels
     from edgepipe.apps.draw import PALETTE, draw_segmentation
+    from edgepipe.decode import Segmentation, argmax_channels
     from edgepipe.manifest import Preprocessing
 
     rng = np.random.default_rng(0)

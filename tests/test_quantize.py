@@ -214,11 +214,12 @@ def test_convert_bias_correction_from_the_cli(tmp_path):
 
     from edgepipe.manifest import load_manifest
 
+    from .artifacts import convert_cli_cached
     from .conftest import run_cli
 
     out = tmp_path / "bc"
-    done = run_cli("convert", "tests.factories:digits_cnn", "--size", "32", "--to", "tflite",
-                   "--int8", "--bias-correction", "-o", str(out))
+    done = convert_cli_cached("tests.factories:digits_cnn", "--size", "32", "--to", "tflite",
+                              "--int8", "--bias-correction", "-o", str(out))
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
     int8 = next(a for a in report["artifacts"] if a["precision"] == "int8")

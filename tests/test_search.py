@@ -21,8 +21,9 @@ import torch
 
 from edgepipe.errors import EdgepipeError
 from edgepipe.host.local import start_agent, stop_agent
-from edgepipe.latency_tables.estimate import Estimator, _unit_from_key
-from edgepipe.latency_tables.table import SHIPPED, LatencyTable
+from edgepipe.latency_tables.estimate import Estimator
+from edgepipe.latency_tables.features import unit_from_key
+from edgepipe.latency_tables.table import REFERENCE_TABLE, LatencyTable
 from edgepipe.models.mobilenet import MobileNet, mobilenet_v3_config
 from edgepipe.models.space import SPACES, SearchSpace
 from edgepipe.search.baseline import width_for_latency
@@ -37,7 +38,7 @@ from edgepipe.search.surgery import (
 
 from .conftest import run_cli
 
-TABLE = next(SHIPPED.glob("*-executorch-fp32-t1.json"))
+TABLE = REFERENCE_TABLE
 # The shipped table is this project's CPU's; CI's may be another: --force uses it anyway, and
 # the searches that measure their result check it first and rescale it (--rescale), the others
 # do not touch the device (--no-check).
@@ -130,7 +131,7 @@ def test_estimator_is_exact_on_table_units_and_close_on_held_out_ones(estimator)
     for key in random.Random(1).sample(keys, 30):  # hold each out, estimate it from the rest
         held = table.units.pop(key)
         try:
-            guess, measured = Estimator(table).unit_ms(_unit_from_key(key))
+            guess, measured = Estimator(table).unit_ms(unit_from_key(key))
         except EdgepipeError:  # it was the only unit of its shape: refused, not guessed
             continue
         finally:

@@ -19,11 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..decode import Classification, OutputDecoder, Plausibility
 from ..device.bench import rss_mb
 from ..errors import EdgepipeError
 from ..manifest import Manifest, load_manifest
 from ..preprocess import preprocess
-from .decode import Classification, OutputDecoder, Plausibility
 from .inference_process import ProcessRunner
 from .sources import FrameSource, open_source
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..decode import Classification, Segmentation
 from ..manifest import Preprocessing
 from ..preprocess import crop_box
-from .decode import Classification, Segmentation
 
 FONT_SCALE = 0.5
 

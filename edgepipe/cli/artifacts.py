@@ -22,6 +22,10 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", default="executorch,tflite,coreml",
                    help="comma-separated formats (default: all three)")
     p.add_argument("--int8", action="store_true", help="also write int8 artifacts")
+    p.add_argument("--fp16", action="store_true",
+                   help="also write fp16 artifacts: ExecuTorch XNNPACK fp16, LiteRT fp16 "
+                        "weights with XNNPACK's fp16 flag (fp16 arithmetic where the CPU has "
+                        "it: ARM asimdhp; Core ML's are fp16 already)")
     p.add_argument("--weights", help="a state_dict .pth file, or `imagenet` for the packaged "
                                      "MobileNetV2 checkpoint (default: random init)")
     p.add_argument("--calib", type=Path, help="folder of calibration images for int8 "
@@ -63,7 +67,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     request = ConvertRequest(
         model=args.model, out=args.out,
         formats=[f.strip() for f in args.to.split(",") if f.strip()],
-        int8=args.int8, weights=resolve_weights(args.model, args.weights),
+        int8=args.int8, fp16=args.fp16, weights=resolve_weights(args.model, args.weights),
         width_mult=args.width, size=args.size, task=args.task, calib_dir=args.calib,
         threads=args.threads, output=args.output, input_range=args.input_range,
         keep_float=args.keep_float, sensitivity=args.sensitivity,

@@ -1,5 +1,5 @@
-"""Latency-table commands: ``lut collect|evaluate|predict|check|list``, and the table check
-every command that predicts latency runs first."""
+"""Latency-table commands: ``lut collect|adapt|evaluate|predict|check|list``, and the table
+check every command that predicts latency runs first."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def target_args(p: argparse.ArgumentParser) -> None:
                    help="a registered device, or this-machine (an agent started here; "
                         "default)")
     p.add_argument("--runtime", choices=["executorch", "litert"], default="executorch")
-    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
     p.add_argument("--threads", type=int, default=1)
 
 
@@ -31,11 +31,39 @@ def _add_lut(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="table file (default: EDGEPIPE_HOME/tables/"
                                             "<fingerprint>-<runtime>-<precision>-t<N>.json)")
     p.add_argument("--jobs", type=int, default=2, help="conversions in parallel (default 2)")
-    p.add_argument("--calibration", type=int, default=12,
-                   help="whole networks measured to fit the per-model overhead (default 12)")
+    p.add_argument("--calibration", type=int, default=10,
+                   help="whole networks (the seeds and random ones) the network model is "
+                        "fitted on, each at every resolution of the space (default 10)")
     p.add_argument("--batch", type=int, default=480,
                    help="units per agent job; the table is saved after each (default 480)")
     p.set_defaults(func=_run_lut_collect)
+
+    p = lut.add_parser(
+        "adapt", help="a table for a new device, runtime, precision or thread count from "
+                      "existing tables and minutes of measurement on the device",
+        description="Measure a subset of the space's units and a few whole networks on the "
+                    "device within --budget-s seconds, learn how the device differs from the "
+                    "source tables (the ratio target/source per unit, by its shape: "
+                    "extremely randomised trees or ridge regression, the most similar source "
+                    "as base, LitePred-style), and write a table in which every unit is "
+                    "marked measured or transferred with its expected error. Conversion is "
+                    "on the host and not counted; programs converted before are reused.")
+    p.add_argument("--from", dest="sources", required=True, metavar="TABLE[,TABLE...]",
+                   help="source tables of one search space (another CPU, runtime, precision "
+                        "or thread count)")
+    target_args(p)
+    p.add_argument("--budget-s", type=float, default=120.0,
+                   help="seconds of measurement on the device (default 120)")
+    p.add_argument("--out", type=Path, help="table file (default: EDGEPIPE_HOME/tables/"
+                                            "<fingerprint>-<runtime>-<precision>-t<N>.json)")
+    p.add_argument("--networks", type=int, default=4,
+                   help="random whole networks measured beside the two seeds (default 4)")
+    p.add_argument("--jobs", type=int, default=2, help="conversions in parallel (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="of the measurement order")
+    p.add_argument("--units", type=int, dest="max_units",
+                   help="measure at most this many units (default: as many as the budget "
+                        "holds)")
+    p.set_defaults(func=_run_lut_adapt)
 
     p = lut.add_parser("evaluate", help="measure random networks whole and compare with the "
                                         "table's predictions")
@@ -47,6 +75,9 @@ def _add_lut(sub: argparse._SubParsersAction) -> None:
                    help="networks also predicted by a naive per-op sum (default 10)")
     p.add_argument("--out", type=Path, default=Path("out/lut-eval"))
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--sittings", type=int, default=2,
+                   help="passes over all networks, minutes apart; each network's runs of "
+                        "every pass are pooled (default 2)")
     p.add_argument("--force", action="store_true",
                    help="evaluate on a device the table was not measured on")
     p.set_defaults(func=_run_lut_evaluate)
@@ -62,8 +93,13 @@ def _add_lut(sub: argparse._SubParsersAction) -> None:
                    help="check a table measured for another device or settings")
     p.set_defaults(func=_run_lut_check)
 
-    p = lut.add_parser("predict", help="predicted latency of a network from a table, checked "
-                                       "on the device first")
+    p = lut.add_parser(
+        "predict", help="predicted latency of a network from a table, checked on the device "
+                        "first",
+        description="The median latency of the network's runs on the device, with the 95 %% "
+                    "interval the table's own errors give it (its cross-validation, or its "
+                    "last `lut evaluate`). --p90 adds the 90th percentile of runs (the "
+                    "statistic MLPerf Mobile reports), --best-case the fastest run.")
     p.add_argument("--arch", default="large",
                    help="large, small (MobileNetV3 seeds) or a JSON architecture file")
     p.add_argument("--resolution", type=int, default=224)
@@ -71,6 +107,10 @@ def _add_lut(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--table", type=Path, help="default: the table for the target (collected "
                                               "here, or shipped)")
     target_args(p)
+    p.add_argument("--p90", action="store_true",
+                   help="also the 90th percentile of runs, with its interval")
+    p.add_argument("--best-case", action="store_true",
+                   help="also the fastest run (what a quiet device does at best)")
     p.add_argument("--force", action="store_true",
                    help="use a table measured for another device or settings")
     check_policy_args(p)
@@ -123,12 +163,12 @@ def _run_lut_collect(args: argparse.Namespace) -> int:
     console.print(f"{len(table.units)} units ({times['programs']} programs) for "
                   f"{table.describe()}: converted in {times['convert']:.0f} s, measured in "
                   f"{times['measure']:.0f} s, {times['total']:.0f} s in all")
-    fit = table.overhead
-    console.print(f"overhead fit on {len(fit.models)} networks: measured ≈ {fit.scale:.3f} × "
-                  f"Σunits + {fit.boundary_ms_per_m:.3f} ms × M boundary elements + "
-                  f"{fit.offset_ms:.3f} ms; "
-                  f"reference unit: {ref['references']} checks, {ref['disturbed_references']} "
-                  f"found the device slower and their units were measured again"
+    model = table.network_model
+    console.print(f"network model: {model.describe()}")
+    console.print(f"  left-out networks: {model_words(model)}")
+    console.print(f"reference unit: {ref['references']} checks, "
+                  f"{ref['disturbed_references']} found the device slower and their units "
+                  "were measured again"
                   + (f" [bold red](FLAGGED: {ref['unsettled_segments']} segment(s) never "
                      "settled)" if ref.get("flagged") else ""))
     console.print("sentinels: " + "; ".join(f"{s['name']} {s['median_ms']:.3f} ms"
@@ -136,6 +176,66 @@ def _run_lut_collect(args: argparse.Namespace) -> int:
     flags = table.method.get("device_state_flags") or []
     if flags:
         console.print(f"[bold red]device state flagged in {len(flags)} job(s)[/]: {flags[0]}")
+    console.print(f"wrote {out}")
+    return 0
+
+
+def model_words(model) -> str:
+    """The network model's left-out errors in one line: shares, RMSE, trend with size."""
+    from ..latency_tables.model import error_summary
+
+    measured = [n["median_ms"] for n in model.networks]
+    m = error_summary(model.median.loo_errors, measured)
+    p = error_summary(model.p90_loo_errors)
+    if not m["count"]:
+        return "too few networks to leave one out"
+    trend = m.get("size_trend")
+    trend_words = (f"; error vs size {trend['pct_per_doubling']:+.1f} points per doubling"
+                   if trend else "")
+    return (f"median within ±5 % {m['within_5pct']:.0%}, ±10 % {m['within_10pct']:.0%} (RMSE "
+            f"{m['rmse_pct']:.1f} %); p90 within ±10 % {p.get('within_10pct', 0):.0%}"
+            f"{trend_words} ({m['count']} networks)")
+
+
+def _run_lut_adapt(args: argparse.Namespace) -> int:
+    from ..host.local import open_device
+    from ..host.registry import config_home
+    from ..latency_tables.adapt import AdaptRequest, adapt, load_sources
+    from ..latency_tables.table import Target, table_name
+    from ..ui import PhaseProgress, console
+
+    sources = [Path(p) for p in args.sources.split(",") if p]
+    _, space = load_sources(sources)  # bad sources: one line before any device work
+    if args.budget_s <= 0:
+        raise EdgepipeError(f"--budget-s {args.budget_s:g}: give seconds of measurement, "
+                            "e.g. 120")
+    home = config_home()
+    workdir = home / "lut-work" / space.digest()[:12]
+    with open_device(args.device, workdir) as client:
+        info = client.info()
+        target = Target(info["fingerprint"], args.runtime, args.precision, args.threads,
+                        info.get("identity"))
+        out = args.out or home / "tables" / table_name(target)
+        req = AdaptRequest(sources, args.runtime, args.precision, args.threads, out, workdir,
+                           args.budget_s, args.jobs, args.networks, args.seed, args.max_units)
+        with PhaseProgress() as progress:
+            table = adapt(req, client, progress)
+    a = table.adapted
+    cv = a["transfer_cv"]
+    console.print(f"{a['measured_units']} of {a['units']} units measured on "
+                  f"{table.describe()} in {a['measurement_s']:.0f} s of the "
+                  f"{a['budget_s']:g} s budget (conversion "
+                  f"{table.method['collection_s']['convert']:.0f} s); the rest transferred "
+                  f"from {a['base']} by {a['regressor']}")
+    console.print(f"  measured units left out of the ratio model: within ±5 % "
+                  f"{cv['within_5pct']:.0%}, ±10 % {cv['within_10pct']:.0%} (one global "
+                  f"factor: ±10 % {cv['global_factor_within_10pct']:.0%})")
+    console.print(f"network model: {table.network_model.describe()}")
+    console.print(f"  left-out networks: {model_words(table.network_model)}")
+    for note in a["notes"]:
+        console.print(f"[yellow]note:[/] {note}")
+    for flag in table.method.get("device_state_flags") or []:
+        console.print(f"[bold red]flagged:[/] {flag}")
     console.print(f"wrote {out}")
     return 0
 
@@ -155,19 +255,39 @@ def _run_lut_evaluate(args: argparse.Namespace) -> int:
         table.check_target(Target(info["fingerprint"], table.runtime, table.precision,
                                   table.threads, info.get("identity")), args.force)
         req = EvaluateRequest(args.table, args.out, workdir, args.count, args.seed,
-                              args.naive, args.jobs)
+                              args.naive, args.jobs, args.sittings)
         with PhaseProgress() as progress:
             report = evaluate(req, client, progress)
-    for name, label in (("prediction", "units + overhead"),
-                        ("prediction_rescaled", "rescaled by check"),
+    console.print(f"measured: every network in {args.sittings} sittings, runs pooled; "
+                  f"{report['provenance']}")
+    for name, label in (("prediction", "median"),
+                        ("prediction_p90", "p90"),
+                        ("prediction_best", "best case"),
+                        ("prediction_rescaled", "median rescaled by check"),
                         ("unit_sum_without_overhead", "units, raw sum"),
                         ("naive_per_op_sum", "naive per-op sum"),
-                        ("repeatability", "pass 2 vs pass 1")):
-        m = report[name] or {}
+                        ("repeatability", "sitting 2 vs 1 (median)"),
+                        ("repeatability_p90", "sitting 2 vs 1 (p90)")):
+        m = report.get(name) or {}
         if m.get("count"):
-            console.print(f"{label:>18}: {m['count']} networks, within ±5 % "
+            console.print(f"{label:>25}: {m['count']} networks, within ±5 % "
                           f"{m['within_5pct']:.1%}, ±10 % {m['within_10pct']:.1%}, RMSE "
-                          f"{m['rmse_pct']:.2f} %, Kendall tau {m['kendall_tau']:.3f}")
+                          f"{m['rmse_pct']:.2f} %, mean {m['mean_error_pct']:+.2f} %, Kendall "
+                          f"tau {m['kendall_tau']:.3f}")
+    if report.get("interval_coverage") is not None:
+        console.print(f"measured medians inside their predicted 95 % interval: "
+                      f"{report['interval_coverage']:.1%}")
+    trend = report["prediction"].get("size_trend")
+    if trend:
+        console.print(f"median error vs network size: {trend['pct_per_doubling']:+.2f} points "
+                      f"per doubling (correlation {trend['correlation']:+.2f})")
+    if report.get("prediction_p90"):
+        from ..latency_tables.evaluate import evaluation_record
+        from ..latency_tables.sentinels import record_evaluation
+
+        written = record_evaluation(args.table, table, evaluation_record(report),
+                                    config_home())
+        console.print(f"recorded in {written}: later predictions take their intervals from it")
     console.print(f"wrote {args.out}/evaluation.json and scatter.png")
     return 0
 
@@ -177,13 +297,21 @@ def _find_table(args: argparse.Namespace, info: dict, own_settings: bool = False
     device (refused with the fields that differ, unless --force). ``own_settings``: a table
     given with --table is compared on its device only (`lut check`)."""
     from ..host.registry import config_home
-    from ..latency_tables.table import LatencyTable, Target, find_table, known_tables
+    from ..latency_tables.table import (
+        REFERENCE_TABLE,
+        LatencyTable,
+        Target,
+        find_table,
+        known_tables,
+    )
 
     target = Target(info["fingerprint"], args.runtime, args.precision, args.threads,
                     info.get("identity"))
     path = args.table or find_table(target, config_home())
     if path is None:
-        shipped = [p for p in known_tables(config_home()) if f"-{args.runtime}-" in p.name]
+        shipped = sorted((p for p in known_tables(config_home())
+                          if f"-{args.runtime}-" in p.name),
+                         key=lambda p: p != REFERENCE_TABLE)  # edgepipe's own first
         if not shipped or not args.force:
             raise EdgepipeError(
                 f"no latency table for {args.device} ({info.get('identity_words')}; "
@@ -191,7 +319,9 @@ def _find_table(args: argparse.Namespace, info: dict, own_settings: bool = False
                 "`edgepipe lut collect`, or pass --force to use a table measured on another "
                 "device")
         path = shipped[0]
-    table = LatencyTable.load(path)
+    from ..latency_tables.sentinels import with_recorded_evaluation
+
+    table = with_recorded_evaluation(Path(path), LatencyTable.load(path), config_home())
     if args.table is not None and own_settings:
         target = Target(target.fingerprint, table.runtime, table.precision, table.threads,
                         target.identity)
@@ -266,12 +396,13 @@ def _run_lut_predict(args: argparse.Namespace) -> int:
     else:
         arch, _ = load_architecture(args.arch)
     est = Estimator(use.table, use.factor, use.record())
-    share = est.measured_share(arch)
+    prediction = est.prediction(arch)
     for warning in use.warnings:
         console.print(f"[bold yellow]warning:[/] {warning}")
-    console.print(f"{args.arch} @ {arch.resolution}: predicted {est.predict(arch):.3f} ms"
-                  + ("" if share == 1 else f" ({share:.0%} of its units measured, the rest "
-                     "estimated from the nearest measured ones)") + f"; {use.words()}")
+    wanted = ("median",) + (("p90",) if args.p90 else ()) + \
+        (("best",) if args.best_case else ())
+    console.print(f"{args.arch} @ {arch.resolution}: predicted {prediction.words(wanted)}; "
+                  f"{use.words()}")
     return 0
 
 
@@ -325,9 +456,27 @@ def _run_lut_list(args: argparse.Namespace) -> int:
         else:
             checked = "never checked" if table.sentinels else \
                 "cannot be checked (no sentinels: collect it again)"
-        console.print(f"{path}: {len(table.units)} units, {table.describe()}; collected "
-                      f"{_age(table.created)} ago; {checked}")
+        from ..latency_tables.sentinels import with_recorded_evaluation
+
+        table = with_recorded_evaluation(path, table, home)
+        console.print(f"{path}: {len(table.units)} units, {table.describe()}; "
+                      f"{table.provenance()} {_age(table.created)} ago; {checked}; "
+                      f"{_evaluated_words(table)}")
     return 0
+
+
+def _evaluated_words(table) -> str:
+    """The table's evaluated error: its last `lut evaluate`, else its cross-validation."""
+    model = table.network_model
+    if model is None:
+        return "format 2: no evaluated error recorded (collect it again)"
+    ev = model.evaluation
+    if ev:
+        m, p = ev["median"], ev.get("p90", {})
+        return (f"evaluated {_age(ev['time'])} ago on {ev['count']} networks: median within "
+                f"±5 % {m['within_5pct']:.0%}, ±10 % {m['within_10pct']:.0%}; p90 within ±10 %"
+                f" {p.get('within_10pct', float('nan')):.0%}")
+    return f"not evaluated on the device yet; cross-validation: {model_words(model)}"
 
 
 def _age(then: float) -> str:

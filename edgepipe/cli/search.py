@@ -106,9 +106,10 @@ def _search_finish(args: argparse.Namespace, final: dict, estimator, kind: str) 
     from ..search.state import SearchRecord
     from ..ui import PhaseProgress, console
 
+    predicted = final.get("prediction") or f"{final['predicted_ms']:.3f} ms"
     console.print(f"{kind}: accuracy {final['accuracy']:.1%} (validation), "
-                  f"{final['test_accuracy']:.1%} (test), predicted {final['predicted_ms']:.3f} "
-                  f"ms; wrote {final['model']} and {final['weights']}")
+                  f"{final['test_accuracy']:.1%} (test), predicted {predicted}; wrote "
+                  f"{final['model']} and {final['weights']}")
     if not args.no_verify:
         from ..host.local import open_device
         from ..host.registry import config_home
@@ -122,7 +123,7 @@ def _search_finish(args: argparse.Namespace, final: dict, estimator, kind: str) 
         record = SearchRecord.reopen(args.out)
         record.data.setdefault("device_checks", []).append(check)
         record.save()
-        console.print(f"measured on {args.device}: {check['measured_ms']:.3f} ms "
+        console.print(f"measured on {args.device}: median {check['measured_ms']:.3f} ms "
                       f"(predicted {check['predicted_ms']:.3f} ms, "
                       f"{check['error_pct']:+.1f} %"
                       + (f", rescaled ×{estimator.factor:.3f}" if estimator.factor != 1 else "")

@@ -38,7 +38,9 @@ class Converter:
     extra: str = ""
     requires: tuple[str, ...] = ()  # importable module names
     distributions: tuple[str, ...] = ()  # for tool_versions
-    precisions: tuple[str, ...] = ("fp32", "int8")
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    # the precision every conversion writes (the others on request: --fp16, --int8)
+    base_precision: str = "fp32"
     dynamic_size: bool = False  # one program runs at many input sizes (SourceModel.dynamic_size)
 
     def check_installed(self) -> None:
@@ -58,15 +60,18 @@ class Converter:
     def convert(self, src: SourceModel, precision: str, calibration: list[torch.Tensor],
                 path: Path, debug_info: bool = True, keep_float: tuple[str, ...] = ()
                 ) -> Converted:
-        """Write ``path``. ``debug_info``: also write what per-op profiling needs (where the
-        format has such a companion file). ``keep_float``: int8 only, the layers (module
-        names of ``src.module``) left in float."""
+        """Write ``path`` at ``precision`` (one of :attr:`precisions`; ``calibration`` is
+        read for int8 only, so fp32 and fp16 take ``[]``). ``debug_info``: also write what
+        per-op profiling needs (where the format has such a companion file).
+        ``keep_float``: int8 only, the layers (module names of ``src.module``) left in float.
+        Raises :class:`EdgepipeError` naming the op or layer a precision cannot take."""
         raise NotImplementedError
 
 
 def float_spec(name: str, shape: tuple[int, ...] | list[int],
-               dim_order: list[int] | None = None) -> TensorSpec:
-    """A float32 tensor as PyTorch lays it out: NCHW images/masks, NC logits (``dim_order``:
-    its memory order when not the shape's own, e.g. ``[0, 2, 3, 1]`` for channels-last)."""
-    return TensorSpec(name=name, shape=[int(s) for s in shape], dtype="float32",
+               dim_order: list[int] | None = None, dtype: str = "float32") -> TensorSpec:
+    """A float tensor as PyTorch lays it out: NCHW images/masks, NC logits (``dim_order``:
+    its memory order when not the shape's own, e.g. ``[0, 2, 3, 1]`` for channels-last;
+    ``dtype`` "float16" for an fp16 program's own tensors, which the runner converts)."""
+    return TensorSpec(name=name, shape=[int(s) for s in shape], dtype=dtype,
                       layout=output_layout(shape), dim_order=dim_order)

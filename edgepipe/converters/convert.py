@@ -41,6 +41,7 @@ class ConvertRequest:
     out: Path
     formats: list[str] = field(default_factory=lambda: ["executorch", "tflite", "coreml"])
     int8: bool = False
+    fp16: bool = False  # also fp16 artifacts (ExecuTorch, LiteRT; Core ML's are fp16 always)
     weights: Path | None = None
     width_mult: float = 1.0
     size: int | str | tuple[int, int] | None = None  # 224, "96x128" (height x width)
@@ -77,6 +78,21 @@ def check_formats(formats: list[str]) -> list[Converter]:
     for c in converters:
         c.check_installed()
     return converters
+
+
+def conversion_jobs(converters: list[Converter], int8: bool = False, fp16: bool = False
+                    ) -> list[tuple[Converter, str]]:
+    """(converter, precision) pairs to write: each converter's base precision (fp32; Core
+    ML's fp16), and int8 and fp16 where asked for and the format has them. Raises
+    :class:`EdgepipeError` when fp16 is asked for and no format gains an artifact from it."""
+    wanted = {"int8": int8, "fp16": fp16}
+    jobs = [(c, p) for c in converters for p in c.precisions
+            if p == c.base_precision or wanted.get(p, False)]
+    if fp16 and not any(p == "fp16" and p != c.base_precision for c, p in jobs):
+        raise EdgepipeError(f"--fp16 adds nothing to --to {','.join(c.format for c in converters)}"
+                            ": Core ML artifacts are fp16 already; fp16 is for executorch and "
+                            "tflite, add them to --to or leave --fp16 out")
+    return jobs
 
 
 def _size_mb(path: Path) -> float:
@@ -317,11 +333,9 @@ def int8_analysis(req: ConvertRequest, src: Any, calibration: list[Any], work: P
 
 def plot_sensitivity(ranking: dict[str, Any], path: Path, top: int = 25) -> None:
     """The layers' SQNR alone int8 and alone float, worst first (a temporary file, renamed)."""
-    import matplotlib
+    from ..plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = ranking["layers"][:top]
     names = [r["layer"] for r in rows][::-1]
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1.5))
@@ -335,10 +349,7 @@ def plot_sensitivity(ranking: dict[str, Any], path: Path, top: int = 25) -> None
     ax.set_xlabel("output SQNR vs float, dB (higher is better)")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def plain_int8_latency(converter: Converter, src: Any, calibration: list[Any], work: Path,
@@ -376,7 +387,7 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
     check_output_folder(req.out.resolve())
     calib_images = folder_images(req.calib_dir) if req.calib_dir else \
         builtin_calibration_images(req.calib_count)
-    jobs = [(c, p) for c in converters for p in c.precisions if req.int8 or p != "int8"]
+    jobs = conversion_jobs(converters, req.int8, req.fp16)
     auto = _is_auto(req.keep_float)
     analysis_steps = (int(req.sensitivity or auto) + int(req.sensitivity) + int(auto)
                       if req.int8 else 0)
@@ -401,6 +412,10 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
                                                    float_module=src.module)
             if req.bias_correction and float_layers:  # layers kept float keep their biases
                 int8_src = without_correction(int8_src, src, float_layers)
+            if req.fp16:  # a model whose activations overflow float16 fails here, by layer
+                from .half import check_fp16_range
+
+                check_fp16_range(src.module, calibration, req.model)
             progress.step("PyTorch reference on real photos")
             reference = ParityReference(src, parity_photos())
             results = []

@@ -49,6 +49,7 @@ class CoreMLConverter(Converter):
     requires = ("coremltools",)
     distributions = ("coremltools",)
     precisions = ("fp16", "int8")
+    base_precision = "fp16"  # Core ML computes in fp16: its base artifact is fp16
 
     def convert(self, src: SourceModel, precision: str, calibration: list[torch.Tensor],
                 path: Path, debug_info: bool = True, keep_float: tuple[str, ...] = ()

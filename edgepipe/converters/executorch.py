@@ -1,4 +1,4 @@
-"""PyTorch → ExecuTorch ``.pte`` lowered to XNNPACK (fp32, or int8 with PT2E).
+"""PyTorch → ExecuTorch ``.pte`` lowered to XNNPACK (fp32, fp16, or int8 with PT2E).
 
 Programs take their image input channels-last (dim order ``[0, 2, 3, 1]``, recorded in the
 manifest): XNNPACK computes in NHWC, and a program exported for NCHW-contiguous input starts
@@ -29,6 +29,7 @@ from ..device.inspect_artifact import pte_delegation
 from ..errors import EdgepipeError
 from .base import Converted, Converter, float_spec
 from .forms import Forms, runtime_forms
+from .half import half_module
 from .quantize import float_ops, keep_in_float, op_name, quantization_record, quantize_pt2e
 from .source import SourceModel
 
@@ -45,6 +46,21 @@ def graph_stats(lowered: object) -> dict[str, object]:
         else:
             outside[op_name(node.target)] += 1
     return {"delegate_partitions": delegates, "ops_outside_delegate": dict(outside)}
+
+
+def fp16_leftovers(lowered: object) -> dict[str, int]:
+    """The float16 ops of an fp16 program that XNNPACK did not take (they run on ExecuTorch's
+    portable kernels, one at a time), by op name."""
+    graph = lowered.exported_program().graph_module.graph  # type: ignore[attr-defined]
+    left: Counter[str] = Counter()
+    for node in graph.nodes:
+        if node.op != "call_function" or "executorch_call_delegate" in str(node.target) \
+                or node.target.__name__ == "getitem":
+            continue
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor) and val.dtype == torch.float16:
+            left[op_name(node.target)] += 1
+    return dict(left)
 
 
 def _dim_order(t: torch.Tensor) -> list[int] | None:
@@ -194,11 +210,11 @@ def trial_run(buffer: bytes, example: torch.Tensor,
     scrambled values (flip along channels, measured: max|Δ| 0.19 on outputs of 0.5).
     ``reference``: (the PyTorch module the program was exported from, whether it is fp32):
     the output must then match it on a seeded random input (fp32: max|Δ| within 1e-3 of the
-    output's scale; int8 against its q/dq graph: cosine ≥ 0.99)."""
+    output's scale; int8 against its q/dq graph, fp16: cosine ≥ 0.99)."""
     from executorch.runtime import Runtime
 
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(example.shape, generator=gen)
+    x = torch.randn(example.shape, generator=gen).to(example.dtype)
     try:
         program = Runtime.get().load_program(buffer)
         method = program.load_method("forward")
@@ -324,6 +340,11 @@ class ExecuTorchConverter(Converter):
         forms = Forms(decomposed_silu=precision == "int8")
         with runtime_forms(src.module, example, forms) as swapped:
             module = src.module
+            if precision == "fp16":
+                # the whole program in half, its input and output too (see .half)
+                module, example = half_module(module), example.half()
+                quant = {"weights": "fp16", "activations": "fp16",
+                         "io": "float16 (the runner converts from and to float32)"}
             if precision == "int8":
                 quantizer = XNNPACKQuantizer().set_global(
                     get_symmetric_quantization_config(is_per_channel=True))
@@ -345,6 +366,13 @@ class ExecuTorchConverter(Converter):
         stats: dict[str, Any] = {**graph_stats(lowered), "forms_swapped": swapped}
         if rewrites:
             stats["rewritten_for_xnnpack"] = rewrites
+        if precision == "fp16":
+            left = fp16_leftovers(lowered)
+            if left:
+                raise EdgepipeError(
+                    f"executorch fp16: XNNPACK does not take {', '.join(sorted(left))} in "
+                    f"float16 ({src.name}); these ops would run on portable kernels: convert "
+                    "without --fp16, or --to tflite for fp16")
         if pools:
             stats["global_pools_as_mean"] = pools
         if floats is not None:
@@ -353,7 +381,7 @@ class ExecuTorchConverter(Converter):
         buffer = program_et.buffer
         # a program whose ops all run in the delegate has no portable kernel to be fed a
         # layout it does not take: running it is enough; otherwise its values are checked
-        check = ((module, precision != "int8")
+        check = ((module, precision == "fp32")
                  if stats["ops_outside_delegate"] and _dim_order(example) else None)
         try:
             trial_run(buffer, example, check)
@@ -368,9 +396,11 @@ class ExecuTorchConverter(Converter):
             etrecord = path.with_name(path.stem + ".etrecord")
             program_et.get_etrecord().save(str(etrecord))
             companions["etrecord"] = etrecord.name
+        dtype = "float16" if precision == "fp16" else "float32"
         return Converted(
             path=path, precision=precision,
-            inputs=[float_spec("input", example.shape, dim_order=_dim_order(example))],
-            outputs=[float_spec("output", src.output_shape)],
+            inputs=[float_spec("input", example.shape, dim_order=_dim_order(example),
+                               dtype=dtype)],
+            outputs=[float_spec("output", src.output_shape, dtype=dtype)],
             quantization=quant, graph=stats, companions=companions,
         )

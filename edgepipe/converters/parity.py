@@ -8,6 +8,7 @@ import numpy as np
 
 from ..device.bench import measure_latency
 from ..device.runtimes import open_runner
+from ..errors import EdgepipeError
 from .base import Converted
 from .source import SourceModel
 
@@ -68,12 +69,50 @@ class ParityReference:
         return report
 
 
+def fp16_arithmetic(fmt: str, native: bool | None) -> str:
+    """What arithmetic an fp16 artifact of ``fmt`` gets on a CPU with (``native``) or without
+    native fp16, in words (:mod:`.half` says why)."""
+    if native:
+        return "fp16 (XNNPACK fp16 kernels: this CPU computes fp16 natively)"
+    if fmt == "tflite":
+        return ("fp16 emulated for parity (XNNPACK FORCE_FP16: fp32 arithmetic rounded to "
+                "fp16 after each op); the host latency is the Interpreter's, which computes "
+                "fp32 on a CPU without native fp16")
+    return ("fp16 tensors between XNNPACK kernels, which convert to fp32 around each kernel "
+            "on a CPU without native fp16")
+
+
 def check_artifact(ref: ParityReference, converted: Converted, threads: int = 1,
                    runs: int = 20) -> tuple[dict[str, Any], dict[str, float] | None]:
-    """(parity report, host latency stats) for one artifact; validation only if it can't run."""
+    """(parity report, host latency stats) for one artifact; validation only if it can't run.
+
+    fp16: the parity is that of fp16 arithmetic (the report's ``arithmetic`` says how it was
+    had): a LiteRT fp16 artifact on a host without native fp16 is run for parity with
+    XNNPACK's FORCE_FP16 (:class:`~edgepipe.device.runtimes.LiteRTForcedFP16Runner`), since
+    the Interpreter would compute it in fp32; its latency stays the Interpreter's."""
     if not converted.runnable_here:
         return dict(converted.validation or {"executed": False}), None
     runner = open_runner(converted.path, threads=threads)
-    outputs = [runner.run(x)[0] for x in ref.inputs]
+    numbers: Any = runner
+    arithmetic = None
+    if converted.precision == "fp16":
+        from ..device.identity import fp16_support, local_identity
+
+        native = fp16_support(local_identity())["native"]
+        fmt = "tflite" if converted.path.suffix == ".tflite" else "executorch"
+        arithmetic = fp16_arithmetic(fmt, native)
+        if fmt == "tflite" and not native:
+            from ..device.runtimes import LiteRTForcedFP16Runner
+
+            try:
+                numbers = LiteRTForcedFP16Runner(converted.path, threads)
+            except EdgepipeError as exc:
+                arithmetic = f"fp32 arithmetic (fp16 could not be forced here: {exc})"
+    outputs = [numbers.run(x)[0] for x in ref.inputs]
+    if numbers is not runner:
+        numbers.close()
     latency = measure_latency(runner, ref.inputs[0], warmup=3, runs=runs)
-    return ref.compare(outputs), latency.to_dict()
+    report = ref.compare(outputs)
+    if arithmetic:
+        report["arithmetic"] = arithmetic
+    return report, latency.to_dict()

@@ -59,6 +59,9 @@ host latency with {report['threads']} thread(s)</p>
 <th>host ms (median)</th><th>XNNPACK partitions</th><th>ops outside</th>
 <th>float ops (int8)</th></tr>
 {''.join(rows)}</table>
+{''.join(f"<p class=note>{escape(a['format'])} {escape(a['precision'])}: parity with "
+         f"{escape(a['parity']['arithmetic'])}</p>" for a in artifacts
+         if a['parity'].get('arithmetic'))}
 {'<h2>Top-1 per photo</h2><table><tr><th>artifact</th><th>photo</th><th>PyTorch</th>'
  '<th>artifact</th></tr>' + ''.join(per_image) + '</table>' if per_image else ''}
 </body></html>

@@ -1,4 +1,5 @@
-"""PyTorch → TFLite/LiteRT ``.tflite`` via litert-torch (fp32, or int8 with PT2E)."""
+"""PyTorch → TFLite/LiteRT ``.tflite`` via litert-torch (fp32, fp16 weights with XNNPACK's fp16
+flag (:mod:`.half`), or int8 with PT2E)."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ class TFLiteConverter(Converter):
     suffix = ".tflite"
     extra = "tflite"
     requires = ("litert_torch", "ai_edge_litert")
-    distributions = ("litert-torch", "ai-edge-litert", "torchao")
+    distributions = ("litert-torch", "ai-edge-litert", "torchao", "ai-edge-quantizer")
 
     def convert(self, src: SourceModel, precision: str, calibration: list[torch.Tensor],
                 path: Path, debug_info: bool = True, keep_float: tuple[str, ...] = ()
@@ -116,6 +117,16 @@ class TFLiteConverter(Converter):
             else:
                 edge = litert_torch.convert(nhwc, (example,))
         edge.export(str(path))
+        fp16 = None
+        if precision == "fp16":
+            from .half import litert_fp16_weights
+
+            fp16 = litert_fp16_weights(path)
+            quant = {"weights": "fp16 (DEQUANTIZE ops; convolutions and fully connected "
+                                "layers)",
+                     "activations": "fp16 where the CPU computes fp16 natively (XNNPACK, "
+                                    f"metadata {fp16['metadata']}), else fp32",
+                     "io": "float32"}
         from ai_edge_litert.interpreter import Interpreter
 
         interp = Interpreter(model_path=str(path), num_threads=1)
@@ -125,5 +136,7 @@ class TFLiteConverter(Converter):
             cost = litert_outside_cost(path)
             if cost is not None:
                 graph["outside_cost"] = cost
+        if fp16 is not None:
+            graph["fp16_weight_tensors"] = fp16["fp16_weight_tensors"]
         return Converted(path=path, precision=precision, inputs=inputs, outputs=outputs,
                          quantization=quant, graph=graph)

@@ -63,6 +63,8 @@ class LatencyStats:
     sustained_ms: float | None = None
     cpu_share: float | None = None
     raw_ms: list[float] | None = None
+    # the median's 95 % confidence interval [low, high] (median_interval); None under 6 runs
+    median_ci95_ms: list[float] | None = None
 
     @classmethod
     def from_seconds(cls, samples: list[float], raw: bool = False,
@@ -77,6 +79,7 @@ class LatencyStats:
             sustained_ms=wall_s * 1000 / len(ms) if wall_s else None,
             cpu_share=min(1.0, float(ms.sum() / 1000 / wall_s)) if wall_s else None,
             raw_ms=[round(float(v), 5) for v in ms] if raw else None,
+            median_ci95_ms=list(ci) if (ci := median_interval(list(ms))) else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,6 +124,19 @@ def timed_runs(runner: Runner, n: int, samples: list[float]) -> float:
         runner.invoke()
         samples.append(time.perf_counter() - start)
     return time.perf_counter() - block
+
+
+def median_interval(samples: list[float]) -> tuple[float, float] | None:
+    """The median's 95% confidence interval (low, high), in the samples' unit, from order
+    statistics (the normal approximation to the binomial: ranks n/2 ± 1.96·√n/2; no
+    assumption about the shape of the distribution). None under 6 samples."""
+    ordered = sorted(samples)
+    n = len(ordered)
+    if n < 6:
+        return None
+    spread = 1.96 * n ** 0.5 / 2
+    low, high = int(max(0, n / 2 - spread)), int(min(n - 1, n / 2 + spread))
+    return float(ordered[low]), float(ordered[high])
 
 
 def median_ci_pct(samples: list[float]) -> float:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..apps.decode import OutputDecoder
+from ..decode import OutputDecoder
 from ..errors import EdgepipeError
 from ..images import pil_to_rgb8
 from ..manifest import Manifest

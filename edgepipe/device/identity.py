@@ -148,6 +148,38 @@ def parse_identity(cpuinfo: str, machine: str, max_mhz: dict[int, int | None] | 
     return identity
 
 
+# The ISA feature that gives a CPU half-precision vector arithmetic: what fp16 kernels need to
+# compute in fp16 rather than convert to fp32 and back (XNNPACK's ``neonfp16arith`` kernels on
+# ARM: ARMv8.2-A FEAT_FP16, /proc/cpuinfo "asimdhp", with "fphp" its scalar half; AVX512-FP16
+# on x86, Intel Sapphire Rapids and later)
+FP16_FEATURES = {"x86": "avx512_fp16", "arm": "asimdhp"}
+
+
+def fp16_support(identity: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether a CPU computes fp16 natively, from the ISA features its identity lists:
+    ``{"native": True | False | None, "feature": ..., "words": ...}`` (None: no identity to
+    read it from, e.g. a device measured without an agent). Where it is not native, an fp16
+    artifact still runs, without fp16's speed: LiteRT's XNNPACK delegate computes it in fp32
+    (it switches to fp16 only where the CPU has fp16 arithmetic), and ExecuTorch's XNNPACK
+    runs F16 kernels that convert to fp32 around each operation on x86 (F16C), F32 kernels
+    behind converts on ARM without FEAT_FP16 (seen in their per-op names: "(NC, F16)" vs
+    "(NC, F32)"; tests/test_fp16.py under an emulated Cortex-A72).
+
+    Under qemu-user the identity is the host's /proc/cpuinfo (qemu passes it through), while
+    the runtimes read the emulated CPU's features from the auxiliary vector."""
+    if not identity or not identity.get("arch"):
+        return {"native": None, "feature": None,
+                "words": "fp16 arithmetic unknown: no CPU identity (measured without an agent)"}
+    isa = set(identity.get("isa") or [])
+    arm = bool(identity.get("clusters")) or str(identity["arch"]).startswith(("aarch64", "arm"))
+    feature = FP16_FEATURES["arm" if arm else "x86"]
+    if feature in isa:
+        return {"native": True, "feature": feature,
+                "words": f"native fp16 arithmetic ({feature})"}
+    return {"native": False, "feature": feature,
+            "words": f"no native fp16 arithmetic (no {feature})"}
+
+
 def local_identity() -> dict[str, Any]:
     """This machine's identity, read now."""
     return parse_identity(_read("/proc/cpuinfo") or "", platform.machine(),

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .identity import CPU_ROOT, describe_identity, fingerprint, local_identity
+from .identity import CPU_ROOT, describe_identity, fingerprint, fp16_support, local_identity
 from .runtimes import installed_runtimes
 
 
@@ -146,6 +146,7 @@ def device_info() -> dict[str, Any]:
         "fingerprint": fingerprint(identity),
         "identity": identity,
         "identity_words": describe_identity(identity),
+        "fp16": fp16_support(identity),
         "machine": platform.machine(),
         "cpu_model": cpu_model(),
         "cores": os.cpu_count(),

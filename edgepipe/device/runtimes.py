@@ -159,6 +159,67 @@ class LiteRTRunner:
         self._interp.invoke()
 
 
+@dataclass
+class LiteRTForcedFP16Runner:
+    """A ``.tflite`` on LiteRT's CompiledModel API with XNNPACK's ``FORCE_FP16`` flag: every
+    float operator in fp16, natively where the CPU has fp16 arithmetic, emulated on x86 with
+    AVX2 (fp32 arithmetic rounded to fp16 after each operation; not bit-exact, slower). What
+    an fp16 artifact's numbers are on a device that computes fp16, seen from a host that does
+    not; not what a device without fp16 runs (the Interpreter: fp32). Float inputs/outputs."""
+
+    path: Path
+    threads: int = 1
+    runtime: str = "litert"
+
+    def __post_init__(self) -> None:
+        try:
+            from ai_edge_litert.compiled_model import (
+                CompiledModel,
+                CpuOptions,
+                HardwareAccelerator,
+                Options,
+            )
+        except ImportError:
+            raise missing_extra("ai-edge-litert ≥ 2.2 (its CompiledModel API)",
+                                "device") from None
+        force_fp16 = 0x4  # TFLITE_XNNPACK_DELEGATE_FLAG_FORCE_FP16
+        try:
+            self._model = CompiledModel.from_file(str(self.path), options=Options(
+                HardwareAccelerator.CPU,
+                cpu_options=CpuOptions(num_threads=self.threads, xnnpack_flags=force_fp16)))
+        except (RuntimeError, ValueError) as exc:
+            raise EdgepipeError(f"LiteRT cannot run {self.path.name} with fp16 forced "
+                                f"(XNNPACK FORCE_FP16): {exc}") from None
+        self._key = next(iter(self._model.get_signature_list()))
+        self._in = list(self._model.get_input_tensor_details(self._key).values())
+        self._out = list(self._model.get_output_tensor_details(self._key).values())
+        if any(d["dtype"] != "float32" for d in self._in + self._out):
+            raise EdgepipeError(f"{self.path.name}: fp16 is forced on float32 inputs and "
+                                "outputs only")
+        self._inputs = self._model.create_input_buffers(0)
+        self._outputs = self._model.create_output_buffers(0)
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        shape = tuple(self._in[0]["shape"])
+        if x.shape != shape and x.ndim == 4 and x.transpose(0, 2, 3, 1).shape == shape:
+            x = x.transpose(0, 2, 3, 1)  # the artifact takes NHWC
+        self._inputs[0].write(np.ascontiguousarray(x, dtype=np.float32))
+        self.invoke()
+        return [buf.read(int(np.prod(d["shape"])), np.float32).reshape(d["shape"])
+                for buf, d in zip(self._outputs, self._out, strict=True)]
+
+    def invoke(self) -> None:
+        self._model.run_by_index(0, self._inputs, self._outputs)
+
+    def close(self) -> None:
+        """Release the model and its LiteRT environment now (LiteRT logs as it tears them
+        down: inside a caller's log redirection, not at interpreter exit)."""
+        environment = self._model.environment
+        self._inputs, self._outputs = [], []
+        self._model.close()
+        environment.close()
+
+
 def fits_signature(shape: tuple[int, ...] | list[int], signature: list[int]) -> bool:
     """Whether ``shape`` is one a tensor of ``signature`` takes (-1: any size there)."""
     return len(shape) == len(signature) and all(s == -1 or s == d
@@ -205,13 +266,20 @@ def pte_dim_orders(path: Path) -> list[list[int]]:
     return [i.dim_order for i in pte_inputs(path)]
 
 
-def executorch_inputs(x: np.ndarray, dim_orders: list[list[int]]):  # -> list[torch.Tensor]
+# ExecuTorch's ScalarType codes of the float types a program may take (c10's numbering)
+ET_HALF, ET_FLOAT = 5, 6
+
+
+def executorch_inputs(x: np.ndarray, dim_orders: list[list[int]],
+                      half: bool = False):  # -> list[torch.Tensor]
     """The float32 NCHW batch ``x`` laid out in the program's memory order (the tensor's
     shape stays NCHW; its strides follow ``dim_orders[0]``: ExecuTorch derives the dim order
-    it checks from the strides)."""
+    it checks from the strides). ``half``: the program takes float16 (an fp16 program: its
+    XNNPACK partition starts at the input, without a cast the delegate cannot take); the
+    values are rounded to float16 here, once, outside any timed run."""
     import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float16 if half else np.float32))
     order = dim_orders[0] if dim_orders else list(range(t.ndim))
     if len(order) == t.ndim and order != list(range(t.ndim)):
         inverse = sorted(range(len(order)), key=order.__getitem__)
@@ -241,12 +309,18 @@ class ExecuTorchRunner:
         except (RuntimeError, ValueError) as exc:
             raise EdgepipeError(f"ExecuTorch cannot load {self.path.name}: {exc}") from None
         self.dim_orders = pte_dim_orders(self.path)
+        meta = self._method.metadata
+        # an fp16 program takes and gives float16: converted here, so every caller feeds and
+        # reads float32 whatever the precision (as int8 tensors are (de)quantized for LiteRT)
+        self.half = meta.num_inputs() > 0 and meta.input_tensor_meta(0).dtype() == ET_HALF
         self._last: list = []
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
-        self._last = executorch_inputs(x, self.dim_orders)
+        self._last = executorch_inputs(x, self.dim_orders, self.half)
         # outputs of a channels-last program come back channels-last: numpy keeps the strides
-        return [np.ascontiguousarray(o.numpy()) for o in self._method.execute(self._last)]
+        return [np.ascontiguousarray(o.numpy(), dtype=np.float32)
+                if o.dtype.is_floating_point else np.ascontiguousarray(o.numpy())
+                for o in self._method.execute(self._last)]
 
     def invoke(self) -> None:
         self._method.execute(self._last)

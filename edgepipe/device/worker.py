@@ -37,16 +37,18 @@ def example_input(manifest: Manifest, seed: int = 0) -> np.ndarray:
 
 
 def executorch_etdump(artifact: Path, x: np.ndarray, dim_orders: list[list[int]],
-                      threads: int, runs: int, out: Path) -> dict[str, Any]:
+                      threads: int, runs: int, out: Path, half: bool = False
+                      ) -> dict[str, Any]:
     """Run with ETDump on; the host turns the dump into a table with the ETRecord. The same
     runs through the same API without ETDump (after 3 warm-up runs) give its overhead.
-    ``dim_orders``: the program's input dim orders (``ExecuTorchRunner.dim_orders``)."""
+    ``dim_orders``: the program's input dim orders (``ExecuTorchRunner.dim_orders``);
+    ``half``: it takes float16 (``ExecuTorchRunner.half``)."""
     from executorch.extension.pybindings import portable_lib
 
     from .runtimes import executorch_inputs
 
     portable_lib._unsafe_reset_threadpool(threads)
-    inputs = executorch_inputs(x, dim_orders)
+    inputs = executorch_inputs(x, dim_orders, half)
 
     def timed(module: Any, count: int) -> list[float]:
         times = []
@@ -132,6 +134,17 @@ def job_fields(spec: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
                       "data": "seeded normal noise"}}
 
 
+def precision_fields(manifest: Manifest) -> dict[str, Any]:
+    """The artifact's precision, and for fp16 whether this CPU computes fp16 natively
+    (:func:`.identity.fp16_support`): where it does not, the result says so."""
+    fields: dict[str, Any] = {"precision": manifest.precision}
+    if manifest.precision == "fp16":
+        from .identity import fp16_support, local_identity
+
+        fields["fp16"] = fp16_support(local_identity())
+    return fields
+
+
 PYTHON_PATHS = {"executorch": "ExecuTorch Python bindings (portable_lib; libtorch in the "
                                "process)",
                 "litert": "ai-edge-litert Interpreter (Python)"}
@@ -189,7 +202,8 @@ def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any
     if spec.get("kind") == "evaluate":
         from .evaluate import run_evaluation
 
-        return run_evaluation(spec, artifact, manifest, report)
+        return {**run_evaluation(spec, artifact, manifest, report),
+                **precision_fields(manifest)}
     x = example_input(manifest)
     if artifact.suffix == ".pte" and spec.get("runner", "auto") != "python":
         from .native_runner import find_runner
@@ -197,6 +211,7 @@ def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any
         runner = find_runner(None)  # the agent names it in EDGEPIPE_ET_RUNNER
         if runner is not None:
             result = run_job_native(spec, job_dir, artifact, x, runner)
+            result.update(precision_fields(manifest))
             result["device_state"] = state_record(state, [result["latency"]])
             return result
         if spec.get("runner") == "native":
@@ -218,13 +233,15 @@ def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any
         "latency": stats.to_dict(),
         "load_ms": load_ms,
         "memory": {"rss_before_load_mb": rss_before, "peak_rss_mb": peak_rss_mb()},
+        **precision_fields(manifest),
     }
     if not spec["profile"]:
         result["per_op"] = NOT_ASKED
     elif runner.runtime == "executorch":
         report(phase="profiling per op", done=0, total=1)
         result["per_op"] = executorch_etdump(artifact, x, runner.dim_orders, spec["threads"],
-                                             spec["profile_runs"], job_dir / "etdump.etdp")
+                                             spec["profile_runs"], job_dir / "etdump.etdp",
+                                             runner.half)
     else:
         report(phase="profiling per op", done=0, total=1)
         result["per_op"] = litert_per_op(artifact, x, spec["threads"], spec["profile_runs"])

@@ -163,8 +163,8 @@ def run_reference(manifest: Manifest, artifact: Path, data: EvalData, path: Path
     ``path``, each with the answer on the image moved by ±1/255 (``floor``: the top-1 class,
     or for segmentation the pixel agreement of the two masks). Raises
     :class:`EdgepipeError` when the model cannot be rebuilt."""
-    from ..apps.decode import OutputDecoder
     from ..converters.reference import torch_reference
+    from ..decode import OutputDecoder
     from ..device.evaluate import decode_image, encode_mask
     from ..preprocess import preprocess
 
@@ -285,7 +285,7 @@ def evaluate(targets: list[Path], source: str, *, device: str | None = None,
     """Evaluate every runnable artifact of ``targets`` (convert output folders or files) on
     ``device`` (None: an agent started here) over ``source`` (``digits`` or a folder).
     Answers and ``evaluation.json`` go to ``out``. Returns the summary written there."""
-    from ..apps.decode import OutputDecoder
+    from ..decode import OutputDecoder
     from ..host.local import LOCAL, open_device
     from ..host.profiling import deployable
 
@@ -330,8 +330,15 @@ def evaluate(targets: list[Path], source: str, *, device: str | None = None,
             except EdgepipeError as exc:
                 references[key] = None
                 notes[key] = f"no PyTorch reference: {exc}"
+    fp16 = None
     with tempfile.TemporaryDirectory(prefix="edgepipe-eval-") as tmp, \
             open_device(device or LOCAL, Path(tmp)) as client:
+        if any(m.precision == "fp16" for m in manifests.values()):
+            # the device's fp16 arithmetic: fp16 rows say where it is not native
+            from ..device.identity import fp16_support
+
+            info = client.info()
+            fp16 = info.get("fp16") or fp16_support(info.get("identity"))
         for path, manifest in manifests.items():
             answers_path = out / f"{path.name}.{manifest.file_sha256[:12]}.jsonl"
             answers = _read_answers(answers_path)
@@ -370,5 +377,7 @@ def evaluate(targets: list[Path], source: str, *, device: str | None = None,
                "images": len(data.images), "pytorch": pytorch,
                "device": device or LOCAL, "top_k": top_k, "skipped": skipped,
                "artifacts": [asdict(e) for e in evaluations]}
+    if fp16 is not None:
+        summary["fp16"] = fp16
     write_atomic(out / "evaluation.json", json.dumps(summary, indent=1))
     return summary

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import EdgepipeError
 from ..manifest import write_atomic
+from ..plotting import pyplot, save_figure
 from .client import AgentClient
 from .op_table import by_block, by_type
 from .profiling import ProfileResult, profile
@@ -150,13 +151,7 @@ def write_comparison(comparison: Comparison, path: Path) -> None:
 def plot_comparison(comparison: Comparison, path: Path, top_types: int = 12) -> None:
     """Grouped horizontal bars, ms per block (left) and per op type (right), one colour per
     artifact; written to a temporary file, then renamed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..latency_tables.evaluate import save_figure
-
+    plt = pyplot()
     types = sorted(comparison.types, key=lambda t: -max(t["ms"]))[:top_types]
     tall = max(len(comparison.blocks), len(types))
     fig, axes = plt.subplots(1, 2, figsize=(13, 1.5 + 0.32 * tall * len(comparison.labels)))

@@ -150,6 +150,36 @@ def overhead(per_op: dict[str, Any], unprofiled_ms: float | None = None) -> dict
 UNPLACED = "(not placed)"
 
 
+# the datatype XNNPACK writes in an operator's name: "Convolution (NHWC, F16) IGEMM",
+# "Fully Connected (NC, PF32) GEMM" (packed), "Transpose (ND, X16)" (16-bit data movement),
+# "Convolution (NHWC, QC8) IGEMM"; element-wise ops ("Add (ND)") name none
+_KERNEL_DTYPE = re.compile(r"\((?:[A-Z]+,\s*)?(P?F16|P?F32|BF16|Q[A-Z]*\d+|X\d+)\)")
+
+
+def kernel_precisions(rows: list[OpRow]) -> dict[str, Any]:
+    """The arithmetic an artifact's XNNPACK kernels ran in, read from their per-op names:
+    ``{"F16": n, "F32": n, "int8": n, "ms": {...}, "words": ...}`` (packed kernels counted
+    with their type). The per-op evidence of what an fp16 artifact got on a device: F16
+    kernels, or F32 ones behind converts where the CPU or the runtime keeps fp32."""
+    counts: dict[str, int] = {}
+    ms: dict[str, float] = {}
+    for r in rows:
+        match = _KERNEL_DTYPE.search(r.name)
+        if not match:
+            continue
+        token = match.group(1).removeprefix("P")
+        kind = ("int8" if token.startswith("Q") else token if token in ("F16", "F32", "BF16")
+                else None)  # X16/X32: moving data, no arithmetic
+        if kind:
+            counts[kind] = counts.get(kind, 0) + 1
+            ms[kind] = ms.get(kind, 0.0) + r.ms
+    total = sum(counts.values())
+    words = (", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+             + f" of {total} arithmetic kernels" if total else
+             "no XNNPACK kernel names with a datatype")
+    return {**counts, "ms": {k: round(v, 4) for k, v in ms.items()}, "words": words}
+
+
 def by_block(rows: list[OpRow]) -> list[dict[str, Any]]:
     """Time per block of the model, in the order the blocks first run."""
     totals: dict[str, dict[str, Any]] = {}

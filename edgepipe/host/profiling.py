@@ -19,12 +19,13 @@ from .op_table import (
     OpRow,
     benchmark_model_op_table,
     executorch_op_table,
+    kernel_precisions,
     litert_op_table,
     overhead,
 )
 
 DEVICE_FIELDS = ("hostname", "fingerprint", "identity_words", "machine", "cpu_model", "cores",
-                 "runtimes")
+                 "runtimes", "fp16")
 REPLICABLE_PCT = 5.0  # MLPerf Mobile: repeated runs' results within 5 % of each other
 
 
@@ -83,6 +84,11 @@ class ProfileResult:
     flags: list[str] | None = None  # every repeat's device-state flags, in words
     repeats: list[dict[str, Any]] | None = None  # per repeat: job, latency, flags
     replicability: dict[str, Any] | None = None  # with more than one repeat
+    # fp16 artifacts: whether the device computes fp16 natively (device.identity.fp16_support);
+    # where it does not, the artifact ran without fp16's speed, and every table says so
+    fp16: dict[str, Any] | None = None
+    # the arithmetic its XNNPACK kernels ran in, from the per-op names (kernel_precisions)
+    kernels: dict[str, Any] | None = None
     # ExecuTorch: how much of the program its delegates run (inspect_artifact.Delegation)
     delegation: dict[str, Any] | None = None
 
@@ -152,6 +158,11 @@ def profile(client: AgentClient, artifact: Path, *, threads: int = 1, warmup: in
                  for j in jobs],
         replicability=replicability(medians) if repeat > 1 and known else None)
     out.delegation = artifact_delegation(artifact, manifest)
+    if manifest.precision == "fp16":
+        from ..device.identity import fp16_support
+
+        # an agent says it with the result; a device without one is judged by its identity
+        out.fp16 = result.get("fp16") or info.get("fp16") or fp16_support(info.get("identity"))
     per_op = result["per_op"]
     if not per_op.get("available"):
         out.per_op_note = per_op.get("reason")
@@ -183,4 +194,6 @@ def profile(client: AgentClient, artifact: Path, *, threads: int = 1, warmup: in
     else:
         out.per_op_note = f"per-op not available because the agent sent an unknown kind " \
                           f"({per_op.get('source')!r}): update the host"
+    if out.per_op:
+        out.kernels = kernel_precisions(out.per_op)
     return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,19 @@ from ..errors import EdgepipeError
 from ..host.client import AgentClient
 from ..models.space import Architecture, SearchSpace
 from .drift import DriftGuard
-from .measure import MeasureSettings, Progress, chunks, measure_items, upload_programs
+from .measure import (
+    MeasureSettings,
+    Progress,
+    chunks,
+    measure_items,
+    measure_sitting,
+    pooled,
+    upload_programs,
+)
+from .model import NetworkModel
 from .programs import (
     PROGRAM_INPUT,
+    ProgramSpec,
     arch_program,
     convert_programs,
     is_converted,
@@ -37,7 +47,7 @@ from .programs import (
     unit_programs,
 )
 from .sentinels import TableUse, measure_sentinels, sentinel_definitions
-from .table import LatencyTable, Overhead, Target, boundary_melements, table_name
+from .table import LatencyTable, Target, table_name
 from .units import Unit, block_unit, head_unit, stem_unit, units_of
 
 __all__ = ["CollectRequest", "MeasureSettings", "Progress", "collect", "recollect",
@@ -67,11 +77,38 @@ def space_units(space: SearchSpace) -> list[Unit]:
 
 
 def calibration_architectures(space: SearchSpace, count: int) -> list[Architecture]:
-    """The seeds plus random networks: what the per-model overhead is fitted on."""
+    """The seeds plus random networks: what the network model is fitted on (each measured at
+    every resolution of the space where its program takes any size)."""
     seeds = [space.seed_architecture(s, max(space.resolutions), max(space.width_mults))
              for s in space.seeds]
     seeds = [a for a in seeds if space.contains(a)]
     return (seeds + space.architectures(count, seed=10_000))[:max(count, len(seeds))]
+
+
+@dataclass(frozen=True)
+class NetworkPoint:
+    """One whole network measured for the model: an architecture at one resolution and the
+    program that runs it (shared by its resolutions where the runtime takes any size)."""
+
+    name: str
+    arch: Architecture
+    spec: ProgramSpec
+
+
+def network_points(archs: list[Architecture], space: SearchSpace, dynamic: bool
+                   ) -> list[NetworkPoint]:
+    """Every calibration network at every resolution of the space (one dynamic-size program
+    each: three sizes for one conversion), or at its own resolution (one program each)."""
+    points = []
+    for arch in archs:
+        if dynamic:
+            spec = arch_program(arch, (min(space.resolutions), max(space.resolutions)))
+            for r in sorted(space.resolutions):
+                sized = replace(arch, resolution=r)
+                points.append(NetworkPoint(_arch_name(sized), sized, spec))
+        else:
+            points.append(NetworkPoint(_arch_name(arch), arch, arch_program(arch)))
+    return points
 
 
 @dataclass
@@ -83,11 +120,12 @@ class CollectRequest:
     table_path: Path
     workdir: Path
     jobs: int = 2
-    calibration_models: int = 12
+    calibration_models: int = 10
     settings: MeasureSettings = field(default_factory=MeasureSettings)
+    sittings: int = 3  # of every calibration network: before, between and after the units
 
 
-def _check_runtime(client: AgentClient, runtime: str) -> dict[str, Any]:
+def check_runtime(client: AgentClient, runtime: str) -> dict[str, Any]:
     info = client.info()
     if runtime not in info.get("runtimes", {}):
         have = ", ".join(info.get("runtimes", {})) or "none"
@@ -96,7 +134,7 @@ def _check_runtime(client: AgentClient, runtime: str) -> dict[str, Any]:
     return info
 
 
-def _open_table(req: CollectRequest, info: dict[str, Any]) -> LatencyTable:
+def open_table(req: CollectRequest, info: dict[str, Any]) -> LatencyTable:
     """The table being collected: the saved one when it matches (resume), else a new one."""
     device = {k: info.get(k) for k in ("fingerprint", "identity", "identity_words",
                                        "cpu_model", "machine", "cores", "hostname")}
@@ -117,7 +155,8 @@ def _open_table(req: CollectRequest, info: dict[str, Any]) -> LatencyTable:
         precision=req.precision, threads=req.threads, space=req.space.to_dict(),
         method={**req.settings.__dict__, "programs": "dynamic height/width"
                 if takes_dynamic_size(req.runtime) else "one per unit",
-                "input": "seeded normal noise", "statistic": "min",
+                "input": "seeded normal noise", "statistic": "median",
+                "network_sittings": req.sittings, "calibration_models": req.calibration_models,
                 "program_input": PROGRAM_INPUT[req.runtime]})
 
 
@@ -125,13 +164,14 @@ def collect(req: CollectRequest, client: AgentClient, progress: Progress | None 
             ) -> LatencyTable:
     progress = progress or Progress()
     began = time.perf_counter()
-    info = _check_runtime(client, req.runtime)
-    table = _open_table(req, info)
+    info = check_runtime(client, req.runtime)
+    table = open_table(req, info)
     dynamic = takes_dynamic_size(req.runtime)
     units = space_units(req.space)
     programs = unit_programs(units, dynamic)
-    calib = calibration_architectures(req.space, req.calibration_models)
-    arch_specs = [arch_program(a) for a in calib]
+    points = network_points(calibration_architectures(req.space, req.calibration_models),
+                            req.space, dynamic)
+    arch_specs = list({p.spec.key: p.spec for p in points}.values())
     folder = req.workdir / f"{req.runtime}-{req.precision}"
 
     todo_specs = [s for s in [*programs.values(), *arch_specs]
@@ -154,53 +194,75 @@ def collect(req: CollectRequest, client: AgentClient, progress: Progress | None 
 
     reference = reference_unit(units)
     guard = req.settings.guard(item(reference), table.reference)
-    todo = sorted((u for u in units if u.key not in table.units),
-                  key=lambda u: (u.program_key, u.hw))  # a program stays open across sizes
-    progress.phase("measuring units", len(todo))
     job = req.settings.job(req.threads)
-    measure_started = time.perf_counter()
-    segments = list(chunks(todo, min(req.settings.segment, req.settings.batch)))
-
-    def keep(i: int, results: list[dict[str, float]]) -> None:
-        for unit, stats in zip(segments[i], results, strict=True):
-            table.units[unit.key] = stats
-        progress.advance(len(results))
+    whole = req.settings.sitting_job(req.threads)
+    flags = table.method.setdefault("device_state_flags", [])
+    sittings = table.method.setdefault("sittings", [])  # per sitting: one record per point
+    network_items = [{"artifact": shas[program_path(folder, p.spec, req.runtime)],
+                      "shape": [1, 3, p.arch.resolution, p.arch.resolution]} for p in points]
 
     def save() -> None:  # after every job: a killed collection loses one job at most
         table.reference = _reference_record(reference, guard)
         table.save(req.table_path)
 
-    flags = table.method.setdefault("device_state_flags", [])
-    guard.measure(lambda items: measure_items(client, items, job, flags),
-                  [[item(u) for u in seg] for seg in segments], keep, req.settings.batch, save)
+    def sitting(number: int) -> None:
+        if len(sittings) >= number:
+            return  # measured before a resume
+        progress.phase(f"measuring whole networks (sitting {number} of {req.sittings})",
+                       len(points))
+        sittings.append({"time": time.time(), "networks": measure_sitting(
+            client, guard, network_items, whole, flags)})
+        progress.advance(len(points))
+        save()
 
-    if table.overhead is None:
-        progress.phase("measuring whole networks", len(calib))
-        whole = req.settings.whole_job(req.threads)
-        segments = [[{"artifact": shas[program_path(folder, spec, req.runtime)],
-                      "shape": list(spec.input_shape)}] for spec in arch_specs]
-        # twice, apart, keeping the faster: a slowdown of the device only ever adds time
-        measured = guard.measure(lambda items: measure_items(client, items, whole, flags),
-                                 segments + segments)
-        table.overhead = fit_overhead([
-            {"name": _arch_name(arch), "sum_ms": table.unit_sum_ms(arch),
-             "boundary_m": boundary_melements(units_of(arch)),
-             "measured_ms": min(first[0]["median_ms"], second[0]["median_ms"])}
-            for arch, first, second in zip(calib, measured[:len(calib)],
-                                           measured[len(calib):], strict=True)])
-        table.reference = _reference_record(reference, guard)
-        progress.advance(len(calib))
-        table.save(req.table_path)
+    measure_started = time.perf_counter()
+    sitting(1)
+    todo = sorted((u for u in units if u.key not in table.units),
+                  key=lambda u: (u.program_key, u.hw))  # a program stays open across sizes
+    segments = list(chunks(todo, min(req.settings.segment, req.settings.batch)))
+    # the middle sittings fall between the unit jobs: the networks meet the host as it was
+    # over the whole collection, not at one moment of it
+    parts = max(1, req.sittings - 1)
+    bounds = [round(len(segments) * i / parts) for i in range(parts + 1)]
+    progress.phase("measuring units", len(todo))
+    for part in range(parts):
+        chunk = segments[bounds[part]:bounds[part + 1]]
+
+        def keep(i: int, results: list[dict[str, float]], chunk=chunk) -> None:
+            for unit, stats in zip(chunk[i], results, strict=True):
+                table.units[unit.key] = stats
+            progress.advance(len(results))
+
+        guard.measure(lambda items: measure_items(client, items, job, flags),
+                      [[item(u) for u in seg] for seg in chunk], keep, req.settings.batch, save)
+        sitting(part + 2)
+    table.model = fit_network_model(table, points, sittings).to_dict()
+    table.reference = _reference_record(reference, guard)
+    table.save(req.table_path)
     if not table.sentinels:
-        table.sentinels = measure_sentinels(sentinel_definitions(req.space, reference), table,
-                                            client, req.workdir, req.jobs, progress)
+        definitions = sentinel_definitions(req.space, reference, dynamic)
+        table.sentinels = measure_sentinels(definitions, table, client, req.workdir, req.jobs,
+                                            progress)
     table.method["collection_s"] = {
         "convert": round(convert_s, 1), "measure": round(time.perf_counter() - measure_started,
                                                          1),
         "total": round(time.perf_counter() - began, 1), "units": len(units),
-        "programs": len(programs)}
+        "programs": len(programs), "network_programs": len(arch_specs),
+        "network_points": len(points)}
     table.save(req.table_path)
     return table
+
+
+def fit_network_model(table: LatencyTable, points: list[NetworkPoint],
+                      sittings: list[dict[str, Any]]) -> NetworkModel:
+    """The network model fitted on every point's runs over all sittings (see :mod:`.model`)."""
+    networks = []
+    for i, point in enumerate(points):
+        measured = pooled([s["networks"][i] for s in sittings])
+        features = table.features(units_of(point.arch))
+        networks.append({"name": point.name, "arch": point.arch.to_dict(),
+                         "features": features.__dict__, **measured})
+    return NetworkModel.fit(networks)
 
 
 def recollect(stale: LatencyTable, target: Target, client: AgentClient, home: Path,
@@ -213,7 +275,10 @@ def recollect(stale: LatencyTable, target: Target, client: AgentClient, home: Pa
     partial = out.with_name(out.stem + ".collecting.json")
     table = collect(CollectRequest(space, target.runtime, target.precision, target.threads,
                                    partial, workdir,
-                                   settings=MeasureSettings.of_table(stale.method)),
+                                   calibration_models=stale.method.get("calibration_models",
+                                                                       10),
+                                   settings=MeasureSettings.of_table(stale.method),
+                                   sittings=stale.method.get("network_sittings", 3)),
                     client, progress)
     os.replace(partial, out)
     fresh = TableUse(out, table, use.policy, fresh=True)
@@ -235,43 +300,3 @@ def reference_unit(units: list[Unit]) -> Unit:
     """A fixed, mid-sized unit re-measured at the start of every batch (drift check)."""
     ordered = sorted(units, key=lambda u: (u.kind != "ir", u.key))
     return ordered[len(ordered) // 2]
-
-
-def fit_overhead(models: list[dict[str, float]]) -> Overhead:
-    """Relative least squares of measured on (Σ units, 1), or (Σ units, boundary elements, 1)
-    where that predicts the calibration networks better, left out one at a time.
-
-    A unit run alone is not the same unit inside a network: alone, it converts its input and
-    output between the program's layout and the runtime's (inside a network tensors stay in
-    the runtime's layout), it pays a call, and its weights are hot in cache. The boundary term
-    halved the share of networks outside ±5 % on one host (AVX2) and did nothing on another
-    (AVX-512), where a fourth parameter fitted on a dozen noisy networks only added error:
-    leave-one-out error decides. Relative: every network counts the same, whatever its size.
-    Fewer than 3 networks: the offset alone.
-    """
-    import numpy as np
-
-    sums = np.array([m["sum_ms"] for m in models])
-    boundary = np.array([m["boundary_m"] for m in models])
-    measured = np.array([m["measured_ms"] for m in models])
-    ones = np.ones_like(sums)
-    if len(models) < 3:
-        return Overhead(1.0, float(np.mean(measured - sums)), models)
-
-    def solve(design: np.ndarray, keep: np.ndarray) -> np.ndarray:
-        coef, *_ = np.linalg.lstsq(design[keep] / measured[keep, None], ones[keep], rcond=None)
-        return coef
-
-    def loo_rmse(design: np.ndarray) -> float:
-        errors = []
-        for i in range(len(models)):
-            keep = np.arange(len(models)) != i
-            errors.append((design[i] @ solve(design, keep) - measured[i]) / measured[i])
-        return float(np.sqrt(np.mean(np.square(errors))))
-
-    designs = [np.stack([sums, 0 * ones, ones], axis=1)]
-    if len(models) >= 5:
-        designs.append(np.stack([sums, boundary, ones], axis=1))
-    design = min(designs, key=loo_rmse)
-    scale, per_m, offset = (float(c) for c in solve(design, np.ones(len(models), bool)))
-    return Overhead(scale, offset, models, per_m)

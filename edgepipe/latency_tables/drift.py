@@ -40,13 +40,15 @@ class DriftGuard:
 
     def measure(self, measure: Measure, segments: list[list[dict[str, Any]]],
                 on_segment: Callable[[int, list[dict[str, float]]], None] | None = None,
-                per_job: int | None = None, after_job: Callable[[], None] | None = None
-                ) -> list[list[dict[str, float]]]:
+                per_job: int | None = None, after_job: Callable[[], None] | None = None,
+                may_retry: Callable[[], bool] | None = None) -> list[list[dict[str, float]]]:
         """Results for each segment, measured between references until they agree.
 
         Segments go to the device ``per_job`` items at a time (one worker process each);
         a segment to measure again goes into the next job rather than a job of its own
-        (a worker start costs seconds: importing the runtime).
+        (a worker start costs seconds: importing the runtime). ``may_retry()`` false (a time
+        budget spent): a disturbed segment is kept, marked unsettled, as when its retries
+        ran out.
         """
         results: list[list[dict[str, float]] | None] = [None] * len(segments)
         queue = deque((i, 0) for i in range(len(segments)))
@@ -71,7 +73,8 @@ class DriftGuard:
             retry = []
             for n, (i, attempt) in enumerate(taken):
                 settled = self._close(refs[n], baseline) and self._close(refs[n + 1], baseline)
-                if not settled and attempt < self.retries:
+                if not settled and attempt < self.retries and (may_retry is None
+                                                              or may_retry()):
                     retry.append((i, attempt + 1))
                     continue
                 if not settled:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import textwrap
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,18 @@ import numpy as np
 from ..host.client import AgentClient
 from ..manifest import write_atomic
 from ..models.space import Architecture, SearchSpace
+from ..plotting import pyplot, save_figure
 from .drift import DriftGuard
-from .measure import MeasureSettings, Progress, chunks, measure_items, prepare_programs
+from .measure import (
+    MeasureSettings,
+    Progress,
+    chunks,
+    measure_items,
+    pooled,
+    prepare_programs,
+    sitting_record,
+)
+from .model import size_trend
 from .programs import (
     ProgramSpec,
     arch_program,
@@ -75,6 +86,7 @@ class EvaluateRequest:
     seed: int = 0
     naive_count: int = 10
     jobs: int = 2
+    sittings: int = 2
 
 
 def _reference(table: LatencyTable) -> Unit | None:
@@ -89,12 +101,13 @@ def _prepare(specs: list[ProgramSpec], table: LatencyTable, client: AgentClient,
 
 
 def measure_networks(archs: list[Architecture], table: LatencyTable, client: AgentClient,
-                     workdir: Path, jobs: int = 2, progress: Progress | None = None
-                     ) -> tuple[list[dict[str, Any]], DriftGuard | None]:
+                     workdir: Path, jobs: int = 2, progress: Progress | None = None,
+                     sittings: int = 2) -> tuple[list[dict[str, Any]], DriftGuard | None]:
     """Whole networks converted for the table's runtime and measured on the device as the
-    table's units were (same settings, same reference unit bracketing them): every network
-    twice, in two passes minutes apart; the faster counts (a slowdown of the device only ever
-    adds time) and the two passes say how repeatable a measurement is here."""
+    table's networks were (same settings, the same reference unit bracketing them): every
+    network in ``sittings`` passes minutes apart, their runs pooled (``measured_ms`` is the
+    median of all runs, ``p90_ms`` and ``min_ms`` likewise); the passes' medians say how
+    repeatable a measurement is here."""
     progress = progress or Progress()
     folder = workdir / f"{table.runtime}-{table.precision}"
     specs = [arch_program(a) for a in archs]
@@ -108,28 +121,33 @@ def measure_networks(archs: list[Architecture], table: LatencyTable, client: Age
     if reference:
         path = program_path(folder, program_for(ref_specs, reference), table.runtime)
         guard = settings.guard({"artifact": shas[path], "shape": reference.input_shape()})
-    whole = settings.whole_job(table.threads)
-    progress.phase("measuring networks", len(archs))
+    whole = {**settings.sitting_job(table.threads), "raw": True}
+    progress.phase(f"measuring networks ({sittings} sittings)", len(archs) * sittings)
     segments = [[{"artifact": shas[program_path(folder, spec, table.runtime)],
                   "shape": list(spec.input_shape)}] for spec in specs]
     passes = []
-    for _ in range(2):
+    for _ in range(sittings):
         measured = []
         for chunk in chunks(segments, 20):  # one worker per 20 networks
             measured += _measure(client, guard, whole, chunk, per_job=20)
-            progress.advance(len(chunk) / 2)
-        passes.append([m[0] for m in measured])
-    rows = [{"arch": arch.to_dict(), "name": f"{arch.seed}@{arch.resolution}",
-             "measured_ms": min(first["median_ms"], second["median_ms"]),
-             "passes_ms": [first["median_ms"], second["median_ms"]],
-             "ci95_pct": max(first["ci95_pct"], second["ci95_pct"]),
-             "unsettled": first.get("unsettled", False) and second.get("unsettled", False)}
-            for arch, first, second in zip(archs, *passes, strict=True)]
+            progress.advance(len(chunk))
+        passes.append([sitting_record(m[0]) for m in measured])
+    rows = []
+    for i, arch in enumerate(archs):
+        mine = [p[i] for p in passes]
+        stats = pooled(mine)
+        rows.append({"arch": arch.to_dict(), "name": f"{arch.seed}@{arch.resolution}",
+                     "measured_ms": stats["median_ms"], "p90_ms": stats["p90_ms"],
+                     "min_ms": stats["min_ms"], "runs": stats["count"],
+                     "passes_ms": stats["sitting_medians_ms"],
+                     "passes_p90_ms": [s["p90_ms"] for s in mine],
+                     "unsettled": all(s["unsettled"] for s in mine)})
     return rows, guard
 
 
 def evaluate(req: EvaluateRequest, client: AgentClient, progress: Progress | None = None
              ) -> dict[str, Any]:
+    from .estimate import Estimator
     from .sentinels import check_table
 
     progress = progress or Progress()
@@ -141,10 +159,17 @@ def evaluate(req: EvaluateRequest, client: AgentClient, progress: Progress | Non
              "networks")  # converted before the check, so that it is measured just before
     check = check_table(table, client, req.workdir, req.jobs, progress) \
         if table.sentinels else None
-    rows, guard = measure_networks(archs, table, client, req.workdir, req.jobs, progress)
+    rows, guard = measure_networks(archs, table, client, req.workdir, req.jobs, progress,
+                                   req.sittings)
+    estimator = Estimator(table)
     for row, arch in zip(rows, archs, strict=True):
         row["unit_sum_ms"] = table.unit_sum_ms(arch)
-        row["predicted_ms"] = table.predict(arch)
+        p = estimator.prediction(arch)
+        row["predicted_ms"] = p.median
+        row["predicted_p90_ms"] = p.p90
+        row["predicted_best_ms"] = p.best
+        row["interval_ms"] = p.intervals.get("median")
+        row["transferred_share"] = p.transferred_share
 
     naive: dict[str, Any] = {"count": 0}
     naive_units = {op.key: op for a in archs[:req.naive_count] for u in units_of(a)
@@ -182,25 +207,63 @@ def evaluate(req: EvaluateRequest, client: AgentClient, progress: Progress | Non
 
     measured = [r["measured_ms"] for r in rows]
     first, second = ([r["passes_ms"][i] for r in rows] for i in (0, 1))
+    has_model = table.network_model is not None
     report = {
         # how well the device agrees with itself: the ceiling of any prediction's accuracy
         "repeatability": error_metrics(second, first),
-        "table": str(req.table_path), "device": table.describe(), "seed": req.seed,
+        "repeatability_p90": error_metrics([r["passes_p90_ms"][1] for r in rows],
+                                           [r["passes_p90_ms"][0] for r in rows]),
+        "table": str(req.table_path), "device": table.describe(),
+        "provenance": table.provenance(), "seed": req.seed, "sittings": req.sittings,
+        "statistic": "median of every run of every sitting",
         "prediction": error_metrics([r["predicted_ms"] for r in rows], measured),
+        "prediction_p90": error_metrics([r["predicted_p90_ms"] for r in rows],
+                                        [r["p90_ms"] for r in rows]) if has_model else None,
+        "prediction_best": error_metrics([r["predicted_best_ms"] for r in rows],
+                                         [r["min_ms"] for r in rows]) if has_model else None,
+        "interval_coverage": float(np.mean([r["interval_ms"][0] <= r["measured_ms"]
+                                            <= r["interval_ms"][1] for r in rows]))
+        if has_model else None,
         "check": check,
         "prediction_rescaled": error_metrics(
             [r["predicted_ms"] * check["factor"] for r in rows], measured) if check else None,
         "unit_sum_without_overhead": error_metrics([r["unit_sum_ms"] for r in rows], measured),
         "naive_per_op_sum": naive,
-        "overhead": {k: v for k, v in asdict(table.overhead).items() if k != "models"}
-        if table.overhead else None,
+        "model": table.network_model.describe() if has_model else None,
         "drift": guard.summary() if guard else None,
         "networks": rows,
     }
+    report["prediction"]["size_trend"] = size_trend(
+        [r["predicted_ms"] / r["measured_ms"] - 1 for r in rows], measured)
     req.out.mkdir(parents=True, exist_ok=True)
     write_atomic(req.out / "evaluation.json", json.dumps(report, indent=1))
     scatter_plot(rows, table.describe(), req.out / "scatter.png")
     return report
+
+
+def evaluation_record(report: dict[str, Any]) -> dict[str, Any]:
+    """What a table keeps of an evaluation: the relative errors of each statistic (they give
+    later predictions their intervals), when, on which device, how many networks."""
+    rows = report["networks"]
+
+    def errors(predicted: str, measured: str) -> list[float]:
+        return [round(r[predicted] / r[measured] - 1, 5) for r in rows
+                if r.get(predicted) is not None]
+
+    return {"time": time.time(), "device": report["device"], "count": len(rows),
+            "sittings": report["sittings"],
+            "median": {"errors": errors("predicted_ms", "measured_ms"),
+                       **_shares(report["prediction"])},
+            "p90": {"errors": errors("predicted_p90_ms", "p90_ms"),
+                    **_shares(report.get("prediction_p90"))},
+            "best": {"errors": errors("predicted_best_ms", "min_ms"),
+                     **_shares(report.get("prediction_best"))},
+            "repeatability": _shares(report["repeatability"])}
+
+
+def _shares(metrics: dict[str, Any] | None) -> dict[str, float]:
+    keys = ("within_5pct", "within_10pct", "rmse_pct", "mean_error_pct")
+    return {k: metrics[k] for k in keys} if metrics else {}
 
 
 def _measure(client: AgentClient, guard: DriftGuard | None, job: dict[str, Any],
@@ -221,10 +284,7 @@ def _measure(client: AgentClient, guard: DriftGuard | None, job: dict[str, Any],
 
 def scatter_plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
     """Predicted vs measured, the ±5/10 % bands, and the naive per-op sums where measured."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     measured = np.array([r["measured_ms"] for r in rows])
     predicted = np.array([r["predicted_ms"] for r in rows])
@@ -253,13 +313,3 @@ def scatter_plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
-
-
-def save_figure(fig, path: Path) -> None:
-    """Write a matplotlib figure so readers never see half a PNG, and free it."""
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)

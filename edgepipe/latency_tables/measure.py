@@ -24,6 +24,7 @@ class MeasureSettings:
     batch: int = 480  # units per agent job (one worker process: seconds to start)
     segment: int = 30  # units between two reference measurements
     whole_model_runs: int = 60
+    sitting_runs: int = 40
     drift_limit_pct: float = 3.0
     retries: int = 3
 
@@ -40,6 +41,12 @@ class MeasureSettings:
     def whole_job(self, threads: int) -> dict[str, Any]:
         return {**self.job(threads), "min_runs": self.whole_model_runs, "stable_pct": 0.5,
                 "max_seconds": 3.0}
+
+    def sitting_job(self, threads: int) -> dict[str, Any]:
+        """A whole network in one sitting of several: its runs are pooled with the other
+        sittings', so one sitting need not pin its own median down to ±0.5 %."""
+        return {**self.job(threads), "min_runs": self.sitting_runs, "stable_pct": 2.0,
+                "max_seconds": 1.5}
 
     def guard(self, reference_item: dict[str, Any], saved: dict[str, Any] | None = None
               ) -> DriftGuard:
@@ -97,3 +104,38 @@ def measure_items(client: AgentClient, items: list[dict[str, Any]], job: dict[st
 def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+# --- whole networks measured in sittings ---------------------------------------------------
+def sitting_record(stats: dict[str, Any]) -> dict[str, Any]:
+    """What a sitting keeps of one network's job statistics: its runs (ms, rounded to 0.1 µs)
+    and their summary."""
+    raw = [round(float(v), 4) for v in stats.get("raw_ms") or []]
+    return {"median_ms": stats["median_ms"], "p90_ms": stats["p90_ms"],
+            "min_ms": stats["min_ms"], "count": stats["count"], "raw_ms": raw,
+            "unsettled": bool(stats.get("unsettled", False))}
+
+
+def pooled(sittings: list[dict[str, Any]]) -> dict[str, float]:
+    """The median, p90 and minimum of every run of every sitting (what a user measures over
+    time, not one moment of the host), and how far apart the sittings' medians were."""
+    import numpy as np
+
+    runs = np.concatenate([np.asarray(s["raw_ms"] or [s["median_ms"]], float)
+                           for s in sittings])
+    medians = [s["median_ms"] for s in sittings]
+    return {"median_ms": float(np.median(runs)), "p90_ms": float(np.percentile(runs, 90)),
+            "min_ms": float(runs.min()), "count": int(runs.size),
+            "sitting_medians_ms": medians,
+            "sitting_spread_pct": (max(medians) - min(medians)) / min(medians) * 100}
+
+
+def measure_sitting(client: AgentClient, guard: DriftGuard, items: list[dict[str, Any]],
+                    job: dict[str, Any], flags: list[str] | None = None, per_job: int = 40,
+                    may_retry: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
+    """One sitting: every item measured once as a whole network (its runs kept), bracketed
+    by the reference unit like any segment (a sitting in a slow episode is measured again)."""
+    results = guard.measure(lambda batch: measure_items(client, batch, {**job, "raw": True},
+                                                        flags),
+                            [[item] for item in items], per_job=per_job, may_retry=may_retry)
+    return [sitting_record(r[0]) for r in results]

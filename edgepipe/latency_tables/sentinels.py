@@ -43,9 +43,11 @@ LIMIT_PCT = 5.0  # MLPerf Mobile's replicability bound, and the share a search c
 POLICIES = ("warn", "strict", "rescale", "recollect")
 
 
-def sentinel_definitions(space: SearchSpace, reference: Unit) -> list[dict[str, Any]]:
+def sentinel_definitions(space: SearchSpace, reference: Unit, dynamic: bool = False
+                         ) -> list[dict[str, Any]]:
     """What a table's sentinels are: the reference unit, V3-Small, V3-Large, one random
-    network of the space (the first of the overhead fit's, so converted once)."""
+    network of the space (the first of the network model's). ``dynamic``: the networks run
+    the model's dynamic-size programs (converted once for both)."""
     resolution, width = max(space.resolutions), max(space.width_mults)
     archs = [(f"mobilenet_v3_{seed}@{resolution} x{width:g}",
               space.seed_architecture(seed, resolution, width)) for seed in ("small", "large")]
@@ -55,8 +57,10 @@ def sentinel_definitions(space: SearchSpace, reference: Unit) -> list[dict[str, 
             "unit": {"kind": reference.kind, "hw": reference.hw,
                      "params": list(reference.params)},
             "shape": reference.input_shape()}
+    size_range = [min(space.resolutions), max(space.resolutions)] if dynamic else None
     return [unit] + [{"name": name, "kind": "arch", "arch": arch.to_dict(),
-                      "shape": [1, 3, arch.resolution, arch.resolution]}
+                      "shape": [1, 3, arch.resolution, arch.resolution],
+                      **({"size_range": size_range} if size_range else {})}
                      for name, arch in archs]
 
 
@@ -66,7 +70,9 @@ def sentinel_program(definition: dict[str, Any]) -> ProgramSpec:
         u = definition["unit"]
         unit = Unit(u["kind"], u["hw"], tuple(u["params"]))
         return unit_programs([unit], dynamic=False)[unit.key]
-    return arch_program(Architecture.from_dict(definition["arch"]))
+    size_range = definition.get("size_range")
+    return arch_program(Architecture.from_dict(definition["arch"]),
+                        tuple(size_range) if size_range else None)
 
 
 def measure_sentinels(definitions: list[dict[str, Any]], table: LatencyTable,
@@ -199,6 +205,42 @@ def record_check(path: Path, table: LatencyTable, check: dict[str, Any], home: P
     return path
 
 
+def _evaluation_sidecar(path: Path, home: Path) -> Path:
+    return home / "tables" / "evaluations" / Path(path).name
+
+
+def record_evaluation(path: Path, table: LatencyTable, record: dict[str, Any],
+                      home: Path) -> Path:
+    """Keep an evaluation's errors with the table (the newest one gives later predictions
+    their intervals): in the file, or beside a shipped table; the file written."""
+    if table.network_model is None:
+        raise EdgepipeError(f"{Path(path).name} is a format-{table.format_version} table: it "
+                            "has no network model to record an evaluation in")
+    if is_shipped(path):
+        sidecar = _evaluation_sidecar(path, home)
+        sidecar.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(sidecar, json.dumps(record, indent=1))
+        table.network_model.evaluation = record
+        return sidecar
+    table.network_model.evaluation = record
+    table.save(path)
+    return path
+
+
+def with_recorded_evaluation(path: Path, table: LatencyTable, home: Path) -> LatencyTable:
+    """A shipped table with the newest evaluation made here (a sidecar) in its model."""
+    sidecar = _evaluation_sidecar(path, home)
+    model = table.network_model
+    if model is not None and is_shipped(path) and sidecar.is_file():
+        try:
+            record = json.loads(sidecar.read_text())
+        except ValueError:
+            return table  # a broken sidecar loses that evaluation, not the table
+        if record.get("time", 0) > (model.evaluation or {}).get("time", 0):
+            model.evaluation = record
+    return table
+
+
 # --- a table used for a prediction ---------------------------------------------------------
 @dataclass
 class TableUse:
@@ -216,7 +258,8 @@ class TableUse:
     def words(self) -> str:
         """How the prediction was obtained: table, device, when checked, what was applied."""
         when = time.strftime("%Y-%m-%d", time.localtime(self.table.created))
-        base = f"table {self.path.name} (collected {when} on {self.table.describe()})"
+        made = "collected" if not self.table.adapted else self.table.provenance() + ","
+        base = f"table {self.path.name} ({made} {when} on {self.table.describe()})"
         if self.fresh:
             return f"{base}; collected now on this device"
         if self.check is None:

@@ -7,7 +7,11 @@ the fields of the device identity that differ. A table carries *sentinels* (a re
 and whole networks with their latencies at collection) and the record of every check that
 measured them again (:mod:`.sentinels`): a table goes stale on the same board too.
 
-Format 1 (before device identities and sentinels) is still read; it cannot be checked.
+Format 3 predicts the median, the p90 and the best case from a :class:`.model.NetworkModel`
+fitted on whole networks; a table made by ``lut adapt`` marks each unit measured on the device
+or transferred from another table (``source``, ``expected_error_pct``) and says how it was
+made (``adapted``). Format 2 (a fit of unit minima to one statistic per network, no p90) and
+format 1 (before device identities and sentinels: cannot be checked) are still read.
 """
 
 from __future__ import annotations
@@ -22,13 +26,19 @@ from ..device.identity import describe_identity, diff_words
 from ..errors import EdgepipeError
 from ..manifest import write_atomic
 from ..models.space import Architecture
+from .features import weights_mb
+from .model import NetworkFeatures, NetworkModel
 from .programs import PROGRAM_INPUT, PROGRAM_INPUT_BEFORE
 from .units import Unit, units_of
 
 FORMAT = "edgepipe-latency-table"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 SHIPPED = Path(__file__).parent / "data"
+# the table edgepipe's own tests, benchmarks and examples use: ExecuTorch fp32, 1 thread, on
+# AMD family 25 model 17 (the other shipped table, Intel family 6 model 167's, is a source
+# for `lut adapt`)
+REFERENCE_TABLE = SHIPPED / "82660cc886a34a83-executorch-fp32-t1.json"
 
 
 @dataclass(frozen=True)
@@ -45,8 +55,8 @@ class Target:
 
 @dataclass
 class Overhead:
-    """measured ≈ scale · Σ units + boundary_ms_per_m · (M elements at unit boundaries)
-    + offset_ms, fitted on whole networks measured on the device (``collect.fit_overhead``)."""
+    """Format 2's network fit: measured ≈ scale · Σ units + boundary_ms_per_m · (M elements
+    at unit boundaries) + offset_ms, one statistic (the faster of two medians) per network."""
 
     scale: float = 1.0
     offset_ms: float = 0.0
@@ -71,6 +81,11 @@ class LatencyTable:
     sentinels: list[dict[str, Any]] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)  # every `lut check`, in order
     format_version: int = FORMAT_VERSION
+    model: dict[str, Any] | None = None  # format 3: NetworkModel.to_dict()
+    adapted: dict[str, Any] | None = None  # `lut adapt`: sources, method, what was measured
+
+    def __post_init__(self) -> None:
+        self._model: NetworkModel | None = None
 
     @property
     def target(self) -> Target:
@@ -88,32 +103,69 @@ class LatencyTable:
         return (f"{where} (fingerprint {self.device['fingerprint']}), {self.runtime} "
                 f"{self.precision}, {self.threads} thread(s)")
 
+    def provenance(self) -> str:
+        """Collected or adapted, and from what, in words."""
+        if not self.adapted:
+            return "collected"
+        sources = ", ".join(s["name"] for s in self.adapted.get("sources", []))
+        share = self.adapted.get("measured_units", 0) / max(1, len(self.units))
+        return (f"adapted from {sources} ({share:.0%} of the units measured here, the rest "
+                f"transferred; {self.adapted.get('method_name', '?')})")
+
     # --- prediction ----------------------------------------------------------------------
     @property
     def statistic(self) -> str:
-        """The unit statistic predictions sum: ``min_ms`` (tables since format 2: the run of a
-        unit least disturbed by the host; see ``collect.fit_overhead``) or ``median_ms``."""
-        return "min_ms" if self.method.get("statistic") == "min" else "median_ms"
+        """The unit statistic a network's median is summed from: ``median_ms`` (format 3),
+        ``min_ms`` (format 2 tables collected with ``statistic: min``)."""
+        if self.format_version < 3 and self.method.get("statistic") == "min":
+            return "min_ms"
+        return "median_ms"
+
+    @property
+    def network_model(self) -> NetworkModel | None:
+        """Format 3's fit of whole networks (None for older tables, which have ``overhead``)."""
+        if self._model is None and self.model:
+            self._model = NetworkModel.from_dict(self.model)
+        return self._model
 
     def unit_ms(self, key: str) -> float:
         """A unit's time as predictions use it (:attr:`statistic`), in ms."""
         return self.units[key][self.statistic]
 
-    def _sum_ms(self, units: list[Unit]) -> float:
+    def _missing(self, units: list[Unit]) -> None:
         missing = [u.key for u in units if u.key not in self.units]
         if missing:
             raise EdgepipeError(
                 f"the latency table has no entry for {len(missing)} unit(s) of this network, "
                 f"e.g. {missing[0]}: it was collected for another search space; collect one "
                 "for this space with `edgepipe lut collect`")
+
+    def _sum_ms(self, units: list[Unit]) -> float:
+        self._missing(units)
         return sum(self.unit_ms(u.key) for u in units)
 
     def unit_sum_ms(self, arch: Architecture) -> float:
         return self._sum_ms(units_of(arch))
 
+    def features(self, units: list[Unit], times: list[tuple[float, float]] | None = None
+                 ) -> NetworkFeatures:
+        """What the network model reads of these units; ``times``: (median, min) per unit
+        where not the table's own (estimated units)."""
+        if times is None:
+            self._missing(units)
+            times = [(self.units[u.key]["median_ms"],
+                      self.units[u.key].get("min_ms", self.units[u.key]["median_ms"]))
+                     for u in units]
+        return NetworkFeatures(sum(t[0] for t in times), sum(t[1] for t in times),
+                               weights_mb(units, self.precision), len(units))
+
     def predict(self, arch: Architecture) -> float:
-        """Predicted latency (ms) of a whole network: units summed, overhead added."""
+        """Predicted median latency (ms) of a whole network (format 2: the statistic its fit
+        was made on). :class:`.estimate.Estimator` gives the p90, intervals and provenance."""
         units = units_of(arch)  # once: a search predicts thousands of networks
+        model = self.network_model
+        if model is not None:
+            return model.predict(self.features(units))["median"]
         total = self._sum_ms(units)
         if self.overhead is None:
             return total
@@ -157,6 +209,8 @@ class LatencyTable:
 
     # --- storage --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        if self._model is not None:
+            self.model = self._model.to_dict()  # an evaluation recorded on the loaded model
         data = asdict(self)
         return {"format": FORMAT, **data}
 
@@ -189,6 +243,8 @@ class LatencyTable:
             bad = [k for k, v in table.units.items()
                    if not isinstance(v, dict) or not isinstance(v.get("median_ms"), (int, float))
                    or not v["median_ms"] > 0]
+            if table.model is not None:
+                table.network_model  # noqa: B018 (parsed now: a broken model is a broken file)
             if bad or not isinstance(table.device.get("fingerprint"), str):
                 raise ValueError(f"entry {bad[0]!r} has no positive median_ms" if bad
                                  else "no device fingerprint")
@@ -196,7 +252,7 @@ class LatencyTable:
                     or any(not isinstance(s, dict) or not s.get("median_ms", 0) > 0
                            for s in table.sentinels):
                 raise ValueError("its sentinels or checks are not lists of measurements")
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             raise EdgepipeError(f"latency table {path} is corrupted ({exc}): {redo}") from None
         return table
 

@@ -7,6 +7,7 @@
     weights = "imagenet"          # a .pth, `imagenet` (MobileNetV2), or omit for random init
     formats = ["executorch", "tflite", "coreml"]
     int8 = true
+    fp16 = false                  # true: fp16 artifacts too (ExecuTorch, LiteRT)
 
     [measure]
     threads = [1, 2]
@@ -19,6 +20,10 @@
     check_tables = true           # check the device's latency tables (sentinels) first
 
     devices = ["pi5", "pixel"]    # registered with `edgepipe device add`; none: this machine
+
+    [recommend]
+    max_flip_rate = 0.01          # the accuracy budget: flips vs PyTorch fp32 on [evaluate]'s
+                                  # data (else the parity photos), as a fraction of images
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 
 from ..errors import EdgepipeError
 from ..manifest import parse_size
+from .recommend import DEFAULT_MAX_FLIP_RATE
 
 
 @dataclass
@@ -40,6 +46,7 @@ class ModelSection:
     task: str | None = None
     formats: list[str] = field(default_factory=lambda: ["executorch", "tflite", "coreml"])
     int8: bool = True
+    fp16: bool = False
 
 
 @dataclass
@@ -63,11 +70,17 @@ class EvaluateSection:
 
 
 @dataclass
+class RecommendSection:
+    max_flip_rate: float = DEFAULT_MAX_FLIP_RATE  # fraction of images unlike PyTorch fp32
+
+
+@dataclass
 class PipelineConfig:
     model: ModelSection = field(default_factory=ModelSection)
     measure: MeasureSection = field(default_factory=MeasureSection)
     devices: list[str] = field(default_factory=list)  # empty: an agent on this machine
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    recommend: RecommendSection = field(default_factory=RecommendSection)
 
 
 def _section(cls: type, data: Any, where: str) -> Any:
@@ -92,15 +105,24 @@ def load_config(path: Path | None) -> PipelineConfig:
         raise EdgepipeError(f"cannot read config {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise EdgepipeError(f"config {path} is not valid TOML: {exc}") from None
-    unknown = set(data) - {"model", "measure", "devices", "evaluate"}
+    unknown = set(data) - {"model", "measure", "devices", "evaluate", "recommend"}
     if unknown:
         raise EdgepipeError(f"unknown section(s) in {path}: {', '.join(sorted(unknown))} "
-                            f"(use [model], [measure], [evaluate] and devices = [...])")
+                            f"(use [model], [measure], [evaluate], [recommend] and "
+                            "devices = [...])")
     config = PipelineConfig(
         model=_section(ModelSection, data.get("model", {}), "model"),
         measure=_section(MeasureSection, data.get("measure", {}), "measure"),
         devices=list(data.get("devices", [])),
-        evaluate=_section(EvaluateSection, data.get("evaluate", {}), "evaluate"))
+        evaluate=_section(EvaluateSection, data.get("evaluate", {}), "evaluate"),
+        recommend=_section(RecommendSection, data.get("recommend", {}), "recommend"))
+    budget = config.recommend.max_flip_rate
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget < 1:
+        raise EdgepipeError(f"[recommend] max_flip_rate {budget!r}: give a fraction of images "
+                            "from 0 to below 1 (0.01 is 1 %)")
+    for key in ("int8", "fp16"):
+        if not isinstance(getattr(config.model, key), bool):
+            raise EdgepipeError(f"[model] {key} must be true or false")
     if config.model.size is not None:
         parse_size(config.model.size)  # a bad size fails here, before any work
     if not config.measure.threads or not all(

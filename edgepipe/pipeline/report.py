@@ -29,9 +29,43 @@ def _artifact_table(conversion: dict[str, Any]) -> str:
                     f"<td>{escape(a['precision'])}</td><td class=num>{a['size_mb']:.2f}</td>"
                     f"<td>{parity_text(a['parity'])}</td><td class=num>{host}</td>"
                     f"<td class=num>{a['graph'].get('delegate_partitions', '—')}</td></tr>")
+    notes = "".join(f'<p class="note">{escape(a["file"])}: parity with '
+                    f'{escape(a["parity"]["arithmetic"])}.</p>'
+                    for a in conversion["artifacts"] if a["parity"].get("arithmetic"))
     return ("<table><tr><th>artifact</th><th>format</th><th>precision</th><th>size MB</th>"
             "<th>parity vs PyTorch</th><th>host ms</th><th>XNNPACK partitions</th></tr>"
-            + "".join(rows) + "</table>")
+            + "".join(rows) + "</table>" + notes)
+
+
+def _recommendation_section(recommendations: list[dict[str, Any]]) -> str:
+    """Each device's artifact to ship in one line, and why every other one lost."""
+    if not recommendations:
+        return ""
+    html = "<h2>Recommendation</h2>"
+    for rec in recommendations:
+        budget = 100 * rec["budget"]["max_flip_rate"]
+        rows = "".join(
+            f"<tr><td>{escape(o['artifact'])}</td><td class=num>{o['threads']}</td>"
+            f"<td class=num>{ms_text(o['median_ms'])}</td><td>{escape(o['why'])}</td></tr>"
+            for o in rec["others"])
+        html += (f"<p class=\"{'pick' if rec['pick'] else 'bad'}\"><b>"
+                 f"{escape(rec['line'])}</b></p>"
+                 + (f"<table><tr><th>artifact (beaten)</th><th>threads</th><th>median ms</th>"
+                    f"<th>why not (budget {budget:g} % vs PyTorch fp32)</th></tr>{rows}"
+                    "</table>" if rows else ""))
+    return html
+
+
+def _fp16_cell(r: dict[str, Any]) -> str:
+    """An fp16 result's flag: the device's fp16 arithmetic and what its kernels ran."""
+    fp16 = r.get("fp16")
+    if not fp16:
+        return ""
+    kernels = (r.get("kernels") or {}).get("words")
+    text = escape(fp16.get("words") or "") + (f"; kernels: {escape(kernels)}" if kernels else "")
+    if fp16.get("native") is not True:
+        return f'<br><span class="bad">fp16 not native: {text}</span>'
+    return f"<br>{text}"
 
 
 def _device_section(entry: dict[str, Any]) -> str:
@@ -54,7 +88,7 @@ def _device_section(entry: dict[str, Any]) -> str:
         state = (f'<span class="bad">FLAGGED: {escape("; ".join(r["flags"]))}</span>'
                  if r.get("flags") else "steady" if r.get("device_state") else "—")
         rows.append(
-            f"<tr><td>{escape(r['artifact'])}</td><td>{escape(r['runtime'])}</td>"
+            f"<tr><td>{escape(r['artifact'])}{_fp16_cell(r)}</td><td>{escape(r['runtime'])}</td>"
             f"<td class=num>{r['threads']}</td><td class=num>{ms_text(lat['median_ms'])}</td>"
             f"<td class=num>{ms_text(lat['p90_ms'])}</td>"
             f"<td class=num>{ms_text(lat['p99_ms'])}</td>"
@@ -141,12 +175,20 @@ def table_prediction_words(table: dict[str, Any], results: list[dict[str, Any]])
     measured = [r["latency"]["median_ms"] for r in results
                 if r["latency"]["median_ms"] is not None and r["runtime"] == pred["runtime"]
                 and r["precision"] == pred["precision"] and r["threads"] == pred["threads"]]
-    text = (f"predicts {pred['predicted_ms']:.3f} ms for {pred['model']} ({pred['runtime']} "
-            f"{pred['precision']}, {pred['threads']} thread(s))")
+    what = (f"{pred['model']} ({pred['runtime']} {pred['precision']}, {pred['threads']} "
+            "thread(s))")
+    text = (f"predicts for {what}: {pred['words']}" if pred.get("words") else
+            f"predicts {pred['predicted_ms']:.3f} ms for {what}")
     if measured:
         error = (pred["predicted_ms"] - measured[0]) / measured[0] * 100
-        text += (f"; measured {measured[0]:.3f} ms: the prediction is {abs(error):.1f} % "
-                 f"{'over' if error >= 0 else 'under'} it")
+        text += (f"; measured median {measured[0]:.3f} ms: the predicted median is "
+                 f"{abs(error):.1f} % {'over' if error >= 0 else 'under'} it")
+        low, high = pred.get("interval_ms") or (None, None)
+        if low is not None:
+            inside = low <= measured[0] <= high
+            text += (", inside its 95 % interval" if inside else
+                     ", OUTSIDE its 95 % interval: the table does not hold here (check it, "
+                     "or collect it again)")
     return text
 
 
@@ -177,8 +219,12 @@ def _per_op_section(result: dict[str, Any]) -> str:
                   f"{cost['unprofiled_ms']:.3f} ms unprofiled (×{cost['ratio']:.2f})."
                   if cost else "")
     source = escape(result.get("per_op_source") or "ETDump")
+    kernels = result.get("kernels")
+    kernel_words = (f" XNNPACK kernels by datatype: {escape(kernels['words'])}."
+                    if kernels and result.get("precision") == "fp16" else "")
     return (title + f"<p>{len(rows)} ops, whole run {result['per_op_total_ms']:.3f} ms "
-            f"({source}, median per op).{cost_words} Time per operator type:</p>" + chart
+            f"({source}, median per op).{cost_words}{kernel_words} Time per operator type:</p>"
+            + chart
             + "<p>Slowest operators:</p>" + table + note)
 
 
@@ -215,8 +261,12 @@ def _evaluation_section(entry: dict[str, Any]) -> str:
             return (f"{_rate_cell(a['top1'])}{_rate_cell(a['top5'])}"
                     f"{_rate_cell(a['flip_rate'])}{_rate_cell(a.get('flip_rate_stable'))}"
                     f"<td>{escape(_changed_text(a['changed']))}</td>")
-    rows = "".join(f"<tr><td>{escape(a['artifact'])}</td><td class=num>{a['images']}</td>"
-                   f"{cells(a)}</tr>" for a in shown)
+    flagged = {a["artifact"] for a in entry["artifacts"] if a.get("precision") == "fp16"
+               and (entry.get("fp16") or {}).get("native") is not True}
+    rows = "".join(f"<tr><td>{escape(a['artifact'])}"
+                   + (' <span class="bad">(fp16 not native here)</span>'
+                      if a["artifact"] in flagged else "")
+                   + f"</td><td class=num>{a['images']}</td>{cells(a)}</tr>" for a in shown)
     floors = "".join(f"<p>Floor: {escape(line)}.</p>" for line in dict.fromkeys(
         floor_text(a) for a in entry["artifacts"]) if line)
     header = "".join(f"<th>{h}</th>" for h in ("artifact", "images", *heads))
@@ -235,6 +285,7 @@ def render_run_report(run: dict[str, Any]) -> str:
 <title>edgepipe run: {escape(conversion['model'])}</title><style>{STYLE}</style></head><body>
 <h1>{escape(conversion['model'])} {size}</h1>
 <p>{escape(conversion['task'])} · width ×{conversion['width_mult']} · {escape(weights)}</p>
+{_recommendation_section(run.get('recommendations') or [])}
 <h2>Artifacts</h2>{_artifact_table(conversion)}
 {f'<p class="note">Not measured on devices:</p><ul>{skipped}</ul>' if skipped else ''}
 {''.join(_device_section(d) for d in run['devices'])}

@@ -18,6 +18,7 @@ from ..host.registry import config_home, get_device
 from ..manifest import write_atomic
 from ..models.pretrained import resolve_weights
 from .config import PipelineConfig
+from .recommend import recommend
 from .report import render_run_report
 
 
@@ -50,9 +51,13 @@ def check_device_tables(client: AgentClient, info: dict[str, Any], config: Pipel
         size = model.size or 224
         if seed and size in space.resolutions and model.width in space.width_mults:
             arch = space.seed_architecture(seed, size, model.width)
+            prediction = Estimator(table).prediction(arch)
             record["model_prediction"] = {
                 "model": model.name, "precision": table.precision, "threads": table.threads,
-                "runtime": table.runtime, "predicted_ms": Estimator(table).predict(arch)}
+                "runtime": table.runtime, "predicted_ms": prediction.median,
+                "statistic": "median", "p90_ms": prediction.p90,
+                "interval_ms": prediction.intervals.get("median"),
+                "words": prediction.words(("median", "p90"))}
         found.append(record)
     return found
 
@@ -116,6 +121,7 @@ def run_pipeline(config: PipelineConfig, out: Path,
             get_device(name)
     request = ConvertRequest(
         model=model.name, out=out / "artifacts", formats=model.formats, int8=model.int8,
+        fp16=model.fp16,
         weights=resolve_weights(model.name, model.weights), width_mult=model.width,
         size=model.size, task=model.task, threads=config.measure.threads[0])
     with progress(f"converting {model.name}") as bar:
@@ -146,9 +152,14 @@ def run_pipeline(config: PipelineConfig, out: Path,
                         weights=model.weights, progress=_StepProgress(bar)))
                 except EdgepipeError as exc:
                     entry["error"] = str(exc)
+                # fp16 rows of this device's table carry its fp16 flag
+                entry.setdefault("fp16", next(((d.get("info") or {}).get("fp16")
+                                               for d in results if d["name"] == name), None))
                 evaluations.append(entry)
     run = {"config": asdict(config), "conversion": conversion, "skipped": skipped,
            "devices": results, "evaluations": evaluations}
+    # each device's artifact to ship, and why every other lost: first in the report
+    run["recommendations"] = recommend(run, config.recommend.max_flip_rate)
     write_atomic(out / "run.json", json.dumps(run, indent=1, default=str))
     write_atomic(out / "report.html", render_run_report(run))
     return run

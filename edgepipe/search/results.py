@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ..latency_tables.estimate import Estimator
-from ..latency_tables.evaluate import save_figure
 from ..latency_tables.measure import Progress
 from ..manifest import write_atomic
 from ..models.space import Architecture, model_file_dict
+from ..plotting import pyplot, save_figure
 from .state import save_weights
 from .train import TrainResult
 
@@ -26,9 +26,13 @@ def finish_model(folder: Path, arch: Architecture, result: TrainResult, labels: 
                  estimator: Estimator, extra: dict[str, Any]) -> dict[str, Any]:
     """Write model.json + weights.pth; the summary the search records."""
     save_weights(folder / "weights.pth", result.state)
+    prediction = estimator.prediction(arch)
     summary = {"accuracy": result.accuracy, "test_accuracy": result.test_accuracy,
-               "predicted_ms": estimator.predict(arch),
+               "predicted_ms": estimator.predict(arch), "predicted_p90_ms": prediction.p90,
+               "interval_ms": prediction.intervals.get("median"),
                "measured_share": estimator.measured_share(arch),
+               "transferred_share": prediction.transferred_share,
+               "prediction": prediction.words(("median", "p90")),
                "table": estimator.table.describe(), **extra,
                "model": str(folder / "model.json"), "weights": str(folder / "weights.pth")}
     write_atomic(folder / "model.json",
@@ -53,18 +57,9 @@ def verify_on_device(model_file: Path, estimator: Estimator, client: Any, workdi
             "factor": estimator.factor}
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_netadapt_path(steps: list[dict[str, Any]], finals: dict[str, Any], path: Path) -> None:
     """Accuracy against predicted latency, step by step, and the fine-tuned finals."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     ax.plot([s["predicted_ms"] for s in steps], [s["accuracy"] * 100 for s in steps],
             "-o", ms=3, color="#1f5fa8", label="NetAdapt steps (after T fine-tune steps)")
@@ -85,7 +80,7 @@ def plot_netadapt_path(steps: list[dict[str, Any]], finals: dict[str, Any], path
 def plot_samples(samples: list[dict[str, Any]], target_ms: float, path: Path,
                  title: str) -> None:
     """Every sampled network's accuracy against latency, coloured by when it was sampled."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     sc = ax.scatter([s["predicted_ms"] for s in samples], [s["accuracy"] * 100 for s in samples],
                     c=range(len(samples)), cmap="viridis", s=16)

@@ -9,7 +9,9 @@
 // any up to its bound; default: the shape its metadata gives). --input: float32 values of the
 // first input in its logical NCHW order; the runner lays them out in the program's dim order (a
 // channels-last program takes [0, 2, 3, 1]). Without it, zeros. --output: the first output's
-// float32 values in logical order. Timing: W warm-up runs, then at least R timed runs, more
+// float32 values in logical order. A float16 program (an fp16 artifact) takes and gives float16:
+// the float32 values are rounded to float16 before any run, and its output widened back to
+// float32 for --output. Timing: W warm-up runs, then at least R timed runs, more
 // until they add up to S seconds (the agent's Python measurement does the same). Each run is
 // Module::execute with the inputs, as the Python bindings' Method.execute is.
 // Errors: one line on stderr ("et_runner: error: ..."), exit 2.
@@ -42,6 +44,7 @@ class ThreadPool {
 ThreadPool* get_threadpool();
 }  // namespace executorch::extension::threadpool
 
+using executorch::aten::Half;
 using executorch::aten::ScalarType;
 using executorch::extension::module::Module;
 using executorch::runtime::Error;
@@ -173,6 +176,7 @@ struct Input {
   std::vector<int32_t> sizes;
   std::vector<uint8_t> dim_order;
   std::vector<float> data;  // in memory order
+  std::vector<Half> half;  // the same, rounded, for a float16 program
   executorch::extension::TensorPtr tensor;
 };
 
@@ -214,8 +218,9 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < meta->num_inputs(); ++i) {
     auto info = meta->input_tensor_meta(i);
     if (!info.ok()) fail("input " + std::to_string(i) + " is not a tensor");
-    if (info->scalar_type() != ScalarType::Float)
-      fail("input " + std::to_string(i) + " is not float32");
+    const ScalarType type = info->scalar_type();
+    if (type != ScalarType::Float && type != ScalarType::Half)
+      fail("input " + std::to_string(i) + " is neither float32 nor float16");
     Input& in = inputs[i];
     in.sizes.assign(info->sizes().begin(), info->sizes().end());
     in.dim_order.assign(info->dim_order().begin(), info->dim_order().end());
@@ -231,8 +236,14 @@ int main(int argc, char** argv) {
                                      ? read_floats(args.input, count)
                                      : std::vector<float>(count, 0.0f);
     in.data = lay_out(logical, in.sizes, in.dim_order);
-    in.tensor = executorch::extension::make_tensor_ptr(
-        in.sizes, in.data.data(), in.dim_order, {}, ScalarType::Float);
+    if (type == ScalarType::Half) {
+      in.half.assign(in.data.begin(), in.data.end());
+      in.tensor = executorch::extension::make_tensor_ptr(in.sizes, in.half.data(), in.dim_order,
+                                                         {}, ScalarType::Half);
+    } else {
+      in.tensor = executorch::extension::make_tensor_ptr(in.sizes, in.data.data(), in.dim_order,
+                                                         {}, ScalarType::Float);
+    }
     values.emplace_back(in.tensor);
   }
 
@@ -259,10 +270,13 @@ int main(int argc, char** argv) {
     std::vector<uint8_t> order(t.dim_order().begin(), t.dim_order().end());
     output_json += std::string(i ? ", " : "") + "{\"sizes\": " + json_list(sizes) +
                    ", \"dim_order\": " + json_list(order) + "}";
-    if (i == 0 && !args.output.empty() && t.scalar_type() == ScalarType::Float) {
+    const bool half = t.scalar_type() == ScalarType::Half;
+    if (i == 0 && !args.output.empty() && (half || t.scalar_type() == ScalarType::Float)) {
       // back to logical order: invert the layout by walking memory positions
-      const float* data = t.const_data_ptr<float>();
-      std::vector<float> memory(data, data + t.numel());
+      std::vector<float> memory(static_cast<size_t>(t.numel()));
+      for (size_t k = 0; k < memory.size(); ++k)
+        memory[k] = half ? static_cast<float>(t.const_data_ptr<Half>()[k])
+                         : t.const_data_ptr<float>()[k];
       std::vector<float> logical(memory.size());
       std::vector<float> probe(memory.size());
       for (size_t k = 0; k < probe.size(); ++k) probe[k] = static_cast<float>(k);

@@ -1,5 +1,8 @@
-"""Model output → what the demo shows, driven by the manifest (task, output kind, layout,
-labels), so that a model converted elsewhere decodes as well as one of ours.
+"""Model output → top-k classes or a class mask, driven by the manifest (task, output kind,
+layout, labels), so that a model converted elsewhere decodes as well as one of ours.
+
+What the demo draws and what an evaluation job answers on the device (and the host's reference
+beside it) come from here; numpy only, so the device imports it without torch or OpenCV.
 
 An output the manifest does not describe (another shape, several outputs, a task the demo
 does not decode) is refused when the decoder is made, in one line; an output that decodes but
@@ -14,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import EdgepipeError
-from ..manifest import Manifest
+from .errors import EdgepipeError
+from .manifest import Manifest
 
 OUTPUT_KINDS = ("logits", "probabilities", "mask")
 DECODED_TASKS = ("classification", "segmentation")
