@@ -116,6 +116,11 @@ class TensorSpec:
     # [0, 2, 3, 1] for an ExecuTorch program exported channels-last (the shape stays NCHW;
     # the runner lays the input out, see edgepipe.device.runtimes.executorch_inputs)
     dim_order: list[int] | None = None
+    # the sizes the file accepts where it leaves some free: -1 for a free dim (a .tflite's
+    # shape_signature; an ExecuTorch program exported with dynamic shapes). ``shape`` is
+    # then the size edgepipe runs it at (`manifest init --size`), and every runner resizes
+    # its input to the shape it is given
+    shape_signature: list[int] | None = None
 
 
 @dataclass
@@ -139,7 +144,11 @@ class Manifest:
     version: int = MANIFEST_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        data = asdict(self)
+        for spec in data["inputs"] + data["outputs"]:
+            if spec.get("shape_signature") is None:  # fixed sizes: what agents before
+                spec.pop("shape_signature", None)  # free input sizes read unchanged
+        return json.dumps(data, indent=2)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:

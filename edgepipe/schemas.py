@@ -140,7 +140,9 @@ TENSOR_SPEC: dict[str, Any] = {
         "dtype": {"type": "string", "pattern": "^[a-z][a-z0-9]{0,15}$"},
         "layout": {"type": "string", "pattern": "^[A-Z]{1,8}$"},
         "quantization": _nullable(QUANTIZATION),
-        "dim_order": _nullable({"type": "array", "maxItems": 8, "items": _int(0, 7)})}}
+        "dim_order": _nullable({"type": "array", "maxItems": 8, "items": _int(0, 7)}),
+        "shape_signature": _nullable({"type": "array", "maxItems": 8,
+                                      "items": _int(-1, 1 << 24)})}}
 
 PREPROCESSING: dict[str, Any] = {
     "type": "object", "additionalProperties": False, "required": ["size", "resize"],

@@ -151,3 +151,91 @@ def gelu_cnn() -> nn.Module:
         nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.GELU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
     )
+
+
+# Channel splits and channel-wise ops (ShuffleNetV2, GhostNet, CSP blocks; pytorch/executorch
+# #21829): what XNNPACK does not take runs on portable kernels, which may refuse or misread
+# a channels-last tensor.
+
+class _ShuffleUnit(nn.Module):
+    """A ShuffleNetV2 unit: chunk the channels in two, convolve one half, concatenate,
+    shuffle the channels (view, transpose, reshape), then a global mean with dims dropped."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, stride=2, padding=1), nn.BatchNorm2d(c),
+                                  nn.ReLU())
+        h = c // 2
+        self.branch = nn.Sequential(nn.Conv2d(h, h, 1), nn.BatchNorm2d(h), nn.ReLU(),
+                                    nn.Conv2d(h, h, 3, padding=1, groups=h), nn.BatchNorm2d(h),
+                                    nn.Conv2d(h, h, 1), nn.BatchNorm2d(h), nn.ReLU())
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x):
+        import torch
+
+        x = self.stem(x)
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat((a, self.branch(b)), dim=1)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.head(x.mean((2, 3)))
+
+
+def shuffle_unit() -> nn.Module:
+    return _ShuffleUnit()
+
+
+class _ChannelOp(nn.Module):
+    """A convolution, one channel-wise op XNNPACK does not take, a classifier head."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.conv, self.op = nn.Conv2d(3, 8, 3, stride=2, padding=1), op
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        import torch
+
+        y = self.conv(x)
+        if self.op == "roll":  # a channel shift (temporal-shift-style)
+            y = torch.roll(y, 1, dims=1)
+        elif self.op == "flip":
+            y = torch.flip(y, [1])
+        else:  # sort: no portable kernel at all
+            y = y.sort(dim=1).values
+        return self.head(y.mean((2, 3), keepdim=True).flatten(1))
+
+
+def channel_roll() -> nn.Module:
+    return _ChannelOp("roll")
+
+
+def channel_flip() -> nn.Module:
+    return _ChannelOp("flip")
+
+
+def channel_sort() -> nn.Module:
+    return _ChannelOp("sort")
+
+
+class _RedVsBlue(nn.Module):
+    """Class 0 when the (normalized) input is redder than it is blue, class 1 otherwise: the
+    mean of R - B and of B - R. A swapped byte order answers the other class."""
+
+    def __init__(self) -> None:
+        import torch
+
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([[1.0, 0.0, -1.0],
+                                                 [-1.0, 0.0, 1.0]]).view(2, 3, 1, 1))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        return self.pool(self.conv(x)).flatten(1)
+
+
+def red_vs_blue() -> nn.Module:
+    return _RedVsBlue()

@@ -153,6 +153,26 @@ def test_standin_phone_measures_litert_with_benchmark_model(phone, small_convers
     assert float(median) > 0
 
 
+def test_standin_phone_runs_a_tflite_of_free_size_at_its_manifest_size(phone, tmp_path):
+    """A .tflite of free height and width (shape_signature [1, -1, -1, 3]) made with
+    `manifest init --size 64x64`: benchmark_model is given --input_layer_shape (without it,
+    it runs the placeholder [1, 1, 1, 3]), and its op profile is of that size."""
+    from edgepipe.device.inspect_artifact import init_manifest
+
+    base, env = phone
+    model = tmp_path / "free.tflite"
+    model.write_bytes((Path(__file__).parent / "data" / "free_hw_keras.tflite").read_bytes())
+    init_manifest(model, task="classification", size=(64, 64))
+    table = tmp_path / "ops.json"
+    done = run_cli("profile", str(model), "--device", "phone", "--runs", "5", "--out",
+                   str(table), env=env)
+    assert done.returncode == 0, done.stderr
+    # the op profile exists only at a size: of the placeholder there is none to write
+    rows = json.loads(table.read_text())
+    conv = sum(r["mean_ms"] for r in rows if r["type"].startswith("Convolution"))
+    assert conv > 0, rows
+
+
 def test_standin_phone_runs_executorch_on_the_lean_runner(phone, small_conversion, tmp_path):
     base, env = phone
     out, report = small_conversion

@@ -31,16 +31,23 @@ STAGES = ("capture", "preprocess", "inference", "postprocess")
 
 
 class Latest:
-    """A hand-over slot that keeps only the newest item."""
+    """A hand-over slot of one item. ``drop``: a new item replaces one not yet taken (a live
+    source: the newest frame is the one worth inferring); otherwise ``put`` waits until the
+    last item was taken (a file: every frame goes through every stage)."""
 
-    def __init__(self) -> None:
+    def __init__(self, drop: bool = True) -> None:
         self._cond = threading.Condition()
         self._item: Any = None
         self._seq = 0
+        self._taken = 0
         self._ended = False
+        self.drop = drop
 
-    def put(self, item: Any) -> None:
+    def put(self, item: Any, stop: threading.Event | None = None) -> None:
         with self._cond:
+            while not self.drop and self._taken != self._seq and \
+                    not (stop is not None and stop.is_set()):
+                self._cond.wait(0.1)
             self._item, self._seq = item, self._seq + 1
             self._cond.notify_all()
 
@@ -55,6 +62,8 @@ class Latest:
             while self._seq == seen and not self._ended and not stop.is_set():
                 self._cond.wait(0.1)
             if self._seq != seen and not stop.is_set():
+                self._taken = self._seq
+                self._cond.notify_all()
                 return self._seq, self._item
             return None
 
@@ -86,6 +95,12 @@ class DemoSummary:
     warnings: list[str] = field(default_factory=list)  # implausible outputs (Plausibility)
     # manifest init's low-confidence guesses that decide the answer (unchecked_guesses)
     guesses: list[str] = field(default_factory=list)
+    # "every frame" (a file or folder: each frame waits for the stages) or "newest frame"
+    # (a live source, --realtime or --drop-frames: a slow stage drops frames), and why
+    frames: str = ""
+    # the camera's byte order as read (picamera2): which, and why (given, reported, checked)
+    camera_order: str | None = None
+    video_seconds: float | None = None  # the --display file's span, first frame to last
 
 
 # guesses that change what the model is fed or how its output is read (labels, resize do not)
@@ -206,7 +221,14 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
              loop: bool = False, realtime: bool = False, duration: float | None = None,
              max_frames: int | None = None, web_host: str = "127.0.0.1", web_port: int = 8080,
              token: str | None = None, log: Path | None = None, log_every: float = 2.0,
-             on_ready: Any = None, inference_process: str = "auto") -> DemoSummary:
+             on_ready: Any = None, inference_process: str = "auto",
+             drop_frames: bool | None = None, camera_order: str | None = None,
+             camera_check: str | None = None) -> DemoSummary:
+    """Run the demo until the source ends (or ``duration``, ``max_frames``, Ctrl-C).
+    ``drop_frames``: hand over only the newest frame between stages (None: for live sources
+    and ``realtime`` files, which play as a camera would; a file or folder otherwise goes
+    through whole, each frame written at its own time). ``camera_order`` / ``camera_check``:
+    the picamera2 byte order, given or checked on a scene of a known colour."""
     rss_start = rss_mb()
     runner, manifest, what = open_model(target, runtime, threads, weights, inference_process)
     try:
@@ -215,9 +237,21 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
         guesses = unchecked_guesses(manifest)
         for guess in guesses:
             print(f"demo: note: {guess}", file=sys.stderr, flush=True)
-        frames = source if not isinstance(source, str) else open_source(source, realtime, loop)
+        frames = source if not isinstance(source, str) else open_source(
+            source, realtime, loop, camera_order=camera_order, camera_check=camera_check)
+        live = bool(getattr(frames, "live", False))
+        drop = (live or realtime) if drop_frames is None else drop_frames
+        policy = ("newest frame: " + ("--drop-frames" if drop_frames else
+                                      "a live source" if live else "--realtime")
+                  + ", a stage that cannot keep up drops frames (counted)") if drop else \
+            ("every frame: " + ("a file or folder" if drop_frames is None else
+                                "--drop-frames off") + ", the stages wait for each other")
+        print(f"demo: frames: {policy}", file=sys.stderr, flush=True)
+        if getattr(frames, "order_words", None):
+            print(f"demo: camera byte order: {frames.order_words}",  # type: ignore[attr-defined]
+                  file=sys.stderr, flush=True)
         stats, stop = Stats(), threading.Event()
-        captured, inferred = Latest(), Latest()
+        captured, inferred = Latest(drop), Latest(drop)
         errors: list[BaseException] = []
         from .draw import draw_classification, draw_hud, draw_segmentation
         from .sources import import_cv2
@@ -228,22 +262,24 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
             on_ready(display)
 
         def capture() -> None:
-            pace = getattr(frames, "wait", None)
+            pace = getattr(frames, "pace", None)
             try:
                 while not stop.is_set():
-                    if pace:
-                        pace()
                     t0 = time.perf_counter()
                     frame = frames.read()
                     t1 = time.perf_counter()
                     if frame is None:
                         break
+                    if pace:  # --realtime: held until its time; not capture time
+                        pace()
+                    t2 = time.perf_counter()
                     x = preprocess(frame, manifest.preprocessing)
                     stats.add("capture", (t1 - t0) * 1000)
-                    stats.add("preprocess", (time.perf_counter() - t1) * 1000)
+                    stats.add("preprocess", (time.perf_counter() - t2) * 1000)
                     stats.captured += 1
-                    stats.rates["captured"].tick(t1)
-                    captured.put((stats.captured, frame, x))
+                    stats.rates["captured"].tick(t2)
+                    captured.put((stats.captured, frame, x,
+                                  getattr(frames, "timestamp_ms", None)), stop)
                     if max_frames and stats.captured >= max_frames:
                         break
             except BaseException as exc:
@@ -255,7 +291,7 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
             seen = 0
             try:
                 while (item := captured.take(seen, stop)) is not None:
-                    seen, (index, frame, x) = item
+                    seen, (index, frame, x, t_ms) = item
                     t0 = time.perf_counter()
                     outputs = runner.run(x)
                     t1 = time.perf_counter()
@@ -266,7 +302,7 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
                         stats.done_times.append(t1)
                         stats.inferred += 1
                         stats.rates["inferred"].tick(t1)
-                    inferred.put((index, frame, outputs))
+                    inferred.put((index, frame, outputs, t_ms), stop)
             except BaseException as exc:
                 errors.append(exc)
                 stop.set()
@@ -283,7 +319,7 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
         try:
             seen = 0
             while (item := inferred.take(seen, stop)) is not None:
-                seen, (index, frame, outputs) = item
+                seen, (index, frame, outputs, t_ms) = item
                 t0 = time.perf_counter()
                 result = decoder(outputs)
                 for warning in plausibility.check(outputs, result):
@@ -298,7 +334,7 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
                 stats.add("postprocess", (time.perf_counter() - t0) * 1000)
                 if display.draws:
                     written = display.frames
-                    display.show(canvas)
+                    display.show(canvas, t_ms)
                     if display.frames > written:
                         stats.rates["written"].tick()
                 stats.shown += 1
@@ -345,7 +381,9 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
             rss_start_mb=rss_start, rss_end_mb=rss_mb(), written=written, dropped=dropped,
             rates={k: r.per_second() for k, r in stats.rates.items()
                    if k != "written" or written is not None},
-            display_notes=display.notes(), warnings=plausibility.warnings, guesses=guesses)
+            display_notes=display.notes(), warnings=plausibility.warnings, guesses=guesses,
+            frames=policy, camera_order=getattr(frames, "order_words", None),
+            video_seconds=display.seconds() if written is not None else None)
 
     finally:
         if isinstance(runner, ProcessRunner):

@@ -8,6 +8,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
+from fractions import Fraction
 from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,8 +28,9 @@ class NoDisplay:
     writes_file = False
     frames = 0  # frames written (a file display)
 
-    def show(self, frame_bgr: np.ndarray) -> None:
-        pass
+    def show(self, frame_bgr: np.ndarray, t_ms: float | None = None) -> None:
+        """Show one annotated frame; ``t_ms``: its time in the source (ms from the source's
+        start; None where the source has no clock: a file display spaces those evenly)."""
 
     def notes(self) -> list[str]:
         """What the display changed about the frames, for the summary."""
@@ -54,56 +56,134 @@ def letterbox(cv2, frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
+class _TimedWriter:
+    """Frames encoded at their own times (PyAV: MPEG-4 part 2 in .mp4, MJPEG in .avi, a
+    millisecond time base): a variable-rate source keeps its timing, every frame stays one
+    frame (opencv/opencv#24000: OpenCV's writer has one constant rate)."""
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: float) -> None:
+        import av
+
+        self._av = av
+        self._container = av.open(str(path), "w", format="mp4" if path.suffix.lower() ==
+                                  ".mp4" else "avi")
+        mjpeg = path.suffix.lower() == ".avi"
+        self._stream = self._container.add_stream("mjpeg" if mjpeg else "mpeg4",
+                                                  rate=max(1, round(fps)))
+        self._stream.width, self._stream.height = size
+        self._stream.pix_fmt = "yuvj420p" if mjpeg else "yuv420p"
+        self._stream.time_base = self._stream.codec_context.time_base = Fraction(1, 1000)
+        self._stream.bit_rate = 4_000_000
+        self._last = -1
+
+    def write(self, frame_bgr: np.ndarray, t_ms: float) -> None:
+        frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_bgr), format="bgr24")
+        self._last = max(int(round(t_ms)), self._last + 1)  # a muxer takes rising times only
+        frame.pts, frame.time_base = self._last, Fraction(1, 1000)
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def release(self) -> None:
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+
+
+def timed_writer_available() -> bool:
+    """Whether PyAV is installed (the ``demo`` extra): without it, files are written at one
+    constant rate by OpenCV."""
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class FileDisplay(NoDisplay):
     """The annotated video, written under a temporary name and renamed when complete.
 
-    A video has one frame size, the first frame's (rounded down to even for .mp4, which MPEG-4
-    needs): OpenCV's writer silently drops frames of another size, so those (a folder mixing
-    landscape and portrait photos) are letterboxed to it, and counted.
+    Each frame is written at its own time in the source (``show(frame, t_ms)``; frames of a
+    source without a clock, an image folder, ``1/fps`` apart), so a variable-rate file keeps
+    its timing and the video lasts as long as the source (PyAV; without it, OpenCV's writer at
+    the constant ``fps``, and the summary says so). A video has one frame size, the first
+    frame's (rounded down to even for .mp4, which MPEG-4 needs): frames of another size (a
+    folder mixing landscape and portrait photos) are letterboxed to it, and counted.
     """
 
     draws = True
     writes_file = True
 
-    def __init__(self, cv2, path: Path, fps: float) -> None:
+    def __init__(self, cv2, path: Path, fps: float, timed: bool | None = None) -> None:
         self._cv2, self.path, self.fps = cv2, Path(path), fps
         if self.path.suffix.lower() not in (".mp4", ".avi"):
             raise EdgepipeError(f"write the video as .mp4 or .avi, not {self.path.name}")
+        self.timed = timed_writer_available() if timed is None else timed
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.partial-",
                                    suffix=self.path.suffix, dir=self.path.parent)
         os.close(fd)
         self._tmp = Path(tmp)
-        self._writer = None
+        self._writer: Any = None
         self._size: tuple[int, int] | None = None
         self.frames = 0
         self.letterboxed = 0
+        self.first_ms: float | None = None
+        self.last_ms: float | None = None
         self.name = f"file {self.path}"
 
-    def show(self, frame_bgr: np.ndarray) -> None:
+    def _open(self, frame_bgr: np.ndarray) -> None:
+        h, w = frame_bgr.shape[:2]
+        mp4 = self.path.suffix.lower() == ".mp4"
+        if mp4:  # MPEG-4 frames have even sizes: a 641x479 video came out 640x478
+            w, h = max(2, w - w % 2), max(2, h - h % 2)
+        self._size = (w, h)
+        if self.timed:
+            try:
+                self._writer = _TimedWriter(self._tmp, (w, h), self.fps)
+                return
+            except Exception as exc:  # PyAV's own errors (an encoder missing from its build)
+                raise EdgepipeError(f"PyAV cannot write {self.path.name} here: "
+                                    f"{type(exc).__name__}: {exc}") from None
+        fourcc = "mp4v" if mp4 else "MJPG"
+        self._writer = self._cv2.VideoWriter(str(self._tmp),
+                                             self._cv2.VideoWriter_fourcc(*fourcc),
+                                             self.fps, (w, h))
+        if not self._writer.isOpened():
+            raise EdgepipeError(f"OpenCV cannot write {self.path.name} here")
+
+    def show(self, frame_bgr: np.ndarray, t_ms: float | None = None) -> None:
         if self._writer is None:
-            h, w = frame_bgr.shape[:2]
-            mp4 = self.path.suffix.lower() == ".mp4"
-            if mp4:  # MPEG-4 frames have even sizes: a 641x479 video came out 640x478
-                w, h = max(2, w - w % 2), max(2, h - h % 2)
-            fourcc = "mp4v" if mp4 else "MJPG"
-            self._writer = self._cv2.VideoWriter(str(self._tmp),
-                                                 self._cv2.VideoWriter_fourcc(*fourcc),
-                                                 self.fps, (w, h))
-            if not self._writer.isOpened():
-                raise EdgepipeError(f"OpenCV cannot write {self.path.name} here")
-            self._size = (w, h)
+            self._open(frame_bgr)
         if (frame_bgr.shape[1], frame_bgr.shape[0]) != self._size:
             frame_bgr = letterbox(self._cv2, frame_bgr, self._size)  # type: ignore[arg-type]
             self.letterboxed += 1
-        self._writer.write(frame_bgr)
+        if t_ms is None:
+            t_ms = self.frames * 1000.0 / self.fps
+        self.first_ms = t_ms if self.first_ms is None else self.first_ms
+        if self.timed:
+            self._writer.write(frame_bgr, t_ms - self.first_ms)
+        else:
+            self._writer.write(frame_bgr)
+        self.last_ms = t_ms
         self.frames += 1
 
+    def seconds(self) -> float | None:
+        """The written video's span, first frame to last, in the source's time."""
+        if self.first_ms is None or self.last_ms is None:
+            return None
+        return (self.last_ms - self.first_ms) / 1000 if self.timed else \
+            (self.frames - 1) / self.fps
+
     def notes(self) -> list[str]:
-        if not self.letterboxed or self._size is None:
-            return []
-        return [f"{self.letterboxed} frame(s) of another size letterboxed to the video's "
-                f"{self._size[0]}x{self._size[1]}"]
+        notes = []
+        if self.letterboxed and self._size is not None:
+            notes.append(f"{self.letterboxed} frame(s) of another size letterboxed to the "
+                         f"video's {self._size[0]}x{self._size[1]}")
+        if not self.timed and self.frames:
+            notes.append(f"PyAV is not installed: {self.path.name} was written at a constant "
+                         f"{self.fps:g} frames/s, not at each frame's own time (a variable-"
+                         "rate source plays at another speed); pip install av")
+        return notes
 
     def close(self, ok: bool = True) -> None:
         if self._writer is not None:
@@ -130,7 +210,7 @@ class WindowDisplay(NoDisplay):
                                 "--display web, --display file:OUT.mp4 or --display none"
                                 ) from None
 
-    def show(self, frame_bgr: np.ndarray) -> None:
+    def show(self, frame_bgr: np.ndarray, t_ms: float | None = None) -> None:
         self._cv2.imshow(self.TITLE, frame_bgr)
         if self._cv2.waitKey(1) & 0xFF in (ord("q"), 27):
             self._stop = True
@@ -245,7 +325,7 @@ class WebDisplay(NoDisplay):
         except (BrokenPipeError, ConnectionResetError):
             return  # the viewer closed the page
 
-    def show(self, frame_bgr: np.ndarray) -> None:
+    def show(self, frame_bgr: np.ndarray, t_ms: float | None = None) -> None:
         ok, jpeg = self._cv2.imencode(".jpg", frame_bgr,
                                       [self._cv2.IMWRITE_JPEG_QUALITY, self._quality])
         if ok:

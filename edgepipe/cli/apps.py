@@ -53,7 +53,18 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--loop", action="store_true", help="start a file or folder again at its end")
     p.add_argument("--realtime", action="store_true",
-                   help="play a video file at its own frame rate, like a camera")
+                   help="play a video file at its frames' own times, like a camera (and drop "
+                        "what a slow stage cannot take, as a camera must)")
+    p.add_argument("--drop-frames", action=argparse.BooleanOptionalAction, default=None,
+                   help="hand over only the newest frame between stages, dropping (and "
+                        "counting) what a slow stage cannot take (default: for cameras, "
+                        "streams and --realtime; a file or folder goes through whole)")
+    p.add_argument("--camera-order", choices=["bgr", "rgb"],
+                   help="picamera2: the byte order of its RGB888 frames in memory (default: "
+                        "from the format the camera reports; RGB888 is B, G, R in libcamera)")
+    p.add_argument("--camera-check", choices=["red", "blue"],
+                   help="picamera2: the scene in front of the camera at start is this colour: "
+                        "the first frame checks the byte order (and corrects a swapped one)")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--max-frames", type=int, help="stop after this many captured frames")
     p.add_argument("--host", default="127.0.0.1",
@@ -107,7 +118,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     summary = run_demo(args.target, args.source, args.display, args.runtime, args.threads,
                        args.weights, args.loop, args.realtime, args.duration, args.max_frames,
                        args.host, args.port, args.token, args.log, on_ready=ready,
-                       inference_process=args.inference_process)
+                       inference_process=args.inference_process, drop_frames=args.drop_frames,
+                       camera_order=args.camera_order, camera_check=args.camera_check)
     print_demo_summary(summary)
     if args.summary:
         from ..manifest import write_atomic

@@ -109,15 +109,20 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
                    help="override the guess of what the output holds")
     p.add_argument("--images", type=Path, help="a folder of a few real images to check the "
                                                "outputs on (default: scikit-image's photos)")
+    p.add_argument("--size", help="HxW (or one number) to run a model of free input height "
+                                  "and width at; required for one (its file's shape is a "
+                                  "placeholder)")
     p.set_defaults(func=_run_manifest_init)
 
 
 def _run_manifest_init(args: argparse.Namespace) -> int:
     from ..device.inspect_artifact import init_manifest
+    from ..manifest import parse_size
 
     path, guesses = init_manifest(args.file, args.labels, args.force, task=args.task,
                                   layout=args.layout, input_range=args.input_range,
-                                  output_kind=args.output_kind, images=args.images)
+                                  output_kind=args.output_kind, images=args.images,
+                                  size=parse_size(args.size) if args.size else None)
     print(f"wrote {path}; each guess with its confidence and reason (override with --task, "
           "--layout, --range, --output-kind):")
     width = max(len(g.name) for g in guesses)

@@ -168,12 +168,13 @@ def _run_device_add(args: argparse.Namespace) -> int:
 
 
 def _run_device_list(args: argparse.Namespace) -> int:
-    from ..host.registry import load_devices
+    from ..host.registry import LOCAL, load_devices
 
     for d in load_devices().values():
         runners = f"\trunners: {', '.join(Path(r).name for r in d.runners)}" if d.runners \
             else ""
         print(f"{d.name}\t{d.kind}\t{d.target}{runners}")
+    print(f"{LOCAL}\tlocal\tan agent started on this machine for each command")
     return 0
 
 
@@ -242,7 +243,8 @@ def _run_build_runner(args: argparse.Namespace) -> int:
 def _add_deploy_profile(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("deploy", help="push the artifacts of a convert run to a device")
     p.add_argument("out", type=Path, help="a convert output folder, or one .tflite/.pte")
-    p.add_argument("--device", required=True, help="a device added with `edgepipe device add`")
+    p.add_argument("--device", required=True, help="a device added with `edgepipe device add`, "
+                                                   "or this-machine")
     p.set_defaults(func=_run_deploy)
     p = sub.add_parser("profile", help="measure an artifact on a device: whole-model latency, "
                                        "memory and a per-operator table")
@@ -253,7 +255,9 @@ def _add_deploy_profile(sub: argparse._SubParsersAction) -> None:
                         "first")
     p.add_argument("--plot", type=Path, default=Path("compare.png"),
                    help="with --compare: where to write the plot (default compare.png)")
-    p.add_argument("--device", required=True)
+    p.add_argument("--device", required=True,
+                   help="a device added with `edgepipe device add`, or this-machine (an "
+                        "agent started here for the command)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--min-runs", "--runs", dest="runs", type=int, default=50,
@@ -291,12 +295,15 @@ def cpu_list(text: str | None) -> list[int] | None:
 
 
 def _run_deploy(args: argparse.Namespace) -> int:
+    from ..host.local import LOCAL, device_client
     from ..host.profiling import deploy, deployable
-    from ..host.registry import connect, get_device
     from ..ui import console
 
     paths, skipped = deployable(args.out)
-    with connect(get_device(args.device)) as client:
+    if args.device == LOCAL:
+        console.print(f"note: {LOCAL} is an agent started for this command: what is deployed "
+                      "to it goes with it (profile, run and evaluate deploy for themselves)")
+    with device_client(args.device) as client:
         for meta in deploy(client, paths):
             console.print(f"deployed {meta['name']} ({meta['size'] / 1e6:.2f} MB, "
                           f"sha256 {meta['sha256'][:12]}…) to {args.device}")
@@ -306,9 +313,9 @@ def _run_deploy(args: argparse.Namespace) -> int:
 
 
 def _run_profile(args: argparse.Namespace) -> int:
+    from ..host.local import device_client
     from ..host.op_table import write_table
     from ..host.profiling import profile
-    from ..host.registry import connect, get_device
     from ..manifest import write_atomic
     from ..ui import JobProgress, print_profile
 
@@ -319,7 +326,7 @@ def _run_profile(args: argparse.Namespace) -> int:
         raise EdgepipeError("give one artifact to profile, or --compare A B [C ...]")
     if args.compare:
         return _run_compare(args, affinity)
-    with connect(get_device(args.device)) as client, \
+    with device_client(args.device) as client, \
             JobProgress(f"{args.artifact.name} on {args.device}") as progress:
         result = profile(client, args.artifact, threads=args.threads, warmup=args.warmup,
                          runs=args.runs, affinity=affinity, per_op=not args.no_per_op,
@@ -345,7 +352,7 @@ def _run_profile(args: argparse.Namespace) -> int:
 
 def _run_compare(args: argparse.Namespace, affinity: list[int] | None) -> int:
     from ..host.compare import compare, plot_comparison, write_comparison
-    from ..host.registry import connect, get_device
+    from ..host.local import device_client
     from ..ui import JobProgress, print_comparison
 
     if args.no_per_op or args.repeat != 1 or args.raw:
@@ -356,7 +363,7 @@ def _run_compare(args: argparse.Namespace, affinity: list[int] | None) -> int:
     for path in args.out:
         if path.suffix != ".csv":
             raise EdgepipeError(f"--out with --compare writes .csv, not {path.name}")
-    with connect(get_device(args.device)) as client, \
+    with device_client(args.device) as client, \
             JobProgress(f"{len(args.compare)} artifacts on {args.device}") as progress:
         comparison = compare(client, args.compare, threads=args.threads, warmup=args.warmup,
                              runs=args.runs, affinity=affinity, on_progress=progress.update)
@@ -370,8 +377,7 @@ def _run_compare(args: argparse.Namespace, affinity: list[int] | None) -> int:
 
 
 def device_info(name: str) -> dict:
-    from ..host.local import LOCAL
-    from ..host.registry import connect, get_device
+    from ..host.registry import LOCAL, connect, get_device
 
     if name == LOCAL:
         from ..device.info import device_info

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -188,11 +189,36 @@ class Progress:
     def step(self, description: str) -> None: ...
 
 
-def _artifact_stem(model: str) -> str:
-    """File names of the artifacts: a model file (searched network) gives its own name."""
+# names a factory, its module or its file often has that say nothing about the model
+_GENERIC_NAMES = {"make", "build", "create", "model", "models", "get_model", "make_model",
+                  "build_model", "create_model", "load", "load_model", "main", "factory",
+                  "net", "network", "get", "new", "export", "module", "__init__"}
+
+
+def artifact_stem(model: str) -> str:
+    """What the artifacts of ``model`` are named (``<stem>_fp32.tflite``), as a person would
+    name them: a built-in model or a model file (a searched network) by its own name; a
+    ``module:factory`` or ``path/file.py:factory`` by the factory (``shufflenet_v2_x0_5``),
+    or where the factory's name says nothing (``make``, ``build``, ``model`` …) by the file or
+    module, then by the folder it is in (``litert-threads-noeffect/make.py:make`` →
+    ``litert-threads-noeffect``). Letters, digits, ``-`` and ``_`` only."""
     if model.endswith(".json"):
-        return Path(model).stem
-    return model.replace(":", "_").replace(".", "_").replace("/", "_")
+        return _file_safe(Path(model).stem)
+    where, colon, factory = model.rpartition(":")
+    if not colon:
+        return _file_safe(model)
+    if where.endswith(".py"):
+        parts = [*Path(where).resolve().parent.parts[-1:], Path(where).stem]
+    else:
+        parts = where.split(".")
+    for name in (factory, *reversed(parts)):
+        if name and name.lower() not in _GENERIC_NAMES and _file_safe(name):
+            return _file_safe(name)
+    return _file_safe(factory) or "model"
+
+
+def _file_safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_-")
 
 
 def int8_quantizer() -> tuple[Any, Any]:
@@ -393,7 +419,7 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
             progress.step("PyTorch reference on real photos")
             reference = ParityReference(src, parity_photos())
             results = []
-            stem = _artifact_stem(req.model)
+            stem = artifact_stem(req.model)
             for converter, precision in jobs:
                 progress.step(f"{converter.format} {precision}: converting")
                 path = work / f"{stem}_{precision}{converter.suffix}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -166,11 +166,17 @@ def prepare(graph: nn.Module, quantizer: Any) -> nn.Module:
 
 
 def quantize_pt2e(module: nn.Module, example: torch.Tensor, quantizer: object,
-                  calibration: list[torch.Tensor], fold_quantize: bool = True) -> nn.Module:
-    """Export, insert observers, run the calibration batches, convert to q/dq form."""
+                  calibration: list[torch.Tensor], fold_quantize: bool = True,
+                  rewrite: Callable[[torch.fx.GraphModule], object] | None = None
+                  ) -> nn.Module:
+    """Export, insert observers, run the calibration batches, convert to q/dq form.
+    ``rewrite``: changes the captured graph in place before the quantizer annotates it (a
+    converter's graph rewrites, so that the quantizer sees the ops the runtime will run)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     graph = capture_for_quantization(module, example)
+    if rewrite is not None:
+        rewrite(graph)  # type: ignore[arg-type]
     prepared = prepare(graph, quantizer)
     with torch.no_grad():
         for batch in calibration:

@@ -8,6 +8,19 @@ from typing import Any
 from ..report_parts import STYLE, parity_text
 
 
+def _outside_text(graph: dict[str, Any]) -> str:
+    """The ops outside the delegate, with what they cost where it was measured, and a
+    layout the converter fell back to."""
+    text = ", ".join(f"{n} {op}" for op, n in graph["ops_outside_delegate"].items())
+    cost = graph.get("outside_cost")
+    if cost and cost.get("run_ms"):
+        text += (f": {cost['ms']:.3f} of {cost['run_ms']:.3f} ms a run "
+                 f"({100 * cost['share']:.1f} %, measured {cost['measured']})")
+    if graph.get("exported_nchw"):
+        text += f"; {graph['exported_nchw']}"
+    return text
+
+
 def render_report(report: dict[str, Any]) -> str:
     artifacts = report["artifacts"]
     slowest = max((a["latency"]["median_ms"] for a in artifacts if a["latency"]), default=1.0)
@@ -22,7 +35,7 @@ def render_report(report: dict[str, Any]) -> str:
             f"<tr><td>{escape(a['format'])}</td><td>{escape(a['precision'])}</td>"
             f"<td class=num>{a['size_mb']:.2f}</td><td>{parity_text(a['parity'])}</td>"
             f"<td>{bar}</td><td class=num>{a['graph'].get('delegate_partitions', '—')}</td>"
-            f"<td>{escape(str(outside)) if outside else '—'}</td>"
+            f"<td>{escape(_outside_text(a['graph'])) if outside else '—'}</td>"
             f"<td>{escape(str(floats)) if floats else '—'}</td></tr>")
     per_image = []
     for a in artifacts:

@@ -48,6 +48,31 @@ def litert_graph_stats(interp: Any) -> dict[str, object]:
             "float_ops": dict(float_ops), "ops": dict(Counter(o["op_name"] for o in original))}
 
 
+def litert_outside_cost(path: Path, runs: int = 10) -> dict[str, Any] | None:
+    """What the ops XNNPACK did not take cost, measured here with LiteRT's own profiler
+    (:func:`edgepipe.device.litert_profiler.profile_ops`: ``runs`` runs on seeded noise, one
+    thread): per op type the sum of its instances' medians, against the median ``Invoke``.
+    None where the profiler is not available (the reason is the device's business)."""
+    import statistics
+
+    from ..device.litert_profiler import PerOpUnavailable, profile_ops
+
+    try:
+        profile = profile_ops(path, None, threads=1, runs=runs)
+    except PerOpUnavailable:
+        return None
+    ops: Counter[str] = Counter()
+    for op in profile.ops:
+        if not op.delegated and op.times_us:
+            ops[op.name] += statistics.median(op.times_us) / 1000
+    total = statistics.median(profile.invoke_us) / 1000 if profile.invoke_us else 0.0
+    spent = sum(ops.values())
+    return {"ms": round(spent, 4), "run_ms": round(total, 4),
+            "share": round(spent / total, 4) if total else None,
+            "ops_ms": {k: round(v, 4) for k, v in ops.most_common()},
+            "measured": f"here, LiteRT profiler, median of {runs} runs"}
+
+
 class TFLiteConverter(Converter):
     format = "tflite"
     suffix = ".tflite"
@@ -107,6 +132,10 @@ class TFLiteConverter(Converter):
         interp = Interpreter(model_path=str(path), num_threads=1)
         inputs, outputs = litert_tensor_specs(interp)
         graph = {**litert_graph_stats(interp), "forms_swapped": swapped}
+        if graph["ops_outside_delegate"] and debug_info:
+            cost = litert_outside_cost(path)
+            if cost is not None:
+                graph["outside_cost"] = cost
         if fp16 is not None:
             graph["fp16_weight_tensors"] = fp16["fp16_weight_tensors"]
         return Converted(path=path, precision=precision, inputs=inputs, outputs=outputs,

@@ -36,7 +36,7 @@ from ..manifest import (
     save_manifest,
     tensor_layout,
 )
-from .runtimes import RUNTIME_FOR_SUFFIX, litert_interpreter, pte_dim_orders
+from .runtimes import RUNTIME_FOR_SUFFIX, fits_signature, litert_interpreter, pte_inputs
 
 FORMAT_FOR_SUFFIX = {".tflite": "tflite", ".pte": "executorch"}
 TASKS = ("classification", "segmentation", "unknown")
@@ -62,8 +62,10 @@ def litert_tensor_specs(interp: Any) -> tuple[list[TensorSpec], list[TensorSpec]
         q = {"scale": float(scale), "zero_point": int(zero), "dtype": dtype.name} \
             if scale else None
         raw = dtype.kind in "iub" and not scale
+        signature = [int(s) for s in d.get("shape_signature", d["shape"])]
         return TensorSpec(name=d["name"], shape=[int(s) for s in d["shape"]],
-                          dtype=dtype.name if raw else "float32", layout=layout, quantization=q)
+                          dtype=dtype.name if raw else "float32", layout=layout, quantization=q,
+                          shape_signature=signature if -1 in signature else None)
 
     inputs = [spec(d, "NHWC") for d in interp.get_input_details()]
     outputs = [spec(d, tensor_layout(d["shape"])) for d in interp.get_output_details()]
@@ -102,21 +104,96 @@ def executorch_tensor_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSp
         return TensorSpec(name=name, shape=shape, dtype="float32", layout=tensor_layout(shape),
                           dim_order=dim_order)
 
-    orders = pte_dim_orders(path)
-    orders += [None] * (meta.num_inputs() - len(orders))
-    return ([spec(f"input_{i}", meta.input_tensor_meta(i), orders[i])
-             for i in range(meta.num_inputs())],
+    described = pte_inputs(path)
+    inputs = []
+    for i in range(meta.num_inputs()):
+        own = described[i] if i < len(described) else None
+        t = spec(f"input_{i}", meta.input_tensor_meta(i), own.dim_order if own else None)
+        if own is not None and own.dynamic and len(t.shape) == 4:
+            # a program records that its sizes are an upper bound, not which dims move: an
+            # image batch of one moves its height and width (torch.export's usual Dims)
+            t.shape_signature = [t.shape[0], t.shape[1], -1, -1]
+        inputs.append(t)
+    return (inputs,
             [spec(f"output_{i}", meta.output_tensor_meta(i)) for i in range(meta.num_outputs())])
 
 
-def tensor_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec], list[str | None]]:
-    """(inputs, outputs, the op behind each output where the format lists ops)."""
+def tensor_specs(path: Path, shape: list[int] | None = None
+                 ) -> tuple[list[TensorSpec], list[TensorSpec], list[str | None]]:
+    """(inputs, outputs, the op behind each output where the format lists ops). ``shape``:
+    the size to run a first input of free dims at (in the file's own layout); the outputs
+    are then those of that size (the model is run once where the format does not say)."""
     if RUNTIME_FOR_SUFFIX.get(path.suffix) == "litert":
         interp = litert_interpreter(path)
+        # the ops as the file lists them: once tensors are allocated, delegate nodes produce
+        # the outputs instead
+        out_ops = _litert_output_ops(interp)
+        if shape is not None:
+            index = interp.get_input_details()[0]["index"]
+            try:
+                interp.resize_tensor_input(index, shape, strict=True)
+                interp.allocate_tensors()
+            except (ValueError, RuntimeError) as exc:
+                raise EdgepipeError(f"LiteRT cannot resize {path.name}'s input to {shape}: "
+                                    f"{exc}") from None
         inputs, outputs = litert_tensor_specs(interp)
-        return inputs, outputs, _litert_output_ops(interp)
+        return inputs, outputs, out_ops
     inputs, outputs = executorch_tensor_specs(path)
+    if shape is not None:
+        from .runtimes import open_runner
+
+        inputs[0].shape = list(shape)
+        try:
+            ys = open_runner(path).run(np.zeros(shape, np.float32))
+        except EdgepipeError:
+            raise
+        except Exception as exc:  # the runtime's own failure: the size is past the bound
+            raise EdgepipeError(f"{path.name} does not run at {shape}: {type(exc).__name__}: "
+                                f"{exc}") from None
+        for out, y in zip(outputs, ys, strict=False):
+            out.shape = [int(d) for d in y.shape]
     return inputs, outputs, [None] * len(outputs)
+
+
+def _free_size(spec: TensorSpec, size: tuple[int, int] | None, path: Path
+               ) -> tuple[list[int] | None, Guess | None]:
+    """For an input whose file leaves dims free: the shape to run it at (``size`` = height,
+    width in its spatial axes; a free batch of 1) and the guess saying so; (None, None) for a
+    fixed input. Raises EdgepipeError for free spatial dims without ``size``, a size the file
+    does not take, and free channels."""
+    sig = spec.shape_signature
+    if sig is None or len(sig) != 4:
+        return None, None  # a fixed input: init_manifest checks a --size against it
+    nhwc, nchw = sig[3] in (1, 3), sig[1] in (1, 3)
+    if not (nhwc or nchw):
+        raise EdgepipeError(f"input {spec.name} of {path.name} has shape_signature {sig}: its "
+                            "channels are free, and edgepipe feeds 3 (RGB) or 1 (grey)")
+    spatial = (1, 2) if nhwc else (2, 3)
+    free_hw = any(sig[a] == -1 for a in spatial)
+    placeholder = f"the placeholder shape {spec.shape} is not a size"
+    bound = ("" if path.suffix != ".pte" else
+             f"; the program takes up to {spec.shape[spatial[0]]}x{spec.shape[spatial[1]]}")
+    if free_hw and size is None:
+        raise EdgepipeError(f"{path.name} takes a free height and width (shape_signature "
+                            f"{sig}; {placeholder}{bound}): give the size to run it at with "
+                            "--size HxW, e.g. --size 224x224")
+    shape = [1 if d == -1 else d for d in sig]
+    if size is not None:
+        for axis, value in zip(spatial, size, strict=True):
+            if sig[axis] not in (-1, value):
+                raise EdgepipeError(f"--size {size[0]}x{size[1]}: {path.name}'s input is "
+                                    f"fixed at {sig[axis]} on axis {axis} ({sig})")
+            shape[axis] = value
+    if not fits_signature(shape, sig):
+        raise EdgepipeError(f"{path.name}: the input shape {shape} does not fit {sig}")
+    what = "height and width" if free_hw else "batch"
+    return shape, Guess("input size", "x".join(str(shape[a]) for a in spatial),
+                        "given" if free_hw else "certain",
+                        (f"--size: the file leaves its input's {what} free (shape_signature "
+                         f"{sig}{bound}); every runner resizes its input to {shape}")
+                        if free_hw else
+                        f"the file leaves only the batch free (shape_signature {sig}): run "
+                        f"at a batch of 1, {shape}")
 
 
 @dataclass
@@ -248,10 +325,13 @@ def _class_axis_sums_to_one(y: np.ndarray, layout: str) -> bool:
 def init_manifest(path: Path, labels: Path | None = None, force: bool = False,
                   task: str | None = None, layout: str | None = None,
                   input_range: str | None = None, output_kind: str | None = None,
-                  images: Path | None = None) -> tuple[Path, list[Guess]]:
+                  images: Path | None = None, size: tuple[int, int] | None = None
+                  ) -> tuple[Path, list[Guess]]:
     """Write ``<file>.json`` for an artifact; returns its path and the guesses (each with its
     reason and confidence). ``task``, ``layout`` (of the output), ``input_range`` (a key of
-    ``manifest.RANGES`` or "imagenet") and ``output_kind`` override the guesses.
+    ``manifest.RANGES`` or "imagenet") and ``output_kind`` override the guesses. ``size``
+    (height, width): what to run an input of free height and width at (required for one:
+    its placeholder shape, e.g. [1, 1, 1, 3], is not a size).
 
     Raises EdgepipeError (one line) for what cannot be decoded: several outputs (unless
     ``task="unknown"``: a manifest for deploy and profile only), outputs that are neither class
@@ -279,10 +359,20 @@ def init_manifest(path: Path, labels: Path | None = None, force: bool = False,
         raise EdgepipeError(f"{path.name} has {len(inputs)} inputs "
                             f"({', '.join(f'[{_shape(i)}]' for i in inputs)}): edgepipe feeds "
                             "one image")
+    free_shape, size_guess = _free_size(inputs[0], size, path)
+    if free_shape is not None:  # inputs and outputs as they are at that size
+        signature = inputs[0].shape_signature
+        inputs, outputs, out_ops = tensor_specs(path, free_shape)
+        inputs[0].shape, inputs[0].shape_signature = free_shape, signature
     guesses: list[Guess] = []
     _, channels, g = _input_layout(inputs[0], default_layout)
     guesses.append(g)
+    if size_guess is not None:
+        guesses.append(size_guess)
     h, w = (inputs[0].shape[1:3] if inputs[0].layout == "NHWC" else inputs[0].shape[2:4])
+    if size is not None and (h, w) != tuple(size):
+        raise EdgepipeError(f"--size {size[0]}x{size[1]}: {path.name}'s input is fixed at "
+                            f"{h}x{w}: leave --size out")
     color = "GRAY" if channels == 1 else "RGB"
     guesses.append(Guess("color", color, "certain",
                          f"the input has {channels} channel(s)"
@@ -362,6 +452,16 @@ def init_manifest(path: Path, labels: Path | None = None, force: bool = False,
                          "shorter side, then a centre crop: torchvision's 224/256 for "
                          "classification" if task_value == "classification" else
                          "shorter side to the input size: a mask covers the centre crop"))
+    delegation = None
+    if fmt == "executorch":
+        delegation = pte_delegation(path)
+        guesses.append(Guess("delegation", delegation.words(), "certain",
+                             "read from the program" + (
+                                 ": every op on ExecuTorch's portable kernels, often many "
+                                 "times slower than a delegate; export with "
+                                 "to_edge_transform_and_lower(partitioner="
+                                 "[XnnpackPartitioner()])" if not delegation.partitions
+                                 else "")))
     quantized = any(t.quantization for t in inputs + outputs)
     manifest = Manifest(
         format=fmt, precision="int8" if quantized else "fp32",
@@ -373,7 +473,8 @@ def init_manifest(path: Path, labels: Path | None = None, force: bool = False,
                "guessed": [asdict(g) for g in guesses],
                # the op that makes the output (LiteRT), e.g. LOGISTIC: per-class
                # probabilities that need not sum to 1 (a multi-label classifier)
-               **({"output_op": out_ops[0]} if out_ops and out_ops[0] else {})},
+               **({"output_op": out_ops[0]} if out_ops and out_ops[0] else {}),
+               **({"delegation": delegation.to_dict()} if delegation else {})},
     )
     manifest.check()
     return save_manifest(manifest, path), guesses
@@ -464,3 +565,114 @@ def _probe(path: Path, size: tuple[int, int], input_range: str, color: str, layo
     else:
         notes.append(Guess("values", "checked", "high", f"run on {source}"))
     return _Probe(ys, layout, notes)
+
+
+# -- delegation of an ExecuTorch program ---------------------------------------------------
+
+XNNPACK_BACKEND = "XnnpackBackend"
+
+
+def _xnnpack_nodes(blob: bytes) -> int | None:
+    """XNNPACK's nodes in a delegate payload (``XNNGraph.xnodes``, field 1 of the flatbuffer
+    behind the ``XH00`` header executorch writes), None where the bytes do not read so."""
+    try:
+        from flatbuffers import encode, packer
+        from flatbuffers.table import Table
+    except ImportError:
+        return None
+    data = bytes(blob)
+    if data[4:8] == b"XH00":  # header: flatbuffer offset and size, then constant data
+        offset = int.from_bytes(data[10:14], "little")
+        size = int.from_bytes(data[14:18], "little")
+        data = data[offset:offset + size]
+    if data[4:8] != b"XN01":
+        return None
+    try:
+        buf = bytearray(data)
+        table = Table(buf, encode.Get(packer.uoffset, buf, 0))
+        at = table.Offset(6)  # vtable slot of field 1 (xnodes)
+        return table.VectorLen(at) if at else 0
+    except Exception:  # a payload of another schema version: not counted, never guessed
+        return None
+
+
+@dataclass
+class Delegation:
+    """How much of an ExecuTorch program its delegates run: ``ops`` counts XNNPACK's nodes
+    inside its partitions (None for a backend whose payload edgepipe cannot count) plus the
+    ops ExecuTorch runs on its own (portable) kernels."""
+
+    partitions: dict[str, int]  # backend id -> delegate calls
+    delegated_ops: int | None  # ops inside the delegates (None: a payload not counted)
+    portable_ops: dict[str, int]  # op -> count, run by ExecuTorch's own kernels
+
+    @property
+    def ops(self) -> int | None:
+        portable = sum(self.portable_ops.values())
+        return None if self.delegated_ops is None else self.delegated_ops + portable
+
+    def words(self) -> str:
+        """"0 of 18 ops delegated (portable kernels only)", "14 of 14 ops delegated
+        (XnnpackBackend: 1 partition)", or with ops left on portable kernels, which."""
+        portable = sum(self.portable_ops.values())
+        backends = ", ".join(f"{b}: {n} partition{'s' if n != 1 else ''}"
+                             for b, n in self.partitions.items())
+        if not self.partitions:
+            return f"0 of {portable} ops delegated (portable kernels only)"
+        left = ", ".join(f"{n} {op}" for op, n in sorted(self.portable_ops.items(),
+                                                         key=lambda kv: -kv[1])[:4])
+        tail = f"; {portable} on portable kernels: {left}" if portable else ""
+        if self.delegated_ops is None:
+            return f"delegated to {backends} (ops inside not counted){tail}"
+        return f"{self.delegated_ops} of {self.ops} ops delegated ({backends}){tail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"partitions": self.partitions, "delegated_ops": self.delegated_ops,
+                "ops": self.ops, "portable_ops": self.portable_ops, "words": self.words()}
+
+
+def pte_delegation(path: Path) -> Delegation:
+    """Read an ExecuTorch program's ``forward``: its delegate calls by backend, the ops inside
+    XNNPACK's payloads, and the ops left to ExecuTorch's own kernels (pytorch/executorch#7880:
+    a program exported without a partitioner runs every op on portable kernels, many times
+    slower, and nothing says so). Needs the ExecuTorch package; raises EdgepipeError for a
+    file it cannot read."""
+    import logging
+
+    # torch logs a deprecation of its own at import (pytree enums) on stderr: not the user's
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    try:
+        from executorch.exir._serialize._program import deserialize_pte_binary
+    except ImportError:
+        raise missing_extra("the ExecuTorch package", "executorch") from None
+    try:
+        program = deserialize_pte_binary(Path(path).read_bytes()).program
+        plan = next(p for p in program.execution_plan if p.name == "forward")
+    except StopIteration:
+        raise EdgepipeError(f"{Path(path).name} has no forward method") from None
+    except Exception as exc:  # a foreign or damaged file: say which and why, no traceback
+        raise EdgepipeError(f"cannot read the program {Path(path).name} ({type(exc).__name__}: "
+                            f"{exc}): is it an ExecuTorch program written by executorch "
+                            "≥ 1.0?") from None
+    partitions: dict[str, int] = {}
+    portable: dict[str, int] = {}
+    inside: int | None = 0
+    for chain in plan.chains:
+        for instruction in chain.instructions:
+            args = instruction.instr_args
+            kind = type(args).__name__
+            if kind == "KernelCall":
+                op = plan.operators[args.op_index]
+                name = op.name.split("::")[-1]
+                portable[name] = portable.get(name, 0) + 1
+            elif kind == "DelegateCall":
+                delegate = plan.delegates[args.delegate_index]
+                partitions[delegate.id] = partitions.get(delegate.id, 0) + 1
+                nodes = None
+                if delegate.id == XNNPACK_BACKEND and \
+                        type(delegate.processed.location).__name__ == "DataLocation" and \
+                        delegate.processed.location.name == "INLINE":
+                    nodes = _xnnpack_nodes(
+                        program.backend_delegate_data[delegate.processed.index].data)
+                inside = None if inside is None or nodes is None else inside + nodes
+    return Delegation(partitions, inside, portable)

@@ -172,6 +172,12 @@ def _library() -> ctypes.CDLL:
     except AttributeError as exc:
         raise PerOpUnavailable(f"libLiteRt.so lacks {exc.name}: another "
                                "LiteRT version than this reader knows") from None
+    # (compiled model, signature, input, dims, rank): only for inputs of free sizes, which
+    # a library without it does not profile
+    resize = getattr(lib, "LiteRtCompiledModelResizeInputTensor", None)
+    if resize is not None:
+        resize.argtypes = [P, SIZE, SIZE, ctypes.POINTER(ctypes.c_int), SIZE]
+        resize.restype = ctypes.c_int
     _LIB = lib
     return lib
 
@@ -235,8 +241,12 @@ class OpProfile:
 class _CompiledModel:
     """A .tflite compiled for the CPU with profiling on; freed in reverse order."""
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int,
+                 input_shape: tuple[int, ...] | None = None) -> None:
+        """``input_shape``: the first input's shape where the file leaves its dims free (-1):
+        the compiled model is resized to it before its buffers are made."""
         self.lib = _library()
+        self.input_shape = input_shape
         lib = self.lib
         self.handles: list[tuple[str, int]] = []
         env, model, options, compiled = P(), P(), P(), P()
@@ -269,8 +279,34 @@ class _CompiledModel:
             raise PerOpUnavailable("LiteRT compiled the model without a "
                                    "profiler (the runtime option was not understood)")
         self.profiler = profiler  # owned by the compiled model
+        self._resize_free_input()
         self.inputs = self._buffers("Input")
         self.outputs = self._buffers("Output")
+
+    def _signature_tensor_type(self, kind: str, index: int) -> RankedTensorType:
+        lib = self.lib
+        signature, tensor, tensor_type = P(), P(), RankedTensorType()
+        _check(lib.LiteRtGetModelSignature(self.model, 0, ctypes.byref(signature)), "signature")
+        _check(getattr(lib, f"LiteRtGetSignature{kind}TensorByIndex")(
+            signature, index, ctypes.byref(tensor)), f"{kind.lower()} tensor")
+        _check(lib.LiteRtGetRankedTensorType(tensor, ctypes.byref(tensor_type)),
+               f"{kind.lower()} type")
+        return tensor_type
+
+    def _resize_free_input(self) -> None:
+        """Resize the first input to ``input_shape`` where the file leaves its dims free (a
+        tensor type of -1 dims: tensorflow/tensorflow#58622); nothing for a fixed input."""
+        free = self._signature_tensor_type("Input", 0).layout.shape
+        if -1 not in free:
+            return
+        resize = getattr(self.lib, "LiteRtCompiledModelResizeInputTensor", None)
+        if self.input_shape is None or resize is None:
+            raise PerOpUnavailable(f"the input's size is free ({list(free)}) and "
+                                   + ("no size was given" if resize is None else
+                                      "this libLiteRt.so cannot resize a compiled model"))
+        dims = (ctypes.c_int * len(self.input_shape))(*self.input_shape)
+        _check(resize(self.compiled, 0, 0, dims, len(self.input_shape)),
+               f"resizing the input to {list(self.input_shape)}")
 
     def _buffers(self, kind: str) -> list[tuple[int, RankedTensorType, int]]:
         lib = self.lib
@@ -286,6 +322,10 @@ class _CompiledModel:
                 signature, i, ctypes.byref(tensor)), f"{kind.lower()} tensor")
             _check(lib.LiteRtGetRankedTensorType(tensor, ctypes.byref(tensor_type)),
                    f"{kind.lower()} type")
+            if kind == "Input" and i == 0 and -1 in tensor_type.layout.shape \
+                    and self.input_shape is not None:  # resized: the buffer has its size
+                for axis, d in enumerate(self.input_shape):
+                    tensor_type.layout.dimensions[axis] = d
             _check(getattr(lib, f"LiteRtGetCompiledModel{kind}BufferRequirements")(
                 self.compiled, 0, i, ctypes.byref(requirements)), f"{kind.lower()} buffer")
             _check(lib.LiteRtCreateManagedTensorBufferFromRequirements(
@@ -378,7 +418,8 @@ def profile_ops(path: str | Path, x: np.ndarray | None, threads: int = 1, warmup
     ``x``: the input (its dtype is converted to the model's), or ``None`` for seeded noise.
     Raises :class:`PerOpUnavailable` with the reason when anything does not read back.
     """
-    model = _CompiledModel(Path(path), threads)
+    model = _CompiledModel(Path(path), threads,
+                           tuple(int(d) for d in x.shape) if x is not None else None)
     try:
         shape, dtype = model.input_spec(0)
         if x is None:

@@ -112,11 +112,35 @@ class LiteRTRunner:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self._inputs[0]["shape"])
 
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
+    def _resized(self, x: np.ndarray) -> np.ndarray:
+        """``x`` as the input takes it (NHWC where the file does), the interpreter resized to
+        it first where the file leaves the input's dims free (``shape_signature`` -1:
+        tensorflow/tensorflow#58622, a placeholder of [1, 1, 1, 3] for a free height and
+        width). A shape that fits neither stays as given: the runtime says what is wrong."""
         detail = self._inputs[0]
-        shape = tuple(detail["shape"])
-        if x.shape != shape and x.ndim == 4 and x.transpose(0, 2, 3, 1).shape == shape:
-            x = x.transpose(0, 2, 3, 1)  # the artifact takes NHWC
+        shape = tuple(int(d) for d in detail["shape"])
+        signature = [int(d) for d in detail.get("shape_signature", shape)]
+        candidates = [x] + ([x.transpose(0, 2, 3, 1)] if x.ndim == 4 else [])
+        for y in candidates:
+            if y.shape == shape:
+                return y
+        for y in candidates:
+            if fits_signature(y.shape, signature):
+                try:
+                    self._interp.resize_tensor_input(detail["index"], list(y.shape),
+                                                     strict=True)
+                    self._interp.allocate_tensors()
+                except (ValueError, RuntimeError) as exc:
+                    raise EdgepipeError(f"LiteRT cannot resize {self.path.name}'s input to "
+                                        f"{list(y.shape)}: {exc}") from None
+                self._inputs = self._interp.get_input_details()
+                self._outputs = self._interp.get_output_details()
+                return y
+        return x
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        x = self._resized(x)
+        detail = self._inputs[0]
         if np.dtype(detail["dtype"]).kind in "iu":
             scale, zero = detail["quantization"]
             x = _quantize(x, scale, zero, detail["dtype"])
@@ -196,12 +220,27 @@ class LiteRTForcedFP16Runner:
         environment.close()
 
 
-def pte_dim_orders(path: Path) -> list[list[int]]:
-    """The memory order of each tensor input of a program's ``forward`` (``[0, 1, 2, 3]``:
-    NCHW-contiguous, ``[0, 2, 3, 1]``: channels-last), read from the program itself: the
-    runtime's method metadata does not expose it, and a program fed a tensor of another
-    order runs without complaint on scrambled data. Needs the ExecuTorch package (its
-    serializer, which imports torch). Raises :class:`EdgepipeError` for a file it cannot read."""
+def fits_signature(shape: tuple[int, ...] | list[int], signature: list[int]) -> bool:
+    """Whether ``shape`` is one a tensor of ``signature`` takes (-1: any size there)."""
+    return len(shape) == len(signature) and all(s == -1 or s == d
+                                                for d, s in zip(shape, signature, strict=True))
+
+
+@dataclass
+class PteInput:
+    """A tensor input of a program's ``forward`` as the program describes it."""
+
+    dim_order: list[int]  # memory order: [0, 1, 2, 3] NCHW-contiguous, [0, 2, 3, 1] channels-last
+    sizes: list[int]  # the sizes; for a dynamic input their upper bound
+    dynamic: bool  # exported with dynamic shapes (shape_dynamism DYNAMIC_BOUND or UNBOUND)
+
+
+def pte_inputs(path: Path) -> list[PteInput]:
+    """The tensor inputs of a program's ``forward``, read from the program itself: the
+    runtime's method metadata gives neither the memory order (a program fed a tensor of
+    another order runs without complaint on scrambled data) nor whether its sizes are fixed
+    or an upper bound. Needs the ExecuTorch package (its serializer, which imports torch).
+    Raises :class:`EdgepipeError` for a file it cannot read."""
     try:
         from executorch.exir._serialize._program import deserialize_pte_binary
     except ImportError:
@@ -210,13 +249,21 @@ def pte_dim_orders(path: Path) -> list[list[int]]:
         program = deserialize_pte_binary(Path(path).read_bytes()).program
         plan = next(p for p in program.execution_plan if p.name == "forward")
         values = [plan.values[i].val for i in plan.inputs]
-        return [list(v.dim_order) for v in values if hasattr(v, "dim_order")]
+        return [PteInput(list(v.dim_order), [int(d) for d in v.sizes],
+                         int(getattr(v.shape_dynamism, "value", v.shape_dynamism) or 0) != 0)
+                for v in values if hasattr(v, "dim_order")]
     except StopIteration:
         raise EdgepipeError(f"{Path(path).name} has no forward method") from None
     except Exception as exc:  # a foreign or damaged file: say which and why, no traceback
         raise EdgepipeError(f"cannot read the input layout of {Path(path).name} "
                             f"({type(exc).__name__}: {exc}): is it an ExecuTorch program "
                             "written by executorch ≥ 1.0?") from None
+
+
+def pte_dim_orders(path: Path) -> list[list[int]]:
+    """The memory order of each tensor input of a program's ``forward`` (``[0, 1, 2, 3]``:
+    NCHW-contiguous, ``[0, 2, 3, 1]``: channels-last): :func:`pte_inputs`."""
+    return [i.dim_order for i in pte_inputs(path)]
 
 
 # ExecuTorch's ScalarType codes of the float types a program may take (c10's numbering)

@@ -296,7 +296,7 @@ class AgentlessClient:
         try:
             self._prepare()
             if path.suffix == ".tflite":
-                job["result"] = self._litert(spec, path, sha)
+                job["result"] = self._litert(spec, path, sha, manifest)
             else:
                 job["result"] = self._executorch(spec, path, sha, manifest, folder)
             job["state"] = "done"
@@ -337,12 +337,20 @@ class AgentlessClient:
                                 f"{last[:400] or 'no output'}")
         return text
 
-    def _litert(self, spec: dict[str, Any], path: Path, sha: str) -> dict[str, Any]:
+    def _litert(self, spec: dict[str, Any], path: Path, sha: str,
+                manifest: Manifest) -> dict[str, Any]:
         runner = self.runners["litert"]
         tool = self._push_once(runner, f"{self.work}/bin/{runner.name}", executable=True)
         graph = self._push_once(path, f"{self.work}/{sha[:16]}{path.suffix}")
         base = (f"{_quote(tool)} --graph={_quote(graph)} --num_threads={spec['threads']} "
                 f"--warmup_min_secs=0")
+        first = manifest.inputs[0] if manifest.inputs else None
+        given: dict[str, Any] = {}
+        if first is not None and first.shape_signature and -1 in first.shape_signature:
+            # a free input size: benchmark_model would run the file's placeholder shape
+            base += (f" --input_layer={_quote(first.name)} --input_layer_shape="
+                     + ",".join(str(d) for d in first.shape))
+            given = {"shape": list(first.shape)}
         text = self._run_tool(f"{base} --warmup_runs={spec['warmup']} "
                               f"--num_runs={spec['runs']} --min_secs={spec['min_seconds']}",
                               f"{runner.name} on {path.name}")
@@ -359,7 +367,7 @@ class AgentlessClient:
                             "words": f"LiteRT {runner.name} over {self.transport.how} "
                                      "(no agent)"},
             "threads": spec["threads"], "affinity": None,
-            "input": {"data": "benchmark_model's own random input"},
+            "input": {**given, "data": "benchmark_model's own random input"},
             "latency": latency,
             "load_ms": out.init_ms,
             "memory": {"rss_before_load_mb": None, "peak_rss_mb": out.memory_mb.get("peak"),

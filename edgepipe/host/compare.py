@@ -31,6 +31,52 @@ class Comparison:
     results: list[ProfileResult]
     blocks: list[dict[str, Any]] = field(default_factory=list)  # name, ms (per label), ratio
     types: list[dict[str, Any]] = field(default_factory=list)
+    # what explains the gap, in words (delegation that differs between the artifacts)
+    findings: list[str] = field(default_factory=list)
+
+    def run_ratios(self) -> list[float | None]:
+        """Each artifact's unprofiled median run over the first's (None where unknown)."""
+        medians = [r.latency.get("median_ms") or r.latency.get("mean_ms")
+                   for r in self.results]
+        return [m / medians[0] if m and medians[0] else None for m in medians]
+
+
+def delegated_share(delegation: dict[str, Any] | None) -> float | None:
+    """The share of a program's ops its delegates run; None where not counted."""
+    if not delegation:
+        return None
+    if not delegation.get("partitions"):
+        return 0.0
+    ops, inside = delegation.get("ops"), delegation.get("delegated_ops")
+    return inside / ops if ops and inside is not None else None
+
+
+# delegated shares this far apart make delegation the first explanation of a gap
+DELEGATION_GAP = 0.25
+
+
+def delegation_findings(labels: list[str], results: list[ProfileResult],
+                        ratios: list[float | None]) -> list[str]:
+    """One line per artifact whose delegation differs from the first's: ExecuTorch's own
+    kernels against a delegate's are a gap of another kind than two runtimes' kernels
+    (pytorch/executorch#1231: a program without the XNNPACK partitioner, ×100 and more)."""
+    base = delegated_share(results[0].delegation)
+    found = []
+    for k in range(1, len(results)):
+        share = delegated_share(results[k].delegation)
+        if base is None or share is None or abs(share - base) < DELEGATION_GAP:
+            continue
+        slower, faster = (k, 0) if share < base else (0, k)
+        ratio = ratios[k]
+        found.append(
+            f"the gap between {labels[0]} and {labels[k]} is delegation"
+            + (f" (whole run ×{ratio:.2f})" if ratio else "") + ": "
+            f"{results[slower].artifact} runs {results[slower].delegation['words']}; "
+            f"{results[faster].artifact} {results[faster].delegation['words']} (the op types "
+            "below set ExecuTorch's own kernels against the delegate's)"
+            + ("; export it with the XNNPACK partitioner"
+               if not results[slower].delegation.get("partitions") else ""))
+    return found
 
 
 def labels_for(results: list[ProfileResult]) -> list[str]:
@@ -74,10 +120,13 @@ def compare(client: AgentClient, artifacts: list[Path], *, threads: int = 1, war
     rows = [r.per_op or [] for r in results]
     # an artifact whose ops could not be placed in the model has no blocks, not one
     # "(not placed)" block to be compared with the others' leftovers
-    return Comparison(labels_for(results), results,
-                      side_by_side([by_block(r) if any(op.block for op in r) else []
-                                    for r in rows], "block"),
-                      side_by_side([by_type(r) for r in rows], "type"))
+    comparison = Comparison(labels_for(results), results,
+                            side_by_side([by_block(r) if any(op.block for op in r) else []
+                                          for r in rows], "block"),
+                            side_by_side([by_type(r) for r in rows], "type"))
+    comparison.findings = delegation_findings(comparison.labels, results,
+                                              comparison.run_ratios())
+    return comparison
 
 
 def write_comparison(comparison: Comparison, path: Path) -> None:

@@ -8,6 +8,7 @@ import queue
 import secrets
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -16,9 +17,9 @@ from pathlib import Path
 
 from ..errors import EdgepipeError
 from .client import AgentClient
-from .registry import connect, get_device, stop_process
+from .registry import LOCAL, connect, get_device, stop_process
 
-LOCAL = "this-machine"  # the device name of an agent started here for the duration of a command
+__all__ = ["LOCAL", "local_agent", "open_device", "start_agent", "stop_agent"]
 
 READY = "edgepipe agent listening on "
 
@@ -76,6 +77,19 @@ def local_agent(data: Path, token: str | None = None) -> Iterator[tuple[str, str
         yield url, token
     finally:
         stop_agent(proc)
+
+
+@contextmanager
+def device_client(name: str) -> Iterator[AgentClient]:
+    """A client for the device named ``name``: a registered one, or ``LOCAL`` (an agent
+    started here for the block, its data in a temporary folder removed after it)."""
+    if name != LOCAL:
+        with connect(get_device(name)) as client:
+            yield client
+        return
+    with tempfile.TemporaryDirectory(prefix="edgepipe-this-machine-") as tmp, \
+            open_device(name, Path(tmp)) as client:
+        yield client
 
 
 @contextmanager

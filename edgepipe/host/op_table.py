@@ -21,15 +21,12 @@ import io
 import json
 import re
 import statistics
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import EdgepipeError, missing_extra
+from ..errors import EdgepipeError
 from ..manifest import write_atomic
-
-AGGREGATE_EVENTS = {"Method::execute", "DELEGATE_CALL", "Method::init", "Program::load_method"}
 
 
 @dataclass
@@ -76,37 +73,18 @@ def op_type(event_name: str) -> str:
 
 
 def executorch_op_table(etdump: Path, etrecord: Path | None) -> tuple[list[OpRow], float]:
-    """Rows in execution order and the whole model's median time (ms)."""
-    import logging
+    """Rows in execution order, each op once (:func:`edgepipe.etdump.kernel_events`), and
+    the whole model's median time (ms)."""
+    from ..etdump import kernel_events
 
-    # torch logs a deprecation of its own at import (pytree enums) on stderr: not the user's
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    try:
-        from executorch.devtools import Inspector
-    except ImportError:
-        raise missing_extra("executorch.devtools (reads ETDump on the host)",
-                            "executorch") from None
-    try:
-        with warnings.catch_warnings():  # devtools warns once per op kwarg it does not map
-            warnings.simplefilter("ignore")
-            inspector = Inspector(etdump_path=str(etdump), etrecord=str(etrecord)
-                                  if etrecord and etrecord.is_file() else None)
-            frame = inspector.to_dataframe()
-    except Exception as exc:  # devtools raises bare Exceptions on a damaged dump
-        raise EdgepipeError(f"cannot read the ETDump {etdump.name}: {exc}") from None
-    frame = frame[frame["event_block_name"] == "Execute"]
-    total_rows = frame[frame["event_name"] == "Method::execute"]
-    total = statistics.median(total_rows.iloc[0]["raw"]) if len(total_rows) else 0.0
+    events, total = kernel_events(etdump, etrecord)
     rows = []
-    for _, event in frame.iterrows():
-        if event["event_name"] in AGGREGATE_EVENTS or not event["raw"]:
-            continue
-        median = float(statistics.median(event["raw"]))
-        delegated = bool(event["is_delegated_op"])
-        types = event["op_types"] if isinstance(event["op_types"], list) else []
-        kind = op_type(event["event_name"]) if delegated or not types else types[0]
-        rows.append(OpRow(event["event_name"], kind, delegated, median,
-                          percentile(list(event["raw"]), 90), 0.0))
+    for event in events:
+        median = float(statistics.median(event.raw_ms))
+        kind = (op_type(event.name) if event.delegated else
+                event.op_types[0] if event.op_types else event.op)
+        rows.append(OpRow(event.name, kind, event.delegated, median,
+                          percentile(event.raw_ms, 90), 0.0))
     if not total:
         total = sum(r.median_ms for r in rows)
     for r in rows:

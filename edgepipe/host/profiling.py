@@ -89,6 +89,23 @@ class ProfileResult:
     fp16: dict[str, Any] | None = None
     # the arithmetic its XNNPACK kernels ran in, from the per-op names (kernel_precisions)
     kernels: dict[str, Any] | None = None
+    # ExecuTorch: how much of the program its delegates run (inspect_artifact.Delegation)
+    delegation: dict[str, Any] | None = None
+
+
+def artifact_delegation(artifact: Path, manifest: Any) -> dict[str, Any] | None:
+    """For a ``.pte``: how much its delegates run, read from the program here
+    (:func:`edgepipe.device.inspect_artifact.pte_delegation`), else what its manifest
+    recorded; None for other formats or where neither says."""
+    if artifact.suffix != ".pte":
+        return None
+    from ..device.inspect_artifact import pte_delegation
+
+    try:
+        return pte_delegation(artifact).to_dict()
+    except EdgepipeError:  # no ExecuTorch package on this host: what convert / init wrote
+        return (manifest.extra.get("delegation")
+                or manifest.extra.get("graph", {}).get("delegation"))
 
 
 def replicability(medians: list[float], within_pct: float = REPLICABLE_PCT) -> dict[str, Any]:
@@ -140,6 +157,7 @@ def profile(client: AgentClient, artifact: Path, *, threads: int = 1, warmup: in
                   "flags": j["result"].get("device_state", {}).get("flags", [])}
                  for j in jobs],
         replicability=replicability(medians) if repeat > 1 and known else None)
+    out.delegation = artifact_delegation(artifact, manifest)
     if manifest.precision == "fp16":
         from ..device.identity import fp16_support
 

@@ -31,6 +31,9 @@ from ..manifest import write_secret
 from .client import AgentClient
 
 DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# the device name of an agent started on this machine for the duration of one command
+# (`profile`, `run`, `lut`, `evaluate`, `device info`: every command that takes --device)
+LOCAL = "this-machine"
 
 
 def config_home() -> Path:
@@ -74,6 +77,9 @@ def save_devices(devices: dict[str, Device]) -> None:
 def add_device(device: Device) -> None:
     if not DEVICE_NAME.match(device.name):
         raise EdgepipeError(f"invalid device name '{device.name}': letters, digits, . _ -")
+    if device.name == LOCAL:
+        raise EdgepipeError(f"'{LOCAL}' names the agent edgepipe starts on this machine for "
+                            "a command (--device this-machine): give the device another name")
     if device.kind == "url" and not device.target.startswith(("http://", "https://")):
         raise EdgepipeError(f"--url must start with http:// or https://, got {device.target}")
     if device.runners:
@@ -115,7 +121,8 @@ def get_device(name: str, devices: dict[str, Device] | None = None) -> Device:
     devices = load_devices() if devices is None else devices
     if name not in devices:
         known = ", ".join(devices) or "none yet"
-        raise EdgepipeError(f"no device named '{name}' (known: {known}): add it with "
+        raise EdgepipeError(f"no device named '{name}' (known: {known}; and {LOCAL}, an "
+                            f"agent started here for the command): add it with "
                             f"`edgepipe device add {name} --url URL --token T`")
     return devices[name]
 

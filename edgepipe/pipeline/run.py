@@ -117,7 +117,8 @@ def run_pipeline(config: PipelineConfig, out: Path,
     """Run everything; ``progress(title)`` makes the progress display of each phase."""
     model = config.model
     for name in config.devices:  # a typo must fail now, not after minutes of converting
-        get_device(name)
+        if name != LOCAL:
+            get_device(name)
     request = ConvertRequest(
         model=model.name, out=out / "artifacts", formats=model.formats, int8=model.int8,
         fp16=model.fp16,
