@@ -1,0 +1,278 @@
+"""The device lab, measured: does ``edgepipe diff`` tell noise from a real slowdown, how fast
+``edgepipe history`` answers, and how much a second identical device speeds a table up.
+
+    python benchmarks/lab.py [--parts diff,history,collect] [--trials 40] [--sittings 3]
+                             [--out out/bench-lab]
+
+One run, the CPU printed first (edgepipe.device.identity.machine_line):
+
+* ``diff``: MobileNetV3-Small ×0.5 at 96 px (A) and a slightly wider one, ×0.55 (B: its last
+  stages 56 channels instead of 48, a real slowdown of a few per cent; its true size is
+  measured here as the ratio of all trials' pooled sitting medians), converted once to
+  ExecuTorch fp32. Each of ``--trials`` trials
+  measures A, A again and B on an agent started here, in a random order, each ``--sittings``
+  sittings (the device's reference sentinels before each sitting, as ``edgepipe run`` with
+  repeat ≥ 2 does), stores them in a fresh SQLite store and asks the store's ``diff``: A vs A
+  must say "no difference" in ≥ 95 % of trials, A vs B "slower" in ≥ 90 %. The same data is
+  also judged without the drift correction (``--no-drift``), to show what it buys.
+* ``history``: 1,000 results (3 sittings of 50 runs each, a 120-op per-op table: the size a
+  real one has) written to a fresh SQLite store; ``edgepipe history`` timed in-process (the
+  query and the HTML page) and as the command (with Python's start and imports).
+* ``collect``: the tiny space's ExecuTorch table collected on one local agent, then on two
+  (each pinned to its own core: --affinity of the jobs), programs converted beforehand (both
+  reuse them); the measuring time of each, and each table scored on 12 networks of the
+  space measured whole (pooled over two sittings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepipe.device.identity import machine_line
+
+
+def log(line: str) -> None:
+    print(line, flush=True)
+
+
+# --- diff ------------------------------------------------------------------------------------
+def bench_diff(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    from edgepipe.converters.convert import ConvertRequest, convert
+    from edgepipe.host.client import AgentClient
+    from edgepipe.host.local import start_agent, stop_agent
+    from edgepipe.host.profiling import profile
+    from edgepipe.lab.diff import run_diff, select
+    from edgepipe.lab.reference import Reference
+    from edgepipe.lab.store import add_results, open_store
+
+    home = out / "home"
+    os.environ["EDGEPIPE_HOME"] = str(home)
+    arts = {}
+    for name, width in (("A", 0.5), ("B", 0.55)):
+        folder = out / f"convert-{name}"
+        if not (folder / "done").is_file():
+            convert(ConvertRequest(model="mobilenet_v3_small", width_mult=width, size=96,
+                                   out=folder, formats=["executorch"], int8=False))
+            (folder / "done").write_text("")
+        arts[name] = next(folder.glob("*.pte"))
+    token = secrets.token_urlsafe(12)
+    url, proc = start_agent(out / "agent", token)
+    store = open_store(f"sqlite:///{out / 'diff.db'}")
+    rng = random.Random(0)
+    verdicts: list[dict[str, Any]] = []
+    try:
+        client = AgentClient(url, token)
+        info = client.info()
+        reference = Reference(client, info, home)
+        for trial in range(args.trials):
+            began = time.perf_counter()
+            order = ["A", "A2", "B"]
+            rng.shuffle(order)
+            ids = {}
+            for which in order:
+                path = arts["B" if which == "B" else "A"]
+                result = profile(client, path, warmup=10, runs=50, per_op=False, raw=True,
+                                 repeat=args.sittings, device_info=info,
+                                 before_sitting=lambda _i: reference.measure())
+                done = add_results(store, "run", [{"name": "this-machine", "info": info,
+                                                   "results": [{**asdict(result),
+                                                                "created": time.time()}]}],
+                                   {path.name: path})
+                ids[which] = done.result_ids[0]
+            row: dict[str, Any] = {"trial": trial, "order": order}
+            for label, b in (("same", "A2"), ("slower", "B")):
+                for drift in (True, False):
+                    a_side = select(store, f"#{ids['A']}", {})
+                    b_side = select(store, f"#{ids[b]}", {})
+                    c = run_diff(store, a_side, b_side, force=False,
+                                 correct_drift=drift)[0].comparison
+                    row[f"{label}{'' if drift else '_nodrift'}"] = c.to_dict()
+            verdicts.append(row)
+            same, slow = row["same"], row["slower"]
+            log(f"trial {trial + 1}/{args.trials} ({time.perf_counter() - began:.0f} s): "
+                f"A vs A {same['verdict']}; A vs B {slow['verdict']}")
+            (out / "diff.json").write_text(json.dumps(verdicts, indent=1))
+    finally:
+        stop_agent(proc)
+    # the true slowdown: every trial's pooled sitting medians of B over A
+    from edgepipe.lab.store import query_results, sittings_of
+
+    rows = query_results(store)
+    sit = sittings_of(store, [r.id for r in rows])
+    from edgepipe.manifest import file_sha256
+
+    med: dict[str, list[float]] = {"A": [], "B": []}
+    b_sha = file_sha256(arts["B"])
+    for r in rows:
+        med["B" if r.sha256 == b_sha else "A"] += [s["median_ms"] for s in sit[r.id]]
+    true_ratio = float(np.median(med["B"]) / np.median(med["A"]))
+    summary = {"trials": len(verdicts), "sittings": args.sittings, "true_ratio": true_ratio}
+    for key in ("same", "same_nodrift", "slower", "slower_nodrift"):
+        cs = [v[key] for v in verdicts]
+        summary[key] = {
+            "no_difference": float(np.mean([not c["significant"] for c in cs])),
+            "slower": float(np.mean([c["low"] > 1 for c in cs])),
+            "median_halfwidth_pct": float(np.median([(c["high"] - c["low"]) / 2 * 100
+                                                     for c in cs]))}
+    log(f"true slowdown of B (pooled medians): {(true_ratio - 1) * 100:+.1f} %")
+    for key, goal in (("same", "no difference ≥ 95 %"), ("slower", "slower ≥ 90 %")):
+        for suffix, words in (("", "drift divided out"), ("_nodrift", "no drift correction")):
+            s = summary[key + suffix]
+            log(f"A vs {'A' if key == 'same' else 'B'} ({words}): no difference "
+                f"{s['no_difference']:.1%}, slower {s['slower']:.1%}, median interval "
+                f"±{s['median_halfwidth_pct']:.1f} % (goal: {goal})")
+    return summary
+
+
+# --- history ---------------------------------------------------------------------------------
+def bench_history(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    from edgepipe.lab.history import write_history_html
+    from edgepipe.lab.store import add_results, open_store, query_results
+
+    db = out / "history.db"
+    db.unlink(missing_ok=True)
+    store = open_store(f"sqlite:///{db}")
+    rng = np.random.default_rng(0)
+    info = {"hostname": "bench", "fingerprint": "f" * 16, "identity_words": "bench device",
+            "runtimes": {"executorch": "1.5.1"}}
+    ops = [{"name": f"op{i}", "type": "conv", "delegated": True, "median_ms": 0.01,
+            "p90_ms": 0.012, "share": 0.008, "module": f"features.{i % 12}",
+            "block": f"features.{i % 12}"} for i in range(120)]
+    began = time.perf_counter()
+    for batch in range(10):  # ten runs of 100 results, three devices
+        entries = []
+        for d in range(3):
+            results = []
+            for k in range(100 // 3 + (d < 100 % 3)):
+                raw = [list(np.round(1.0 + 0.05 * rng.standard_normal(50), 4))
+                       for _ in range(3)]
+                results.append({
+                    "artifact": f"m{k % 4}.pte", "format": "executorch", "precision": "fp32",
+                    "model": f"model{k % 4}", "job_id": f"{batch}-{d}-{k}", "runtime":
+                    "executorch", "threads": 1, "created": time.time() - 86400 * (10 - batch),
+                    "latency": {"median_ms": float(np.median(raw[0])), "p90_ms": 1.1,
+                                "min_ms": 0.9, "count": 50},
+                    "memory": {"peak_rss_mb": 40}, "load_ms": 5.0, "per_op": ops,
+                    "flags": [], "repeats": [{"job_id": f"{batch}-{d}-{k}-{s}",
+                                              "latency": {"median_ms": float(np.median(r)),
+                                                          "raw_ms": r}, "flags": []}
+                                             for s, r in enumerate(raw)]})
+            entries.append({"name": f"dev{d}", "info": {**info, "hostname": f"dev{d}"},
+                            "results": results})
+        add_results(store, "run", entries, {})
+    write_s = time.perf_counter() - began
+    began = time.perf_counter()
+    rows = query_results(store)
+    query_s = time.perf_counter() - began
+    write_history_html(rows, out / "history.html", "bench", {})
+    page_s = time.perf_counter() - began
+    store.close()
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "edgepipe.cli", "history", "--db",
+                           f"sqlite:///{db}", "--html", str(out / "history-cli.html")],
+                          capture_output=True, text=True)
+    cli_s = time.perf_counter() - began
+    assert done.returncode == 0, done.stderr
+    import_s = subprocess.run([sys.executable, "-X", "importtime", "-c",
+                               "import edgepipe.cli"], capture_output=True, text=True)
+    said = done.stdout.strip().splitlines()[-1]
+    log(f"history: {len(rows)} results written in {write_s:.1f} s; query {query_s * 1000:.0f} "
+        f"ms, query + HTML page {page_s * 1000:.0f} ms in-process; the command "
+        f"{cli_s:.2f} s wall ({said})")
+    del import_s
+    return {"results": len(rows), "write_s": write_s, "query_s": query_s, "page_s": page_s,
+            "command_s": cli_s}
+
+
+# --- collect on two devices ------------------------------------------------------------------
+def bench_collect(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    home = out / "collect-home"
+    env = {**os.environ, "EDGEPIPE_HOME": str(home)}
+    tokens = [secrets.token_urlsafe(12) for _ in range(2)]
+    from edgepipe.host.local import start_agent, stop_agent
+
+    agents = []
+    try:
+        for i, token in enumerate(tokens):
+            url, proc = start_agent(out / f"agent{i}", token,
+                                    prelude=f"import os; os.sched_setaffinity(0, {{{i}}})")
+            agents.append(proc)
+            subprocess.run([sys.executable, "-m", "edgepipe.cli", "device", "add", f"dev{i}",
+                            "--url", url, "--token", token], env=env, check=True,
+                           capture_output=True)
+        figures = {}
+        for label, devices in (("warm-up (conversion)", "dev0"), ("one device", "dev0"),
+                               ("two devices", "dev0,dev1")):
+            table = out / f"table-{label.split()[0]}.json"
+            table.unlink(missing_ok=True)
+            began = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "edgepipe.cli", "lut", "collect",
+                                   "--space", "tiny", "--device", devices, "--calibration",
+                                   "5", "--out", str(table)], env=env, capture_output=True,
+                                  text=True)
+            wall = time.perf_counter() - began
+            if done.returncode != 0:
+                raise SystemExit(f"collect on {devices} failed: {done.stderr[-2000:]}")
+            t = json.loads(table.read_text())
+            figures[label] = {"wall_s": wall, **t["method"]["collection_s"]}
+            log(f"collect on {devices} ({label}): measured in "
+                f"{t['method']['collection_s']['measure']:.0f} s, "
+                f"{t['method']['collection_s']['total']:.0f} s in all")
+        one, two = figures["one device"], figures["two devices"]
+        ratio = two["measure"] / one["measure"]
+        log(f"two devices / one: measuring ×{ratio:.2f} (goal ≤ 0.6), in all "
+            f"×{two['total'] / one['total']:.2f}")
+        scores = {}
+        for label in ("one", "two"):
+            table = out / f"table-{label}.json"
+            ev = out / f"eval-{label}"
+            done = subprocess.run([sys.executable, "-m", "edgepipe.cli", "lut", "evaluate",
+                                   "--table", str(table), "--device", "dev0", "--count", "12",
+                                   "--naive", "0", "--out", str(ev)], env=env,
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"evaluate failed: {done.stderr[-2000:]}")
+            report = json.loads((ev / "evaluation.json").read_text())
+            scores[label] = report["prediction"]
+            p = report["prediction"]
+            log(f"table from {label} device(s): median within ±5 % {p['within_5pct']:.0%}, "
+                f"±10 % {p['within_10pct']:.0%}, RMSE {p['rmse_pct']:.1f} % (12 networks)")
+        return {"figures": figures, "ratio": ratio, "scores": scores}
+    finally:
+        for proc in agents:
+            stop_agent(proc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", default="history,diff,collect")
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--sittings", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("out/bench-lab"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    log(f"CPU: {machine_line()}")
+    summary = {"cpu": machine_line()}
+    for part in args.parts.split(","):
+        summary[part] = {"diff": bench_diff, "history": bench_history,
+                         "collect": bench_collect}[part](args, args.out)
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    log(f"wrote {args.out / 'summary.json'}")
+
+
+if __name__ == "__main__":
+    tempfile.tempdir = None
+    main()
