@@ -65,7 +65,7 @@ def collected(tmp_path_factory):
     home = tmp_path_factory.mktemp("lut") / "home"
     table_file = home / "t.json"
     first = _collect(home, "--batch", "6")
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 1800  # converting every program first: minutes when loaded
     while time.monotonic() < deadline and first.poll() is None:
         if table_file.is_file() and len(json.loads(table_file.read_text())["units"]) >= 6:
             break

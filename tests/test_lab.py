@@ -242,7 +242,7 @@ def test_profile_stores_and_diff_compares(small_conversion, collected, tmp_path)
     try:
         for path in (fp32, fp32, int8):
             done = run_cli("profile", str(path), "--device", "lab", "--repeat", "3", "--runs",
-                           "20", env=env)
+                           "20", "--reference", env=env)
             assert done.returncode == 0, done.stderr
             assert re.search(r"stored as result #\d+ in sqlite:///", done.stdout)
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -265,7 +265,8 @@ def test_profile_stores_and_diff_compares(small_conversion, collected, tmp_path)
     said = " ".join(same.stdout.split())
     assert re.search(r"B is (no difference beyond the noise of this device|slower by|faster by)",
                      said), said
-    assert "from 3 + 3 sittings (Welch)" in said and "divided out (reference sentinels)" in said
+    assert re.search(r"from [23] \+ [23] sittings", said)
+    assert "divided out (reference sentinels)" in said
     c = json.loads((tmp_path / "d.json").read_text())[0]["comparison"]
     assert c["drift_corrected"] and c["low"] < c["ratio"] < c["high"]
     assert c["high"] / c["low"] < 1.5  # an interval that says something

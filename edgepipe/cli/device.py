@@ -263,9 +263,11 @@ def _add_deploy_profile(sub: argparse._SubParsersAction) -> None:
                         "Mobile's floor is 60; default 0)")
     p.add_argument("--repeat", type=int, default=1,
                    help="measure this many times, each in a job of its own, and say whether "
-                        "the medians agree within 5 %% (MLPerf Mobile's rule; default 1); "
-                        "from 2 on, the device's reference sentinels are measured before each "
-                        "(what `edgepipe diff` divides out)")
+                        "the medians agree within 5 %% (MLPerf Mobile's rule; default 1)")
+    p.add_argument("--reference", action="store_true",
+                   help="measure the device's reference sentinels before each repeat (what "
+                        "`edgepipe diff` divides out as the device's drift; converted once "
+                        "on this host)")
     p.add_argument("--cooldown", type=float, default=0.0, metavar="SECONDS",
                    help="pause between repeats (default 0)")
     p.add_argument("--raw", type=Path, metavar="FILE.json",
@@ -328,7 +330,7 @@ def _run_profile(args: argparse.Namespace) -> int:
             JobProgress(f"{args.artifact.name} on {args.device}") as progress:
         info = client.info()
         before = None
-        if args.repeat >= 2:  # sittings to compare: the device's speed before each
+        if args.reference:  # sittings to compare: the device's speed before each
             from ..host.registry import config_home
             from ..lab.reference import Reference
 

@@ -41,7 +41,7 @@ def _add_history(sub: argparse._SubParsersAction) -> None:
                                             "the results database")
     imp.add_argument("folders", nargs="+", type=Path,
                      help="run folders, or folders of run folders")
-    imp.add_argument("--db", help=DB_HELP)
+    imp.add_argument("--db", help=DB_HELP, default=argparse.SUPPRESS)
     imp.set_defaults(func=_run_history_import)
 
 
@@ -51,10 +51,13 @@ def _add_diff(sub: argparse._SubParsersAction) -> None:
                      "verdict, per-op",
         description="Compare two stored selections on the same device: two runs (run:ID or a "
                     "run folder), two artifacts (a file or sha256:PREFIX), two runtime "
-                    "versions (executorch==1.5.0 executorch==1.5.1), or two results (#ID). "
+                    "versions (executorch==1.5.0 executorch==1.5.1), or two results (their "
+                    "numbers in `edgepipe history`). "
                     "The interval comes from the sittings of each side (a mixed model on log "
-                    "run times: the sittings' log medians, Welch's t), each sitting's median "
-                    "first divided by how fast the device ran its reference sentinels then. "
+                    "run times: the sittings' log medians, Student's t with the sitting "
+                    "variance pooled), each sitting's median first divided by how fast the "
+                    "device ran its reference sentinels then; a sitting over 5 %% above its "
+                    "side's fastest is left out as disturbed. "
                     "Results measured while the device state was flagged are refused.")
     p.add_argument("a", help="the baseline")
     p.add_argument("b", help="what is compared with it")

@@ -58,11 +58,14 @@ class Reference:
         if self.runtime is None:
             return None
         self._convert()
-        job = MeasureSettings().sitting_job(self.threads)
+        # one pass of at least 20 runs or half a second each: a few seconds beside a sitting
+        # (the drift it tracks moves over minutes; a table's check takes longer, once)
+        job = {**MeasureSettings().sitting_job(self.threads), "min_runs": 20,
+               "max_seconds": 0.5}
         rows = measure_definitions(self.definitions, self.runtime, "fp32", job, self.client,
                                    self.workdir, self.jobs, self.progress, self.affinity,
                                    "measure without references (reference = false)",
-                                   "reference sentinels")
+                                   "reference sentinels", passes=1)
         # medians, as the measurement's own sittings are summarised (a sustained time would
         # count the waits between runs a shared core adds, which a short run's median skips)
         return {"time": time.time(), "runtime": self.runtime, "threads": self.threads,

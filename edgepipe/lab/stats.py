@@ -9,10 +9,12 @@ is the two-level one of Kalibera and Jones ("Rigorous benchmarking in reasonable
 
 with a random effect ``b`` per sitting. Each sitting is summarised by the log of its median
 run time (robust to a run's outliers); the difference of the two sides' mean log medians
-estimates log(B/A), and its interval is Welch's t on those sitting-level values, with
-Satterthwaite's degrees of freedom. For a random-intercept mixed model this summary-statistics
-route is its REML estimate for balanced sittings (and nearly so otherwise), and the run-level
-noise is in it through each sitting's median.
+estimates log(B/A), and its interval is Student's t on those sitting-level values with the
+variance pooled over both sides: the model has one sitting variance for the device (the same
+device, the same protocol on both sides), and Welch's separate variances collapse to one
+degree of freedom when one side's few sittings happen to agree. For a random-intercept mixed
+model this summary-statistics route is its REML estimate for balanced sittings (and nearly so
+otherwise), and the run-level noise is in it through each sitting's median.
 
 Why not a bootstrap over sittings and runs: with the three to five sittings one affords per
 result, resampling sittings has 10 to 126 distinct outcomes, and its percentile interval is
@@ -21,7 +23,13 @@ sittings honestly (×2.78 for 2 + 2 … ×2.45 for 3 + 3, against 1.96).
 
 Drift: where every sitting carries a reference (:mod:`.reference`), each sitting's log
 median is first reduced by how much slower the device ran the sentinels in that sitting than
-on average over both sides (the median over sentinels of their centred log times). A side of
+on average over both sides (the median over sentinels of their centred log times).
+
+Disturbed sittings: a disturbance only ever adds time (the rule the latency tables' sentinels
+keep the faster pass by). On a loaded shared host one sitting in three ran 20-50 % slow, its
+fastest runs too (the whole sitting fell in a neighbour's burst), and one such sitting makes
+any interval useless. So a sitting more than ``disturbed_pct`` (5 %, the tables' limit) above
+the fastest sitting of its side is left out, as long as two sittings remain (said). A side of
 one sitting borrows the other side's sitting noise; two sides of one sitting each have only
 their runs, and say so.
 """
@@ -35,6 +43,7 @@ from typing import Any
 import numpy as np
 
 LEVEL = 0.95
+DISTURBED_PCT = 5.0
 
 
 def sitting_median(s: dict[str, Any]) -> float:
@@ -77,6 +86,7 @@ class Comparison:
     drift_pct: list[float] = field(default_factory=list)  # per sitting, A's then B's
     basis: str = ""  # what the interval covers, in words
     significant: bool = False
+    left_out: tuple[int, int] = (0, 0)  # disturbed sittings left out of each side
 
     @property
     def change_pct(self) -> float:
@@ -97,11 +107,21 @@ class Comparison:
                 "sittings": list(self.sittings), "df": self.df,
                 "drift_corrected": self.drift_corrected, "drift_pct": self.drift_pct,
                 "basis": self.basis, "significant": self.significant,
-                "verdict": self.verdict()}
+                "left_out": list(self.left_out), "verdict": self.verdict()}
+
+
+def undisturbed(logs: np.ndarray, limit_pct: float = DISTURBED_PCT) -> np.ndarray:
+    """Which sittings count: those within ``limit_pct`` of the side's fastest, at least two
+    (the two fastest when fewer are that close)."""
+    keep = logs - logs.min() <= math.log1p(limit_pct / 100)
+    if keep.sum() < min(2, logs.size):
+        keep = np.zeros(logs.size, bool)
+        keep[np.argsort(logs)[:2]] = True
+    return keep
 
 
 def compare(a: list[dict[str, Any]], b: list[dict[str, Any]], correct_drift: bool = True,
-            level: float = LEVEL) -> Comparison:
+            level: float = LEVEL, disturbed_pct: float | None = DISTURBED_PCT) -> Comparison:
     """B against A from their sittings (``raw_ms`` or ``median_ms``, optional ``reference``):
     see the module doc. Raises ValueError when a side has no sitting."""
     from scipy import stats
@@ -113,13 +133,18 @@ def compare(a: list[dict[str, Any]], b: list[dict[str, Any]], correct_drift: boo
     offsets = drift_offsets(a + b) if correct_drift else None
     if offsets is not None:
         ya, yb = ya - offsets[:len(a)], yb - offsets[len(a):]
+    left_out = (0, 0)
+    if disturbed_pct is not None:
+        ka, kb = undisturbed(ya, disturbed_pct), undisturbed(yb, disturbed_pct)
+        left_out = (int((~ka).sum()), int((~kb).sum()))
+        ya, yb = ya[ka], yb[kb]
     na, nb = len(ya), len(yb)
     estimate = float(yb.mean() - ya.mean())
-    if na >= 2 and nb >= 2:
-        va, vb = ya.var(ddof=1) / na, yb.var(ddof=1) / nb
-        se = math.sqrt(va + vb)
-        df = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1)) if se > 0 else na + nb - 2
-        basis = f"{na} + {nb} sittings (Welch)"
+    if na >= 2 and nb >= 2:  # one sitting variance for the device: pooled (Student's t)
+        pooled = (((ya - ya.mean()) ** 2).sum() + ((yb - yb.mean()) ** 2).sum()) / (na + nb - 2)
+        se = math.sqrt(pooled * (1 / na + 1 / nb))
+        df = na + nb - 2
+        basis = f"{na} + {nb} sittings"
     elif na + nb >= 3:
         many = ya if na >= 2 else yb
         pooled = many.var(ddof=1)
@@ -137,5 +162,8 @@ def compare(a: list[dict[str, Any]], b: list[dict[str, Any]], correct_drift: boo
         stats.norm.ppf(0.5 + level / 2)
     low, high = math.exp(estimate - t * se), math.exp(estimate + t * se)
     drift = [] if offsets is None else [float((math.exp(o) - 1) * 100) for o in offsets]
+    if any(left_out):
+        basis += (f"; disturbed sittings left out (over {disturbed_pct:g} % above their "
+                  f"side's fastest): {left_out[0]} of A's, {left_out[1]} of B's")
     return Comparison(math.exp(estimate), low, high, level, (na, nb), float(df),
-                      offsets is not None, drift, basis, low > 1 or high < 1)
+                      offsets is not None, drift, basis, low > 1 or high < 1, left_out)

@@ -93,11 +93,11 @@ def measure_definitions(definitions: list[dict[str, Any]], runtime: str, precisi
                         jobs: int = 2, progress: Progress | None = None,
                         affinity: list[int] | None = None,
                         consequence: str = "the device's speed is not known",
-                        what: str = "sentinels") -> list[dict[str, Any]]:
+                        what: str = "sentinels", passes: int = 2) -> list[dict[str, Any]]:
     """Sentinels of :func:`sentinel_definitions` measured on the device with the agent job
     settings ``job``, without a table (the lab's reference beside each sitting uses this):
-    converted once into ``workdir/<runtime>-<precision>`` (cached), each measured twice in
-    one job, the faster pass kept (a disturbance only ever adds time). Raises one line,
+    converted once into ``workdir/<runtime>-<precision>`` (cached), each measured ``passes``
+    times in one job, the fastest pass kept (a disturbance only ever adds time). Raises one line,
     ending with ``consequence``, when one cannot be converted or run."""
     progress = progress or Progress()
     folder = workdir / f"{runtime}-{precision}"
@@ -115,19 +115,20 @@ def measure_definitions(definitions: list[dict[str, Any]], runtime: str, precisi
         job["affinity"] = affinity
     progress.phase("measuring sentinels", 1)
     try:
-        measured = measure_items(client, items + items, job)
+        measured = measure_items(client, items * passes, job)
     except EdgepipeError as exc:
         raise EdgepipeError(f"the {what} cannot run on this device ({exc}): "
                             f"{consequence}") from None
     progress.advance()
     rows = []
     n = len(definitions)
-    for d, first, second in zip(definitions, measured[:n], measured[n:], strict=True):
-        best = min(first, second, key=_time)
+    for i, d in enumerate(definitions):
+        each = measured[i::n]
+        best = min(each, key=_time)
         rows.append({**d, **{k: best.get(k) for k in ("median_ms", "sustained_ms", "p90_ms",
                                                       "p99_ms", "cpu_share", "ci95_pct",
                                                       "count")},
-                     "passes_ms": [_time(first), _time(second)]})
+                     "passes_ms": [_time(m) for m in each]})
     return rows
 
 
