@@ -6,11 +6,11 @@
 
 One run, the CPU printed first (edgepipe.device.identity.machine_line):
 
-* ``diff``: MobileNetV3-Small ×0.5 at 92 px (A) and at 96 px (B: its first stages 9 % more
-  pixels, the later ones the same size, a real slowdown of about 5 %; its true size is
-  measured here as the median of all B's sitting medians over A's), converted once to
-  ExecuTorch fp32. (Wider models were tried first: ×0.53 was +2.4 %, ×0.55 +11 %: channel
-  counts round to multiples of 8.) Each of ``--trials`` trials
+* ``diff``: MobileNetV3-Small ×0.54 (A) and a slightly wider one, ×0.55 (B: 6.8 % more
+  multiply-adds; its true slowdown is measured here as the median of all B's sitting medians
+  over A's), at 96 px, converted once to ExecuTorch fp32. (Tried first against ×0.5: ×0.53
+  was +2.4 %, ×0.55 +11 %, and 96 px against 92 px +1.5 %: channel counts round to
+  multiples of 8, and the later stages keep their size.) Each of ``--trials`` trials
   measures A, A again and B on an agent started here, in a random order, each ``--sittings``
   sittings (the device's reference sentinels before each sitting, as ``edgepipe run`` with
   repeat ≥ 2 does), stores them in a fresh SQLite store and asks the store's ``diff``: A vs A
@@ -20,9 +20,9 @@ One run, the CPU printed first (edgepipe.device.identity.machine_line):
   real one has) written to a fresh SQLite store; ``edgepipe history`` timed in-process (the
   query and the HTML page) and as the command (with Python's start and imports).
 * ``collect``: the tiny space's ExecuTorch table collected on one local agent, then on two
-  (each pinned to its own core: --affinity of the jobs), programs converted beforehand (both
-  reuse them); the measuring time of each, and each table scored on 12 networks of the
-  space measured whole (pooled over two sittings).
+  (each agent and its workers pinned to its own core), programs converted beforehand (both
+  reuse them); the measuring time of each, each table's network model scored on its
+  left-out networks (10: 5 networks at both sizes), and the two tables' units compared.
 """
 
 from __future__ import annotations
@@ -62,10 +62,10 @@ def bench_diff(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     home = out / "home"
     os.environ["EDGEPIPE_HOME"] = str(home)
     arts = {}
-    for name, size in (("A", 92), ("B", 96)):
-        folder = out / f"convert-{name}-{size}"
+    for name, width in (("A", 0.54), ("B", 0.55)):
+        folder = out / f"convert-{name}-{width}"
         if not (folder / "done").is_file():
-            convert(ConvertRequest(model="mobilenet_v3_small", width_mult=0.5, size=size,
+            convert(ConvertRequest(model="mobilenet_v3_small", width_mult=width, size=96,
                                    out=folder, formats=["executorch"], int8=False))
             (folder / "done").write_text("")
         arts[name] = next(folder.glob("*.pte"))
@@ -224,12 +224,24 @@ def bench_history(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 # --- collect on two devices ------------------------------------------------------------------
 def bench_collect(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """One device, then two, the same tiny table; programs converted before (copied from
+    --programs-from, else by a first collection that is not timed)."""
+    import shutil
+
+    from edgepipe.host.local import start_agent, stop_agent
+    from edgepipe.latency_tables.model import error_summary
+    from edgepipe.latency_tables.table import LatencyTable
+
     home = out / "collect-home"
     env = {**os.environ, "EDGEPIPE_HOME": str(home)}
+    if args.programs_from and not (home / "lut-work").is_dir():
+        shutil.copytree(args.programs_from / "lut-work", home / "lut-work",
+                        ignore=shutil.ignore_patterns("agent"))
     tokens = [secrets.token_urlsafe(12) for _ in range(2)]
-    from edgepipe.host.local import start_agent, stop_agent
-
     agents = []
+    runs = [("one device", "dev0"), ("two devices", "dev0,dev1")]
+    if not args.programs_from:
+        runs.insert(0, ("warm-up (conversion)", "dev0"))
     try:
         for i, token in enumerate(tokens):
             url, proc = start_agent(out / f"agent{i}", token,
@@ -238,9 +250,8 @@ def bench_collect(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             subprocess.run([sys.executable, "-m", "edgepipe.cli", "device", "add", f"dev{i}",
                             "--url", url, "--token", token], env=env, check=True,
                            capture_output=True)
-        figures = {}
-        for label, devices in (("warm-up (conversion)", "dev0"), ("one device", "dev0"),
-                               ("two devices", "dev0,dev1")):
+        figures: dict[str, Any] = {}
+        for label, devices in runs:
             table = out / f"table-{label.split()[0]}.json"
             table.unlink(missing_ok=True)
             began = time.perf_counter()
@@ -251,31 +262,30 @@ def bench_collect(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             wall = time.perf_counter() - began
             if done.returncode != 0:
                 raise SystemExit(f"collect on {devices} failed: {done.stderr[-2000:]}")
-            t = json.loads(table.read_text())
-            figures[label] = {"wall_s": wall, **t["method"]["collection_s"]}
+            t = LatencyTable.load(table)
+            model = t.network_model
+            measured = [n["median_ms"] for n in model.networks]
+            loo = error_summary(model.median.loo_errors, measured)
+            figures[label] = {"wall_s": wall, **t.method["collection_s"],
+                              "loo_within_10": loo["within_10pct"],
+                              "loo_within_5": loo["within_5pct"], "loo_rmse": loo["rmse_pct"],
+                              "units_per_device": t.method.get("units_per_device"),
+                              "scales": t.method.get("device_scales")}
             log(f"collect on {devices} ({label}): measured in "
-                f"{t['method']['collection_s']['measure']:.0f} s, "
-                f"{t['method']['collection_s']['total']:.0f} s in all")
+                f"{t.method['collection_s']['measure']:.0f} s, "
+                f"{t.method['collection_s']['total']:.0f} s in all; left-out networks within "
+                f"±5 % {loo['within_5pct']:.0%}, ±10 % {loo['within_10pct']:.0%}, RMSE "
+                f"{loo['rmse_pct']:.1f} %")
         one, two = figures["one device"], figures["two devices"]
         ratio = two["measure"] / one["measure"]
+        a = LatencyTable.load(out / "table-one.json")
+        b = LatencyTable.load(out / "table-two.json")
+        rel = np.array([b.units[k]["median_ms"] / a.units[k]["median_ms"] for k in a.units])
         log(f"two devices / one: measuring ×{ratio:.2f} (goal ≤ 0.6), in all "
-            f"×{two['total'] / one['total']:.2f}")
-        scores = {}
-        for label in ("one", "two"):
-            table = out / f"table-{label}.json"
-            ev = out / f"eval-{label}"
-            done = subprocess.run([sys.executable, "-m", "edgepipe.cli", "lut", "evaluate",
-                                   "--table", str(table), "--device", "dev0", "--count", "12",
-                                   "--naive", "0", "--out", str(ev)], env=env,
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                raise SystemExit(f"evaluate failed: {done.stderr[-2000:]}")
-            report = json.loads((ev / "evaluation.json").read_text())
-            scores[label] = report["prediction"]
-            p = report["prediction"]
-            log(f"table from {label} device(s): median within ±5 % {p['within_5pct']:.0%}, "
-                f"±10 % {p['within_10pct']:.0%}, RMSE {p['rmse_pct']:.1f} % (12 networks)")
-        return {"figures": figures, "ratio": ratio, "scores": scores}
+            f"×{two['total'] / one['total']:.2f}; units of the two tables: median ratio "
+            f"{np.median(rel):.3f}, within ±10 % {np.mean(np.abs(rel - 1) <= 0.1):.0%}")
+        return {"figures": figures, "ratio": ratio,
+                "unit_ratio_median": float(np.median(rel))}
     finally:
         for proc in agents:
             stop_agent(proc)
@@ -289,6 +299,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--sittings", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("out/bench-lab"))
+    parser.add_argument("--programs-from", type=Path,
+                        help="collect: an EDGEPIPE_HOME whose lut-work holds the tiny space's "
+                             "programs (else a first, untimed collection converts them)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     log(f"CPU: {machine_line()}")

@@ -53,11 +53,15 @@ def test_diff_statistics_tell_noise_a_slowdown_and_drift_apart():
     assert sum(c.low > 1 for c in slower) >= 18
     c = slower[0]
     assert re.fullmatch(r"slower by \d+\.\d % \(\d+\.\d–\d+\.\d %\)", c.verdict())
-    assert 1.0 < c.low < c.ratio < c.high and c.sittings == (3, 3) and c.drift_corrected
+    assert 1.0 < c.low < c.ratio < c.high and c.sittings == (3, 3)
+    assert not c.drift_corrected and "no drift between A's and B's sittings" in c.basis
     # the same network while the device ran 10 % slower (the references saw it): divided out
     a = _sittings(rng, 1.0)
     b = _sittings(rng, 1.0, drift=[1.1, 1.1, 1.1])
-    assert not compare(a, b).significant
+    moved = compare(a, b)
+    assert not moved.significant and moved.drift_corrected
+    assert "sentinels +9." in moved.basis and "divided out" in moved.basis
+    assert compare(a, _sittings(rng, 1.05, drift=[1.1, 1.1, 1.1])).low > 1  # and still seen
     raw = compare(a, b, correct_drift=False)
     assert raw.low > 1.05 and not raw.drift_corrected
     assert max(compare(a, b).drift_pct) > 4  # B's sittings: ~+5 % against the mean of six
@@ -266,9 +270,9 @@ def test_profile_stores_and_diff_compares(small_conversion, collected, tmp_path)
     assert re.search(r"B is (no difference beyond the noise of this device|slower by|faster by)",
                      said), said
     assert re.search(r"from [23] \+ [23] sittings", said)
-    assert "divided out (reference sentinels)" in said
+    assert "(reference sentinels)" in said and "A's and B's sittings" in said
     c = json.loads((tmp_path / "d.json").read_text())[0]["comparison"]
-    assert c["drift_corrected"] and c["low"] < c["ratio"] < c["high"]
+    assert len(c["drift_pct"]) == 6 and c["low"] < c["ratio"] < c["high"]
     assert c["high"] / c["low"] < 1.5  # an interval that says something
     refused = run_cli("diff", "#1", "#3", env=env)
     assert refused.returncode == 2
@@ -314,20 +318,23 @@ check_tables = false
             "EDGEPIPE_HOME": str(home)}, timeout=1500)
         assert done.returncode == 0, done.stderr[-3000:]
         run = json.loads((tmp_path / "run" / "run.json").read_text())
-        windows = {}
+        jobs = {}
         for entry in run["devices"]:
             url, token, _ = agents[entry["name"]]
             assert len(entry["results"]) == 1 and not entry["errors"]
-            windows[entry["name"]] = _job_windows(url, token,
-                                                  [entry["results"][0]["job_id"]])[0]
+            jobs[entry["name"]] = _job_windows(url, token, [entry["results"][0]["job_id"]])[0]
     finally:
         for _, _, proc in agents.values():
             stop_agent(proc)
     machines = {e["name"]: e["info"]["machine"] for e in run["devices"]}
     assert machines == {"a": "x86_64", "b": "x86_64", "arm": "aarch64"}
-    # measured at once: the emulated device's job began before the others' ended
-    arm = windows["arm"]
-    assert all(arm[0] < w[1] and w[0] < arm[1] for n, w in windows.items() if n != "arm")
+    # measured at once: every device's time with it (connect, upload, measure) overlaps the
+    # others' (one after another, the emulated device's minutes would follow theirs)
+    windows = {e["name"]: (e["began"], e["ended"]) for e in run["devices"]}
+    assert all(w[0] < v[1] and v[0] < w[1] for n, w in windows.items()
+               for m, v in windows.items() if n != m), windows
+    for name, (start, end) in jobs.items():  # and each job within its device's time
+        assert windows[name][0] <= start <= end <= windows[name][1]
     assert len(run["stored"]["result_ids"]) == 3
     report = (tmp_path / "run" / "report.html").read_text()
     assert "<h2>History</h2>" in report and report.count("<circle") >= 3

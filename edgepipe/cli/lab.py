@@ -55,9 +55,9 @@ def _add_diff(sub: argparse._SubParsersAction) -> None:
                     "numbers in `edgepipe history`). "
                     "The interval comes from the sittings of each side (a mixed model on log "
                     "run times: the sittings' log medians, Student's t with the sitting "
-                    "variance pooled), each sitting's median first divided by how fast the "
-                    "device ran its reference sentinels then; a sitting over 5 %% above its "
-                    "side's fastest is left out as disturbed. "
+                    "variance pooled; from 8 sittings the device's drift, measured by its "
+                    "reference sentinels before each sitting, a covariate); a sitting over "
+                    "5 %% above its side's fastest is left out as disturbed. "
                     "Results measured while the device state was flagged are refused.")
     p.add_argument("a", help="the baseline")
     p.add_argument("b", help="what is compared with it")
@@ -65,7 +65,7 @@ def _add_diff(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="compare results of different devices, runtimes or precisions")
     p.add_argument("--no-drift", action="store_true",
-                   help="do not divide out the device's drift between sittings")
+                   help="leave the device's drift between sittings out of the model")
     p.add_argument("--json", type=Path, help="also write the comparison as JSON")
     p.set_defaults(func=_run_diff)
 
@@ -165,10 +165,9 @@ def _run_diff(args: argparse.Namespace) -> int:
         color = "bold red" if c.low > 1 else "green" if c.high < 1 else "default"
         console.print(f"  B is [{color}]{c.verdict()}[/]")
         drift = (f"device drift between sittings {min(c.drift_pct):+.1f} to "
-                 f"{max(c.drift_pct):+.1f} %, divided out (reference sentinels)"
-                 if c.drift_corrected else "drift between sittings not divided out ("
-                 + ("--no-drift" if args.no_drift else
-                    "some sittings have no reference measurement") + ")")
+                 f"{max(c.drift_pct):+.1f} % (reference sentinels)" if c.drift_pct else
+                 "drift between sittings unknown (" + ("--no-drift" if args.no_drift else
+                                                      "sittings without reference") + ")")
         console.print(f"  from {c.basis}; {drift}")
         for m in pair.per_op[:10]:
             change = (f"{m['change_pct']:+.0f} %" if m["change_pct"] is not None

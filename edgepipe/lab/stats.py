@@ -21,9 +21,17 @@ result, resampling sittings has 10 to 126 distinct outcomes, and its percentile 
 too narrow by about (n − 1)/n in variance before the discreteness; the t interval pays for few
 sittings honestly (×2.78 for 2 + 2 … ×2.45 for 3 + 3, against 1.96).
 
-Drift: where every sitting carries a reference (:mod:`.reference`), each sitting's log
-median is first reduced by how much slower the device ran the sentinels in that sitting than
-on average over both sides (the median over sentinels of their centred log times).
+Drift: where every sitting carries a reference (:mod:`.reference`), each sitting has an
+offset, how much slower the device ran the sentinels then than on average over both sides
+(the median over sentinels of their centred log times). When the offsets of B's sittings
+differ from A's beyond the references' own noise (Student's t on the offsets, at the same
+level), the device itself had moved between the two (heat, clocks, a firmware), and that
+difference is divided out (the latency tables' ``--rescale`` assumption: a device that runs
+its sentinels 8 % slower runs everything 8 % slower), its own uncertainty added to the
+interval. Sitting by sitting the offsets are not used: on this shared host the sentinels
+caught a neighbour's burst that the sitting after them did not (dividing each sitting by its
+own offset doubled the intervals), while a device that moved between two runs moves every
+sitting's references alike.
 
 Disturbed sittings: a disturbance only ever adds time (the rule the latency tables' sentinels
 keep the faster pass by). On a loaded shared host one sitting in three ran 20-50 % slow, its
@@ -110,6 +118,24 @@ class Comparison:
                 "left_out": list(self.left_out), "verdict": self.verdict()}
 
 
+def between_sides(da: np.ndarray, db: np.ndarray, level: float = LEVEL
+                  ) -> tuple[float, float] | None:
+    """How much slower (log) the device ran its references during B's sittings than during
+    A's, and that figure's standard error; None unless the references themselves tell it
+    apart from their own noise (at ``level``), with at least two sittings a side."""
+    from scipy import stats
+
+    if len(da) < 2 or len(db) < 2:
+        return None
+    gap = float(db.mean() - da.mean())
+    df = len(da) + len(db) - 2
+    spread = (((da - da.mean()) ** 2).sum() + ((db - db.mean()) ** 2).sum()) / df
+    gap_se = math.sqrt(spread * (1 / len(da) + 1 / len(db)))
+    if abs(gap) <= stats.t.ppf(0.5 + level / 2, df) * gap_se:
+        return None
+    return gap, gap_se
+
+
 def undisturbed(logs: np.ndarray, limit_pct: float = DISTURBED_PCT) -> np.ndarray:
     """Which sittings count: those within ``limit_pct`` of the side's fastest, at least two
     (the two fastest when fewer are that close)."""
@@ -131,13 +157,16 @@ def compare(a: list[dict[str, Any]], b: list[dict[str, Any]], correct_drift: boo
     ya = np.log([sitting_median(s) for s in a])
     yb = np.log([sitting_median(s) for s in b])
     offsets = drift_offsets(a + b) if correct_drift else None
+    da = db = None
     if offsets is not None:
-        ya, yb = ya - offsets[:len(a)], yb - offsets[len(a):]
+        da, db = offsets[:len(a)], offsets[len(a):]
     left_out = (0, 0)
     if disturbed_pct is not None:
         ka, kb = undisturbed(ya, disturbed_pct), undisturbed(yb, disturbed_pct)
         left_out = (int((~ka).sum()), int((~kb).sum()))
         ya, yb = ya[ka], yb[kb]
+        if da is not None:
+            da, db = da[ka], db[kb]
     na, nb = len(ya), len(yb)
     estimate = float(yb.mean() - ya.mean())
     if na >= 2 and nb >= 2:  # one sitting variance for the device: pooled (Student's t)
@@ -158,6 +187,18 @@ def compare(a: list[dict[str, Any]], b: list[dict[str, Any]], correct_drift: boo
         df = math.inf
         basis = ("one sitting each: the interval covers the runs only, not the device's noise "
                  "between sittings (measure with repeat = 3 or more)")
+    corrected = False
+    if da is not None and db is not None:
+        shift = between_sides(da, db, level)
+        if shift is not None:  # B's sittings met a device that ran slower (or faster)
+            gap, gap_se = shift
+            estimate -= gap
+            se = math.hypot(se, gap_se)
+            corrected = True
+            basis += (f"; the device ran its reference sentinels {math.expm1(gap) * 100:+.1f} % "
+                      "during B's sittings against A's: divided out")
+        else:
+            basis += "; no drift between A's and B's sittings beyond the references' noise"
     t = stats.t.ppf(0.5 + level / 2, max(df, 1.0)) if math.isfinite(df) else \
         stats.norm.ppf(0.5 + level / 2)
     low, high = math.exp(estimate - t * se), math.exp(estimate + t * se)
@@ -166,4 +207,4 @@ def compare(a: list[dict[str, Any]], b: list[dict[str, Any]], correct_drift: boo
         basis += (f"; disturbed sittings left out (over {disturbed_pct:g} % above their "
                   f"side's fastest): {left_out[0]} of A's, {left_out[1]} of B's")
     return Comparison(math.exp(estimate), low, high, level, (na, nb), float(df),
-                      offsets is not None, drift, basis, low > 1 or high < 1, left_out)
+                      corrected, drift, basis, low > 1 or high < 1, left_out)

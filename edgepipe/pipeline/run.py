@@ -68,7 +68,7 @@ def measure_on_device(name: str, artifacts: list[Path], config: PipelineConfig, 
     """Check the device's latency tables, deploy and profile every artifact at every thread
     count on one device (every run's time kept; with references, the device's sentinels
     measured before each sitting: :mod:`edgepipe.lab.reference`)."""
-    entry: dict[str, Any] = {"name": name, "results": [], "errors": []}
+    entry: dict[str, Any] = {"name": name, "results": [], "errors": [], "began": time.time()}
     m = config.measure
     try:
         with open_device(name, out) as client:
@@ -95,6 +95,7 @@ def measure_on_device(name: str, artifacts: list[Path], config: PipelineConfig, 
                         entry["errors"].append(f"{path.name} ({threads} threads): {exc}")
     except EdgepipeError as exc:
         entry["errors"].append(str(exc))
+    entry["ended"] = time.time()
     return entry
 
 
