@@ -417,8 +417,10 @@ class ResultRow:
     flags: list[str]
 
     def config_words(self) -> str:
-        return (f"{self.model} {self.format} {self.precision} ×{self.threads} "
-                f"({self.runtime} {self.runtime_version or '?'})")
+        version = self.runtime_version or "?"
+        said = version if version.startswith(self.runtime) or " " in version else \
+            f"{self.runtime} {version}"
+        return f"{self.model} {self.format} {self.precision} ×{self.threads} ({said})"
 
 
 _COLUMNS = (Result.id, Result.run_id, Result.created, Device.name, Device.hostname,
@@ -450,7 +452,9 @@ def query_results(store: Store, *, model: str | None = None, artifact: str | Non
         runtime, _, version = runtime_version.rpartition("==")
         if runtime:
             q = q.where(Result.runtime == runtime)
-        q = q.where(Result.runtime_version == version)
+        # devices say "executorch 1.5.1" (the package and its version): either matches
+        q = q.where(sa.or_(Result.runtime_version == version,
+                           Result.runtime_version.endswith(f" {version}")))
     if run_id is not None:
         q = q.where(Result.run_id == run_id)
     if ids is not None:
