@@ -4,9 +4,12 @@ session fixture's folder instead of converting again."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +75,35 @@ def fp16_conversion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
     report = convert_cached(ConvertRequest(out=out, fp16=True, formats=["executorch", "tflite"],
                                     calib_count=16, **SMALL))
     return out, report
+
+
+def _collect(home: Path, *extra: str) -> subprocess.Popen:
+    code = "import sys\nfrom edgepipe.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "lut", "collect", "--space", "tiny", "--out",
+         str(home / "t.json"), "--calibration", "3", *extra],
+        env={**os.environ, "EDGEPIPE_HOME": str(home)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.fixture(scope="session")
+def collected(tmp_path_factory):
+    """The tiny space's table, collected on a local agent, killed after 6 units and resumed:
+    (EDGEPIPE_HOME, table file, the partial table at the kill, the resumed run's stdout).
+    Session-wide: its converted programs (EDGEPIPE_HOME/lut-work) serve test_lab too."""
+    home = tmp_path_factory.mktemp("lut") / "home"
+    table_file = home / "t.json"
+    first = _collect(home, "--batch", "6")
+    deadline = time.monotonic() + 1800  # converting every program first: minutes when loaded
+    while time.monotonic() < deadline and first.poll() is None:
+        if table_file.is_file() and len(json.loads(table_file.read_text())["units"]) >= 6:
+            break
+        time.sleep(0.2)
+    assert first.poll() is None, first.communicate()
+    os.killpg(first.pid, signal.SIGKILL)  # the command, its converters and its agent
+    first.wait()
+    partial = json.loads(table_file.read_text())  # written atomically: whole, readable
+    second = _collect(home, "--batch", "6")
+    out, err = second.communicate(timeout=900)
+    assert second.returncode == 0, err
+    return home, table_file, partial, out

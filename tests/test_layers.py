@@ -12,13 +12,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "edgepipe"
 # ground (0-2) is what the device and every stage share: numpy and Pillow at most.
 FLOORS = {
     "errors": 0, "schemas": 0,
-    "manifest": 1, "images": 1, "plotting": 1, "report_parts": 1,
+    "manifest": 1, "images": 1, "plotting": 1, "report_parts": 1, "etdump": 1,
     "preprocess": 2, "decode": 2,
     "device": 3,
     "host": 4, "models": 4,
     "converters": 5,
     "latency_tables": 6,
-    "search": 7, "evaluation": 7,
+    "search": 7, "evaluation": 7, "lab": 7,
     "pipeline": 8, "apps": 8,
     "ui": 9,
     "cli": 10,

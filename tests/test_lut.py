@@ -8,12 +8,9 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -93,37 +90,6 @@ def test_shipped_table_predicts_the_seeds_in_their_known_order():
 def _predicted(words: str) -> float:
     """The median `lut predict` printed, in ms."""
     return float(re.search(r"predicted median ([0-9.]+) ms", " ".join(words.split()))[1])
-
-
-def _collect(home: Path, *extra: str) -> subprocess.Popen:
-    code = "import sys\nfrom edgepipe.cli import main\nsys.exit(main(sys.argv[1:]))"
-    return subprocess.Popen(
-        [sys.executable, "-c", code, "lut", "collect", "--space", "tiny", "--out",
-         str(home / "t.json"), "--calibration", "3", *extra],
-        env={**os.environ, "EDGEPIPE_HOME": str(home)}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-@pytest.fixture(scope="module")
-def collected(tmp_path_factory):
-    """The tiny space's table, collected on a local agent, killed after 6 units and resumed:
-    (EDGEPIPE_HOME, table file, the partial table at the kill, the resumed run's stdout)."""
-    home = tmp_path_factory.mktemp("lut") / "home"
-    table_file = home / "t.json"
-    first = _collect(home, "--batch", "6")
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and first.poll() is None:
-        if table_file.is_file() and len(json.loads(table_file.read_text())["units"]) >= 6:
-            break
-        time.sleep(0.2)
-    assert first.poll() is None, first.communicate()
-    os.killpg(first.pid, signal.SIGKILL)  # the command, its converters and its agent
-    first.wait()
-    partial = json.loads(table_file.read_text())  # written atomically: whole, readable
-    second = _collect(home, "--batch", "6")
-    out, err = second.communicate(timeout=900)
-    assert second.returncode == 0, err
-    return home, table_file, partial, out
 
 
 def test_collect_killed_resumes(collected):

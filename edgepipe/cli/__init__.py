@@ -12,6 +12,7 @@ from .apps import _add_demo, _add_run
 from .artifacts import INPUT_RANGES, _add_convert, _add_manifest, _run_models
 from .device import _add_agent, _add_deploy_profile, _add_device
 from .evaluate import _add_evaluate
+from .lab import _add_diff, _add_history
 from .lut import _add_lut
 from .search import _add_search
 
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_lut(sub)
     _add_search(sub)
+    _add_history(sub)
+    _add_diff(sub)
     return parser
 
 

@@ -28,6 +28,13 @@ def _run_pipeline(args: argparse.Namespace) -> int:
 
     run = run_pipeline(load_config(args.config), args.out, ProgressBar)
     print_run_summary(run)
+    for entry in run["devices"]:
+        for note in entry.get("notes") or []:
+            console.print(f"[yellow]{entry['name']}:[/] {note}")
+    stored = run.get("stored") or {}
+    if stored.get("result_ids"):
+        console.print(f"stored {len(stored['result_ids'])} results as run {stored['run_id']} "
+                      f"in {stored['database']} (`edgepipe history`, `edgepipe diff`)")
     console.print(f"wrote {args.out / 'report.html'} (and run.json, artifacts/)")
     return 0 if all(not d["errors"] for d in run["devices"]) else 1
 

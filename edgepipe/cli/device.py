@@ -268,6 +268,10 @@ def _add_deploy_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeat", type=int, default=1,
                    help="measure this many times, each in a job of its own, and say whether "
                         "the medians agree within 5 %% (MLPerf Mobile's rule; default 1)")
+    p.add_argument("--reference", action="store_true",
+                   help="measure the device's reference sentinels before each repeat (what "
+                        "`edgepipe diff` divides out as the device's drift; converted once "
+                        "on this host)")
     p.add_argument("--cooldown", type=float, default=0.0, metavar="SECONDS",
                    help="pause between repeats (default 0)")
     p.add_argument("--raw", type=Path, metavar="FILE.json",
@@ -326,14 +330,26 @@ def _run_profile(args: argparse.Namespace) -> int:
         raise EdgepipeError("give one artifact to profile, or --compare A B [C ...]")
     if args.compare:
         return _run_compare(args, affinity)
+    from ..lab.store import open_store
+
+    store = open_store()  # unreachable or newer: one line before any measurement
     with device_client(args.device) as client, \
             JobProgress(f"{args.artifact.name} on {args.device}") as progress:
+        info = client.info()
+        before = None
+        if args.reference:  # sittings to compare: the device's speed before each
+            from ..host.registry import config_home
+            from ..lab.reference import Reference
+
+            reference = Reference(client, info, config_home(), args.threads, affinity)
+            before = lambda _sitting: reference.measure()  # noqa: E731
         result = profile(client, args.artifact, threads=args.threads, warmup=args.warmup,
                          runs=args.runs, affinity=affinity, per_op=not args.no_per_op,
                          on_progress=progress.update, repeat=args.repeat,
                          cooldown_s=args.cooldown, min_seconds=args.min_seconds,
-                         raw=args.raw is not None, runner=args.runner)
+                         raw=True, runner=args.runner, before_sitting=before)
     print_profile(result, args.top)
+    _store_profile(store, args, result, info)
     if args.raw:
         import json
 
@@ -348,6 +364,25 @@ def _run_profile(args: argparse.Namespace) -> int:
         write_table(result.per_op, path)
         print(f"wrote {path}")
     return 0
+
+
+def _store_profile(store, args: argparse.Namespace, result, info: dict) -> None:
+    """A profile's result into the results store (``edgepipe history`` lists it)."""
+    import time
+    from dataclasses import asdict
+
+    from ..lab.store import add_results
+    from ..ui import console
+
+    with store:
+        entry = {"name": args.device, "info": info,
+                 "results": [{**asdict(result), "created": time.time()}]}
+        done = add_results(store, "profile", [entry], {args.artifact.name: args.artifact},
+                           {"command": "profile", "threads": args.threads, "runs": args.runs,
+                            "warmup": args.warmup, "repeat": args.repeat,
+                            "affinity": args.affinity, "runner": args.runner})
+    console.print(f"stored as result #{done.result_ids[0]} in {store.url}"
+                  if done.result_ids else f"already stored in {store.url}")
 
 
 def _run_compare(args: argparse.Namespace, affinity: list[int] | None) -> int:

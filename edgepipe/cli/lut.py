@@ -24,7 +24,12 @@ def _add_lut(sub: argparse._SubParsersAction) -> None:
     lut = sub.add_parser("lut", help="latency lookup tables: collect on a device, predict, "
                                      "evaluate").add_subparsers(dest="lut_command", required=True)
 
-    p = lut.add_parser("collect", help="measure every unit of a search space on a device")
+    p = lut.add_parser("collect", help="measure every unit of a search space on a device",
+                       description="Measure every unit of a search space on a device. "
+                                   "--device a,b,...: on several identical devices at once "
+                                   "(one fingerprint), the units shared among them, each "
+                                   "device's reference unit bringing its times to one scale; "
+                                   "a device that drops out loses only its job in hand.")
     target_args(p)
     p.add_argument("--space", default="default",
                    help="default, tiny, or a JSON file of SearchSpace fields")
@@ -138,7 +143,67 @@ def check_policy_args(p: argparse.ArgumentParser) -> None:
                         "(default 60; 0: always measure)")
 
 
+def device_names(text: str) -> list[str]:
+    """--device a,b,c: the names, each once."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or len(set(names)) != len(names):
+        raise EdgepipeError(f"--device {text!r}: give device names separated by commas, each "
+                            "once")
+    return names
+
+
+def _run_lut_collect_several(args: argparse.Namespace, names: list[str]) -> int:
+    from contextlib import ExitStack
+
+    from ..host.local import LOCAL, open_device
+    from ..host.registry import config_home, get_device
+    from ..latency_tables.collect import CollectRequest, MeasureSettings
+    from ..latency_tables.several import collect_several, spread_words
+    from ..latency_tables.table import Target, table_name
+    from ..models.space import load_space
+    from ..ui import PhaseProgress, console
+
+    space = load_space(args.space)
+    for name in names:  # a typo fails now
+        if name != LOCAL:
+            get_device(name)
+    home = config_home()
+    workdir = home / "lut-work" / space.digest()[:12]
+    with ExitStack() as stack:
+        clients = {n: stack.enter_context(open_device(n, workdir)) for n in names}
+        info = clients[names[0]].info()
+        target = Target(info["fingerprint"], args.runtime, args.precision, args.threads,
+                        info.get("identity"))
+        out = args.out or home / "tables" / table_name(target)
+        req = CollectRequest(space, args.runtime, args.precision, args.threads, out, workdir,
+                             args.jobs, args.calibration, MeasureSettings(batch=args.batch))
+        with PhaseProgress() as progress:
+            table = collect_several(req, clients, progress)
+    times = table.method["collection_s"]
+    console.print(f"{len(table.units)} units ({times['programs']} programs) for "
+                  f"{table.describe()} on {len(names)} devices: converted in "
+                  f"{times['convert']:.0f} s, measured in {times['measure']:.0f} s, "
+                  f"{times['total']:.0f} s in all")
+    per = table.method.get("units_per_device") or {}
+    console.print("units measured: " + ", ".join(f"{n} {per.get(n, 0)}" for n in names)
+                  + (f"; {spread_words(table)}, each device's times scaled to "
+                     f"{table.method.get('scale_device')}'s" if spread_words(table) else ""))
+    for name, why in (table.method.get("dropped_devices") or {}).items():
+        console.print(f"[yellow]{name} dropped out:[/] {why} (its unfinished job went to the "
+                      "others)")
+    console.print(f"network model: {table.network_model.describe()}")
+    console.print(f"  left-out networks: {model_words(table.network_model)}")
+    flags = table.method.get("device_state_flags") or []
+    if flags:
+        console.print(f"[bold red]device state flagged in {len(flags)} job(s)[/]: {flags[0]}")
+    console.print(f"wrote {out}")
+    return 0
+
+
 def _run_lut_collect(args: argparse.Namespace) -> int:
+    names = device_names(args.device)
+    if len(names) > 1:
+        return _run_lut_collect_several(args, names)
     from ..host.local import open_device
     from ..host.registry import config_home
     from ..latency_tables.collect import CollectRequest, MeasureSettings, collect
@@ -407,6 +472,19 @@ def _run_lut_predict(args: argparse.Namespace) -> int:
 
 
 def _run_lut_check(args: argparse.Namespace) -> int:
+    names = device_names(args.device)
+    if len(names) == 1:
+        return _check_one(args)
+    from ..ui import console
+
+    worst = 0
+    for name in names:  # one after the other: a check measures, two at once would share
+        console.print(f"[bold]{name}[/]")  # the host's CPUs where devices are local
+        worst = max(worst, _check_one(argparse.Namespace(**{**vars(args), "device": name})))
+    return worst
+
+
+def _check_one(args: argparse.Namespace) -> int:
     from ..host.local import open_device
     from ..host.registry import config_home
     from ..latency_tables.sentinels import check_table, check_words, record_check

@@ -121,19 +121,24 @@ def profile(client: AgentClient, artifact: Path, *, threads: int = 1, warmup: in
             on_progress: Callable[[dict], None] | None = None,
             device_info: dict[str, Any] | None = None, repeat: int = 1,
             cooldown_s: float = 0.0, min_seconds: float = 0.0, raw: bool = False,
-            runner: str = "auto") -> ProfileResult:
+            runner: str = "auto",
+            before_sitting: Callable[[int], dict[str, Any] | None] | None = None
+            ) -> ProfileResult:
     """Measure an artifact on the device ``repeat`` times (``cooldown_s`` apart, each in a
     job of its own: at least ``runs`` runs and ``min_seconds`` of timed runs); the per-op
     profile comes from the first. ``latency`` is the repeat with the median median.
     ``runner`` (ExecuTorch): "native" the lean C++ runner, "python" the bindings, "auto" the
-    runner where the device has one."""
+    runner where the device has one. ``before_sitting(i)``, called before repeat ``i``: what
+    the device's speed was then (``edgepipe.lab.reference``), kept with that repeat."""
     artifact = Path(artifact)
     manifest = load_manifest(artifact)
     meta = client.upload(artifact)
-    jobs = []
+    jobs, references, times = [], [], []
     for i in range(repeat):
         if i and cooldown_s:
             time.sleep(cooldown_s)
+        references.append(before_sitting(i) if before_sitting else None)
+        times.append(time.time())
         job = client.submit(artifact=meta["sha256"], threads=threads, warmup=warmup,
                             runs=runs, affinity=affinity, profile=per_op and i == 0,
                             min_seconds=min_seconds, raw=raw, runner=runner)
@@ -153,9 +158,10 @@ def profile(client: AgentClient, artifact: Path, *, threads: int = 1, warmup: in
         latency=middle["result"]["latency"], memory=result["memory"],
         load_ms=result["load_ms"], device_state=result.get("device_state"), flags=flags,
         measured_by=(result.get("measured_by") or {}).get("words"),
-        repeats=[{"job_id": j["id"], "latency": j["result"]["latency"],
-                  "flags": j["result"].get("device_state", {}).get("flags", [])}
-                 for j in jobs],
+        repeats=[{"job_id": j["id"], "latency": j["result"]["latency"], "time": t,
+                  "flags": j["result"].get("device_state", {}).get("flags", []),
+                  **({"reference": ref} if ref else {})}
+                 for j, t, ref in zip(jobs, times, references, strict=True)],
         replicability=replicability(medians) if repeat > 1 and known else None)
     out.delegation = artifact_delegation(artifact, manifest)
     if manifest.precision == "fp16":

@@ -160,12 +160,25 @@ def open_table(req: CollectRequest, info: dict[str, Any]) -> LatencyTable:
                 "program_input": PROGRAM_INPUT[req.runtime]})
 
 
-def collect(req: CollectRequest, client: AgentClient, progress: Progress | None = None
-            ) -> LatencyTable:
-    progress = progress or Progress()
-    began = time.perf_counter()
-    info = check_runtime(client, req.runtime)
-    table = open_table(req, info)
+@dataclass
+class Plan:
+    """What a collection measures, its programs converted: the units, their programs, the
+    whole networks of the model, and where the programs are."""
+
+    units: list[Unit]
+    programs: dict[str, ProgramSpec]
+    points: list[NetworkPoint]
+    arch_specs: list[ProgramSpec]
+    folder: Path
+    convert_s: float
+
+    def paths(self, runtime: str) -> list[Path]:
+        return [program_path(self.folder, s, runtime)
+                for s in [*self.programs.values(), *self.arch_specs]]
+
+
+def plan_collection(req: CollectRequest, progress: Progress) -> Plan:
+    """Enumerate the units and networks and convert every program not converted yet."""
     dynamic = takes_dynamic_size(req.runtime)
     units = space_units(req.space)
     programs = unit_programs(units, dynamic)
@@ -173,17 +186,28 @@ def collect(req: CollectRequest, client: AgentClient, progress: Progress | None 
                             req.space, dynamic)
     arch_specs = list({p.spec.key: p.spec for p in points}.values())
     folder = req.workdir / f"{req.runtime}-{req.precision}"
-
     todo_specs = [s for s in [*programs.values(), *arch_specs]
                   if not is_converted(folder, s, req.runtime)]
     progress.phase("converting programs", len(todo_specs))
     convert_started = time.perf_counter()
     convert_programs(todo_specs, req.runtime, req.precision, folder, req.jobs,
                      on_done=lambda _key: progress.advance())
-    convert_s = time.perf_counter() - convert_started
+    return Plan(units, programs, points, arch_specs, folder,
+                time.perf_counter() - convert_started)
 
-    all_paths = [program_path(folder, s, req.runtime)
-                 for s in [*programs.values(), *arch_specs]]
+
+def collect(req: CollectRequest, client: AgentClient, progress: Progress | None = None
+            ) -> LatencyTable:
+    progress = progress or Progress()
+    began = time.perf_counter()
+    info = check_runtime(client, req.runtime)
+    table = open_table(req, info)
+    dynamic = takes_dynamic_size(req.runtime)
+    plan = plan_collection(req, progress)
+    units, programs, points, arch_specs, folder = (plan.units, plan.programs, plan.points,
+                                                   plan.arch_specs, plan.folder)
+    convert_s = plan.convert_s
+    all_paths = plan.paths(req.runtime)
     progress.phase("uploading", len(all_paths))
     shas = upload_programs(client, all_paths, progress.advance)
 

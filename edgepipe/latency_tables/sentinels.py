@@ -81,36 +81,54 @@ def measure_sentinels(definitions: list[dict[str, Any]], table: LatencyTable,
                       ) -> list[dict[str, Any]]:
     """Each sentinel measured twice in one job with the table's whole-network settings; the
     faster pass is kept. Raises one line when one cannot be converted or run."""
+    job = MeasureSettings.of_table(table.method).whole_job(table.threads)
+    return measure_definitions(definitions, table.runtime, table.precision, job, client,
+                               workdir, jobs, progress, affinity,
+                               "nothing is predicted from an unchecked table",
+                               "the table's sentinels")
+
+
+def measure_definitions(definitions: list[dict[str, Any]], runtime: str, precision: str,
+                        job: dict[str, Any], client: AgentClient, workdir: Path,
+                        jobs: int = 2, progress: Progress | None = None,
+                        affinity: list[int] | None = None,
+                        consequence: str = "the device's speed is not known",
+                        what: str = "sentinels", passes: int = 2) -> list[dict[str, Any]]:
+    """Sentinels of :func:`sentinel_definitions` measured on the device with the agent job
+    settings ``job``, without a table (the lab's reference beside each sitting uses this):
+    converted once into ``workdir/<runtime>-<precision>`` (cached), each measured ``passes``
+    times in one job, the fastest pass kept (a disturbance only ever adds time). Raises one line,
+    ending with ``consequence``, when one cannot be converted or run."""
     progress = progress or Progress()
-    folder = workdir / f"{table.runtime}-{table.precision}"
+    folder = workdir / f"{runtime}-{precision}"
     specs = [sentinel_program(d) for d in definitions]
     try:
-        shas = prepare_programs(specs, table.runtime, table.precision, client, folder, jobs,
+        shas = prepare_programs(specs, runtime, precision, client, folder, jobs,
                                 progress, "sentinels")
     except EdgepipeError as exc:
-        raise EdgepipeError(f"the table's sentinels cannot be converted for {table.runtime} "
-                            f"{table.precision} ({exc}): nothing is predicted from an "
-                            "unchecked table") from None
-    items = [{"artifact": shas[program_path(folder, spec, table.runtime)],
+        raise EdgepipeError(f"the {what} cannot be converted for {runtime} "
+                            f"{precision} ({exc}): {consequence}") from None
+    items = [{"artifact": shas[program_path(folder, spec, runtime)],
               "shape": list(d["shape"])} for d, spec in zip(definitions, specs, strict=True)]
-    job = MeasureSettings.of_table(table.method).whole_job(table.threads)
+    job = dict(job)
     if affinity:
         job["affinity"] = affinity
     progress.phase("measuring sentinels", 1)
     try:
-        measured = measure_items(client, items + items, job)
+        measured = measure_items(client, items * passes, job)
     except EdgepipeError as exc:
-        raise EdgepipeError(f"the table's sentinels cannot run on this device ({exc}): "
-                            "nothing is predicted from an unchecked table") from None
+        raise EdgepipeError(f"the {what} cannot run on this device ({exc}): "
+                            f"{consequence}") from None
     progress.advance()
     rows = []
     n = len(definitions)
-    for d, first, second in zip(definitions, measured[:n], measured[n:], strict=True):
-        best = min(first, second, key=_time)
-        rows.append({**d, **{k: best.get(k) for k in ("median_ms", "sustained_ms", "p90_ms",
-                                                      "p99_ms", "cpu_share", "ci95_pct",
-                                                      "count")},
-                     "passes_ms": [_time(first), _time(second)]})
+    for i, d in enumerate(definitions):
+        each = measured[i::n]
+        best = min(each, key=_time)
+        rows.append({**d, **{k: best.get(k) for k in ("median_ms", "sustained_ms", "p10_ms",
+                                                      "p90_ms", "p99_ms", "cpu_share",
+                                                      "ci95_pct", "count")},
+                     "passes_ms": [_time(m) for m in each]})
     return rows
 
 

@@ -18,6 +18,8 @@
     cooldown = 0.0                # seconds between repeats
     per_op = true
     check_tables = true           # check the device's latency tables (sentinels) first
+    reference = "auto"            # the device's sentinels before each sitting (true, false,
+                                  # "auto": when repeat >= 2); what `edgepipe diff` divides out
 
     devices = ["pi5", "pixel"]    # registered with `edgepipe device add`; none: this machine
 
@@ -59,6 +61,7 @@ class MeasureSection:
     cooldown: float = 0.0
     per_op: bool = True
     check_tables: bool = True
+    reference: bool | str = "auto"  # sentinels before each sitting: True, False, "auto"
 
 
 @dataclass
@@ -145,4 +148,7 @@ def load_config(path: Path | None) -> PipelineConfig:
             m.min_seconds, (int, float)) or m.min_seconds < 0:
         raise EdgepipeError("[measure] repeat must be 1 or more, cooldown and min_seconds 0 "
                             "or more")
+    if m.reference not in (True, False, "auto"):
+        raise EdgepipeError(f"[measure] reference = {m.reference!r}: give true, false or "
+                            "\"auto\" (with repeat >= 2)")
     return config

@@ -290,5 +290,22 @@ def render_run_report(run: dict[str, Any]) -> str:
 {f'<p class="note">Not measured on devices:</p><ul>{skipped}</ul>' if skipped else ''}
 {''.join(_device_section(d) for d in run['devices'])}
 {''.join(_evaluation_section(e) for e in run.get('evaluations') or [])}
+{_history_section(run)}
 </body></html>
 """
+
+
+def _history_section(run: dict[str, Any]) -> str:
+    """This model's stored results over time on every device (`edgepipe history`'s chart)."""
+    from ..lab.history import trend_svg
+    from ..lab.store import ResultRow
+
+    rows = [ResultRow(**r) for r in run.get("history") or []]
+    if not rows:
+        return ""
+    stored = run.get("stored") or {}
+    mine = set(stored.get("result_ids") or [])
+    return (f"<h2>History</h2><p>{len(rows)} stored results of this model in "
+            f"{escape(str(stored.get('database')))}, {len(mine)} of them from this run "
+            "(`edgepipe history --model …` lists them; `edgepipe diff` compares two).</p>"
+            + trend_svg(rows))
