@@ -43,8 +43,10 @@ def test_real_mobilenet_v2_every_format_agrees_with_pytorch(real_v2):
         assert artifact(report, fmt, precision)["graph"]["delegate_partitions"] == 1
 
 
-# MobileNetV3-Small full size is what `edgepipe run` converts by default: tested below
-@pytest.mark.parametrize("model", ["mobilenet_v3_large", "lraspp_mobilenet_v3_large"])
+# MobileNetV3-Small full size is what `edgepipe run` converts by default (tested below), and
+# MobileNetV2 full size is the trained network above; LR-ASPP carries the whole V3-Large
+# backbone, so V3-Large itself is not converted again here (it cost ~4 minutes of CI).
+@pytest.mark.parametrize("model", ["lraspp_mobilenet_v3_large"])
 def test_full_size_model_to_all_six_artifacts(tmp_path, model):
     report = convert_cached(ConvertRequest(model=model, out=tmp_path / model, int8=True))
     assert {(a["format"], a["precision"]) for a in report["artifacts"]} == ALL_SIX

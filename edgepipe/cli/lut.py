@@ -101,7 +101,7 @@ def _add_lut(sub: argparse._SubParsersAction) -> None:
     p = lut.add_parser(
         "predict", help="predicted latency of a network from a table, checked on the device "
                         "first",
-        description="The median latency of the network's runs on the device, with the 95 %% "
+        description="The median latency of the network's runs on the device, with the 95 % "
                     "interval the table's own errors give it (its cross-validation, or its "
                     "last `lut evaluate`). --p90 adds the 90th percentile of runs (the "
                     "statistic MLPerf Mobile reports), --best-case the fastest run.")
