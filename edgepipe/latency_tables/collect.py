@@ -248,9 +248,12 @@ def collect(req: CollectRequest, client: AgentClient, progress: Progress | None 
     # over the whole collection, not at one moment of it
     parts = max(1, req.sittings - 1)
     bounds = [round(len(segments) * i / parts) for i in range(parts + 1)]
-    progress.phase("measuring units", len(todo))
     for part in range(parts):
         chunk = segments[bounds[part]:bounds[part + 1]]
+        # one bar per part: a sitting between parts has its own
+        progress.phase("measuring units" if parts == 1 else
+                       f"measuring units (part {part + 1} of {parts})",
+                       sum(len(seg) for seg in chunk))
 
         def keep(i: int, results: list[dict[str, float]], chunk=chunk) -> None:
             for unit, stats in zip(chunk[i], results, strict=True):
