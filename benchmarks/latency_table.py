@@ -199,6 +199,44 @@ class Bench:
         del run
         return out
 
+    def record(self, table_path: Path, archs: list[Any], rows: list[dict[str, Any]]) -> None:
+        """The full table's errors on these networks recorded in it (``lut list`` shows them,
+        later predictions take their intervals from them), as ``lut evaluate`` records its
+        own; the predicted-vs-measured plot beside it."""
+        from edgepipe.latency_tables.estimate import Estimator
+        from edgepipe.latency_tables.evaluate import (
+            error_metrics,
+            evaluation_record,
+            scatter_plot,
+        )
+        from edgepipe.latency_tables.table import LatencyTable
+
+        table = LatencyTable.load(table_path)
+        if table.network_model is None:
+            return
+        table.network_model.evaluation = None  # the intervals of the fit, not of a record
+        est = Estimator(table)
+        scored = []
+        for arch, r in zip(archs, rows, strict=True):
+            p = est.prediction(arch)
+            scored.append({**r, "predicted_ms": p.median, "predicted_p90_ms": p.p90,
+                           "predicted_best_ms": p.best})
+        report = {
+            "device": table.describe(), "sittings": 2, "networks": scored,
+            "prediction": error_metrics([r["predicted_ms"] for r in scored],
+                                        [r["measured_ms"] for r in scored]),
+            "prediction_p90": error_metrics([r["predicted_p90_ms"] for r in scored],
+                                            [r["p90_ms"] for r in scored]),
+            "prediction_best": error_metrics([r["predicted_best_ms"] for r in scored],
+                                             [r["min_ms"] for r in scored]),
+            "repeatability": error_metrics([r["passes_ms"][1] for r in scored],
+                                           [r["passes_ms"][0] for r in scored])}
+        table.network_model.evaluation = evaluation_record(report)
+        table.save(table_path)
+        scatter_plot(scored, table.describe(), self.out / "scatter.png")
+        self.say(f"the full table's errors on these {len(rows)} networks recorded in it; "
+                 f"plot: {self.out / 'scatter.png'}")
+
     def global_factor(self, source: Path, archs: list[Any], rows: list[dict[str, Any]]
                       ) -> dict[str, Any]:
         """The other CPU's table times one factor fitted on 3 networks measured here."""
@@ -289,11 +327,12 @@ def main() -> None:
     here = device_info()["fingerprint"]
     others = [p for p in sorted(SHIPPED.glob("*-executorch-fp32-t1.json"))
               if not p.name.startswith(here)]
-    table = bench.collect() if "collect" in parts or "cpu" in parts or "threads" in parts \
-        or "int8" in parts or "litert" in parts else None
+    needs_table = {"collect", "record", "cpu", "threads", "int8", "litert"}
+    table = bench.collect() if needs_table & set(parts) else None
     if table is not None:
         archs, rows = bench.networks(table, args.count, 123, "fp32-t1")
         entries = [("the full collection (this CPU)", bench.score("full", table, archs, rows))]
+        bench.record(table, archs, rows)
         if "cpu" in parts:
             adapted = bench.adapt(others, "cpu")
             names = ", ".join(p.name for p in others)
