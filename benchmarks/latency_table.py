@@ -21,6 +21,11 @@ One run, on an agent started on this machine, the CPU printed first:
 * ``offline``: the two shipped tables (AMD family 25 and Intel family 6 model 167, the same
   units measured on both) transferred one to the other from 1, 2, 5 and 10 % of the units.
 
+After ``collect``, the full table's errors on the networks are recorded in it, as ``lut
+evaluate`` records its own (``lut list`` shows them; later predictions take their intervals
+from them). ``--parts record --reuse-table`` does only that, from the networks measured
+before (``networks-fp32-t1.json`` in ``--out``).
+
 ``--cache``: where converted programs are kept between runs (the evaluation networks, the
 int8 and LiteRT programs); the collection itself always starts from an empty home.
 """
