@@ -32,7 +32,8 @@ def _add_lut(sub: argparse._SubParsersAction) -> None:
                                    "a device that drops out loses only its job in hand.")
     target_args(p)
     p.add_argument("--space", default="default",
-                   help="default, tiny, or a JSON file of SearchSpace fields")
+                   help="default (MobileNetV3), tiny, mobilenet_v2 (the units NetAdapt needs "
+                        "from a trained MobileNetV2), or a JSON file of SearchSpace fields")
     p.add_argument("--out", type=Path, help="table file (default: EDGEPIPE_HOME/tables/"
                                             "<fingerprint>-<runtime>-<precision>-t<N>.json)")
     p.add_argument("--jobs", type=int, default=2, help="conversions in parallel (default 2)")
@@ -106,7 +107,8 @@ def _add_lut(sub: argparse._SubParsersAction) -> None:
                     "last `lut evaluate`). --p90 adds the 90th percentile of runs (the "
                     "statistic MLPerf Mobile reports), --best-case the fastest run.")
     p.add_argument("--arch", default="large",
-                   help="large, small (MobileNetV3 seeds) or a JSON architecture file")
+                   help="large, small (MobileNetV3 seeds), v2 (MobileNetV2: a table of its "
+                        "space) or a JSON architecture file")
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--table", type=Path, help="default: the table for the target (collected "
@@ -174,7 +176,7 @@ def _run_lut_collect_several(args: argparse.Namespace, names: list[str]) -> int:
         info = clients[names[0]].info()
         target = Target(info["fingerprint"], args.runtime, args.precision, args.threads,
                         info.get("identity"))
-        out = args.out or home / "tables" / table_name(target)
+        out = args.out or home / "tables" / table_name(target, space.family)
         req = CollectRequest(space, args.runtime, args.precision, args.threads, out, workdir,
                              args.jobs, args.calibration, MeasureSettings(batch=args.batch))
         with PhaseProgress() as progress:
@@ -218,7 +220,7 @@ def _run_lut_collect(args: argparse.Namespace) -> int:
         info = client.info()
         target = Target(info["fingerprint"], args.runtime, args.precision, args.threads,
                         info.get("identity"))
-        out = args.out or home / "tables" / table_name(target)
+        out = args.out or home / "tables" / table_name(target, space.family)
         req = CollectRequest(space, args.runtime, args.precision, args.threads, out, workdir,
                              args.jobs, args.calibration, MeasureSettings(batch=args.batch))
         with PhaseProgress() as progress:
@@ -280,7 +282,7 @@ def _run_lut_adapt(args: argparse.Namespace) -> int:
         info = client.info()
         target = Target(info["fingerprint"], args.runtime, args.precision, args.threads,
                         info.get("identity"))
-        out = args.out or home / "tables" / table_name(target)
+        out = args.out or home / "tables" / table_name(target, space.family)
         req = AdaptRequest(sources, args.runtime, args.precision, args.threads, out, workdir,
                            args.budget_s, args.jobs, args.networks, args.seed, args.max_units)
         with PhaseProgress() as progress:
@@ -368,21 +370,26 @@ def _find_table(args: argparse.Namespace, info: dict, own_settings: bool = False
         Target,
         find_table,
         known_tables,
+        table_family,
     )
 
     target = Target(info["fingerprint"], args.runtime, args.precision, args.threads,
                     info.get("identity"))
-    path = args.table or find_table(target, config_home())
+    # a search from MobileNetV2 asks for a table of V2's space (see table_name)
+    family = getattr(args, "space_family", "v3")
+    path = args.table or find_table(target, config_home(), family)
     if path is None:
         shipped = sorted((p for p in known_tables(config_home())
-                          if f"-{args.runtime}-" in p.name),
+                          if f"-{args.runtime}-" in p.name and table_family(p) == family),
                          key=lambda p: p != REFERENCE_TABLE)  # edgepipe's own first
         if not shipped or not args.force:
+            space = " --space mobilenet_v2" if family == "v2" else ""
+            what = " of MobileNetV2's space" if family == "v2" else ""
             raise EdgepipeError(
-                f"no latency table for {args.device} ({info.get('identity_words')}; "
+                f"no latency table{what} for {args.device} ({info.get('identity_words')}; "
                 f"{args.runtime} {args.precision}, {args.threads} thread(s)): collect one with "
-                "`edgepipe lut collect`, or pass --force to use a table measured on another "
-                "device")
+                f"`edgepipe lut collect{space}`, or pass --force to use a table measured on "
+                "another device")
         path = shipped[0]
     from ..latency_tables.sentinels import with_recorded_evaluation
 
@@ -451,15 +458,18 @@ def _recollect(args: argparse.Namespace, stale, target, use):
 
 def _run_lut_predict(args: argparse.Namespace) -> int:
     from ..latency_tables.estimate import Estimator
-    from ..models.space import SearchSpace, load_architecture
+    from ..models.space import SEED_MODELS, SearchSpace, load_architecture, seed_family
     from ..ui import console
 
-    use = table_use(args)
-    space = SearchSpace.from_dict(use.table.space)
-    if args.arch in ("large", "small"):
-        arch = space.seed_architecture(args.arch, args.resolution, args.width)
+    if args.arch in SEED_MODELS:
+        args.space_family, arch = seed_family(args.arch), None
     else:
         arch, _ = load_architecture(args.arch)
+        args.space_family = arch.network.family  # which family's table to look for
+    use = table_use(args)
+    if arch is None:
+        arch = SearchSpace.from_dict(use.table.space).seed_architecture(
+            args.arch, args.resolution, args.width)
     est = Estimator(use.table, use.factor, use.record())
     prediction = est.prediction(arch)
     for warning in use.warnings:

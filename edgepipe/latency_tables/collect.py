@@ -298,7 +298,7 @@ def recollect(stale: LatencyTable, target: Target, client: AgentClient, home: Pa
     with, into ``home/tables/<name>``: built under a temporary name (resumable) and renamed
     over a stale table of the same name only once complete. The new table, as used."""
     space = SearchSpace.from_dict(stale.space)
-    out = home / "tables" / table_name(target)
+    out = home / "tables" / table_name(target, space.family)
     partial = out.with_name(out.stem + ".collecting.json")
     table = collect(CollectRequest(space, target.runtime, target.precision, target.threads,
                                    partial, workdir,

@@ -91,6 +91,10 @@ def _shape_key(u: Unit) -> tuple:
     if u.kind == "ir":
         p = u.params
         return ("ir", u.hw, p[1], p[6], p[4], p[5], p[2] != p[0])
+    if u.kind == "head":  # one linear layer (V2) or two (V3): different layers, not channels
+        return ("head", u.hw, u.params[3] is None, u.params[2])
+    if u.kind == "stem":  # V3's h-swish stem is not V2's ReLU6 one
+        return ("stem", u.hw, u.params[2])
     return (u.kind, u.hw)
 
 

@@ -36,6 +36,9 @@ def cost_features(u: Unit) -> tuple[float, float, float]:
         return ho ** 2 * cout * cin * 9 / 1e6, 0.0, ho ** 2 * cout / 1e6
     if u.kind == "head":
         cin, conv, _, hidden, classes = p
+        if hidden is None:  # MobileNetV2: pool, then one linear layer
+            return ((u.hw ** 2 * cin * conv + conv * classes) / 1e6, 0.0,
+                    (u.hw ** 2 * conv + classes) / 1e6)
         dense = u.hw ** 2 * cin * conv + conv * hidden + hidden * classes
         return dense / 1e6, 0.0, (u.hw ** 2 * conv + hidden + classes) / 1e6
     raise ValueError(f"no cost model for unit kind {u.kind!r}")
@@ -59,6 +62,8 @@ def param_count(u: Unit) -> int:
         return cin * cout * 9 + cout
     if u.kind == "head":
         cin, conv, _, hidden, classes = p
+        if hidden is None:
+            return cin * conv + conv + conv * classes + classes
         return cin * conv + conv + conv * hidden + hidden + hidden * classes + classes
     raise ValueError(f"no parameter count for unit kind {u.kind!r}")
 
@@ -84,8 +89,9 @@ def unit_from_key(key: str) -> Unit | None:
                                           fields["act"].upper()))
         if kind == "head":
             fc = [int(v) for v in rest.split("-fc:")[1:]]
+            hidden = fc[0] if len(fc) == 2 else None  # one linear layer: MobileNetV2's head
             return Unit("head", int(hw), (int(cin), int(fields["conv"]), fields["act"].upper(),
-                                          fc[0], fc[1]))
+                                          hidden, fc[-1]))
     except (KeyError, ValueError, IndexError):
         return None
     return None

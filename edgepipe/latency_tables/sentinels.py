@@ -33,7 +33,7 @@ from typing import Any
 from ..errors import EdgepipeError
 from ..host.client import AgentClient
 from ..manifest import write_atomic
-from ..models.space import Architecture, SearchSpace
+from ..models.space import SEED_MODELS, Architecture, SearchSpace
 from .measure import MeasureSettings, Progress, measure_items, prepare_programs
 from .programs import ProgramSpec, arch_program, program_path, unit_programs
 from .table import SHIPPED, LatencyTable
@@ -45,12 +45,15 @@ POLICIES = ("warn", "strict", "rescale", "recollect")
 
 def sentinel_definitions(space: SearchSpace, reference: Unit, dynamic: bool = False
                          ) -> list[dict[str, Any]]:
-    """What a table's sentinels are: the reference unit, V3-Small, V3-Large, one random
+    """What a table's sentinels are: the reference unit, V3-Small, V3-Large (a V2 space:
+    MobileNetV2), one random
     network of the space (the first of the network model's). ``dynamic``: the networks run
     the model's dynamic-size programs (converted once for both)."""
     resolution, width = max(space.resolutions), max(space.width_mults)
-    archs = [(f"mobilenet_v3_{seed}@{resolution} x{width:g}",
-              space.seed_architecture(seed, resolution, width)) for seed in ("small", "large")]
+    # a V3 space's sentinels are both V3 seeds whatever its own (the tables' names so far)
+    seeds = ("small", "large") if space.family == "v3" else space.seeds
+    archs = [(f"{SEED_MODELS[seed]}@{resolution} x{width:g}",
+              space.seed_architecture(seed, resolution, width)) for seed in seeds]
     sample = space.architectures(1, seed=10_000)[0]
     archs.append((f"random {sample.seed}@{sample.resolution} ({sample.digest()[:8]})", sample))
     unit = {"name": f"reference unit {reference.key}", "kind": "unit",

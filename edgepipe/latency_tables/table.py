@@ -262,8 +262,17 @@ def boundary_melements(units: list[Unit]) -> float:
     return sum(u.boundary_elements for u in units) / 1e6
 
 
-def table_name(target: Target) -> str:
-    return f"{target.fingerprint}-{target.runtime}-{target.precision}-t{target.threads}.json"
+def table_name(target: Target, family: str = "v3") -> str:
+    """The file name of a device's table; a table of MobileNetV2's space (``family`` v2) has
+    its own (``...-t1-v2.json``): one device holds a table of each family side by side."""
+    tail = "" if family == "v3" else f"-{family}"
+    return (f"{target.fingerprint}-{target.runtime}-{target.precision}-t{target.threads}"
+            f"{tail}.json")
+
+
+def table_family(path: Path) -> str:
+    """The family a table's file name says (see :func:`table_name`)."""
+    return "v2" if path.stem.endswith("-v2") else "v3"
 
 
 def known_tables(home: Path) -> list[Path]:
@@ -271,8 +280,8 @@ def known_tables(home: Path) -> list[Path]:
     return sorted((home / "tables").glob("*.json")) + sorted(SHIPPED.glob("*.json"))
 
 
-def find_table(target: Target, home: Path) -> Path | None:
+def find_table(target: Target, home: Path, family: str = "v3") -> Path | None:
     for path in known_tables(home):
-        if path.name == table_name(target):
+        if path.name == table_name(target, family):
             return path
     return None

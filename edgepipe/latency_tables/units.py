@@ -2,7 +2,8 @@
 
 A unit is what the runtime runs as one fused piece: a whole inverted-residual block with its
 SE and activations (XNNPACK fuses conv + BN + activation and keeps the block's tensors in
-cache), the stem, and the head (last 1x1 conv, pooling, classifier). Keys follow
+cache), the stem, and the head (last 1x1 conv, pooling, classifier). MobileNetV2's blocks are
+the same unit with ReLU6 and no SE, its head has one linear layer. Keys follow
 Once-for-All's tables and say everything that changes the time::
 
     ir-in:56x56x24-out:56x56x24-e:72-k:5-s:1-se:1-act:hs
@@ -93,7 +94,8 @@ def _describe(u: Unit, hw: int | None) -> str:
                 f"-act:{b.activation.lower()}")
     if u.kind == "head":
         cin, conv, act, hidden, classes = p
-        return f"in:{_hw(hw, cin)}-conv:{conv}-act:{act.lower()}-fc:{hidden}-fc:{classes}"
+        fc = f"-fc:{classes}" if hidden is None else f"-fc:{hidden}-fc:{classes}"  # V2: one
+        return f"in:{_hw(hw, cin)}-conv:{conv}-act:{act.lower()}{fc}"
     if u.kind == "conv":
         cin, cout, k, s, groups, act = p
         out = None if hw is None else _out_hw(hw, s)
@@ -108,14 +110,16 @@ def _describe(u: Unit, hw: int | None) -> str:
 
 
 class _Head(nn.Module):
-    """MobileNetV3's last stage: 1x1 conv, pool, then the classifier (as MobileNet)."""
+    """The last stage: 1x1 conv, pool, then the classifier (as MobileNet): MobileNetV3's two
+    linear layers, or MobileNetV2's one (``hidden`` None)."""
 
-    def __init__(self, cin: int, conv: int, act: str, hidden: int, classes: int) -> None:
+    def __init__(self, cin: int, conv: int, act: str, hidden: int | None, classes: int
+                 ) -> None:
         super().__init__()
         self.conv = conv_norm_act(cin, conv, 1, _norm, act)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Linear(conv, hidden), HardSwish(rank=2),
-                                        nn.Linear(hidden, classes))
+        self.classifier = nn.Linear(conv, classes) if hidden is None else nn.Sequential(
+            nn.Linear(conv, hidden), HardSwish(rank=2), nn.Linear(hidden, classes))
 
     def forward(self, x):
         return self.classifier(self.pool(self.conv(x)).flatten(1))

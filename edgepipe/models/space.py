@@ -1,10 +1,14 @@
-"""The MobileNetV3 block table made into a search space (MnasNet-style, factorised by stage).
+"""The MobileNet block tables made into a search space (MnasNet-style, factorised by stage).
 
 A space keeps the seeds' stage layout (where the resolution halves, each stage's output
 channels) and lets every stage choose its depth and every block its kernel, expansion, SE and
 activation; the whole network chooses its input resolution and width multiplier. A point of
 the space, :class:`Architecture`, is a :class:`NetworkConfig` plus a resolution: plain data
 that :func:`build_architecture` (and so every converter) builds.
+
+Seeds are MobileNetV3-Large and -Small (``large``, ``small``: the paper's space) or
+MobileNetV2 (``v2``: ReLU6, no SE, 3x3 kernels, torchvision's layout and widths), one family per
+space: a table of the V2 space is what NetAdapt reads when it shrinks a trained MobileNetV2.
 """
 
 from __future__ import annotations
@@ -18,7 +22,29 @@ from pathlib import Path
 from torch import nn
 
 from .blocks import BlockConfig, make_divisible
-from .mobilenet import MobileNet, NetworkConfig, mobilenet_v3_config
+from .mobilenet import MobileNet, NetworkConfig, mobilenet_v2_config, mobilenet_v3_config
+
+V3_SEEDS = ("large", "small")
+V2_SEED = "v2"
+SEED_MODELS = {"large": "mobilenet_v3_large", "small": "mobilenet_v3_small",
+               V2_SEED: "mobilenet_v2"}  # the registry's names of the seeds
+
+
+def seed_family(seed: str) -> str:
+    """``v3`` or ``v2``: the block layout a seed's networks are built with."""
+    if seed == V2_SEED:
+        return "v2"
+    if seed in V3_SEEDS:
+        return "v3"
+    raise ValueError(f"unknown seed {seed!r}: use one of {', '.join(SEED_MODELS)}")
+
+
+def seed_network(seed: str, width: float = 1.0, num_classes: int = 1000) -> NetworkConfig:
+    """A seed network at a width multiplier, as torchvision builds it (V2: the last conv keeps
+    1280 channels below width 1.0)."""
+    if seed_family(seed) == "v2":
+        return mobilenet_v2_config(width, num_classes=num_classes)
+    return mobilenet_v3_config(seed, width, num_classes=num_classes)
 
 
 @dataclass(frozen=True)
@@ -27,7 +53,7 @@ class Architecture:
 
     network: NetworkConfig
     resolution: int
-    seed: str = ""  # the skeleton it was drawn from: "large" or "small"
+    seed: str = ""  # the skeleton it was drawn from: "large", "small" or "v2"
 
     def to_dict(self) -> dict:
         return {"seed": self.seed, "resolution": self.resolution,
@@ -83,7 +109,7 @@ class Stage:
 
 def seed_stages(arch: str) -> tuple[Stage, ...]:
     """Split a seed's block table (at width 1.0) into stages of equal output channels."""
-    blocks = mobilenet_v3_config(arch).blocks
+    blocks = seed_network(arch).blocks
     stages: list[list[BlockConfig]] = []
     for b in blocks:
         if not stages or b.out_channels != stages[-1][-1].out_channels or b.stride > 1:
@@ -107,6 +133,17 @@ class SearchSpace:
     activations: tuple[str, ...] = ("RE", "HS")
     depth_delta: tuple[int, ...] = (-1, 0, 1)  # around each seed stage's depth
     num_classes: int = 1000
+
+    def __post_init__(self) -> None:
+        families = {seed_family(s) for s in self.seeds}
+        if len(families) != 1:
+            raise ValueError(f"a space's seeds are of one family (V3: large, small; V2: v2), "
+                             f"got {', '.join(self.seeds)}")
+
+    @property
+    def family(self) -> str:
+        """``v3`` or ``v2``: which block layout the space's networks have."""
+        return seed_family(self.seeds[0])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,14 +180,13 @@ class SearchSpace:
     # --- points of the space --------------------------------------------------------------
     def seed_architecture(self, seed: str, resolution: int = 224, width: float = 1.0
                           ) -> Architecture:
-        return Architecture(mobilenet_v3_config(seed, width, num_classes=self.num_classes),
-                            resolution, seed)
+        return Architecture(seed_network(seed, width, self.num_classes), resolution, seed)
 
     def sample(self, rng: random.Random) -> Architecture:
         seed = rng.choice(self.seeds)
         width = rng.choice(self.width_mults)
         blocks: list[BlockConfig] = []
-        cin = 16
+        cin = seed_network(seed).stem_channels
         for stage in seed_stages(seed):
             for i in range(rng.choice(self.depths(stage))):
                 blocks.append(rng.choice(self.block_choices(stage, cin, i == 0)))
@@ -159,12 +195,15 @@ class SearchSpace:
 
     def _assemble(self, seed: str, blocks: list[BlockConfig], width: float, resolution: int
                   ) -> Architecture:
-        template = mobilenet_v3_config(seed, width, num_classes=self.num_classes)
+        template = seed_network(seed, width, self.num_classes)
         scaled = tuple(b.scaled(width) for b in blocks)
+        # V3's last conv is 6x the last block's output; V2's a fixed 1280 (torchvision's)
+        last = 6 * scaled[-1].out_channels if template.family == "v3" \
+            else template.last_conv_channels
         net = NetworkConfig(
-            family="v3", blocks=scaled, stem_channels=scaled[0].in_channels,
+            family=template.family, blocks=scaled, stem_channels=scaled[0].in_channels,
             stem_activation=template.stem_activation,
-            last_conv_channels=6 * scaled[-1].out_channels,
+            last_conv_channels=last,
             last_conv_activation=template.last_conv_activation,
             classifier_hidden=template.classifier_hidden, num_classes=self.num_classes)
         return Architecture(net, resolution, seed)
@@ -193,7 +232,12 @@ class SearchSpace:
         slots: dict[tuple[str, float, int, BlockConfig], None] = {}
         for seed in self.seeds:
             for width in self.width_mults:
-                cin, reduction = 16, 2
+                cin, reduction = seed_network(seed).stem_channels, 2
+                if self.family == "v2":
+                    # torchvision's V2 rounds each expansion from the rounded input (not the
+                    # width-1.0 expansion scaled): the seed's own blocks, as built, are slots
+                    for b, r in zip(*_with_reductions(seed_network(seed, width)), strict=True):
+                        slots[(seed, width, r, b)] = None
                 for stage in seed_stages(seed):
                     firsts = self.block_choices(stage, cin, True)
                     rests = self.block_choices(stage, cin, False) \
@@ -207,13 +251,29 @@ class SearchSpace:
         return list(slots)
 
 
+def _with_reductions(net: NetworkConfig) -> tuple[list[BlockConfig], list[int]]:
+    """A network's blocks and each one's input stride (2 after the stem, 4 ...)."""
+    reductions, r = [], 2
+    for b in net.blocks:
+        reductions.append(r)
+        r *= b.stride
+    return list(net.blocks), reductions
+
+
 # Named spaces. "default" contains MobileNetV3-Large and -Small and is what the shipped table
-# covers; "tiny" is a few dozen units at width 0.5 and low resolution (tests, quick tries).
+# covers; "tiny" is a few dozen units at width 0.5 and low resolution (tests, quick tries);
+# "mobilenet_v2" is MobileNetV2 from width 0.35 to 1.0 with 3x and 6x expansions around it:
+# the units a NetAdapt path from a trained V2 and its width-scaled baselines run through (the
+# channel counts between them are estimated from these, see latency_tables.estimate).
 SPACES = {
     "default": SearchSpace(),
     "tiny": SearchSpace(name="tiny", seeds=("small",), resolutions=(64, 96), width_mults=(0.5,),
                         kernels=(3,), expand_ratios=(3.0,), se=(True,), activations=("HS",),
                         depth_delta=(0,)),
+    "mobilenet_v2": SearchSpace(name="mobilenet_v2", seeds=(V2_SEED,),
+                                resolutions=(160, 192, 224), width_mults=(0.35, 0.5, 0.75, 1.0),
+                                kernels=(3,), expand_ratios=(3.0, 6.0), se=(False,),
+                                activations=("R6",), depth_delta=(0,)),
 }
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from ..errors import EdgepipeError
 from ..latency_tables.estimate import Estimator
 from ..models.blocks import BlockConfig
-from ..models.space import Architecture, SearchSpace, seed_stages
+from ..models.space import Architecture, SearchSpace, seed_network, seed_stages
 from .data import DataSpec, load_dataset
 from .results import Progress, finish_model, plot_samples
 from .state import SearchRecord, load_weights, save_weights
@@ -52,7 +52,7 @@ class Decisions:
         self.space, self.skeleton = space, skeleton
         self.resolution, self.width = resolution, width
         self.items: list[Decision] = []
-        cin = 16
+        cin = seed_network(skeleton).stem_channels
         for s, stage in enumerate(seed_stages(skeleton)):
             depths = space.depths(stage)
             self.items.append(Decision(f"stage {s} depth", tuple(depths)))
@@ -72,7 +72,7 @@ class Decisions:
     def decode(self, choice: list[int]) -> Architecture:
         values = iter(d.options[c] for d, c in zip(self.items, choice, strict=True))
         blocks: list[BlockConfig] = []
-        cin = 16
+        cin = seed_network(self.skeleton).stem_channels
         for stage in seed_stages(self.skeleton):
             depth = next(values)
             for j in range(max(self.space.depths(stage))):
