@@ -15,11 +15,14 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         dest="search_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data", default="digits",
-                       help="`digits` (built in: scikit-learn's handwritten digits, upscaled) "
-                            "or a folder with one sub-folder of images per class")
-        p.add_argument("--image-size", type=int, default=32,
-                       help="the proxy resolution training runs at (default 32)")
+        p.add_argument("--data", default=None,
+                       help="`digits` (built in: scikit-learn's handwritten digits, upscaled; "
+                            "the default) or a folder with one sub-folder of images per class; "
+                            "netadapt --task distill: `photos` (the photos scikit-image and "
+                            "scikit-learn ship; the default) or a folder of photos")
+        p.add_argument("--image-size", type=int, default=None,
+                       help="the proxy resolution training runs at (default 32; 96 with "
+                            "--task distill)")
         p.add_argument("--resolution", type=int, default=224,
                        help="the input resolution latency is predicted and measured at")
         target = p.add_mutually_exclusive_group()
@@ -46,9 +49,27 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p = search.add_parser("netadapt", help="shrink a trained network step by step to a "
                                            "target latency (MobileNetV3's layer-wise search)")
     p.add_argument("--model", default="small",
-                   help="the seed: small, large (MobileNetV3) or a model.json (default small)")
-    p.add_argument("--weights", type=Path,
-                   help="the seed's trained weights (default: train it first on the data)")
+                   help="the seed: small, large (MobileNetV3), mobilenet_v2 or a model.json "
+                        "(default small)")
+    p.add_argument("--weights",
+                   help="the seed's trained weights: a .pth, or `imagenet` for mobilenet_v2 "
+                        "(torchvision's, from an installed package; default: train the seed "
+                        "first on the data). Weights whose classifier has other classes give "
+                        "their features; a new head is trained --pretrain-steps first")
+    p.add_argument("--task", choices=["classify", "distill"], default="classify",
+                   help="classify: labelled data (--data); distill: the trained seed is the "
+                        "teacher, proposals and the final learn its outputs on crops of "
+                        "photos and are scored by top-1 agreement and KL divergence on crops "
+                        "of other, held-out photos")
+    p.add_argument("--finetune-lr", type=float,
+                   help="learning rate of each proposal's fine-tune (default 5e-4; 2e-5 with "
+                        "--task distill)")
+    p.add_argument("--final-lr", type=float,
+                   help="learning rate of the final fine-tune (default 1e-3; 5e-5 with "
+                        "--task distill)")
+    p.add_argument("--crops", default="2048,256,512", metavar="TRAIN,VAL,TEST",
+                   help="--task distill: crops of the training, validation and test photos "
+                        "(default 2048,256,512)")
     p.add_argument("--delta-pct", type=float, default=1.0,
                    help="each step cuts at least this %% of the seed's latency (default 1)")
     p.add_argument("--finetune-steps", type=int, default=20,
@@ -79,17 +100,22 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 
 def _search_setup(args: argparse.Namespace):
-    from ..latency_tables.estimate import Estimator
     from ..search.data import DataSpec, load_dataset
+
+    data = DataSpec(args.data or "digits", args.image_size or 32)
+    dataset = load_dataset(data)  # a bad folder is refused before the device is asked
+    return _estimator(args), data, dataset
+
+
+def _estimator(args: argparse.Namespace):
+    from ..latency_tables.estimate import Estimator
     from ..ui import console
 
-    data = DataSpec(args.data, args.image_size)
-    dataset = load_dataset(data)  # a bad folder is refused before the device is asked
     use = table_use(args)
     for warning in use.warnings:
         console.print(f"[bold yellow]warning:[/] {warning}")
     console.print(f"latency from {use.words()}")
-    return Estimator(use.table, use.factor, use.record()), data, dataset
+    return Estimator(use.table, use.factor, use.record())
 
 
 def _search_target(args: argparse.Namespace, reference_ms: float, default_pct: float) -> float:
@@ -107,9 +133,15 @@ def _search_finish(args: argparse.Namespace, final: dict, estimator, kind: str) 
     from ..ui import PhaseProgress, console
 
     predicted = final.get("prediction") or f"{final['predicted_ms']:.3f} ms"
-    console.print(f"{kind}: accuracy {final['accuracy']:.1%} (validation), "
-                  f"{final['test_accuracy']:.1%} (test), predicted {predicted}; wrote "
-                  f"{final['model']} and {final['weights']}")
+    if final.get("test_kl") is not None:  # a distillation set
+        console.print(f"{kind}: top-1 agreement with the teacher {final['accuracy']:.1%} "
+                      f"(validation photos), {final['test_accuracy']:.1%} (held-out test "
+                      f"photos), KL {final['test_kl']:.3f} nats (test); predicted {predicted}; "
+                      f"wrote {final['model']} and {final['weights']}")
+    else:
+        console.print(f"{kind}: accuracy {final['accuracy']:.1%} (validation), "
+                      f"{final['test_accuracy']:.1%} (test), predicted {predicted}; wrote "
+                      f"{final['model']} and {final['weights']}")
     if not args.no_verify:
         from ..host.local import open_device
         from ..host.registry import config_home
@@ -133,30 +165,157 @@ def _search_finish(args: argparse.Namespace, final: dict, estimator, kind: str) 
     return 0
 
 
+# what --model may name: the seeds NetAdapt knows how to narrow (MobileNetV3, MobileNetV2)
+SEED_NAMES = {"small": "small", "large": "large", "mobilenet_v3_small": "small",
+              "mobilenet_v3_large": "large", "mobilenet_v2": "v2", "v2": "v2"}
+
+
+def netadapt_seed(model: str, resolution: int, classes: int | None, weights: str | None
+                  ) -> tuple:
+    """(seed Architecture, weights path or None, its class names or None) for ``--model``;
+    ``classes`` None: as many as the weights' (1000 for the packaged ImageNet ones). A model
+    that is no MobileNet NetAdapt can narrow is refused in one line naming what it is."""
+    from ..models.pretrained import resolve_weights
+    from ..models.space import SEED_MODELS, Architecture, load_architecture, seed_network
+
+    if model in SEED_NAMES:
+        seed = SEED_NAMES[model]
+        path = resolve_weights(SEED_MODELS[seed], weights)
+        labels = None
+        if classes is None:  # the weights' own classes: ImageNet's for the seeds' weights
+            from ..converters.source import label_names
+
+            labels = label_names("imagenet")
+            classes = len(labels or [])
+        return Architecture(seed_network(seed, 1.0, classes), resolution, seed), path, labels
+    if model.endswith(".json"):
+        arch, labels = load_architecture(model)
+        if classes is not None and arch.network.num_classes != classes:
+            raise EdgepipeError(f"{model} has {arch.network.num_classes} classes and the "
+                                f"data {classes}: give a seed made for this data")
+        return arch, resolve_weights(model, weights) if weights else None, labels
+    raise EdgepipeError(_not_shrinkable(model))
+
+
+def _not_shrinkable(model: str) -> str:
+    """What a model NetAdapt cannot narrow is, in one line (it is built to be described)."""
+    from torch import nn
+
+    from ..models.registry import MODEL_NAMES, create_model
+
+    if ":" not in model and model not in MODEL_NAMES:
+        raise EdgepipeError(f"unknown model {model!r}: NetAdapt starts from small, large "
+                            "(MobileNetV3), mobilenet_v2 or a model.json written by "
+                            "`edgepipe search`")
+    module, info = create_model(model)  # a failing factory: its own line
+    counts = {"convolution": sum(isinstance(m, nn.Conv2d) for m in module.modules()),
+              "linear layer": sum(isinstance(m, nn.Linear) for m in module.modules())}
+    found = ", ".join(f"{n} {what}{'s' if n != 1 else ''}" for what, n in counts.items())
+    kind = "a segmentation model" if info.task == "segmentation" else "a model"
+    return (f"NetAdapt cannot shrink {model}: found {kind} of type {type(module).__name__} "
+            f"({found}) that is not a MobileNet of inverted-residual blocks, the layers NetAdapt "
+            "knows how to narrow: give small, large, mobilenet_v2 or a model.json written by "
+            "`edgepipe search`")
+
+
+def _crop_counts(text: str) -> tuple[int, int, int]:
+    try:
+        counts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        counts = ()
+    if len(counts) != 3 or min(counts) < 1:
+        raise EdgepipeError(f"--crops {text!r}: give three positive counts, TRAIN,VAL,TEST "
+                            "(e.g. 2048,256,512)")
+    return counts  # type: ignore[return-value]
+
+
+def _distillation_spec(args: argparse.Namespace, weights: Path | None):
+    """What the distillation set will be, its photos found (bad input refused in one line
+    before the device is asked or the teacher runs)."""
+    from ..search.distill import PHOTOS, DistillSpec, photo_files
+
+    if weights is None:
+        raise EdgepipeError("--task distill needs the teacher's trained weights: give "
+                            "--weights (e.g. --model mobilenet_v2 --weights imagenet)")
+    if args.data == "digits":
+        raise EdgepipeError("--task distill learns from photos: give --data photos (the "
+                            "shipped ones) or a folder of photos")
+    train, val, test = _crop_counts(args.crops)
+    spec = DistillSpec(args.data or PHOTOS, args.image_size or 96, train, val, test)
+    photo_files(spec)
+    return spec
+
+
+def _distillation_data(args: argparse.Namespace, spec, seed, weights: Path,
+                       labels: list[str] | None):
+    """The distillation set of the seed as teacher: made once in the search folder."""
+    from ..models.registry import load_weights
+    from ..models.space import build_architecture
+    from ..search.data import DataSpec, load_dataset
+    from ..search.distill import prepare_distillation
+    from ..ui import console
+
+    teacher = build_architecture(seed)
+    load_weights(teacher, weights)  # the teacher whole: its classifier is what is learnt
+    names = labels or [str(i) for i in range(seed.network.num_classes)]
+    console.print(f"distillation set: {spec.describe()}")
+    path = prepare_distillation(spec, teacher, names, args.out / "data",
+                                lambda words: console.print(words))
+    data = DataSpec(str(path.resolve()), spec.image_size)
+    return data, load_dataset(data)
+
+
 def _run_search_netadapt(args: argparse.Namespace) -> int:
-    from ..models.space import SearchSpace, load_architecture
-    from ..search.netadapt import NetAdaptRequest, NetAdaptSettings, run_netadapt
+    from ..models.space import SearchSpace
+    from ..search.netadapt import (
+        DISTILL_FINAL_LR,
+        DISTILL_FINETUNE_LR,
+        NetAdaptRequest,
+        NetAdaptSettings,
+        run_netadapt,
+    )
     from ..search.workers import open_runner
     from ..ui import PhaseProgress, console
 
-    estimator, data, ds = _search_setup(args)
-    if args.model in ("small", "large"):
-        seed = SearchSpace(num_classes=len(ds.classes)).seed_architecture(
-            args.model, args.resolution)
+    if args.task == "distill":
+        seed, weights, labels = netadapt_seed(args.model, args.resolution, None, args.weights)
+        spec = _distillation_spec(args, weights)
     else:
-        seed, _ = load_architecture(args.model)
-        if seed.network.num_classes != len(ds.classes):
-            raise EdgepipeError(f"{args.model} has {seed.network.num_classes} classes and the "
-                                f"data {len(ds.classes)}: give a seed made for this data")
+        from ..search.data import DataSpec, load_dataset
+
+        data = DataSpec(args.data or "digits", args.image_size or 32)
+        ds = load_dataset(data)  # a bad folder is refused before the device is asked
+        seed, weights, _ = netadapt_seed(args.model, args.resolution, len(ds.classes),
+                                         args.weights)
+    args.space_family = seed.network.family  # a V2 seed reads a table of V2's space
+    estimator = _estimator(args)
+    table_family = SearchSpace.from_dict(estimator.table.space).family
+    if table_family != seed.network.family:
+        names = {"v2": ("MobileNetV2", " --space mobilenet_v2"), "v3": ("MobileNetV3", "")}
+        raise EdgepipeError(
+            f"the latency table is of {names[table_family][0]}'s space and the seed "
+            f"{args.model} is a {names[seed.network.family][0]}: collect a table of its space "
+            f"with `edgepipe lut collect{names[seed.network.family][1]}` (or adapt one with "
+            "`edgepipe lut adapt`)")
+    if args.task == "distill":  # the teacher runs once the table is known to fit
+        data, ds = _distillation_data(args, spec, seed, weights, labels)
     target = _search_target(args, estimator.predict(seed), 50)
+    distill = args.task == "distill"
+    rates = {"finetune_lr": args.finetune_lr if args.finetune_lr is not None
+             else DISTILL_FINETUNE_LR if distill else NetAdaptSettings.finetune_lr,
+             "final_lr": args.final_lr if args.final_lr is not None
+             else DISTILL_FINAL_LR if distill else NetAdaptSettings.final_lr}
     settings = NetAdaptSettings(delta_pct=args.delta_pct, finetune_steps=args.finetune_steps,
                                 final_steps=args.final_steps,
-                                pretrain_steps=args.pretrain_steps, seed=args.seed)
-    req = NetAdaptRequest(seed, data, estimator, args.out, target, args.weights, settings)
+                                pretrain_steps=args.pretrain_steps, seed=args.seed, **rates)
+    req = NetAdaptRequest(seed, data, estimator, args.out, target, weights, settings,
+                          seed_name=args.model)
     with open_runner(args.workers, args.ray) as runner:
         console.print(f"NetAdapt on {ds.describe()}; target {target:.3f} ms "
                       f"(seed {estimator.predict(seed):.3f} ms) on {estimator.table.describe()}"
                       f"; training on {runner.name}")
+        if ds.distillation:
+            console.print(f"photos by part: {ds.photos}")
         with PhaseProgress() as progress:
             result = run_netadapt(req, runner, progress)
     steps = result["record"]["steps"]

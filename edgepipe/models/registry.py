@@ -166,6 +166,31 @@ def _preview(keys: list[str], n: int = 5) -> str:
     return shown + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
+def load_backbone(model: nn.Module, path: str | Path, head: str = "classifier.") -> bool:
+    """Load weights whose classifier may be made for other classes: every other key strictly,
+    the classifier's only where its shapes match. True when the model's own (freshly
+    initialised) classifier was kept: it has to be trained (transfer learning from, e.g.,
+    ImageNet weights to a folder of 10 classes). Other mismatches are refused as
+    :func:`load_weights` refuses them."""
+    path = Path(path)
+    try:
+        load_weights(model, path)
+        return False
+    except EdgepipeError:
+        pass
+    obj = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    if obj is None:
+        load_weights(model, path)  # the one-line error for a missing file
+    state = {k.removeprefix("module."): v for k, v in _state_dict_from(obj, path).items()}
+    own = model.state_dict()
+    body = {k: v for k, v in state.items() if not k.startswith(head)}
+    if set(body) != {k for k in own if not k.startswith(head)} or any(
+            own[k].shape != v.shape for k, v in body.items()):
+        load_weights(model, path)  # not only the head differs: the usual one-line error
+    model.load_state_dict({**own, **body}, strict=True)
+    return True
+
+
 def load_weights(model: nn.Module, path: str | Path) -> str:
     """Load a torchvision-format state_dict strictly; returns the file's sha256.
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from ..errors import EdgepipeError
 from ..latency_tables.estimate import Estimator
-from ..models.mobilenet import mobilenet_v3_config
-from ..models.space import Architecture
+from ..models.space import Architecture, seed_network
 from .surgery import same_layout
 
 
 def _width_arch(seed: Architecture, width: float) -> Architecture:
-    net = mobilenet_v3_config(seed.seed, width, num_classes=seed.network.num_classes)
+    """The seed's network at ``width``, as torchvision scales it (V3 or V2)."""
+    net = seed_network(seed.seed, width, seed.network.num_classes)
     return Architecture(net, seed.resolution, seed.seed)
 
 

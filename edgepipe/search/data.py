@@ -8,6 +8,11 @@ Latency is predicted at the architecture's own resolution (224 px by default), n
 size: the network is fully convolutional, and accuracy only has to rank the proposals.
 (ImageNet-sized proxies are what the paper used; no such data can be fetched here.)
 
+The third source is a distillation set (:mod:`.distill`): crops of real photos labelled by a
+trained teacher's logits, split by photo; ``source`` is then the set's ``.pt`` file. Its
+``y`` is the teacher's top-1 class and ``soft_*`` the teacher's logits, so accuracy on it is
+top-1 agreement with the teacher.
+
 Images are kept in memory as one tensor: a search visits the same images thousands of times.
 """
 
@@ -30,7 +35,7 @@ _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's, as the
 class DataSpec:
     """Which data, at which size: plain data, so worker processes load it themselves."""
 
-    source: str = BUILTIN  # "digits" or an ImageFolder-layout folder
+    source: str = BUILTIN  # "digits", an ImageFolder-layout folder or a distillation set
     image_size: int = 32  # the proxy resolution training runs at (digits are 8x8 scans)
     val_fraction: float = 0.2  # held out: proposals and samples are chosen on it
     test_fraction: float = 0.2  # held out from the choosing too: what finals are reported on
@@ -49,8 +54,21 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     classes: list[str]
+    # a distillation set: the teacher's logits per image (y is their top-1); None: labels
+    soft_train: torch.Tensor | None = None
+    soft_val: torch.Tensor | None = None
+    soft_test: torch.Tensor | None = None
+    photos: str = ""  # a distillation set: which photos are in which part
+
+    @property
+    def distillation(self) -> bool:
+        return self.soft_train is not None
 
     def describe(self) -> str:
+        if self.distillation:
+            return (f"{len(self.x_train)} training / {len(self.x_val)} validation / "
+                    f"{len(self.x_test)} test crops (each part from other photos), the "
+                    f"teacher's {len(self.classes)} classes, {self.x_train.shape[-1]} px")
         return (f"{len(self.x_train)} training / {len(self.x_val)} validation / "
                 f"{len(self.x_test)} test images, "
                 f"{len(self.classes)} classes, {self.x_train.shape[-1]} px")
@@ -61,12 +79,33 @@ _CACHE: dict[DataSpec, Dataset] = {}
 
 def load_dataset(spec: DataSpec) -> Dataset:
     """The dataset, loaded once per process (workers keep it between tasks)."""
+    if spec not in _CACHE and spec.source.endswith(".pt"):
+        _CACHE[spec] = _prepared(Path(spec.source), spec)
     if spec not in _CACHE:
         images, labels, classes = (_digits() if spec.source == BUILTIN
                                    else _image_folder(Path(spec.source)))
         x = _normalise(_resize(images, spec.image_size))
         _CACHE[spec] = _split(x, torch.as_tensor(labels), classes, spec)
     return _CACHE[spec]
+
+
+def _prepared(path: Path, spec: DataSpec) -> Dataset:
+    """A distillation set (:func:`.distill.prepare_distillation`), its split as made."""
+    from .distill import normalise, read_prepared, split_words
+
+    if not path.is_file():
+        raise EdgepipeError(f"distillation set {path} does not exist: start the search with "
+                            "--task distill to make it")
+    data = read_prepared(path)
+    if data["images"].shape[-1] != spec.image_size:
+        raise EdgepipeError(f"{path} holds {data['images'].shape[-1]} px crops, not "
+                            f"--image-size {spec.image_size}: give the size it was made at")
+    x, logits, part = normalise(data["images"]), data["logits"], data["part"].long()
+    top1 = logits.argmax(1)
+    m = [part == k for k in range(3)]
+    return Dataset(x[m[0]], top1[m[0]], x[m[1]], top1[m[1]], x[m[2]], top1[m[2]],
+                   list(data["labels"]), logits[m[0]], logits[m[1]], logits[m[2]],
+                   split_words(data))
 
 
 def _digits() -> tuple[torch.Tensor, np.ndarray, list[str]]:

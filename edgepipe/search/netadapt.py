@@ -7,6 +7,12 @@ by at least δ; each proposal inherits the largest-L2 filters and is fine-tuned 
 the step keeps the one with the best ΔAccuracy / |ΔLatency|. At the target latency the last
 network is fine-tuned longer. Steps are the path; the target only says where to stop on it,
 so a finished search can be continued to a lower target in the same folder.
+
+The seed is a MobileNetV3 or a MobileNetV2 (e.g. torchvision's ImageNet-trained one, with a
+table of V2's space: ``lut collect --space mobilenet_v2``). On a distillation set
+(:mod:`.distill`) "accuracy" is top-1 agreement with the teacher, and proposals that agree
+equally are told apart by their KL divergence from it (held-out crops agree in steps of
+1/crops: ties are common).
 """
 
 from __future__ import annotations
@@ -32,6 +38,14 @@ from .surgery import (
 from .train import TrainSettings, TrainTask
 from .workers import Runner
 
+# Learning rates on a distillation set (AdamW, cosine): a trained network moves away from its
+# teacher at the rates that suit training on labelled data. Tiny check, MobileNetV2 (ImageNet
+# weights) with one expansion of 384 halved, 20 steps of 32 of 384 crops at 48 px: KL on
+# validation crops 1.25 nats before, 0.96 (1e-5), 0.94 (2e-5), 1.05 (4e-5), 1.77 (1e-4),
+# 3.03 (5e-4). Not tuned beyond that: the study prints the rates it used.
+DISTILL_FINETUNE_LR = 2e-5
+DISTILL_FINAL_LR = 5e-5
+
 
 @dataclass
 class NetAdaptSettings:
@@ -50,6 +64,23 @@ class Proposal:
     change: str  # "expansion 3: 88 -> 80" | "bottleneck 2 (blocks 1,2): 24 -> 16"
     arch: Architecture
     predicted_ms: float
+
+
+def check_shrinkable(arch: Architecture, estimator: Estimator, delta_ms: float,
+                     name: str) -> None:
+    """Refuse, in one line naming what was found, a seed in which no layer can be narrowed
+    by ``delta_ms`` (every expansion, bottleneck and the head conv at 8 channels already, or
+    too small to cut δ): before its training starts."""
+    if propose(arch, estimator, delta_ms):
+        return
+    net = arch.network
+    widths = sorted({b.expanded_channels for b in net.blocks} | {net.last_conv_channels})
+    raise EdgepipeError(
+        f"NetAdapt cannot shrink {name}: found {len(net.blocks)} inverted-residual block(s) "
+        f"with {len(expansion_layers(net))} expansion layer(s) and "
+        f"{len(bottleneck_groups(net))} bottleneck group(s) (widths {widths[0]}–{widths[-1]}), "
+        f"and no cut of 8 filters or more lowers its predicted latency by δ = "
+        f"{delta_ms:.3f} ms: give a smaller --delta-pct or a wider model")
 
 
 def propose(arch: Architecture, estimator: Estimator, delta_ms: float) -> list[Proposal]:
@@ -91,6 +122,7 @@ class NetAdaptRequest:
     target_ms: float
     weights: Path | None = None
     settings: NetAdaptSettings = field(default_factory=NetAdaptSettings)
+    seed_name: str = "the seed"  # what the user called it (refusals name it)
 
     def record_settings(self) -> dict[str, Any]:
         """What must match for a search to resume (not the target: it picks where to stop)."""
@@ -114,6 +146,7 @@ def run_netadapt(req: NetAdaptRequest, runner: Runner, progress: Progress | None
         raise EdgepipeError(f"the target {req.target_ms:.3f} ms is not below the seed's "
                             f"predicted {seed_ms:.3f} ms: give a lower --target-ms or "
                             "--target-pct below 100")
+    check_shrinkable(req.seed_arch, est, s.delta_pct / 100 * seed_ms, req.seed_name)
     if not record.get("steps"):
         record["steps"] = [_seed_step(req, runner, progress)]
         record.save()
@@ -143,7 +176,10 @@ def run_netadapt(req: NetAdaptRequest, runner: Runner, progress: Progress | None
         results = runner.run(tasks, lambda _r: progress.advance())
         scored = [(r.accuracy - last["accuracy"]) / (last["predicted_ms"] - p.predicted_ms)
                   for p, r in zip(proposals, results, strict=True)]
-        best = max(range(len(proposals)), key=lambda i: scored[i])
+        # equal scores (a distillation set's agreement moves in steps of 1/crops): the lower
+        # KL from the teacher wins; on labelled data the first proposal, as before
+        best = max(range(len(proposals)), key=lambda i: (
+            scored[i], -results[i].kl if results[i].kl is not None else 0.0))
         weights = f"steps/step-{step_no:03d}.pth"
         save_weights(req.out / weights, results[best].state)
         steps.append({
@@ -151,15 +187,15 @@ def run_netadapt(req: NetAdaptRequest, runner: Runner, progress: Progress | None
             "arch": proposals[best].arch.to_dict(),
             "predicted_ms": proposals[best].predicted_ms, "factor": est.factor,
             "measured_share": est.measured_share(proposals[best].arch),
-            "accuracy": results[best].accuracy, "weights": weights,
+            "accuracy": results[best].accuracy, "kl": results[best].kl, "weights": weights,
             "seconds": time.perf_counter() - began,
             "proposals": [{"change": p.change, "predicted_ms": p.predicted_ms,
-                           "accuracy": r.accuracy, "score": sc}
+                           "accuracy": r.accuracy, "kl": r.kl, "score": sc}
                           for p, r, sc in zip(proposals, results, scored, strict=True)]})
         record.save()
         if proposals[best].predicted_ms <= req.target_ms:
             reached = steps[-1]
-    final = _finalize(req, reached, runner, progress, ds.classes)
+    final = _finalize(req, reached, runner, progress, ds.classes, steps[0])
     record.data.setdefault("finals", {})[f"{req.target_ms:.4f}"] = final
     record.save()
     plot_netadapt_path(steps, record["finals"], req.out / "path.png")
@@ -187,29 +223,34 @@ def _with_lr(settings: TrainSettings, lr: float) -> TrainSettings:
 def _seed_step(req: NetAdaptRequest, runner: Runner, progress: Progress) -> dict[str, Any]:
     """Step 0: the seed, trained first when no weights are given, and its accuracy."""
     s = req.settings
-    state = None
+    state, new_head = None, False
     if req.weights:
-        from ..models.registry import load_weights as load_checked
+        from ..models.registry import load_backbone
         from ..models.space import build_architecture
 
         module = build_architecture(req.seed_arch)
-        load_checked(module, req.weights)  # one-line error on a mismatch
+        # one-line error on a mismatch; a classifier for other classes (ImageNet weights, a
+        # folder of 10 classes) is replaced by a fresh one, trained below
+        new_head = load_backbone(module, req.weights)
         state = module.state_dict()
-    steps = 0 if state is not None else s.pretrain_steps
+    steps = s.pretrain_steps if state is None or new_head else 0
     progress.phase("seed: " + (f"training {steps} steps" if steps else "accuracy"), 1)
     result = runner.run([TrainTask(req.seed_arch.to_dict(), req.data, steps, s.seed, state,
                                    s.train, "seed")], lambda _r: progress.advance())[0]
     save_weights(req.out / "steps/step-000.pth", result.state)
-    return {"step": 0, "change": "seed" + (f" (trained {steps} steps)" if steps else ""),
+    change = "seed" + (f" (new {req.seed_arch.network.num_classes}-class head on the given "
+                       f"weights, trained {steps} steps)" if new_head
+                       else f" (trained {steps} steps)" if steps else "")
+    return {"step": 0, "change": change,
             "arch": req.seed_arch.to_dict(), "weights": "steps/step-000.pth",
             "predicted_ms": req.estimator.predict(req.seed_arch),
             "factor": req.estimator.factor,
             "measured_share": req.estimator.measured_share(req.seed_arch),
-            "accuracy": result.accuracy}
+            "accuracy": result.accuracy, "kl": result.kl}
 
 
 def _finalize(req: NetAdaptRequest, step: dict[str, Any], runner: Runner,
-              progress: Progress, labels: list[str]) -> dict[str, Any]:
+              progress: Progress, labels: list[str], first: dict[str, Any]) -> dict[str, Any]:
     s = req.settings
     progress.phase(f"final fine-tune: {s.final_steps} steps at {step['predicted_ms']:.2f} ms", 1)
     arch = Architecture.from_dict(step["arch"])
@@ -220,4 +261,5 @@ def _finalize(req: NetAdaptRequest, step: dict[str, Any], runner: Runner,
     return finish_model(req.out / "final", arch, result, labels, req.estimator,
                         {"search": "netadapt", "target_ms": req.target_ms,
                          "from_step": step["step"], "path_accuracy": step["accuracy"],
-                         "training_steps": step["step"] * s.finetune_steps + s.final_steps})
+                         "training_steps": step["step"] * s.finetune_steps + s.final_steps,
+                         "seed_accuracy": first["accuracy"], "seed_kl": first.get("kl")})

@@ -28,6 +28,9 @@ def finish_model(folder: Path, arch: Architecture, result: TrainResult, labels: 
     save_weights(folder / "weights.pth", result.state)
     prediction = estimator.prediction(arch)
     summary = {"accuracy": result.accuracy, "test_accuracy": result.test_accuracy,
+               # a distillation set: accuracy is top-1 agreement with the teacher, and these
+               # are KL(teacher ‖ student) in nats (None on labelled data)
+               "kl": result.kl, "test_kl": result.test_kl,
                "predicted_ms": estimator.predict(arch), "predicted_p90_ms": prediction.p90,
                "interval_ms": prediction.intervals.get("median"),
                "measured_share": estimator.measured_share(arch),

@@ -1,4 +1,5 @@
-"""Shrinking a MobileNetV3 the NetAdapt way: fewer filters in one place, weights inherited.
+"""Shrinking a MobileNet (V3 or V2) the NetAdapt way: fewer filters in one place, weights
+inherited.
 
 Every channel dimension of the network belongs to a *channel space*: the tensor between blocks
 that residual connections tie together (a bottleneck group), one block's expansion, its SE
@@ -59,11 +60,12 @@ def channel_spaces(net: NetworkConfig) -> dict[str, tuple[Space | None, ...]]:
         for p in ("weight", "bias", "running_mean", "running_var"):
             dims[f"{prefix}.1.{p}"] = (out,)
 
+    v2 = net.family == "v2"  # torchvision's V2 names: ``conv.N``, a bare projection conv
     conv_bn("features.0", ("b", group[-1]), None)
     for i, b in enumerate(net.blocks):
         src = ("b", group[i - 1] if i else group[-1])
         exp = ("e", i) if has_expansion(b) else src
-        prefix, j = f"features.{i + 1}.block", 0
+        prefix, j = f"features.{i + 1}.{'conv' if v2 else 'block'}", 0
         if has_expansion(b):
             conv_bn(f"{prefix}.0", exp, src)
             j = 1
@@ -74,8 +76,16 @@ def channel_spaces(net: NetworkConfig) -> dict[str, tuple[Space | None, ...]]:
             dims.update({f"{se}.fc1.weight": (("s", i), exp), f"{se}.fc1.bias": (("s", i),),
                          f"{se}.fc2.weight": (exp, ("s", i)), f"{se}.fc2.bias": (exp,)})
             j += 1
-        conv_bn(f"{prefix}.{j}", ("b", group[i]), exp)
+        if v2:  # Conv2d then BatchNorm2d as two entries of the Sequential
+            dims[f"{prefix}.{j}.weight"] = (("b", group[i]), exp)
+            for p in ("weight", "bias", "running_mean", "running_var"):
+                dims[f"{prefix}.{j + 1}.{p}"] = (("b", group[i]),)
+        else:
+            conv_bn(f"{prefix}.{j}", ("b", group[i]), exp)
     conv_bn(f"features.{len(net.blocks) + 1}", ("h",), ("b", group[len(net.blocks) - 1]))
+    if net.classifier_hidden is None:  # V2: dropout, then one linear layer
+        dims["classifier.1.weight"] = (None, ("h",))
+        return dims
     dims["classifier.0.weight"] = (("c",), ("h",))
     dims["classifier.0.bias"] = (("c",),)
     dims["classifier.3.weight"] = (None, ("c",))
@@ -99,8 +109,8 @@ def same_layout(a: NetworkConfig, b: NetworkConfig) -> bool:
     differ (a residual add may appear or vanish: it has no weights)."""
     def layout(net: NetworkConfig) -> list[tuple]:
         return [(has_expansion(x), x.se, x.kernel, x.stride) for x in net.blocks]
-    return layout(a) == layout(b) and a.classifier_hidden is not None \
-        and b.classifier_hidden is not None
+    return layout(a) == layout(b) and a.family == b.family \
+        and (a.classifier_hidden is None) == (b.classifier_hidden is None)
 
 
 def inherit_weights(state: dict[str, torch.Tensor], old: NetworkConfig, new: NetworkConfig

@@ -3,6 +3,11 @@
 A :class:`TrainTask` is plain data (architecture, weights, steps, seed, data spec), so it runs
 the same in this process, in a local worker process or on a Ray node, and gives the same
 result for the same seed.
+
+On labelled data the loss is cross-entropy and the score accuracy. On a distillation set
+(:mod:`.distill`) the loss is KL(teacher ‖ student) at temperature ``distill_temperature``
+(times T², Hinton et al. 2015) and the score top-1 agreement with the teacher; the KL at
+temperature 1 is reported beside it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,15 @@ class TrainSettings:
     label_smoothing: float = 0.1
     shift: int = 2  # random translation (pixels at the proxy size): the only augmentation
     bn_images: int = 512  # BatchNorm statistics re-estimated on these after training
+    distill_temperature: float = 1.0  # 1: the loss is the KL the results report
+    # BatchNorm: "recalibrate" trains with batch statistics and re-estimates them on
+    # bn_images afterwards; "frozen" keeps the inherited running statistics (BN layers in
+    # eval mode while the rest trains): the trained teacher's statistics are part of the
+    # function a student must match, and photos are not its training data. Measured on
+    # MobileNetV2 (ImageNet weights, 48 px crops, one expansion of 384 halved): agreement
+    # with the teacher 34 % with its inherited statistics, 6 % re-estimated on 40 crops.
+    # "auto": frozen on a distillation set, recalibrate on labelled data.
+    batchnorm: str = "auto"
 
 
 @dataclass
@@ -48,18 +62,35 @@ class TrainResult:
     test_accuracy: float  # on the test split: what a final is reported with
     state: dict[str, torch.Tensor]
     seconds: float
+    kl: float | None = None  # distillation: KL(teacher ‖ student), nats, validation split
+    test_kl: float | None = None  # the same on the test split
 
 
 def _batches(ds: Dataset, steps: int, settings: TrainSettings, gen: torch.Generator):
+    """(images, targets) per step: labels, or the teacher's logits on a distillation set
+    (not shifted: the teacher saw the crop as it is)."""
     n = len(ds.x_train)
+    batch = min(settings.batch, n)
     order = torch.randperm(n, generator=gen)
     cursor = 0
     for _ in range(steps):
-        if cursor + settings.batch > n:
+        if cursor + batch > n:
             order, cursor = torch.randperm(n, generator=gen), 0
-        idx = order[cursor:cursor + settings.batch]
-        cursor += settings.batch
-        yield _shift(ds.x_train[idx], settings.shift, gen), ds.y_train[idx]
+        idx = order[cursor:cursor + batch]
+        cursor += batch
+        if ds.soft_train is not None:
+            yield ds.x_train[idx], ds.soft_train[idx]
+        else:
+            yield _shift(ds.x_train[idx], settings.shift, gen), ds.y_train[idx]
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0
+                      ) -> torch.Tensor:
+    """KL(teacher ‖ student) of the softened distributions, times T² (Hinton et al. 2015),
+    mean over the batch; (N, classes) logits each."""
+    t = temperature
+    return nn.functional.kl_div(torch.log_softmax(student / t, 1), torch.log_softmax(
+        teacher / t, 1), reduction="batchmean", log_target=True) * t * t
 
 
 def _shift(x: torch.Tensor, pixels: int, gen: torch.Generator) -> torch.Tensor:
@@ -77,15 +108,35 @@ def train(model: nn.Module, ds: Dataset, steps: int, settings: TrainSettings, se
     # fused: the optimizer step of ~150 small tensors is otherwise a third of a step's time
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr,
                             weight_decay=settings.weight_decay, fused=True)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+    if ds.soft_train is not None:
+        def loss_fn(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return distillation_loss(out, target, settings.distill_temperature)
+    else:
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+    frozen = batchnorm_mode(settings, ds) == "frozen"
     model.train()
+    if frozen:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()  # running statistics used and kept; weight and bias still learn
     for step, (x, y) in enumerate(_batches(ds, steps, settings, gen)):
         for group in opt.param_groups:  # cosine decay to zero over the task's steps
             group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         opt.step()
-    recalibrate_batchnorm(model, [ds.x_train[:settings.bn_images]], chunk=settings.batch)
+    if not frozen:
+        recalibrate_batchnorm(model, [ds.x_train[:settings.bn_images]], chunk=settings.batch)
+
+
+def batchnorm_mode(settings: TrainSettings, ds: Dataset) -> str:
+    """``frozen`` or ``recalibrate`` (see :class:`TrainSettings`)."""
+    if settings.batchnorm not in ("auto", "frozen", "recalibrate"):
+        raise ValueError(f"batchnorm must be auto, frozen or recalibrate, got "
+                         f"{settings.batchnorm!r}")
+    if settings.batchnorm == "auto":
+        return "frozen" if ds.distillation else "recalibrate"
+    return settings.batchnorm
 
 
 @torch.no_grad()
@@ -94,6 +145,16 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 25
     correct = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
                   for i in range(0, len(x), batch))
     return correct / len(x)
+
+
+@torch.no_grad()
+def kl_divergence(model: nn.Module, x: torch.Tensor, teacher: torch.Tensor, batch: int = 256
+                  ) -> float:
+    """Mean KL(teacher ‖ student) in nats at temperature 1 over the images ``x``."""
+    model.eval()
+    total = sum(float(distillation_loss(model(x[i:i + batch]), teacher[i:i + batch]))
+                * len(x[i:i + batch]) for i in range(0, len(x), batch))
+    return total / len(x)
 
 
 def run_task(task: TrainTask) -> TrainResult:
@@ -106,5 +167,9 @@ def run_task(task: TrainTask) -> TrainResult:
     train(model, ds, task.steps, task.settings, task.seed)
     acc = accuracy(model, ds.x_val, ds.y_val)
     test = accuracy(model, ds.x_test, ds.y_test)
+    kl = test_kl = None
+    if ds.soft_val is not None and ds.soft_test is not None:
+        kl = kl_divergence(model, ds.x_val, ds.soft_val)
+        test_kl = kl_divergence(model, ds.x_test, ds.soft_test)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return TrainResult(task.tag, acc, test, state, time.perf_counter() - began)
+    return TrainResult(task.tag, acc, test, state, time.perf_counter() - began, kl, test_kl)
