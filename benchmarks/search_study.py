@@ -310,13 +310,15 @@ def _task(args: argparse.Namespace, seed_for_netadapt):
     from edgepipe.models.registry import load_weights
     from edgepipe.models.space import build_architecture
     from edgepipe.search.distill import PHOTOS, DistillSpec, prepare_distillation
+    from edgepipe.ui import PhaseProgress
 
     seed, weights, labels = seed_for_netadapt(args.model, args.resolution, None, args.weights)
     train, val, test = (int(v) for v in args.crops.split(","))
     spec = DistillSpec(args.data or PHOTOS, args.image_size, train, val, test)
     teacher = build_architecture(seed)
     load_weights(teacher, weights)
-    path = prepare_distillation(spec, teacher, labels or [], args.out / "data", print)
+    with PhaseProgress() as progress:
+        path = prepare_distillation(spec, teacher, labels or [], args.out / "data", progress)
     data = DataSpec(str(path.resolve()), args.image_size)
     return data, load_dataset(data), seed, weights
 

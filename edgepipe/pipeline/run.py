@@ -32,7 +32,7 @@ def check_device_tables(client: AgentClient, info: dict[str, Any], config: Pipel
     from ..latency_tables.estimate import Estimator
     from ..latency_tables.sentinels import apply_policy, check_table, use_table
     from ..latency_tables.table import LatencyTable, known_tables
-    from ..models.space import SearchSpace
+    from ..models.space import SearchSpace, seed_family
 
     home = config_home()
     found = []
@@ -49,9 +49,12 @@ def check_device_tables(client: AgentClient, info: dict[str, Any], config: Pipel
                         lambda t=table, w=workdir: check_table(t, client, w))
         record = apply_policy(use).record()
         model = config.model
-        seed = {"mobilenet_v3_small": "small", "mobilenet_v3_large": "large"}.get(model.name)
+        seed = {"mobilenet_v3_small": "small", "mobilenet_v3_large": "large",
+                "mobilenet_v2": "v2"}.get(model.name)
         size = model.size or 224
-        if seed and size in space.resolutions and model.width in space.width_mults:
+        # a table predicts the networks of its own family (a V2 table has no V3 units)
+        if seed and seed_family(seed) == space.family and size in space.resolutions \
+                and model.width in space.width_mults:
             arch = space.seed_architecture(seed, size, model.width)
             prediction = Estimator(table).prediction(arch)
             record["model_prediction"] = {

@@ -20,16 +20,17 @@ Its name holds a digest of the settings and the teacher's weights: another teach
 settings make another file, and a search folder refuses them on resume.
 
 Crops: a square of 30-100 % of the photo's shorter side at a random place, flipped left-right
-half of the time, resized (antialiased) to the proxy resolution. Greyscale photos are repeated
-to three channels, as the converters' preprocessing does.
+half of the time, resized (Lanczos) to the proxy resolution; a photo larger than four times
+the proxy resolution on its shorter side is shrunk to that first. Greyscale photos are
+repeated to three channels, as the converters' preprocessing does.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from torch import nn
 
 from ..errors import EdgepipeError
 from ..images import IMAGE_SUFFIXES, read_image
+from ..latency_tables.measure import Progress
 from ..manifest import write_atomic
 
 PHOTOS = "photos"
@@ -130,14 +132,30 @@ def split_photos(names: list[str], spec: DistillSpec) -> list[int]:
     return part
 
 
+@functools.lru_cache(maxsize=32)
+def _read_photo(path: str) -> np.ndarray:
+    """A photo decoded once per process (a study prepares several sets of the same photos)."""
+    photo = read_image(path)
+    photo.setflags(write=False)
+    return photo
+
+
 def _crops(photo: np.ndarray, count: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """``count`` random square crops (30-100 % of the shorter side), flipped half the time,
     resized to ``size``: uint8 (count, 3, size, size)."""
     from PIL import Image
 
-    h, w = photo.shape[:2]
-    out = np.empty((count, 3, size, size), dtype=np.uint8)
     image = Image.fromarray(photo)
+    # a photo far larger than its smallest crop needs is shrunk first (antialiased): the
+    # smallest crop, 30 % of the shorter side, still has more than ``size`` pixels, and a
+    # 1411 px photo is not resampled whole for every crop
+    shorter = min(photo.shape[:2])
+    if shorter > 4 * size:
+        scale = 4 * size / shorter
+        image = image.resize((round(image.width * scale), round(image.height * scale)),
+                             Image.LANCZOS)
+    w, h = image.size
+    out = np.empty((count, 3, size, size), dtype=np.uint8)
     for k in range(count):
         side = int(min(h, w) * rng.uniform(0.3, 1.0))
         y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
@@ -165,15 +183,20 @@ def _weights_digest(teacher: nn.Module) -> str:
 
 
 @torch.no_grad()
-def teacher_logits(teacher: nn.Module, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+def teacher_logits(teacher: nn.Module, images: torch.Tensor, batch: int = 64,
+                   progress: Progress | None = None) -> torch.Tensor:
     """The teacher's logits (N, classes) on uint8 crops."""
     teacher.eval()
-    return torch.cat([teacher(normalise(images[i:i + batch])) for i in
-                      range(0, len(images), batch)]).float()
+    out = []
+    for i in range(0, len(images), batch):
+        out.append(teacher(normalise(images[i:i + batch])).float())
+        if progress:
+            progress.advance(len(out[-1]))
+    return torch.cat(out)
 
 
 def prepare_distillation(spec: DistillSpec, teacher: nn.Module, labels: list[str],
-                         folder: Path, progress: Callable[[str], None] | None = None) -> Path:
+                         folder: Path, progress: Progress | None = None) -> Path:
     """The distillation set's file in ``folder`` (made once, then reused): crops of the
     photos, split by photo, with the teacher's logits. ``labels``: the teacher's class names.
 
@@ -191,16 +214,20 @@ def prepare_distillation(spec: DistillSpec, teacher: nn.Module, labels: list[str
     path = folder / f"distill-{digest}.pt"
     if path.is_file():
         return path
+    progress = progress or Progress()
+    progress.phase(f"reading {len(files)} photos", len(files))
     photos = []
     for name, f in files:
-        rgb = read_image(f)  # greyscale repeated to RGB, EXIF-upright, 8 bits
+        rgb = _read_photo(str(f))  # greyscale repeated to RGB, EXIF-upright, 8 bits
         if min(rgb.shape[:2]) < MIN_SIDE:
             raise EdgepipeError(f"photo {name} is {rgb.shape[1]}x{rgb.shape[0]} px: crops need "
                                 f"at least {MIN_SIDE} px on the shorter side; remove it")
         photos.append(rgb)
+        progress.advance()
     rng = np.random.default_rng(spec.crop_seed)
     wanted = {0: spec.train_crops, 1: spec.val_crops, 2: spec.test_crops}
     images, part_of, photo_of = [], [], []
+    progress.phase("cropping photos", sum(wanted.values()))
     for p in (0, 1, 2):
         members = [i for i, q in enumerate(parts) if q == p]
         # crops spread evenly over the part's photos (the first ones get the remainder)
@@ -211,10 +238,10 @@ def prepare_distillation(spec: DistillSpec, teacher: nn.Module, labels: list[str
                 images.append(_crops(photos[i], count, spec.image_size, rng))
                 part_of += [p] * count
                 photo_of += [i] * count
+                progress.advance(count)
     x = torch.from_numpy(np.concatenate(images))
-    if progress:
-        progress(f"teacher on {len(x)} crops")
-    logits = teacher_logits(teacher, x)
+    progress.phase(f"the teacher on {len(x)} crops", len(x))
+    logits = teacher_logits(teacher, x, progress=progress)
     if logits.ndim != 2 or logits.shape[1] != len(labels):
         raise EdgepipeError(f"the teacher gives outputs of shape {tuple(logits.shape[1:])} and "
                             f"has {len(labels)} class names: distillation needs a classifier "

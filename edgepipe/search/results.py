@@ -73,7 +73,9 @@ def plot_netadapt_path(steps: list[dict[str, Any]], finals: dict[str, Any], path
     ax.scatter([], [], marker="*", color="#c0392b", label="final (long fine-tune)")
     ax.invert_xaxis()  # the search walks right to left: from the seed to the target
     ax.set_xlabel("predicted latency (ms)")
-    ax.set_ylabel("validation accuracy (%)")
+    distill = steps[0].get("kl") is not None  # a distillation set: agreement with the teacher
+    ax.set_ylabel("top-1 agreement with the teacher, validation photos (%)" if distill
+                  else "validation accuracy (%)")
     ax.set_title("NetAdapt path", fontsize=9)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
