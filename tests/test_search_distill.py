@@ -8,7 +8,9 @@ statistics; one-line refusals."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -269,6 +271,34 @@ def test_netadapt_distils_a_trained_v2_on_a_v2_table_and_measures_its_final(v2_t
     # the distillation set sits in the search folder, split by photo
     data = read_prepared(next((out / "data").glob("distill-*.pt")))
     assert len(data["photos"]) == 19
+
+
+@pytest.mark.slow
+def test_the_study_runs_end_to_end_in_tiny_settings(v2_table, tmp_path):
+    """benchmarks/search_study.py on the tiny V2 table: 2 seeds, one target, every final and
+    the seed converted and measured on the local agent (a few minutes: the study's code
+    path, not its figures)."""
+    home, table_file = v2_table
+    out = tmp_path / "study"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "search_study.py"), "--table",
+         str(table_file), "--resolution", "64", "--image-size", "32", "--crops", "48,16,16",
+         "--delta-pct", "8", "--finetune-steps", "2", "--final-steps", "4", "--targets", "85",
+         "--seeds", "2", "--workers", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=1800,
+        env={**os.environ, "EDGEPIPE_HOME": str(home)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "study.json").read_text())
+    assert report["settings"]["delta_pct"] == 8 and report["settings"]["crops"] == "48,16,16"
+    methods = {r["method"] for r in report["rows"]}
+    assert {"netadapt", "width"} <= methods and {r["seed"] for r in report["rows"]} == {0, 1}
+    for r in report["rows"]:
+        assert r["measured_ms"] > 0 and r["measured_p90_ms"] >= r["measured_ms"]
+        assert r["predicted_p90_ms"] is not None and 0 <= r["score"] <= 1 and r["kl"] > 0
+    width = next(s for s in report["summary"] if s["method"] == "width")
+    assert len(width["netadapt_minus"]["per_seed"]) == 2
+    assert (out / "study.png").stat().st_size > 10_000
+    assert "NetAdapt − width" in done.stdout and "photos by part" in done.stdout
 
 
 def test_study_statistics_and_layer_shares():
