@@ -547,7 +547,8 @@ def _run_lut_list(args: argparse.Namespace) -> int:
         from ..latency_tables.sentinels import with_recorded_evaluation
 
         table = with_recorded_evaluation(path, table, home)
-        console.print(f"{path}: {len(table.units)} units, {table.describe()}; "
+        space = table.space.get("name", "?")  # mobilenet_v3 (the default), mobilenet_v2...
+        console.print(f"{path}: {len(table.units)} units ({space} space), {table.describe()}; "
                       f"{table.provenance()} {_age(table.created)} ago; {checked}; "
                       f"{_evaluated_words(table)}")
     return 0
