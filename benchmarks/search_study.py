@@ -343,7 +343,8 @@ def _table(args: argparse.Namespace, seed, home: Path):
     if path is None:
         raise SystemExit(f"no table of MobileNetV2's space for {args.device}: collect one with "
                          f"`edgepipe lut collect --space mobilenet_v2 --device {args.device}` "
-                         "(about 15 min on 2 cores), or give --table")
+                         "(95 programs to convert, a fifth of the default space's), or give "
+                         "--table")
     return path, LatencyTable.load(path)
 
 
