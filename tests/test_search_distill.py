@@ -215,6 +215,7 @@ def test_bad_distillation_and_netadapt_input_is_one_line(tmp_path):
         done = run_cli("search", "netadapt", *args, *SHIPPED_TABLE, "-o", str(tmp_path / "o"))
         assert done.returncode == 2, (args, done.stderr)
         assert expected in done.stderr and done.stderr.count("\n") == 1, (args, done.stderr)
+        assert not (tmp_path / "o").exists(), args  # refused before anything is written
     # no table of V2's space for this machine (none collected in this EDGEPIPE_HOME)
     done = run_cli("search", "netadapt", "--model", "mobilenet_v2", "--weights", "imagenet",
                    "--no-check", "-o", str(tmp_path / "o"),

@@ -219,6 +219,7 @@ def _run_search_netadapt(args: argparse.Namespace) -> int:
         DISTILL_FINETUNE_LR,
         NetAdaptRequest,
         NetAdaptSettings,
+        check_shrinkable,
         run_netadapt,
     )
     from ..search.seeds import seed_for_netadapt
@@ -245,9 +246,15 @@ def _run_search_netadapt(args: argparse.Namespace) -> int:
             f"{args.model} is a {names[seed.network.family][0]}: collect a table of its space "
             f"with `edgepipe lut collect{names[seed.network.family][1]}` (or adapt one with "
             "`edgepipe lut adapt`)")
+    seed_ms = estimator.predict(seed)
+    target = _search_target(args, seed_ms, 50)
+    if target >= seed_ms:  # refused before the teacher runs or anything is written
+        raise EdgepipeError(f"the target {target:.3f} ms is not below the seed's predicted "
+                            f"{seed_ms:.3f} ms: give a lower --target-ms or --target-pct "
+                            "below 100")
+    check_shrinkable(seed, estimator, args.delta_pct / 100 * seed_ms, args.model)
     if args.task == "distill":  # the teacher runs once the table is known to fit
         data, ds = _distillation_data(args, spec, seed, weights, labels)
-    target = _search_target(args, estimator.predict(seed), 50)
     distill = args.task == "distill"
     rates = {"finetune_lr": args.finetune_lr if args.finetune_lr is not None
              else DISTILL_FINETUNE_LR if distill else NetAdaptSettings.finetune_lr,

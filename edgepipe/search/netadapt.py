@@ -134,19 +134,20 @@ class NetAdaptRequest:
 def run_netadapt(req: NetAdaptRequest, runner: Runner, progress: Progress | None = None
                  ) -> dict[str, Any]:
     progress = progress or Progress()
+    s = req.settings
+    est = req.estimator
+    seed_ms = est.predict(req.seed_arch)
+    # refusals before the seed is trained (that takes a while) and before the folder is made
+    if req.target_ms >= seed_ms:
+        raise EdgepipeError(f"the target {req.target_ms:.3f} ms is not below the seed's "
+                            f"predicted {seed_ms:.3f} ms: give a lower --target-ms or "
+                            "--target-pct below 100")
+    check_shrinkable(req.seed_arch, est, s.delta_pct / 100 * seed_ms, req.seed_name)
     record = SearchRecord(req.out, "netadapt", req.record_settings())
     if req.estimator.provenance:  # how the table was checked for this session of the search
         record.data.setdefault("table_checks", []).append(req.estimator.provenance)
         record.save()
     ds = load_dataset(req.data)
-    s = req.settings
-    est = req.estimator
-    seed_ms = est.predict(req.seed_arch)
-    if req.target_ms >= seed_ms:  # before the seed is trained: that takes a while
-        raise EdgepipeError(f"the target {req.target_ms:.3f} ms is not below the seed's "
-                            f"predicted {seed_ms:.3f} ms: give a lower --target-ms or "
-                            "--target-pct below 100")
-    check_shrinkable(req.seed_arch, est, s.delta_pct / 100 * seed_ms, req.seed_name)
     if not record.get("steps"):
         record["steps"] = [_seed_step(req, runner, progress)]
         record.save()
