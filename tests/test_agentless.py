@@ -263,3 +263,14 @@ def test_unusable_runners_and_output_are_refused_in_one_line(phone, small_conver
     pte = out / artifact(report, "executorch", "int8")["file"]
     done = run_cli("profile", str(pte), "--device", "fails", env=home)
     assert done.returncode == 2 and "has no runner for" in done.stderr
+
+
+def test_runner_runtime_by_the_names_runners_are_published_under(tmp_path):
+    from edgepipe.host.agentless import runner_runtime
+
+    for name, runtime in (("android_aarch64_benchmark_model", "litert"),
+                          ("benchmark_model", "litert"), ("et_runner-aarch64", "executorch")):
+        path = tmp_path / name
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+        assert runner_runtime(path) == (runtime, None), name

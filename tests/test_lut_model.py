@@ -164,3 +164,19 @@ def test_param_count_matches_the_built_unit():
         unit = unit_from_key(key)
         layers = [m for m in unit.module().modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         assert param_count(unit) == sum(m.weight.numel() + m.weight.shape[0] for m in layers)
+
+
+def test_source_tables_by_file_name_or_shipped(tmp_path):
+    from edgepipe.errors import EdgepipeError
+    from edgepipe.latency_tables.table import resolve_tables
+
+    shipped = sorted(SHIPPED.glob("*.json"))
+    assert resolve_tables("shipped", tmp_path) == shipped
+    mine = tmp_path / "tables" / "mine.json"
+    mine.parent.mkdir()
+    mine.write_text("{}")
+    name = shipped[0].name
+    assert resolve_tables(f"mine,{name.removesuffix('.json')}", tmp_path) == [mine, shipped[0]]
+    assert resolve_tables(str(mine), tmp_path) == [mine]
+    with pytest.raises(EdgepipeError, match=r"no table 'nope'.*mine\.json"):
+        resolve_tables("nope", tmp_path)

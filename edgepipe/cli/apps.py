@@ -57,7 +57,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="torch: PyTorch eager, as a reference (default: the artifact's)")
     p.add_argument("--weights", help="with --runtime torch: the trained weights (.pth or "
                                      "`imagenet`)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="threads the runtime uses (default 1)")
     p.add_argument("--loop", action="store_true", help="start a file or folder again at its end")
     p.add_argument("--realtime", action="store_true",
                    help="play a video file at its frames' own times, like a camera (and drop "

@@ -258,8 +258,10 @@ def _add_deploy_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", required=True,
                    help="a device added with `edgepipe device add`, or this-machine (an "
                         "agent started here for the command)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads the runtime uses on the device (default 1)")
+    p.add_argument("--warmup", type=int, default=10,
+                   help="runs before the timed ones, not counted (default 10)")
     p.add_argument("--min-runs", "--runs", dest="runs", type=int, default=50,
                    help="at least this many timed runs (default 50)")
     p.add_argument("--min-seconds", type=float, default=0.0,

@@ -26,7 +26,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="folder name → the model's label or index, where they differ")
     p.add_argument("--top-k", type=int, default=5, help="classes returned per image "
                                                         "(default 5)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads the runtime uses on the device (default 1)")
     p.add_argument("--weights", help="trained weights the artifacts were converted from "
                                      "(`imagenet` or a file), for the PyTorch reference")
     p.add_argument("--no-reference", action="store_true",

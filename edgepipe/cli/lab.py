@@ -13,7 +13,7 @@ DB_HELP = ("the results database (default: $EDGEPIPE_DB, else SQLite at "
 def _filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="a device name, host name or fingerprint")
     p.add_argument("--model", help="a model name, e.g. mobilenet_v3_small")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help="results measured with this many threads")
     p.add_argument("--format", dest="fmt", choices=["executorch", "tflite"])
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"])
     p.add_argument("--db", help=DB_HELP)
@@ -55,9 +55,10 @@ def _add_diff(sub: argparse._SubParsersAction) -> None:
                     "numbers in `edgepipe history`). "
                     "The interval comes from the sittings of each side (a mixed model on log "
                     "run times: the sittings' log medians, Student's t with the sitting "
-                    "variance pooled; from 8 sittings the device's drift, measured by its "
-                    "reference sentinels before each sitting, a covariate); a sitting over "
-                    "5 %% above its side's fastest is left out as disturbed. "
+                    "variance pooled); where the device's reference sentinels were measured "
+                    "before each sitting (two or more sittings a side), the drift between "
+                    "the sides beyond the references' own noise is divided out. A sitting "
+                    "over 5 % above its side's fastest is left out as disturbed. "
                     "Results measured while the device state was flagged are refused.")
     p.add_argument("a", help="the baseline")
     p.add_argument("b", help="what is compared with it")

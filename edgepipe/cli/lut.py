@@ -15,9 +15,11 @@ def target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="this-machine",
                    help="a registered device, or this-machine (an agent started here; "
                         "default)")
-    p.add_argument("--runtime", choices=["executorch", "litert"], default="executorch")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runtime", choices=["executorch", "litert"], default="executorch",
+                   help="the runtime measured (default executorch: XNNPACK)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="the programs' precision (default fp32)")
+    p.add_argument("--threads", type=int, default=1, help="threads the runtime uses (default 1)")
 
 
 def _add_lut(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +58,8 @@ def _add_lut(sub: argparse._SubParsersAction) -> None:
                     "on the host and not counted; programs converted before are reused.")
     p.add_argument("--from", dest="sources", required=True, metavar="TABLE[,TABLE...]",
                    help="source tables of one search space (another CPU, runtime, precision "
-                        "or thread count)")
+                        "or thread count): files, names `lut list` shows, or `shipped` (every "
+                        "table shipped with edgepipe)")
     target_args(p)
     p.add_argument("--budget-s", type=float, default=120.0,
                    help="seconds of measurement on the device (default 120)")
@@ -268,10 +271,10 @@ def _run_lut_adapt(args: argparse.Namespace) -> int:
     from ..host.local import open_device
     from ..host.registry import config_home
     from ..latency_tables.adapt import AdaptRequest, adapt, load_sources
-    from ..latency_tables.table import Target, table_name
+    from ..latency_tables.table import Target, resolve_tables, table_name
     from ..ui import PhaseProgress, console
 
-    sources = [Path(p) for p in args.sources.split(",") if p]
+    sources = resolve_tables(args.sources, config_home())
     _, space = load_sources(sources)  # bad sources: one line before any device work
     if args.budget_s <= 0:
         raise EdgepipeError(f"--budget-s {args.budget_s:g}: give seconds of measurement, "

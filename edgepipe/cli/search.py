@@ -24,11 +24,13 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
                        help="the proxy resolution training runs at (default 32; 96 with "
                             "--task distill)")
         p.add_argument("--resolution", type=int, default=224,
-                       help="the input resolution latency is predicted and measured at")
+                       help="the input resolution latency is predicted and measured at "
+                            "(default 224)")
         target = p.add_mutually_exclusive_group()
         target.add_argument("--target-ms", type=float, help="target latency on the device")
         target.add_argument("--target-pct", type=float,
-                            help="target as a percentage of the seed network's latency")
+                            help="target as a percentage of the seed network's latency "
+                                 "(default: 50 when neither is given)")
         p.add_argument("--workers", type=int, default=2,
                        help="local worker processes training side by side (default 2)")
         p.add_argument("--ray", metavar="ADDRESS",

@@ -62,10 +62,11 @@ def runner_runtime(path: Path) -> tuple[str, str | None]:
         raise EdgepipeError(f"runner {path} is not a file (a folder?): give the program itself")
     if not os.access(path, os.X_OK):
         raise EdgepipeError(f"runner {path} is not executable (chmod +x it)")
-    runtime = next((r for n, r in RUNNER_NAMES.items() if path.name.startswith(n)), None)
+    # TensorFlow publishes LiteRT's as android_aarch64_benchmark_model, linux_aarch64_...
+    runtime = next((r for n, r in RUNNER_NAMES.items() if n in path.name), None)
     if runtime is None:
         raise EdgepipeError(f"runner {path.name}: cannot tell which runtime it runs; name it "
-                            f"benchmark_model… (LiteRT) or et_runner… (ExecuTorch)")
+                            f"…benchmark_model… (LiteRT) or …et_runner… (ExecuTorch)")
     machine = elf_machine(path)
     if machine is None:
         with open(path, "rb") as f:

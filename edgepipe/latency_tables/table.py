@@ -280,6 +280,35 @@ def known_tables(home: Path) -> list[Path]:
     return sorted((home / "tables").glob("*.json")) + sorted(SHIPPED.glob("*.json"))
 
 
+def resolve_tables(spec: str, home: Path) -> list[Path]:
+    """Table files from a comma-separated list: paths, names of tables ``lut list`` shows
+    (collected here or shipped), or ``shipped`` for every table shipped with edgepipe.
+
+    Raises:
+        EdgepipeError: a name that is neither a file nor a known table (the known ones
+            listed).
+    """
+    known = known_tables(home)
+    out: list[Path] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        if item == "shipped":
+            out += sorted(SHIPPED.glob("*.json"))
+            continue
+        path = Path(item).expanduser()
+        if path.exists():
+            out.append(path)
+            continue
+        named = [p for p in known if p.name in (item, f"{item}.json")]
+        if not named:
+            names = ", ".join(p.name for p in known) or "none"
+            raise EdgepipeError(f"no table {item!r}: give a file, 'shipped', or one of the "
+                                f"tables here ({names})")
+        out.append(named[0])
+    return out
+
+
 def find_table(target: Target, home: Path, family: str = "v3") -> Path | None:
     for path in known_tables(home):
         if path.name == table_name(target, family):
