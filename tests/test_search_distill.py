@@ -239,6 +239,25 @@ def v2_table(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
+def test_a_v2_table_adapts_to_another_thread_count(v2_table):
+    """lut adapt takes a V2 table as its source (its programs are converted already: the
+    adapted table costs measurement only) and writes the target's V2 table."""
+    home, table_file = v2_table
+    run = run_cli("lut", "adapt", "--from", str(table_file), "--threads", "2", "--units", "10",
+                  "--networks", "2", "--budget-s", "120", env={"EDGEPIPE_HOME": str(home)},
+                  timeout=1800)
+    assert run.returncode == 0, run.stderr
+    out = table_file.with_name(table_file.name.replace("-t1-v2.json", "-t2-v2.json"))
+    adapted = LatencyTable.load(out)
+    assert adapted.threads == 2 and set(adapted.units) == set(LatencyTable.load(table_file).units)
+    sources = {u["source"] for u in adapted.units.values()}
+    assert sources == {"measured", "transferred"}
+    assert Estimator(adapted).predict(Architecture(mobilenet_v2_config(), 64, "v2")) > 0
+    listing = " ".join(run_cli("lut", "list", env={"EDGEPIPE_HOME": str(home)}).stdout.split())
+    assert f"{out.name}: {len(adapted.units)} units (v2-tiny space)" in listing
+
+
+@pytest.mark.slow
 def test_netadapt_distils_a_trained_v2_on_a_v2_table_and_measures_its_final(v2_table,
                                                                             tmp_path):
     home, table_file = v2_table
