@@ -53,8 +53,10 @@ from pathlib import Path
 from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # ~45 min on 2 cores (estimated from 48 px tiny checks; the run prints its own time)
-    "cpu": {"image_size": 64, "crops": "1024,256,512", "delta_pct": 5.0, "finetune_steps": 10,
+    # about 40 min on 2 cores, estimated from 48 px tiny checks (the run prints its own time):
+    # ~14 steps to 50 % at δ 3 % (V2's largest single-layer cuts are 5-18 % of its latency at
+    # the seed, 4-9 % at 60 %: a stand-in cost model's, not a device's), ~25 proposals a step
+    "cpu": {"image_size": 64, "crops": "1024,256,512", "delta_pct": 3.0, "finetune_steps": 6,
             "final_steps": 200, "batch": 32, "resolution": 224},
     "full": {"image_size": 224, "crops": "8192,1024,2048", "delta_pct": 1.0,
              "finetune_steps": 100, "final_steps": 2000, "batch": 64, "resolution": 224},
@@ -163,6 +165,7 @@ def summarise(rows: list[dict[str, Any]], seed_ms: float) -> list[dict[str, Any]
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from edgepipe.device.identity import machine_line
+    from edgepipe.errors import EdgepipeError
     from edgepipe.host.local import open_device
     from edgepipe.host.registry import config_home
     from edgepipe.latency_tables.estimate import Estimator
@@ -210,12 +213,14 @@ def main(argv: list[str] | None = None) -> None:
     console.print(f"seed {args.model}: predicted {seed_ms:.3f} ms on {table.describe()}")
     args.out.mkdir(parents=True, exist_ok=True)
     rows_file = args.out / "rows.json"
-    rows: list[dict[str, Any]] = json.loads(rows_file.read_text()) if rows_file.is_file() \
-        else []
+    saved = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
+    rows: list[dict[str, Any]] = saved.get("rows", [])
+    unreached: list[dict[str, Any]] = saved.get("unreached", [])
+    done_seeds = set(saved.get("seeds_done", []))
     train = TrainSettings(batch=args.batch)
     with open_runner(args.workers) as runner, PhaseProgress() as progress:
         for seed in range(args.seeds):
-            if any(r["seed"] == seed for r in rows):
+            if seed in done_seeds:
                 continue  # finished before a resume
             settings = NetAdaptSettings(delta_pct=args.delta_pct,
                                         finetune_steps=args.finetune_steps,
@@ -226,9 +231,14 @@ def main(argv: list[str] | None = None) -> None:
             out = args.out / f"netadapt-seed{seed}"
             mine = []
             for pct in targets:  # the highest first; the lower ones continue the same path
-                res = run_netadapt(NetAdaptRequest(seed_arch, data, est, out,
-                                                   seed_ms * pct / 100, weights, settings,
-                                                   seed_name=args.model), runner, progress)
+                try:
+                    res = run_netadapt(NetAdaptRequest(seed_arch, data, est, out,
+                                                       seed_ms * pct / 100, weights, settings,
+                                                       seed_name=args.model), runner, progress)
+                except EdgepipeError as exc:  # the path ran out of layers to cut by δ
+                    unreached.append({"seed": seed, "target_pct": pct, "why": str(exc)})
+                    console.print(f"[yellow]seed {seed}, {pct} %: not reached:[/] {exc}")
+                    break  # a lower target is not reached either
                 f = res["final"]
                 arch = json.loads(Path(f["model"]).read_text())["architecture"]
                 mine.append({"method": "netadapt", "seed": seed, "target_pct": pct,
@@ -238,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
                              "layers": layer_shares(arch, seed_arch.to_dict())})
             seed_state = load_weights(out / "steps/step-000.pth")
             tasks, baselines = [], []
-            for pct in targets:
+            for pct in sorted({r["target_pct"] for r in mine}, reverse=True):
                 target = seed_ms * pct / 100
                 budget = next(r["training_steps"] for r in mine if r["target_pct"] == pct)
                 found = [("width", width_for_latency(seed_arch, target, est)),
@@ -260,7 +270,9 @@ def main(argv: list[str] | None = None) -> None:
                 row.update({"score": result.test_accuracy, "val_score": result.accuracy,
                             "kl": result.test_kl})
             rows += mine + baselines
-            write_atomic(rows_file, json.dumps(rows, indent=1))
+            done_seeds.add(seed)
+            write_atomic(rows_file, json.dumps({"rows": rows, "unreached": unreached,
+                                                "seeds_done": sorted(done_seeds)}, indent=1))
         # every distinct final and the seed, converted and measured on the table's device
         seed_key = json.dumps(seed_arch.to_dict(), sort_keys=True)
         distinct = {json.dumps(r["arch"], sort_keys=True): r["arch"] for r in rows}
@@ -290,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
               "machine": machine_line(), "settings": settings_words, "summary": summary,
               "median_abs_error_pct": statistics.median(errors),
               "finals_within_10pct": sum(e <= 10 for e in errors) / len(errors),
-              "rows": rows, "seconds": time.time() - began}
+              "unreached": unreached, "rows": rows, "seconds": time.time() - began}
     write_atomic(args.out / "study.json", json.dumps(report, indent=1))
     plot(rows, report, args.out / "study.png")
     console.print(f"\n{machine_line()}\ntable {table_path.name}: {check_words(check)}")
@@ -386,6 +398,8 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"at {pct}%: NetAdapt kept less than ×{width['width']:.2f} in "
               + ", ".join(f"{k} ({mean[k]:.0%})" for k in diff[:4]) + "; more in "
               + ", ".join(f"{k} ({mean[k]:.0%})" for k in diff[-4:][::-1]))
+    for u in report["unreached"]:
+        print(f"seed {u['seed']}: {u['target_pct']} % not reached: {u['why']}")
     print(f"finals' predicted median vs measured: median |error| "
           f"{report['median_abs_error_pct']:.1f} %, {report['finals_within_10pct']:.0%} within "
           "±10 %")
