@@ -126,6 +126,11 @@ def layer_shares(arch: dict[str, Any], seed: dict[str, Any]) -> dict[str, float]
     return shares
 
 
+def _mean(values: list[float | None]) -> float | None:
+    """The mean, or None where any is missing (a format-2 table predicts no p90)."""
+    return None if any(v is None for v in values) else statistics.fmean(values)
+
+
 def summarise(rows: list[dict[str, Any]], seed_ms: float) -> list[dict[str, Any]]:
     """Per target and method: the score's mean and 95 % interval over seeds, latencies; per
     target the paired difference NetAdapt − each width baseline."""
@@ -143,7 +148,7 @@ def summarise(rows: list[dict[str, Any]], seed_ms: float) -> list[dict[str, Any]
                      "scores": score,
                      "widths": sorted({r["width"] for r in sel if r.get("width")}),
                      "predicted_ms": statistics.fmean(r["predicted_ms"] for r in sel),
-                     "predicted_p90_ms": statistics.fmean(r["predicted_p90_ms"] for r in sel),
+                     "predicted_p90_ms": _mean([r["predicted_p90_ms"] for r in sel]),
                      "measured_ms": statistics.fmean(r["measured_ms"] for r in sel),
                      "measured_p90_ms": statistics.fmean(r["measured_p90_ms"] for r in sel),
                      "error_pct": [r["error_pct"] for r in sel],
@@ -375,7 +380,7 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"{s['target_pct']:>6}% {s['method']:>12} {width:>9} "
               f"{s['score_mean']:>7.2f} ({low:6.2f} – {high:6.2f}){kl:>14} "
               f"{s['predicted_ms']:>8.3f} {s['measured_ms']:>8.3f} "
-              f"{s['predicted_p90_ms']:>9.3f} {s['measured_p90_ms']:>9.3f} "
+              f"{_ms(s['predicted_p90_ms']):>9} {s['measured_p90_ms']:>9.3f} "
               f"{s['training_steps']:>6.0f}")
     for s in report["summary"]:
         if "netadapt_minus" in s:
@@ -404,6 +409,10 @@ def print_report(report: dict[str, Any]) -> None:
           f"{report['median_abs_error_pct']:.1f} %, {report['finals_within_10pct']:.0%} within "
           "±10 %")
     print(f"study finished in {report['seconds'] / 60:.1f} min")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def plot(rows: list[dict[str, Any]], report: dict[str, Any], path: Path) -> None:
