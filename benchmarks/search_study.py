@@ -21,8 +21,10 @@ MobileNetV3-Small trained on labelled data first, scored by test accuracy).
   learning rate for as many steps as NetAdapt's path and final fine-tune together.
 
 Seeds vary the training (batch order, hence the proposals chosen); the photos, crops and split
-stay the same, so every network is scored on the same held-out crops. Intervals: 95 %
-Student-t over seeds of each method's mean, and of the per-seed difference NetAdapt − width.
+stay the same, so every network is scored on the same held-out crops (``--vary-split``: each
+seed holds out other photos, and the intervals cover that too). Intervals: 95 % Student-t
+over seeds of each method's mean, and of the per-seed difference NetAdapt − width (paired:
+both methods of a seed share its split).
 
 **Latency**: the table of the device (``--table``, default the V2 table collected for this
 machine: ``edgepipe lut collect --space mobilenet_v2``) is checked on the device first, then
@@ -77,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data", help="distill: photos (default) or a folder of photos; "
                                    "classify: digits (default) or an ImageFolder")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--vary-split", action="store_true",
+                    help="distill: each seed holds out other photos (its split seed is the "
+                         "seed): the intervals then cover which photos were held out too, not "
+                         "only the training's randomness")
     ap.add_argument("--targets", default="70,50", help="percent of the seed's latency")
     for name, kind in (("image_size", int), ("crops", str), ("delta_pct", float),
                        ("finetune_steps", int), ("final_steps", int), ("batch", int),
@@ -233,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
                                         pretrain_steps=args.pretrain_steps,
                                         finetune_lr=args.finetune_lr, final_lr=args.final_lr,
                                         seed=seed, train=train)
+            if args.vary_split and distill:  # this seed's photos held out (its own set)
+                data, _, _, _ = _task(args, seed_for_netadapt, split_seed=seed)
             out = args.out / f"netadapt-seed{seed}"
             mine = []
             for pct in targets:  # the highest first; the lower ones continue the same path
@@ -314,8 +322,9 @@ def main(argv: list[str] | None = None) -> None:
     print_report(report)
 
 
-def _task(args: argparse.Namespace, seed_for_netadapt):
-    """(DataSpec, Dataset, seed Architecture, weights) for the study's task."""
+def _task(args: argparse.Namespace, seed_for_netadapt, split_seed: int = 0):
+    """(DataSpec, Dataset, seed Architecture, weights) for the study's task; ``split_seed``:
+    which photos are held out (distill)."""
     from edgepipe.search.data import DataSpec, load_dataset
 
     if args.task == "classify":
@@ -331,7 +340,8 @@ def _task(args: argparse.Namespace, seed_for_netadapt):
 
     seed, weights, labels = seed_for_netadapt(args.model, args.resolution, None, args.weights)
     train, val, test = (int(v) for v in args.crops.split(","))
-    spec = DistillSpec(args.data or PHOTOS, args.image_size, train, val, test)
+    spec = DistillSpec(args.data or PHOTOS, args.image_size, train, val, test,
+                       split_seed=split_seed)
     teacher = build_architecture(seed)
     load_weights(teacher, weights)
     with PhaseProgress() as progress:
@@ -416,28 +426,39 @@ def _ms(value: float | None) -> str:
 
 
 def plot(rows: list[dict[str, Any]], report: dict[str, Any], path: Path) -> None:
+    """Agreement (or accuracy) against measured latency, every final one point; with
+    distillation a second panel: KL divergence from the teacher."""
+    import re
+
     from edgepipe.plotting import pyplot, save_figure
 
+    distill = report["task"] == "distill"
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for method, colour, marker in (("netadapt", "#1f5fa8", "o"), ("width", "#c0392b", "s"),
-                                   ("width-wider", "#e67e22", "^")):
-        sel = [r for r in rows if r["method"] == method]
-        ax.scatter([r["measured_ms"] for r in sel], [r["score"] * 100 for r in sel],
-                   color=colour, marker=marker, s=26, alpha=0.8, label=LABELS[method])
-    if report["task"] == "distill":  # the teacher agrees with itself
-        ax.scatter([report["seed_measured_ms"]], [100.0], marker="*", s=120, color="#333",
-                   label="seed (the teacher)")
-    for pct in sorted({r["target_pct"] for r in rows}):
-        ax.axvline(report["seed_predicted_ms"] * pct / 100, color="#999", lw=0.8, ls="--")
-    ax.set_xlabel("measured latency (ms, median; dashed: the targets, predicted)")
-    ax.set_ylabel("top-1 agreement with the teacher, held-out photos (%)"
-                  if report["task"] == "distill" else "test accuracy (%)")
+    fig, axes = plt.subplots(1, 2 if distill else 1, figsize=(10.5 if distill else 6.4, 4.2),
+                             dpi=110, squeeze=False)
+    panels = [("score", "top-1 agreement with the teacher (%)" if distill
+               else "test accuracy (%)", 100.0)]
+    if distill:
+        panels.append(("kl", "KL(teacher ‖ student), nats", 1.0))
+    for ax, (key, label, scale) in zip(axes[0], panels, strict=True):
+        for method, colour, marker in (("netadapt", "#1f5fa8", "o"), ("width", "#c0392b", "s"),
+                                       ("width-wider", "#e67e22", "^")):
+            sel = [r for r in rows if r["method"] == method and r.get(key) is not None]
+            ax.scatter([r["measured_ms"] for r in sel], [r[key] * scale for r in sel],
+                       color=colour, marker=marker, s=26, alpha=0.8, label=LABELS[method])
+        if distill:  # the teacher agrees with itself and diverges by nothing
+            ax.scatter([report["seed_measured_ms"]], [100.0 if key == "score" else 0.0],
+                       marker="*", s=120, color="#333", label="seed (the teacher)")
+        for pct in sorted({r["target_pct"] for r in rows}):
+            ax.axvline(report["seed_predicted_ms"] * pct / 100, color="#999", lw=0.8, ls="--")
+        ax.set_xlabel("measured latency (ms, median); dashed: the targets (predicted)")
+        ax.set_ylabel(label + (", held-out photos" if distill else ""), fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    found = re.search(r"fingerprint (\w+)", report["table"])
     targets = " and ".join(f"{t} %" for t in report["settings"]["targets"].split(","))
-    ax.set_title(f"{report['seed_model']} shrunk to {targets} of its latency "
-                 f"({report['settings']['seeds']} seeds); {report['machine'][:60]}",
-                 fontsize=7)
-    ax.legend(fontsize=7)
+    fig.suptitle(f"{report['seed_model']} shrunk to {targets} of its latency "
+                 f"({report['settings']['seeds']} seeds); measured on "
+                 f"{found.group(1) if found else 'the table device'}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
 
