@@ -16,8 +16,9 @@ Hinton et al. 2015) and scored by
 The crops and the teacher's logits are computed once, in the process that starts the search,
 and written to one file (uint8 crops, float32 logits, each crop's part and photo); worker
 processes load that file (:func:`.data.load_dataset`) instead of running the teacher again.
-Its name holds a digest of the settings and the teacher's weights: another teacher or other
-settings make another file, and a search folder refuses them on resume.
+Its name holds a digest of the settings, the photos' bytes and the teacher's weights: another
+teacher, other photos or other settings make another file, and a search folder refuses them on
+resume.
 
 Crops: a square of 30-100 % of the photo's shorter side at a random place, flipped left-right
 half of the time, resized (Lanczos) to the proxy resolution; a photo larger than four times
@@ -208,7 +209,10 @@ def prepare_distillation(spec: DistillSpec, teacher: nn.Module, labels: list[str
         raise EdgepipeError("every part needs at least one crop: give positive crop counts")
     files = photo_files(spec)
     parts = split_photos([n for n, _ in files], spec)
-    digest = hashlib.sha256(json.dumps({"spec": spec.to_dict(), "photos": [n for n, _ in files],
+    # the photos by content (a folder whose photos changed makes another set), the teacher
+    # by its weights
+    photos_digest = [hashlib.sha256(f.read_bytes()).hexdigest() for _, f in files]
+    digest = hashlib.sha256(json.dumps({"spec": spec.to_dict(), "photos": photos_digest,
                                         "teacher": _weights_digest(teacher)},
                                        sort_keys=True).encode()).hexdigest()[:16]
     path = folder / f"distill-{digest}.pt"
