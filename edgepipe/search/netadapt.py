@@ -169,7 +169,7 @@ def run_netadapt(req: NetAdaptRequest, runner: Runner, progress: Progress | None
         tasks = [TrainTask(p.arch.to_dict(), req.data, s.finetune_steps,
                            s.seed * 1_000_003 + step_no * 1000 + i,
                            inherit_weights(state, arch.network, p.arch.network),
-                           _with_lr(s.train, s.finetune_lr), p.change)
+                           _with_lr(s.train, s.finetune_lr), p.change, test=False)
                  for i, p in enumerate(proposals)]
         progress.phase(f"step {step_no}: {last['predicted_ms']:.2f} ms -> target "
                        f"{req.target_ms:.2f} ms, {len(tasks)} proposals", len(tasks))
