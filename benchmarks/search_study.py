@@ -55,9 +55,12 @@ from pathlib import Path
 from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # about 40 min on 2 cores, estimated from 48 px tiny checks (the run prints its own time):
-    # ~14 steps to 50 % at δ 3 % (V2's largest single-layer cuts are 5-18 % of its latency at
-    # the seed, 4-9 % at 60 %: a stand-in cost model's, not a device's), ~25 proposals a step
+    # about 45 min on 2 cores, estimated, not run (the run prints its own time): V2 at 64 px,
+    # one thread, under load: a training step of 32 crops 0.24 s, 256 crops scored 1.1 s, so
+    # a proposal ~3 s; ~25 proposals a step on 2 workers ~36 s; ~14 steps to 50 % at δ 3 %
+    # (V2's largest single-layer cuts are 5-18 % of its latency at the seed, 4-9 % near 60 %:
+    # a stand-in cost model's, not a device's): ~8.5 min a seed; finals and width baselines
+    # ~3 min a seed; 19 conversions at 224 px and their measurement ~10 min
     "cpu": {"image_size": 64, "crops": "1024,256,512", "delta_pct": 3.0, "finetune_steps": 6,
             "final_steps": 200, "batch": 32, "resolution": 224},
     "full": {"image_size": 224, "crops": "8192,1024,2048", "delta_pct": 1.0,
