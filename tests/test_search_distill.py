@@ -112,6 +112,22 @@ def test_v2_proposals_and_width_baselines_inherit_the_trained_filters(teacher):
         assert torch.allclose(full(x), small(x), atol=1e-4)
 
 
+def test_seeds_by_name_take_their_weights_classes(tmp_path):
+    from edgepipe.search.seeds import seed_for_netadapt
+
+    own = tmp_path / "v2_7.pth"  # a V2 of one's own, 7 classes: the teacher has 7 outputs
+    torch.save(MobileNet(mobilenet_v2_config(num_classes=7)).state_dict(), own)
+    arch, path, labels = seed_for_netadapt("mobilenet_v2", 224, None, str(own))
+    assert arch.network.num_classes == 7 and path == own and labels is None
+    arch, path, labels = seed_for_netadapt("mobilenet_v2", 160, None, "imagenet")
+    assert arch.network.num_classes == 1000 and path == V2_WEIGHTS and len(labels) == 1000
+    assert arch.resolution == 160 and arch.seed == "v2"
+    arch, _, _ = seed_for_netadapt("mobilenet_v2", 224, 10, "imagenet")  # a folder's classes
+    assert arch.network.num_classes == 10
+    with pytest.raises(EdgepipeError, match="no packaged imagenet weights for mobilenet_v3"):
+        seed_for_netadapt("small", 224, 10, "imagenet")
+
+
 def test_weights_for_other_classes_give_their_features_and_a_new_head():
     model = MobileNet(mobilenet_v2_config(num_classes=10))
     head = model.classifier[1].weight.clone()

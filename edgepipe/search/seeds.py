@@ -30,7 +30,9 @@ def seed_for_netadapt(model: str, resolution: int, classes: int | None, weights:
         seed = SEED_NAMES[model]
         path = resolve_weights(SEED_MODELS[seed], weights)
         labels = None
-        if classes is None:  # the weights' own classes: ImageNet's for the seeds' weights
+        if classes is None and path is not None and str(weights) != "imagenet":
+            classes = _classes_in(path)  # the weights' own classifier: as many outputs
+        if classes is None:  # the packaged weights' classes: ImageNet's
             from ..converters.source import label_names
 
             labels = label_names("imagenet")
@@ -43,6 +45,24 @@ def seed_for_netadapt(model: str, resolution: int, classes: int | None, weights:
                                 f"data {classes}: give a seed made for this data")
         return arch, resolve_weights(model, weights) if weights else None, labels
     raise EdgepipeError(not_shrinkable(model))
+
+
+def _classes_in(path: Path) -> int | None:
+    """The number of outputs of a MobileNet state_dict's last linear layer (V2's
+    ``classifier.1``, V3's ``classifier.3``); None when the file says nothing readable (the
+    strict load that follows names the problem)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable: load_weights says so in its own line
+        return None
+    state = state.get("state_dict", state) if isinstance(state, dict) else {}
+    for key in ("classifier.1.weight", "classifier.3.weight"):
+        weight = state.get(key) if isinstance(state, dict) else None
+        if isinstance(weight, torch.Tensor) and weight.ndim == 2:
+            return int(weight.shape[0])
+    return None
 
 
 def not_shrinkable(model: str) -> str:
