@@ -270,7 +270,9 @@ def test_a_v2_table_adapts_to_another_thread_count(v2_table):
     assert sources == {"measured", "transferred"}
     assert Estimator(adapted).predict(Architecture(mobilenet_v2_config(), 64, "v2")) > 0
     listing = " ".join(run_cli("lut", "list", env={"EDGEPIPE_HOME": str(home)}).stdout.split())
-    assert f"{out.name}: {len(adapted.units)} units (v2-tiny space)" in listing
+    # (the console may fold a long path: compare it without spaces)
+    assert f"{len(adapted.units)} units (v2-tiny space)" in listing
+    assert f"{out.name}:" in listing.replace(" ", "")
 
 
 @pytest.mark.slow
