@@ -353,7 +353,12 @@ def main() -> None:
                             ("litert", ("--runtime", "litert", "--units", "400"))):
             if name not in parts:
                 continue
-            adapted = bench.adapt([table], name, *flags)
+            try:
+                adapted = bench.adapt([table], name, *flags)
+            except SystemExit as exc:  # one part failing says so and leaves the others
+                bench.say(f"\n{name}: {exc}")
+                bench.results[f"adapt-{name}"] = {"failed": str(exc)}
+                continue
             archs_o, rows_o = bench.networks(adapted, args.count_other, 321, name)
             entries = [(f"adapted from the full fp32 1-thread table ({args.budget_s:g} s)",
                         bench.score(f"adapted_{name}", adapted, archs_o, rows_o))]
