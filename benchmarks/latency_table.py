@@ -339,10 +339,14 @@ def main() -> None:
         entries = [("the full collection (this CPU)", bench.score("full", table, archs, rows))]
         bench.record(table, archs, rows)
         if "cpu" in parts:
-            adapted = bench.adapt(others, "cpu")
             names = ", ".join(p.name for p in others)
-            entries.append((f"adapted from {names} ({args.budget_s:g} s)",
-                            bench.score("adapted_cpu", adapted, archs, rows)))
+            try:
+                adapted = bench.adapt(others, "cpu")
+                entries.append((f"adapted from {names} ({args.budget_s:g} s)",
+                                bench.score("adapted_cpu", adapted, archs, rows)))
+            except SystemExit as exc:
+                bench.say(f"\ncpu: {exc}")
+                bench.results["adapt-cpu"] = {"failed": str(exc)}
             entries.append((f"{others[0].name} × one factor from 3 networks",
                             bench.global_factor(others[0], archs, rows)))
         entries.append(("the device against itself (sitting 2 vs 1)", bench.ceiling(
