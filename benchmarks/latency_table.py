@@ -339,10 +339,14 @@ def main() -> None:
         entries = [("the full collection (this CPU)", bench.score("full", table, archs, rows))]
         bench.record(table, archs, rows)
         if "cpu" in parts:
-            adapted = bench.adapt(others, "cpu")
             names = ", ".join(p.name for p in others)
-            entries.append((f"adapted from {names} ({args.budget_s:g} s)",
-                            bench.score("adapted_cpu", adapted, archs, rows)))
+            try:
+                adapted = bench.adapt(others, "cpu")
+                entries.append((f"adapted from {names} ({args.budget_s:g} s)",
+                                bench.score("adapted_cpu", adapted, archs, rows)))
+            except SystemExit as exc:
+                bench.say(f"\ncpu: {exc}")
+                bench.results["adapt-cpu"] = {"failed": str(exc)}
             entries.append((f"{others[0].name} × one factor from 3 networks",
                             bench.global_factor(others[0], archs, rows)))
         entries.append(("the device against itself (sitting 2 vs 1)", bench.ceiling(
@@ -353,7 +357,12 @@ def main() -> None:
                             ("litert", ("--runtime", "litert", "--units", "400"))):
             if name not in parts:
                 continue
-            adapted = bench.adapt([table], name, *flags)
+            try:
+                adapted = bench.adapt([table], name, *flags)
+            except SystemExit as exc:  # one part failing says so and leaves the others
+                bench.say(f"\n{name}: {exc}")
+                bench.results[f"adapt-{name}"] = {"failed": str(exc)}
+                continue
             archs_o, rows_o = bench.networks(adapted, args.count_other, 321, name)
             entries = [(f"adapted from the full fp32 1-thread table ({args.budget_s:g} s)",
                         bench.score(f"adapted_{name}", adapted, archs_o, rows_o))]

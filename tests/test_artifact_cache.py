@@ -18,7 +18,7 @@ def test_every_field_but_the_output_folder_is_in_the_key(tmp_path):
     changed = {"model": "mobilenet_v3_large", "formats": ["tflite"], "int8": True,
                "width_mult": 0.5, "size": 96, "task": "segmentation", "output": "aux",
                "input_range": "0,1", "calib_count": 8, "threads": 2, "keep_float": "auto",
-               "sensitivity": True, "bias_correction": True}
+               "sensitivity": True, "bias_correction": True, "fp16": True}
     assert set(changed) | {"out", "weights", "calib_dir"} == \
         {f.name for f in dataclasses.fields(ConvertRequest)}  # a new field must be added here
     keys = {request_key(dataclasses.replace(base, **{k: v})) for k, v in changed.items()}

@@ -180,3 +180,24 @@ def test_source_tables_by_file_name_or_shipped(tmp_path):
     assert resolve_tables(str(mine), tmp_path) == [mine]
     with pytest.raises(EdgepipeError, match=r"no table 'nope'.*mine\.json"):
         resolve_tables("nope", tmp_path)
+
+
+def test_units_far_from_their_familys_ratio_are_suspect():
+    """The two shipped tables (two real CPUs, the same units): a real CPU's ratios are not
+    suspect, a unit measured 30× slow (as a disturbed one was on a shared host) is."""
+    from edgepipe.latency_tables.transfer import suspect_units
+
+    amd = LatencyTable.load(next(SHIPPED.glob("82660cc886a34a83-*.json")))
+    intel = LatencyTable.load(next(SHIPPED.glob("60a219bdfc5a6978-*.json")))
+    keys = sorted(set(amd.units) & set(intel.units))
+    units = [unit_from_key(k) for k in keys]
+    source = [np.array([amd.units[k]["median_ms"] for k in keys])]
+    idx = np.array(random.Random(0).sample(range(len(keys)), 400))
+    target = np.array([intel.units[keys[i]]["median_ms"] for i in idx])
+    real = suspect_units(units, source, idx, target)
+    assert real.mean() < 0.03  # a real CPU's own ratios: at most a few flagged
+    disturbed = target.copy()
+    disturbed[:20] = 8.0 + disturbed[:20] * 0  # the 8 ms a disturbed segment measured
+    flagged = suspect_units(units, source, idx, disturbed)
+    slow = disturbed[:20] / source[0][idx[:20]] > 3
+    assert flagged[:20][slow].all() and slow.sum() >= 10

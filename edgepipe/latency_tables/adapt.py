@@ -64,6 +64,7 @@ from .transfer import (
     family,
     fit_transfer,
     measurement_order,
+    suspect_units,
     time_weights,
     transfer,
 )
@@ -221,12 +222,16 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
                   "shape": [1, 3, p.arch.resolution, p.arch.resolution]} for p in points]
     sittings: list[dict[str, Any]] = []
     progress.phase("measuring whole networks (sitting 1)", len(points))
-    half = 0.5 * req.budget_s  # a disturbed first sitting is measured again while half is left
+    # a disturbed first sitting is measured again while most of the budget is left: the
+    # units are what the budget is for
+    half = 0.75 * req.budget_s
     first = budget.run(lambda: measure_sitting(client, guard, net_items, whole, flags,
                                                may_retry=lambda: budget.left() > half))
     sittings.append({"time": time.time(), "networks": first})
     progress.advance(len(points))
-    sitting_s = budget.spent
+    # what the second sitting will take: this one's, but not its retries beyond a quarter of
+    # the budget (a disturbed first sitting must not leave no room for units)
+    sitting_s = min(budget.spent, 0.25 * req.budget_s)
     # the sentinels: each network twice with the table's whole-network settings, the longest
     # of them (a stable median may take up to max_seconds)
     sentinel_ms = [r["median_ms"] for r, p in zip(first, points, strict=True)
@@ -290,9 +295,51 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
                      f"differed by more than {SITTING_AGREEMENT_PCT:g} % between sittings; the "
                      "table's network model includes them (re-run adapt on a quieter device)")
 
-    # transfer
+    # units far outside their family's ratio: measured again while the budget lasts, never
+    # fitted on unconfirmed
     idx = np.array(sorted(measured))
     target = np.array([measured[i]["median_ms"] for i in idx])
+    suspect = suspect_units(units, times, idx, target)
+    if suspect.any():
+        odd = [int(i) for i in idx[suspect]]
+        again: dict[int, dict[str, Any]] = {}
+        if budget.left() > len(odd) * per_unit_s * 2 + JOB_OVERHEAD_S + sentinel_s:
+            progress.phase("measuring again units far from their family's ratio", len(odd))
+            segs = [odd[i:i + settings.segment] for i in range(0, len(odd), settings.segment)]
+            results = budget.run(lambda segs=segs: guard.measure(
+                lambda items: measure_items(client, items, job, flags),
+                [[item(units[i]) for i in seg] for seg in segs], per_job=settings.batch,
+                may_retry=lambda: False))
+            for seg, stats in zip(segs, results, strict=True):
+                again.update(zip(seg, stats, strict=True))
+            progress.advance(len(odd))
+        confirmed = replaced = dropped = 0
+        for i in odd:
+            first_ms, second = measured[i]["median_ms"], again.get(i)
+            if second is not None and abs(second["median_ms"] / first_ms - 1) <= 0.10:
+                confirmed += 1  # twice the same: the device's own, kept
+                continue
+            if second is not None and not suspect_units(
+                    units, times, np.array([i]), np.array([second["median_ms"]]))[0]:
+                measured[i] = second
+                replaced += 1
+                continue
+            del measured[i]  # transferred instead, like any unit not measured
+            dropped += 1
+        notes.append(f"{len(odd)} measured unit(s) lay far outside their family's ratio to the "
+                     f"sources: {confirmed} confirmed by a second measurement, {replaced} "
+                     f"replaced by it, {dropped} not used (transferred instead)")
+        table.method["suspect_units"] = {"found": len(odd), "confirmed": confirmed,
+                                         "replaced": replaced, "dropped": dropped,
+                                         "keys": [units[i].key for i in odd][:50]}
+        if len(measured) < MIN_UNITS:
+            raise EdgepipeError(f"only {len(measured)} units were measured undisturbed: the "
+                                "device disagreed with itself; adapt on a quieter device or "
+                                "with a larger --budget-s")
+        idx = np.array(sorted(measured))
+        target = np.array([measured[i]["median_ms"] for i in idx])
+
+    # transfer
     model = fit_transfer(units, times, idx, target, req.seed)
     base = sources[model.base]
     moved = transfer(units, times, model)

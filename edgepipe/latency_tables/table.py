@@ -297,7 +297,7 @@ def resolve_tables(spec: str, home: Path) -> list[Path]:
             out += sorted(SHIPPED.glob("*.json"))
             continue
         path = Path(item).expanduser()
-        if path.exists():
+        if path.exists() or path.parent != Path("."):  # a path: its own error when read
             out.append(path)
             continue
         named = [p for p in known if p.name in (item, f"{item}.json")]
