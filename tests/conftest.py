@@ -1,20 +1,136 @@
 """Shared fixtures: conversions are slow (tens of seconds to minutes each), so each is done
 once per run here, and once per content across runs (tests/artifacts.py): a test reads a
-session fixture's folder instead of converting again."""
+session fixture's folder instead of converting again.
+
+The suite runs in parallel (pytest-xdist, ``-n auto --dist loadgroup`` in pyproject.toml):
+most of its time is single-threaded Python (tracing, lowering, starting a process that imports
+torch). Each worker has its own session, so :func:`pytest_collection_modifyitems` keeps the
+tests that share a module- or session-scoped fixture of their own on one worker (one group),
+and puts the groups known to take longest first (``tests/durations.json``: longest first is
+what keeps the last worker from finishing alone). The conversions in conftest are shared
+between workers through the content-addressed cache (tests/artifacts.py, one lock per entry);
+``collected`` through :func:`shared_once`.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from filelock import FileLock
 
 from edgepipe.converters.convert import ConvertRequest
+
+DURATIONS = Path(__file__).with_name("durations.json")
+# conftest's session fixtures shared between workers through the artifact cache or
+# shared_once: they do not tie their tests to one worker
+SHARED = {"small_conversion", "small_segmentation", "real_v2", "fp16_conversion", "collected",
+          "_own_home"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A home of the worker's own: tests never read or write the user's devices and tables,
+    and two workers never share a registry (a test that needs another sets its own)."""
+    if "EDGEPIPE_HOME" not in os.environ:
+        os.environ["EDGEPIPE_HOME"] = str(tmp_path_factory.mktemp("edgepipe-home"))
+
+
+def _group_of(item: pytest.Item, parent: dict[str, str]) -> str | None:
+    """The fixtures of the tests' own (not pytest's) wider than one test that ``item`` uses."""
+    info = getattr(item, "_fixtureinfo", None)
+    names = []
+    for name, defs in (info.name2fixturedefs.items() if info else ()):
+        fixture = defs[-1]
+        module = getattr(fixture.func, "__module__", "") or ""
+        if fixture.scope != "function" and module.startswith("tests") and name not in SHARED:
+            names.append(f"{module}.{name}")
+    if not names:
+        return None
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    roots = [find(n) for n in names]
+    for r in roots[1:]:
+        parent[find(r)] = find(roots[0])
+    return names[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's hook reads the group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    parent: dict[str, str] = {}
+    firsts = [_group_of(item, parent) for item in items]
+
+    def root(x: str) -> str:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    groups = [root(f) if f else None for f in firsts]
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    weight: dict[str, float] = {}
+    for item, group in zip(items, groups, strict=True):
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+        unit = group or item.nodeid
+        weight[unit] = weight.get(unit, 0.0) + known.get(item.nodeid, 5.0)
+    # deterministic on every worker (xdist checks that they all collected the same order)
+    order = {id(item): (-weight[g or item.nodeid], g or item.nodeid, i)
+             for i, (item, g) in enumerate(zip(items, groups, strict=True))}
+    items.sort(key=lambda item: order[id(item)])
+
+
+_times: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # the controller sees every worker's reports: setup + call + teardown of each test
+    _times[report.nodeid.split("@")[0]] = _times.get(report.nodeid.split("@")[0], 0.0) \
+        + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """``EDGEPIPE_TEST_DURATIONS=write``: keep this run's durations for the next runs'
+    order (seconds per test; the CPU does not matter, only their ranking)."""
+    if os.environ.get("EDGEPIPE_TEST_DURATIONS") == "write" and _times and \
+            not os.environ.get("PYTEST_XDIST_WORKER"):
+        work = DURATIONS.with_suffix(".tmp")
+        work.write_text(json.dumps({k: round(v, 1) for k, v in sorted(_times.items())},
+                                   indent=0) + "\n")
+        work.replace(DURATIONS)
+
+
+def shared_once(factory: pytest.TempPathFactory, name: str,
+                build: Callable[[Path], Any]) -> Any:
+    """``build(folder)`` once for the whole run, its result shared by every xdist worker: the
+    first worker to ask builds under a lock, the others wait and read its (pickled) result.
+    Without xdist, simply ``build`` in a fresh folder."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(factory.mktemp(name))
+    root = Path(factory.getbasetemp()).parent / "shared"  # the run's, above each worker's
+    root.mkdir(exist_ok=True)
+    done = root / f"{name}.pickle"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.is_file():
+            folder = root / name
+            folder.mkdir()
+            work = done.with_suffix(".tmp")
+            work.write_bytes(pickle.dumps(build(folder)))
+            work.replace(done)
+        return pickle.loads(done.read_bytes())
+
 
 # Narrow and low-resolution: the real converters and runtimes, at a fraction of the cost.
 SMALL = dict(model="mobilenet_v3_small", width_mult=0.5, size=96)
@@ -91,7 +207,11 @@ def collected(tmp_path_factory):
     """The tiny space's table, collected on a local agent, killed after 6 units and resumed:
     (EDGEPIPE_HOME, table file, the partial table at the kill, the resumed run's stdout).
     Session-wide: its converted programs (EDGEPIPE_HOME/lut-work) serve test_lab too."""
-    home = tmp_path_factory.mktemp("lut") / "home"
+    return shared_once(tmp_path_factory, "lut", _collect_killed_and_resumed)
+
+
+def _collect_killed_and_resumed(folder: Path) -> tuple[Path, Path, dict, str]:
+    home = folder / "home"
     table_file = home / "t.json"
     first = _collect(home, "--batch", "6")
     deadline = time.monotonic() + 1800  # converting every program first: minutes when loaded
