@@ -235,29 +235,50 @@ class PteInput:
     dynamic: bool  # exported with dynamic shapes (shape_dynamism DYNAMIC_BOUND or UNBOUND)
 
 
-def pte_inputs(path: Path) -> list[PteInput]:
-    """The tensor inputs of a program's ``forward``, read from the program itself: the
-    runtime's method metadata gives neither the memory order (a program fed a tensor of
-    another order runs without complaint on scrambled data) nor whether its sizes are fixed
-    or an upper bound. Needs the ExecuTorch package (its serializer, which imports torch).
-    Raises :class:`EdgepipeError` for a file it cannot read."""
+def _unreadable(what: str, path: Path, exc: Exception) -> EdgepipeError:
+    # a foreign or damaged file: say which and why, no traceback
+    return EdgepipeError(f"cannot read {what} {Path(path).name} ({type(exc).__name__}: {exc}): "
+                         "is it an ExecuTorch program written by executorch ≥ 1.0?")
+
+
+def pte_forward_plan(path: Path, what: str = "the program"):  # -> (Program, ExecutionPlan)
+    """An ExecuTorch program and its ``forward`` execution plan, read by ExecuTorch's own
+    serializer (which imports torch): the plan's values, inputs, operators, delegates and
+    chains; the program's delegate payloads (``backend_delegate_data``).
+    ``what`` names what is being read in the error line ("the program", "the input layout
+    of"). Raises :class:`EdgepipeError` where the package is missing, the file cannot be read
+    or has no ``forward``."""
+    import logging
+
+    # torch logs a deprecation of its own at import (pytree enums) on stderr: not the user's
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         from executorch.exir._serialize._program import deserialize_pte_binary
     except ImportError:
         raise missing_extra("the ExecuTorch package", "executorch") from None
     try:
         program = deserialize_pte_binary(Path(path).read_bytes()).program
-        plan = next(p for p in program.execution_plan if p.name == "forward")
+        return program, next(p for p in program.execution_plan if p.name == "forward")
+    except StopIteration:
+        raise EdgepipeError(f"{Path(path).name} has no forward method") from None
+    except Exception as exc:
+        raise _unreadable(what, path, exc) from None
+
+
+def pte_inputs(path: Path) -> list[PteInput]:
+    """The tensor inputs of a program's ``forward``, read from the program itself: the
+    runtime's method metadata gives neither the memory order (a program fed a tensor of
+    another order runs without complaint on scrambled data) nor whether its sizes are fixed
+    or an upper bound. Needs the ExecuTorch package (its serializer, which imports torch).
+    Raises :class:`EdgepipeError` for a file it cannot read."""
+    _, plan = pte_forward_plan(path, "the input layout of")
+    try:
         values = [plan.values[i].val for i in plan.inputs]
         return [PteInput(list(v.dim_order), [int(d) for d in v.sizes],
                          int(getattr(v.shape_dynamism, "value", v.shape_dynamism) or 0) != 0)
                 for v in values if hasattr(v, "dim_order")]
-    except StopIteration:
-        raise EdgepipeError(f"{Path(path).name} has no forward method") from None
-    except Exception as exc:  # a foreign or damaged file: say which and why, no traceback
-        raise EdgepipeError(f"cannot read the input layout of {Path(path).name} "
-                            f"({type(exc).__name__}: {exc}): is it an ExecuTorch program "
-                            "written by executorch ≥ 1.0?") from None
+    except Exception as exc:
+        raise _unreadable("the input layout of", path, exc) from None
 
 
 def pte_dim_orders(path: Path) -> list[list[int]]:
