@@ -2,13 +2,12 @@
 once per run here, and once per content across runs (tests/artifacts.py): a test reads a
 session fixture's folder instead of converting again.
 
-The suite runs in parallel (pytest-xdist, ``-n auto --dist loadgroup`` in pyproject.toml):
+The suite runs in parallel (pytest-xdist, ``-n auto --dist loadfile`` in pyproject.toml):
 most of its time is single-threaded Python (tracing, lowering, starting a process that imports
-torch). Each worker has its own session, so :func:`pytest_collection_modifyitems` keeps the
-tests that share a module- or session-scoped fixture of their own on one worker (one group),
-and puts the groups known to take longest first (``tests/durations.json``: longest first is
-what keeps the last worker from finishing alone). The conversions in conftest are shared
-between workers through the content-addressed cache (tests/artifacts.py, one lock per entry);
+torch). Each worker takes whole test files (a file's module- and session-scoped fixtures are
+made once), the files known to take longest first (``tests/durations.json``: longest first is
+what keeps the last worker from finishing alone). conftest's conversions are shared between
+workers through the content-addressed cache (tests/artifacts.py, one lock per entry);
 ``collected`` through :func:`shared_once`.
 """
 
@@ -31,10 +30,6 @@ from filelock import FileLock
 from edgepipe.converters.convert import ConvertRequest
 
 DURATIONS = Path(__file__).with_name("durations.json")
-# conftest's session fixtures shared between workers through the artifact cache or
-# shared_once: they do not tie their tests to one worker
-SHARED = {"small_conversion", "small_segmentation", "real_v2", "fp16_conversion", "collected",
-          "_own_home"}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -45,51 +40,16 @@ def _own_home(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["EDGEPIPE_HOME"] = str(tmp_path_factory.mktemp("edgepipe-home"))
 
 
-def _group_of(item: pytest.Item, parent: dict[str, str]) -> str | None:
-    """The fixtures of the tests' own (not pytest's) wider than one test that ``item`` uses."""
-    info = getattr(item, "_fixtureinfo", None)
-    names = []
-    for name, defs in (info.name2fixturedefs.items() if info else ()):
-        fixture = defs[-1]
-        module = getattr(fixture.func, "__module__", "") or ""
-        if fixture.scope != "function" and module.startswith("tests") and name not in SHARED:
-            names.append(f"{module}.{name}")
-    if not names:
-        return None
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            x = parent[x]
-        return x
-
-    roots = [find(n) for n in names]
-    for r in roots[1:]:
-        parent[find(r)] = find(roots[0])
-    return names[0]
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's hook reads the group marks
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    parent: dict[str, str] = {}
-    firsts = [_group_of(item, parent) for item in items]
-
-    def root(x: str) -> str:
-        while parent[x] != x:
-            x = parent[x]
-        return x
-
-    groups = [root(f) if f else None for f in firsts]
+    """The files known to take longest first (xdist hands out whole files in this order:
+    ``--dist loadfile --no-loadscope-reorder``), each file's tests in their own order."""
     known = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
     weight: dict[str, float] = {}
-    for item, group in zip(items, groups, strict=True):
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-        unit = group or item.nodeid
-        weight[unit] = weight.get(unit, 0.0) + known.get(item.nodeid, 5.0)
+    for item in items:
+        weight[item.location[0]] = weight.get(item.location[0], 0.0) + known.get(item.nodeid, 5.0)
     # deterministic on every worker (xdist checks that they all collected the same order)
-    order = {id(item): (-weight[g or item.nodeid], g or item.nodeid, i)
-             for i, (item, g) in enumerate(zip(items, groups, strict=True))}
-    items.sort(key=lambda item: order[id(item)])
+    items.sort(key=lambda item: (-weight[item.location[0]], item.location[0]))
 
 
 _times: dict[str, float] = {}
