@@ -24,6 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # a worker's share of the cores for torch's own threads (conversion, calibration, the
+    # searches' training), for it and the processes it starts: with a thread per core in each
+    # worker, OpenMP's spinning threads oversubscribe them (the netadapt test took 905 s
+    # beside another worker, 194 s alone)
+    _share = (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
+    if "torch" in sys.modules:  # imported already by a plugin: too late for the variable
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 import pytest
 from filelock import FileLock
 
