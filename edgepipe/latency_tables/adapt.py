@@ -320,14 +320,14 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
             if second is not None and abs(second["median_ms"] / first_ms - 1) <= 0.10:
                 confirmed += 1  # twice the same: the device's own, kept
                 continue
-            # the second measurement judged among all the others
-            trial = target.copy()
-            trial[int(np.searchsorted(idx, i))] = second["median_ms"] if second else first_ms
-            if second is not None and not suspect_units(
-                    units, times, idx, trial)[int(np.searchsorted(idx, i))]:
-                measured[i] = second
-                replaced += 1
-                continue
+            if second is not None:  # the second measurement judged among all the others
+                at = int(np.searchsorted(idx, i))
+                trial = target.copy()
+                trial[at] = second["median_ms"]
+                if not suspect_units(units, times, idx, trial)[at]:
+                    measured[i] = second
+                    replaced += 1
+                    continue
             dropped_units[i] = measured.pop(i)  # transferred instead, like any unit not measured
             dropped += 1
         if len(measured) < MIN_UNITS:  # too few left to fit: kept, and said
