@@ -67,8 +67,7 @@ _times: dict[str, float] = {}
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     # the controller sees every worker's reports: setup + call + teardown of each test
-    _times[report.nodeid.split("@")[0]] = _times.get(report.nodeid.split("@")[0], 0.0) \
-        + report.duration
+    _times[report.nodeid] = _times.get(report.nodeid, 0.0) + report.duration
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
