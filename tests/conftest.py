@@ -25,12 +25,22 @@ from pathlib import Path
 from typing import Any
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # a worker's share of the cores for torch's own threads (conversion, calibration, the
-    # searches' training), for it and the processes it starts: with a thread per core in each
-    # worker, OpenMP's spinning threads oversubscribe them (the netadapt test took 905 s
-    # beside another worker, 194 s alone)
-    _share = (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
+    # each worker on cores of its own (worker gwN: the N-th slice of the CPUs this process may
+    # use), it and every process it starts (agents, runners, the searches' workers): the tests
+    # that measure compare times taken minutes apart, and a process of the other worker
+    # preempting a measured one made a network ×1.8 slower (the netadapt device check), where a
+    # busy process pinned to the other core costs 0-5 % on this project's 2-core hosts
+    _cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        list(range(os.cpu_count() or 1))
+    _share = len(_cpus) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    _index = int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw") or 0)
+    _cores = _cpus[_index * _share:(_index + 1) * _share] if _share else _cpus
+    if hasattr(os, "sched_setaffinity"):
+        for _tid in os.listdir("/proc/self/task"):  # threads a plugin started already too
+            os.sched_setaffinity(int(_tid), _cores)
+    # torch's own threads (conversion, calibration, training) to match: with a thread per
+    # core of the machine, OpenMP's spinning threads oversubscribe the worker's cores
+    os.environ.setdefault("OMP_NUM_THREADS", str(len(_cores)))
     if "torch" in sys.modules:  # imported already by a plugin: too late for the variable
         sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
@@ -40,6 +50,11 @@ from filelock import FileLock
 from edgepipe.converters.convert import ConvertRequest
 
 DURATIONS = Path(__file__).with_name("durations.json")
+
+
+def own_cpu() -> int:
+    """A CPU this test process may pin a measurement to (its worker's first)."""
+    return min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
 
 
 @pytest.fixture(scope="session", autouse=True)

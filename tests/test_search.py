@@ -260,9 +260,8 @@ def test_netadapt_on_digits_killed_resumes_then_converts_and_deploys(tmp_path, s
     assert 0.1 <= final["test_accuracy"] <= 1 and final["training_steps"] == \
         final["from_step"] * 2 + 10
     check = record["device_checks"][-1]
-    # a ~1 ms network predicted from the shipped table rescaled by its check: 28 % seen with
-    # another test worker busy on the other core
-    assert check["measured_ms"] > 0 and abs(check["error_pct"]) < 40
+    # a ~1 ms network predicted from the shipped table rescaled by its check
+    assert check["measured_ms"] > 0 and abs(check["error_pct"]) < 25
     assert check["factor"] == checked["factor"]
     assert "measured on this-machine" in stdout and (out / "path.png").stat().st_size > 5000
 
