@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..errors import EdgepipeError, missing_extra
+from ..errors import EdgepipeError
 from ..manifest import (
     RANGES,
     Manifest,
@@ -94,12 +94,10 @@ def _litert_output_ops(interp: Any) -> list[str | None]:
 
 
 def executorch_tensor_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    from .runtimes import executorch_bindings
+
     try:
-        from executorch.extension.pybindings.portable_lib import _load_for_executorch
-    except ImportError:
-        raise missing_extra("the ExecuTorch runtime", "executorch") from None
-    try:
-        meta = _load_for_executorch(str(path)).method_meta("forward")
+        meta = executorch_bindings()._load_for_executorch(str(path)).method_meta("forward")
     except (RuntimeError, ValueError) as exc:
         raise EdgepipeError(f"ExecuTorch cannot load {path.name}: {exc}") from None
 
