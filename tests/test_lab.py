@@ -369,7 +369,7 @@ def test_collect_across_two_agents_one_killed_finishes(collected, tmp_path):
         assert "one table is for one kind of device" in line and "0123abcd" in line
         assert len(line.splitlines()) == 1
         proc = subprocess.Popen([sys.executable, "-c", code, "lut", "collect", "--space",
-                                 "tiny", "--device", "a,b", "--calibration", "5", "--batch",
+                                 "tiny", "--device", "a,b", "--calibration", "3", "--batch",
                                  "6", "--out", str(table)], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 900
@@ -400,6 +400,7 @@ def test_collect_across_two_agents_one_killed_finishes(collected, tmp_path):
     by = {n: sum(u["device"] == n for u in done.units.values()) for n in ("a", "b")}
     assert by["a"] > 0 and by["b"] >= 3 and "b" in done.method["dropped_devices"]
     assert len(done.method["sittings"]) == 3 and len(done.sentinels) == 4
-    assert done.network_model is not None and len(done.network_model.networks) == 10
+    # the collected table's 3 networks at its 2 sizes: their programs are converted already
+    assert done.network_model is not None and len(done.network_model.networks) == 6
     scale = done.method["device_scales"]
     assert 0.5 < scale["a"] < 2 and done.method["scale_reference_ms"] > 0
