@@ -296,8 +296,8 @@ def load_manifest(artifact_or_manifest: str | Path) -> Manifest:
         path = manifest_path(path)
     if not path.is_file():
         raise EdgepipeError(
-            f"no manifest at {path}: convert with `edgepipe convert` or write one "
-            "beside the artifact"
+            f"no manifest at {path}: convert with `edgepipe convert`, or for a file converted "
+            "elsewhere `edgepipe manifest init ARTIFACT` (or write one beside the artifact)"
         )
     try:
         data = json.loads(path.read_text())

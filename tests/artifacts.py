@@ -15,6 +15,7 @@ entries removed first.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -29,6 +30,8 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from edgepipe.converters.convert import ConvertRequest, convert
 
@@ -165,10 +168,24 @@ def request_key(request: ConvertRequest) -> str:
     return _key({"api": fields})
 
 
+def _locked(entry: Path | None) -> Any:
+    """One conversion of an entry at a time (two test workers wanting the same artifacts: the
+    second waits for the first and loads its result instead of converting too)."""
+    if entry is None:
+        return contextlib.nullcontext()
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(entry.parent / f".{entry.name}.lock"))
+
+
 def convert_cached(request: ConvertRequest) -> dict[str, Any]:
     """``convert(request)``, or the same folder from the cache: ``request.out`` holds the
     artifacts, manifests and report either way; returns the report."""
     entry = _entry(request_key(request))
+    with _locked(entry):
+        return _convert_cached(request, entry)
+
+
+def _convert_cached(request: ConvertRequest, entry: Path | None) -> dict[str, Any]:
     out = Path(request.out)
     if entry is not None and (entry / "out" / "report.json").is_file():
         _load(entry, out)
@@ -184,7 +201,6 @@ def convert_cli_cached(*args: str, cwd: Path | None = None, **run: Any
     """``run_cli("convert", *args)``, or its cached result: the ``-o`` folder, its output and
     exit status (only successful conversions are kept). The printed text names the output
     folder of this call either way."""
-    from .conftest import run_cli
 
     words = list(args)
     flag = next(i for i, w in enumerate(words) if w in ("-o", "--out"))
@@ -201,6 +217,14 @@ def convert_cli_cached(*args: str, cwd: Path | None = None, **run: Any
             keyed.append(word)
     keyed.append(str(_model_source(words[0], cwd or Path.cwd())))
     entry = _entry(_key({"cli": keyed, "env": sorted(run.get("env", {}) or {})}))
+    with _locked(entry):
+        return _convert_cli_cached(args, out, entry, cwd, run)
+
+
+def _convert_cli_cached(args: tuple[str, ...], out: Path, entry: Path | None,
+                        cwd: Path | None, run: dict[str, Any]) -> subprocess.CompletedProcess:
+    from .conftest import run_cli
+
     if entry is not None and (entry / "out" / "report.json").is_file():
         _load(entry, out)
         text = json.loads((entry / "printed.json").read_text())

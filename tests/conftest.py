@@ -1,20 +1,120 @@
 """Shared fixtures: conversions are slow (tens of seconds to minutes each), so each is done
 once per run here, and once per content across runs (tests/artifacts.py): a test reads a
-session fixture's folder instead of converting again."""
+session fixture's folder instead of converting again.
+
+The suite runs in parallel (pytest-xdist, ``-n auto --dist loadfile`` in pyproject.toml):
+most of its time is single-threaded Python (tracing, lowering, starting a process that imports
+torch). Each worker takes whole test files (a file's module- and session-scoped fixtures are
+made once), the files known to take longest first (``tests/durations.json``: longest first is
+what keeps the last worker from finishing alone). conftest's conversions are shared between
+workers through the content-addressed cache (tests/artifacts.py, one lock per entry);
+``collected`` through :func:`shared_once`.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # each worker on cores of its own (worker gwN: the N-th slice of the CPUs this process may
+    # use), it and every process it starts (agents, runners, the searches' workers): the tests
+    # that measure compare times taken minutes apart, and a process of the other worker
+    # preempting a measured one made a network ×1.8 slower (the netadapt device check), where a
+    # busy process pinned to the other core costs 0-5 % on this project's 2-core hosts
+    _cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        list(range(os.cpu_count() or 1))
+    _share = len(_cpus) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    _index = int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw") or 0)
+    _cores = _cpus[_index * _share:(_index + 1) * _share] if _share else _cpus
+    if hasattr(os, "sched_setaffinity"):
+        for _tid in os.listdir("/proc/self/task"):  # threads a plugin started already too
+            os.sched_setaffinity(int(_tid), _cores)
+    # torch's own threads (conversion, calibration, training) to match: with a thread per
+    # core of the machine, OpenMP's spinning threads oversubscribe the worker's cores
+    os.environ.setdefault("OMP_NUM_THREADS", str(len(_cores)))
+    if "torch" in sys.modules:  # imported already by a plugin: too late for the variable
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 import pytest
+from filelock import FileLock
 
 from edgepipe.converters.convert import ConvertRequest
+
+DURATIONS = Path(__file__).with_name("durations.json")
+
+
+def own_cpu() -> int:
+    """A CPU this test process may pin a measurement to (its worker's first)."""
+    return min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A home of the worker's own: tests never read or write the user's devices and tables,
+    and two workers never share a registry (a test that needs another sets its own)."""
+    if "EDGEPIPE_HOME" not in os.environ:
+        os.environ["EDGEPIPE_HOME"] = str(tmp_path_factory.mktemp("edgepipe-home"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The files known to take longest first (xdist hands out whole files in this order:
+    ``--dist loadfile --no-loadscope-reorder``), each file's tests in their own order."""
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    weight: dict[str, float] = {}
+    for item in items:
+        weight[item.location[0]] = weight.get(item.location[0], 0.0) + known.get(item.nodeid, 5.0)
+    # deterministic on every worker (xdist checks that they all collected the same order)
+    items.sort(key=lambda item: (-weight[item.location[0]], item.location[0]))
+
+
+_times: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # the controller sees every worker's reports: setup + call + teardown of each test
+    _times[report.nodeid] = _times.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """``EDGEPIPE_TEST_DURATIONS=write``: keep this run's durations for the next runs'
+    order (seconds per test; the CPU does not matter, only their ranking)."""
+    if os.environ.get("EDGEPIPE_TEST_DURATIONS") == "write" and _times and \
+            not os.environ.get("PYTEST_XDIST_WORKER"):
+        work = DURATIONS.with_suffix(".tmp")
+        work.write_text(json.dumps({k: round(v, 1) for k, v in sorted(_times.items())},
+                                   indent=0) + "\n")
+        work.replace(DURATIONS)
+
+
+def shared_once(factory: pytest.TempPathFactory, name: str,
+                build: Callable[[Path], Any]) -> Any:
+    """``build(folder)`` once for the whole run, its result shared by every xdist worker: the
+    first worker to ask builds under a lock, the others wait and read its (pickled) result.
+    Without xdist, simply ``build`` in a fresh folder."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(factory.mktemp(name))
+    root = Path(factory.getbasetemp()).parent / "shared"  # the run's, above each worker's
+    root.mkdir(exist_ok=True)
+    done = root / f"{name}.pickle"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.is_file():
+            folder = root / name
+            folder.mkdir()
+            work = done.with_suffix(".tmp")
+            work.write_bytes(pickle.dumps(build(folder)))
+            work.replace(done)
+        return pickle.loads(done.read_bytes())
+
 
 # Narrow and low-resolution: the real converters and runtimes, at a fraction of the cost.
 SMALL = dict(model="mobilenet_v3_small", width_mult=0.5, size=96)
@@ -91,7 +191,11 @@ def collected(tmp_path_factory):
     """The tiny space's table, collected on a local agent, killed after 6 units and resumed:
     (EDGEPIPE_HOME, table file, the partial table at the kill, the resumed run's stdout).
     Session-wide: its converted programs (EDGEPIPE_HOME/lut-work) serve test_lab too."""
-    home = tmp_path_factory.mktemp("lut") / "home"
+    return shared_once(tmp_path_factory, "lut", _collect_killed_and_resumed)
+
+
+def _collect_killed_and_resumed(folder: Path) -> tuple[Path, Path, dict, str]:
+    home = folder / "home"
     table_file = home / "t.json"
     first = _collect(home, "--batch", "6")
     deadline = time.monotonic() + 1800  # converting every program first: minutes when loaded

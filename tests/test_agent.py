@@ -20,7 +20,7 @@ from edgepipe.host.client import AgentClient
 from edgepipe.host.local import start_agent, stop_agent
 from edgepipe.manifest import file_sha256, load_manifest
 
-from .conftest import artifact, run_cli
+from .conftest import artifact, own_cpu, run_cli
 from .test_device_light import BLOCK_TORCH
 
 TOKEN = "test-token-123"
@@ -238,8 +238,10 @@ def test_finished_job_survives_a_killed_agent(small_conversion, tmp_path):
     client = AgentClient(url, TOKEN)
     fingerprint = client.info()["fingerprint"]
     sha = client.upload(out / artifact(report, "tflite", "fp32")["file"])["sha256"]
-    finished = client.wait(client.submit(artifact=sha, runs=7, affinity=[0])["id"], timeout=120)
-    assert finished["result"]["affinity"] == [0]  # pinned to CPU 0
+    cpu = own_cpu()
+    finished = client.wait(client.submit(artifact=sha, runs=7, affinity=[cpu])["id"],
+                           timeout=120)
+    assert finished["result"]["affinity"] == [cpu]  # pinned to that CPU
     os.kill(proc.pid, signal.SIGKILL)  # no clean shutdown
     proc.wait()
     url, proc = start_agent(data, TOKEN)

@@ -222,7 +222,10 @@ def test_web_display_shows_a_live_image_in_headless_chromium(small_conversion, v
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgepipe.cli", "demo", str(out), "--source", str(source),
          "--loop", "--realtime", "--display", "web", "--port", "0", "--token", "s3cret",
-         "--duration", "120"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+         "--duration", "120"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        # started as a shell starts a background job, with SIGINT ignored (pytest-xdist's
+        # workers pass it on so too): Ctrl-C must still stop it, not --duration
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         line = ""
         while "showing on web" not in line:
@@ -252,10 +255,12 @@ def test_web_display_shows_a_live_image_in_headless_chromium(small_conversion, v
         assert picture.mean() > 60 and picture.std() > 30
         assert page[600:700].mean() < 40
         proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop with a summary
+        sent = time.monotonic()
         # generous: stopping joins the capture and inference threads (5 s each) and the
         # ExecuTorch child (10 s); late in a long CI session that took over 30 s
         stdout, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0 and "demo summary" in stdout
+        assert time.monotonic() - sent < 60  # stopped by the signal, not by --duration 120
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -201,3 +201,25 @@ def test_units_far_from_their_familys_ratio_are_suspect():
     flagged = suspect_units(units, source, idx, disturbed)
     slow = disturbed[:20] / source[0][idx[:20]] > 3
     assert flagged[:20][slow].all() and slow.sum() >= 10
+
+
+
+def test_a_space_of_one_resolution_gets_static_network_programs():
+    """One resolution makes a size range whose ends are equal, which torch.export cannot
+    express ("Cannot create Dim with inconsistent min=64, max=64"): a static program then."""
+    from dataclasses import replace
+
+    from edgepipe.latency_tables.collect import calibration_architectures, network_points
+    from edgepipe.latency_tables.programs import arch_program
+
+    one = replace(SPACES["tiny"], resolutions=(64,))
+    points = network_points(calibration_architectures(one, 3), one, dynamic=True)
+    assert len(points) == 3 and {p.arch.resolution for p in points} == {64}
+    for p in points:
+        arch, size_range = p.spec.payload
+        assert size_range is None and p.spec.key.startswith("arch-")
+        assert arch.resolution == 64 and p.spec.input_shape == (1, 3, 64, 64)
+    # two sizes: one dynamic program taking both
+    two = network_points(calibration_architectures(SPACES["tiny"], 3), SPACES["tiny"], True)
+    assert {p.spec.payload[1] for p in two} == {(64, 96)}
+    assert arch_program(two[0].arch, (96, 96)).payload[1] is None

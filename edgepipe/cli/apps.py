@@ -118,6 +118,13 @@ def _run_demo(args: argparse.Namespace) -> int:
     from ..ui import console, print_demo_summary
 
     _check_demo_args(args)
+    import signal
+
+    # Ctrl-C (SIGINT) and `kill` (SIGTERM) stop the demo the same clean way, with its summary.
+    # A shell starts a background job (`edgepipe demo … &`) with SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler: such a demo ran on until --duration.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
 
     def ready(display: object) -> None:
         console.print(f"demo: showing on {getattr(display, 'name', args.display)}; Ctrl-C stops")

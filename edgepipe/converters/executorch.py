@@ -95,6 +95,14 @@ _SPLITS = ("chunk", "split", "split_with_sizes", "tensor_split", "split_with_siz
            "split_copy")
 
 
+def _recompiled(graph_module: torch.fx.GraphModule, count: int) -> int:
+    """A rewritten graph checked and its code made again (where ``count`` nodes changed)."""
+    if count:
+        graph_module.graph.lint()
+        graph_module.recompile()
+    return count
+
+
 def splits_as_slices(graph_module: torch.fx.GraphModule) -> int:
     """Rewrite each split of a tensor into consecutive pieces (``chunk``, ``split``,
     ``tensor_split``) as one ``slice`` per piece, in place; the count rewritten.
@@ -141,10 +149,7 @@ def splits_as_slices(graph_module: torch.fx.GraphModule) -> int:
                 graph.erase_node(user)
             graph.erase_node(node)
             count += 1
-    if count:
-        graph.lint()
-        graph_module.recompile()
-    return count
+    return _recompiled(graph_module, count)
 
 
 def global_means_kept_dims(graph_module: torch.fx.GraphModule) -> int:
@@ -172,10 +177,7 @@ def global_means_kept_dims(graph_module: torch.fx.GraphModule) -> int:
         node.replace_all_uses_with(flat)
         graph.erase_node(node)
         count += 1
-    if count:
-        graph.lint()
-        graph_module.recompile()
-    return count
+    return _recompiled(graph_module, count)
 
 
 def delegate_friendly(graph_module: torch.fx.GraphModule) -> dict[str, int]:

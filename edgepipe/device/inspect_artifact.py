@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..errors import EdgepipeError, missing_extra
+from ..errors import EdgepipeError
 from ..manifest import (
     RANGES,
     Manifest,
@@ -36,7 +36,13 @@ from ..manifest import (
     save_manifest,
     tensor_layout,
 )
-from .runtimes import RUNTIME_FOR_SUFFIX, fits_signature, litert_interpreter, pte_inputs
+from .runtimes import (
+    RUNTIME_FOR_SUFFIX,
+    fits_signature,
+    litert_interpreter,
+    pte_forward_plan,
+    pte_inputs,
+)
 
 FORMAT_FOR_SUFFIX = {".tflite": "tflite", ".pte": "executorch"}
 TASKS = ("classification", "segmentation", "unknown")
@@ -88,12 +94,10 @@ def _litert_output_ops(interp: Any) -> list[str | None]:
 
 
 def executorch_tensor_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    from .runtimes import executorch_bindings
+
     try:
-        from executorch.extension.pybindings.portable_lib import _load_for_executorch
-    except ImportError:
-        raise missing_extra("the ExecuTorch runtime", "executorch") from None
-    try:
-        meta = _load_for_executorch(str(path)).method_meta("forward")
+        meta = executorch_bindings()._load_for_executorch(str(path)).method_meta("forward")
     except (RuntimeError, ValueError) as exc:
         raise EdgepipeError(f"ExecuTorch cannot load {path.name}: {exc}") from None
 
@@ -636,24 +640,8 @@ def pte_delegation(path: Path) -> Delegation:
     XNNPACK's payloads, and the ops left to ExecuTorch's own kernels (pytorch/executorch#7880:
     a program exported without a partitioner runs every op on portable kernels, many times
     slower, and nothing says so). Needs the ExecuTorch package; raises EdgepipeError for a
-    file it cannot read."""
-    import logging
-
-    # torch logs a deprecation of its own at import (pytree enums) on stderr: not the user's
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    try:
-        from executorch.exir._serialize._program import deserialize_pte_binary
-    except ImportError:
-        raise missing_extra("the ExecuTorch package", "executorch") from None
-    try:
-        program = deserialize_pte_binary(Path(path).read_bytes()).program
-        plan = next(p for p in program.execution_plan if p.name == "forward")
-    except StopIteration:
-        raise EdgepipeError(f"{Path(path).name} has no forward method") from None
-    except Exception as exc:  # a foreign or damaged file: say which and why, no traceback
-        raise EdgepipeError(f"cannot read the program {Path(path).name} ({type(exc).__name__}: "
-                            f"{exc}): is it an ExecuTorch program written by executorch "
-                            "≥ 1.0?") from None
+    file it cannot read (:func:`~edgepipe.device.runtimes.pte_forward_plan`)."""
+    program, plan = pte_forward_plan(path)
     partitions: dict[str, int] = {}
     portable: dict[str, int] = {}
     inside: int | None = 0

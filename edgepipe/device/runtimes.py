@@ -235,29 +235,118 @@ class PteInput:
     dynamic: bool  # exported with dynamic shapes (shape_dynamism DYNAMIC_BOUND or UNBOUND)
 
 
-def pte_inputs(path: Path) -> list[PteInput]:
-    """The tensor inputs of a program's ``forward``, read from the program itself: the
-    runtime's method metadata gives neither the memory order (a program fed a tensor of
-    another order runs without complaint on scrambled data) nor whether its sizes are fixed
-    or an upper bound. Needs the ExecuTorch package (its serializer, which imports torch).
-    Raises :class:`EdgepipeError` for a file it cannot read."""
+def _unreadable(what: str, path: Path, exc: Exception) -> EdgepipeError:
+    # a foreign or damaged file: say which and why, no traceback
+    return EdgepipeError(f"cannot read {what} {Path(path).name} ({type(exc).__name__}: {exc}): "
+                         "is it an ExecuTorch program written by executorch ≥ 1.0?")
+
+
+def pte_forward_plan(path: Path, what: str = "the program"):  # -> (Program, ExecutionPlan)
+    """An ExecuTorch program and its ``forward`` execution plan, read by ExecuTorch's own
+    serializer (which imports torch): the plan's values, inputs, operators, delegates and
+    chains; the program's delegate payloads (``backend_delegate_data``).
+    ``what`` names what is being read in the error line ("the program", "the input layout
+    of"). Raises :class:`EdgepipeError` where the package is missing, the file cannot be read
+    or has no ``forward``."""
+    import logging
+
+    # torch logs a deprecation of its own at import (pytree enums) on stderr: not the user's
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         from executorch.exir._serialize._program import deserialize_pte_binary
     except ImportError:
         raise missing_extra("the ExecuTorch package", "executorch") from None
     try:
         program = deserialize_pte_binary(Path(path).read_bytes()).program
-        plan = next(p for p in program.execution_plan if p.name == "forward")
-        values = [plan.values[i].val for i in plan.inputs]
-        return [PteInput(list(v.dim_order), [int(d) for d in v.sizes],
-                         int(getattr(v.shape_dynamism, "value", v.shape_dynamism) or 0) != 0)
-                for v in values if hasattr(v, "dim_order")]
+        return program, next(p for p in program.execution_plan if p.name == "forward")
     except StopIteration:
         raise EdgepipeError(f"{Path(path).name} has no forward method") from None
-    except Exception as exc:  # a foreign or damaged file: say which and why, no traceback
-        raise EdgepipeError(f"cannot read the input layout of {Path(path).name} "
-                            f"({type(exc).__name__}: {exc}): is it an ExecuTorch program "
-                            "written by executorch ≥ 1.0?") from None
+    except Exception as exc:
+        raise _unreadable(what, path, exc) from None
+
+
+class _Table:
+    """A FlatBuffers table in ``buf`` at ``pos``: its fields by slot (their order in the
+    schema; a union takes two, its type then its value)."""
+
+    def __init__(self, buf: bytes, pos: int) -> None:
+        self.buf, self.pos = buf, pos
+        self.vtable = pos - int.from_bytes(buf[pos:pos + 4], "little", signed=True)
+
+    def _at(self, slot: int) -> int | None:
+        entry = 4 + 2 * slot
+        if entry >= int.from_bytes(self.buf[self.vtable:self.vtable + 2], "little"):
+            return None  # written by an older schema: the default
+        offset = int.from_bytes(self.buf[self.vtable + entry:self.vtable + entry + 2], "little")
+        return self.pos + offset if offset else None
+
+    def scalar(self, slot: int, size: int = 1, default: int = 0) -> int:
+        at = self._at(slot)
+        return default if at is None else int.from_bytes(self.buf[at:at + size], "little")
+
+    def _vector(self, slot: int) -> tuple[int, int]:  # (first element, length)
+        at = self._at(slot)
+        if at is None:
+            return 0, 0
+        start = at + int.from_bytes(self.buf[at:at + 4], "little")
+        return start + 4, int.from_bytes(self.buf[start:start + 4], "little")
+
+    def ints(self, slot: int, size: int) -> list[int]:
+        first, n = self._vector(slot)
+        return [int.from_bytes(self.buf[first + i * size:first + (i + 1) * size], "little",
+                               signed=size > 1) for i in range(n)]
+
+    def tables(self, slot: int) -> list[_Table]:
+        first, n = self._vector(slot)
+        return [self.table_at(first + 4 * i) for i in range(n)]
+
+    def table(self, slot: int) -> _Table | None:
+        at = self._at(slot)
+        return None if at is None else self.table_at(at)
+
+    def table_at(self, at: int) -> _Table:
+        return _Table(self.buf, at + int.from_bytes(self.buf[at:at + 4], "little"))
+
+    def string(self, slot: int) -> str:
+        first, n = self._vector(slot)
+        return self.buf[first:first + n].decode()
+
+
+def pte_inputs(path: Path) -> list[PteInput]:
+    """The tensor inputs of a program's ``forward``, read from the program itself: the
+    runtime's method metadata gives neither the memory order (a program fed a tensor of
+    another order runs without complaint on scrambled data) nor whether its sizes are fixed
+    or an upper bound.
+
+    Read from the program's FlatBuffer here (ExecuTorch's ``schema/program.fbs``: Program →
+    execution_plan → values[inputs] → Tensor's sizes, dim_order, shape_dynamism), not by
+    ExecuTorch's serializer, which imports ``executorch.exir`` (4 s, in every agent job's
+    worker process). Raises :class:`EdgepipeError` for a file it cannot read."""
+    try:
+        buf = Path(path).read_bytes()
+        if buf[4:8] != b"ET12":
+            raise ValueError(f"file identifier {buf[4:8]!r}, not ET12")
+        program = _Table(buf, int.from_bytes(buf[0:4], "little"))
+        # schema slots: Program.execution_plan 1; ExecutionPlan name 0, values 2, inputs 3;
+        # EValue val_type 0 (5: Tensor, after the union's implicit NONE), val 1; Tensor
+        # sizes 2, dim_order 3, shape_dynamism 8
+        plan = next((p for p in program.tables(1) if p.string(0) == "forward"), None)
+        if plan is None:
+            raise EdgepipeError(f"{Path(path).name} has no forward method")
+        values = plan.tables(2)
+        inputs = []
+        for index in plan.ints(3, 4):
+            value = values[index]
+            if value.scalar(0) != 5:
+                continue  # not a tensor (a scalar input)
+            tensor = value.table(1)
+            inputs.append(PteInput(tensor.ints(3, 1), tensor.ints(2, 4),
+                                   tensor.scalar(8) != 0))
+        return inputs
+    except EdgepipeError:
+        raise
+    except Exception as exc:
+        raise _unreadable("the input layout of", path, exc) from None
 
 
 def pte_dim_orders(path: Path) -> list[list[int]]:
@@ -287,6 +376,27 @@ def executorch_inputs(x: np.ndarray, dim_orders: list[list[int]],
     return [t]
 
 
+def executorch_bindings():
+    """ExecuTorch's compiled Python bindings, ``executorch.extension.pybindings._C`` (what
+    ``portable_lib`` and ``executorch.runtime`` wrap), imported after torch, which the
+    extension links against.
+
+    Imported directly because ``portable_lib`` first imports ``executorch.exir`` for a
+    warning class, and exir parses the edge dialect's operator YAML: 6.0 s to import against
+    1.8 s for torch and the extension (AMD EPYC, executorch 1.5.1), paid by each agent job's
+    worker process (a collection's job of 6 units took 5.5 s, nearly all of it that import).
+
+    Raises:
+        EdgepipeError: executorch (or torch) is not installed, naming the extra.
+    """
+    try:
+        import torch  # noqa: F401  (loads libtorch for the extension)
+        from executorch.extension.pybindings import _C
+    except ImportError:
+        raise missing_extra("the ExecuTorch runtime", "executorch") from None
+    return _C
+
+
 @dataclass
 class ExecuTorchRunner:
     """A ``.pte`` on the ExecuTorch runtime (its Python bindings need torch)."""
@@ -296,20 +406,17 @@ class ExecuTorchRunner:
     runtime: str = "executorch"
 
     def __post_init__(self) -> None:
-        try:
-            from executorch.extension.pybindings import portable_lib
-            from executorch.runtime import Runtime
-        except ImportError:
-            raise missing_extra("the ExecuTorch runtime", "executorch") from None
+        bindings = executorch_bindings()
         # XNNPACK's thread pool is process-wide: set it for this runner's measurements
-        portable_lib._unsafe_reset_threadpool(self.threads)
-        try:
-            program = Runtime.get().load_program(self.path)
-            self._method = program.load_method("forward")
+        bindings._unsafe_reset_threadpool(self.threads)
+        try:  # as executorch.runtime.Runtime.load_program does, verifying the program
+            self._program = bindings._load_program(
+                str(self.path), program_verification=bindings.Verification.InternalConsistency)
+            self._method = self._program.load_method("forward")
         except (RuntimeError, ValueError) as exc:
             raise EdgepipeError(f"ExecuTorch cannot load {self.path.name}: {exc}") from None
         self.dim_orders = pte_dim_orders(self.path)
-        meta = self._method.metadata
+        meta = self._method.method_meta()
         # an fp16 program takes and gives float16: converted here, so every caller feeds and
         # reads float32 whatever the precision (as int8 tensors are (de)quantized for LiteRT)
         self.half = meta.num_inputs() > 0 and meta.input_tensor_meta(0).dtype() == ET_HALF
@@ -320,17 +427,23 @@ class ExecuTorchRunner:
         # outputs of a channels-last program come back channels-last: numpy keeps the strides
         return [np.ascontiguousarray(o.numpy(), dtype=np.float32)
                 if o.dtype.is_floating_point else np.ascontiguousarray(o.numpy())
-                for o in self._method.execute(self._last)]
+                for o in self._method(self._last)]
 
     def invoke(self) -> None:
-        self._method.execute(self._last)
+        self._method(self._last)
 
 
 def import_runtime(path: str | Path) -> None:
     """Import the runtime an artifact needs, so that loading it can be timed alone
     (ExecuTorch's bindings import torch: seconds, not model loading)."""
-    module = {".pte": "executorch.runtime", ".tflite": "ai_edge_litert.interpreter"}.get(
-        Path(path).suffix)
+    suffix = Path(path).suffix
+    if suffix == ".pte":
+        try:
+            executorch_bindings()
+        except EdgepipeError:
+            pass  # open_runner says which extra to install
+        return
+    module = {".tflite": "ai_edge_litert.interpreter"}.get(suffix)
     if module:
         try:
             importlib.import_module(module)

@@ -43,10 +43,9 @@ def executorch_etdump(artifact: Path, x: np.ndarray, dim_orders: list[list[int]]
     runs through the same API without ETDump (after 3 warm-up runs) give its overhead.
     ``dim_orders``: the program's input dim orders (``ExecuTorchRunner.dim_orders``);
     ``half``: it takes float16 (``ExecuTorchRunner.half``)."""
-    from executorch.extension.pybindings import portable_lib
+    from .runtimes import executorch_bindings, executorch_inputs
 
-    from .runtimes import executorch_inputs
-
+    portable_lib = executorch_bindings()
     portable_lib._unsafe_reset_threadpool(threads)
     inputs = executorch_inputs(x, dim_orders, half)
 

@@ -72,8 +72,8 @@ def delegation_findings(labels: list[str], results: list[ProfileResult],
             f"the gap between {labels[0]} and {labels[k]} is delegation"
             + (f" (whole run ×{ratio:.2f})" if ratio else "") + ": "
             f"{results[slower].artifact} runs {results[slower].delegation['words']}; "
-            f"{results[faster].artifact} {results[faster].delegation['words']} (the op types "
-            "below set ExecuTorch's own kernels against the delegate's)"
+            f"{results[faster].artifact} {results[faster].delegation['words']} (the op-type table "
+            "sets ExecuTorch's own kernels against the delegate's)"
             + ("; export it with the XNNPACK partitioner"
                if not results[slower].delegation.get("partitions") else ""))
     return found

@@ -314,28 +314,33 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
                 again.update(zip(seg, stats, strict=True))
             progress.advance(len(odd))
         confirmed = replaced = dropped = 0
+        dropped_units: dict[int, dict[str, Any]] = {}
         for i in odd:
             first_ms, second = measured[i]["median_ms"], again.get(i)
             if second is not None and abs(second["median_ms"] / first_ms - 1) <= 0.10:
                 confirmed += 1  # twice the same: the device's own, kept
                 continue
-            if second is not None and not suspect_units(
-                    units, times, np.array([i]), np.array([second["median_ms"]]))[0]:
-                measured[i] = second
-                replaced += 1
-                continue
-            del measured[i]  # transferred instead, like any unit not measured
+            if second is not None:  # the second measurement judged among all the others
+                at = int(np.searchsorted(idx, i))
+                trial = target.copy()
+                trial[at] = second["median_ms"]
+                if not suspect_units(units, times, idx, trial)[at]:
+                    measured[i] = second
+                    replaced += 1
+                    continue
+            dropped_units[i] = measured.pop(i)  # transferred instead, like any unit not measured
             dropped += 1
+        if len(measured) < MIN_UNITS:  # too few left to fit: kept, and said
+            measured.update(dropped_units)
+            notes.append(f"{dropped} unconfirmed unit(s) kept: without them fewer than "
+                         f"{MIN_UNITS} would be left to fit")
+            dropped = 0
         notes.append(f"{len(odd)} measured unit(s) lay far outside their family's ratio to the "
                      f"sources: {confirmed} confirmed by a second measurement, {replaced} "
                      f"replaced by it, {dropped} not used (transferred instead)")
         table.method["suspect_units"] = {"found": len(odd), "confirmed": confirmed,
                                          "replaced": replaced, "dropped": dropped,
                                          "keys": [units[i].key for i in odd][:50]}
-        if len(measured) < MIN_UNITS:
-            raise EdgepipeError(f"only {len(measured)} units were measured undisturbed: the "
-                                "device disagreed with itself; adapt on a quieter device or "
-                                "with a larger --budget-s")
         idx = np.array(sorted(measured))
         target = np.array([measured[i]["median_ms"] for i in idx])
 

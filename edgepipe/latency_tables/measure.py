@@ -21,7 +21,7 @@ class MeasureSettings:
     max_runs: int = 200
     stable_pct: float = 1.0  # stop once the median's 95 % CI is within ±1 %
     max_seconds: float = 1.0  # ... or after a second (the slowest units)
-    batch: int = 480  # units per agent job (one worker process: seconds to start)
+    batch: int = 480  # units per agent job (one worker process: ~2 s to start)
     segment: int = 30  # units between two reference measurements
     whole_model_runs: int = 60
     sitting_runs: int = 40

@@ -77,7 +77,11 @@ def program_for(programs: dict[str, ProgramSpec], unit: Unit) -> ProgramSpec:
 def arch_program(arch: Architecture, size_range: tuple[int, int] | None = None
                  ) -> ProgramSpec:
     """A whole network's program: at its own resolution, or (``size_range``) exported at the
-    largest size of the range and taking any size in it."""
+    largest size of the range and taking any size in it. A range of one size (a space of one
+    resolution) is a static program at that size: torch.export makes no dimension whose
+    minimum equals its maximum."""
+    if size_range is not None and size_range[0] == size_range[1]:
+        arch, size_range = replace(arch, resolution=size_range[1]), None
     if size_range is None:
         return ProgramSpec(f"arch-{arch.digest()[:16]}", "arch", (arch, None),
                            (1, 3, arch.resolution, arch.resolution))

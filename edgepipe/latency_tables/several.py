@@ -4,7 +4,9 @@ The devices must share one fingerprint (the same CPU, clocks, memory and ISA: wh
 valid for), else they are refused before any work. Programs are converted once on the host and
 uploaded to each device; the work (the whole networks of each sitting, and the units in jobs
 of a few segments) goes into one queue that every device's thread takes from, each job
-bracketed by that device's own reference unit (:mod:`.drift`) as on one device.
+bracketed by that device's own reference unit (:mod:`.drift`) as on one device. Segments are
+cut to at most a third of each device's share of the units (a small space's 32 units in one
+segment of 30 would leave every device but one idle).
 
 One scale: identical boards still differ by a few per cent (heat, a neighbour, a slower
 card). The first device to measure its reference unit sets the table's scale
@@ -139,6 +141,8 @@ def collect_several(req: CollectRequest, clients: dict[str, AgentClient],
     todo = sorted((u for u in plan.units if u.key not in table.units),
                   key=lambda u: (u.program_key, u.hw))
     size = min(req.settings.segment, req.settings.batch)
+    if len(names) > 1:  # segments small enough that every device gets units to measure
+        size = max(1, min(size, math.ceil(len(todo) / (3 * len(names)))))
     segments = list(chunks(todo, size))
     per_job = max(1, min(req.settings.batch // size,
                          math.ceil(len(segments) / (3 * len(names)))))
