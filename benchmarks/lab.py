@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import random
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from edgepipe.device.identity import machine_line
+from edgepipe.manifest import new_token
 
 
 def log(line: str) -> None:
@@ -69,7 +69,7 @@ def bench_diff(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                                    out=folder, formats=["executorch"], int8=False))
             (folder / "done").write_text("")
         arts[name] = next(folder.glob("*.pte"))
-    token = secrets.token_urlsafe(12)
+    token = new_token(12)
     url, proc = start_agent(out / "agent", token)
     store = open_store(f"sqlite:///{out / 'diff.db'}")
     verdicts: list[dict[str, Any]] = []
@@ -242,7 +242,7 @@ def bench_collect(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.programs_from and not (home / "lut-work").is_dir():
         shutil.copytree(args.programs_from / "lut-work", home / "lut-work",
                         ignore=shutil.ignore_patterns("agent"))
-    tokens = [secrets.token_urlsafe(12) for _ in range(2)]
+    tokens = [new_token(12) for _ in range(2)]
     agents = []
     runs = [("one device", "dev0"), ("two devices", "dev0,dev1")]
     if not args.programs_from:

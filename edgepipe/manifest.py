@@ -265,6 +265,18 @@ def check_manifest_data(data: Any, where: str | Path) -> None:
                             "regenerate it (`edgepipe manifest init FILE --force`)")
 
 
+def new_token(nbytes: int = 24) -> str:
+    """A random URL-safe token of ``nbytes`` random bytes that never starts with ``-``: argparse
+    reads ``--token -x…`` as a missing value followed by an option, so a pasted token starting
+    with a dash (1 in 64 of ``secrets.token_urlsafe``) would fail with a usage error."""
+    import secrets
+
+    while True:
+        token = secrets.token_urlsafe(nbytes)
+        if not token.startswith("-"):
+            return token
+
+
 def write_secret(path: str | Path, text: str) -> None:
     """Write a secret (a token, a registry of tokens) readable by its owner only from its
     first byte on: a temp file opened with mode 0600, then renamed into place."""

@@ -18,7 +18,7 @@ from edgepipe import schemas
 from edgepipe.errors import EdgepipeError
 from edgepipe.host.client import AgentClient
 from edgepipe.host.local import start_agent, stop_agent
-from edgepipe.manifest import file_sha256, load_manifest
+from edgepipe.manifest import file_sha256, load_manifest, new_token
 
 from .conftest import artifact, own_cpu, run_cli
 from .test_device_light import BLOCK_TORCH
@@ -114,6 +114,15 @@ def test_executorch_per_op_table(small_conversion, agent, cli_env, tmp_path):
     per_op = client.jobs()[-1]["result"]["per_op"]
     assert per_op["source"] == "etdump" and len(per_op["unprofiled_ms"]) == 10
     jsonschema.validate(per_op, schemas.PER_OP)
+
+
+def test_made_tokens_never_start_with_a_dash():
+    """A token is pasted after ``--token``; one starting with ``-`` is read by argparse as an
+    option (CI saw ``device add … --token -…``: "expected one argument"). 1 in 64 of
+    ``secrets.token_urlsafe`` does, so 4,000 tokens would hold ~62 of them."""
+    tokens = [new_token(12) for _ in range(4000)]
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == len(tokens) and all(len(t) == 16 for t in tokens)
 
 
 def test_openapi_describes_every_route(agent):

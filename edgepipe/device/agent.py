@@ -19,7 +19,6 @@ import hmac
 import json
 import os
 import re
-import secrets
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from urllib.parse import parse_qs
 
 from .. import __version__
 from ..errors import EdgepipeError
-from ..manifest import write_atomic, write_secret
+from ..manifest import new_token, write_atomic, write_secret
 from . import DEFAULT_PORT
 from .info import cpu_frequencies, device_info, memory_mb, temperatures
 from .jobs import JobQueue
@@ -409,7 +408,7 @@ def load_or_create_token(data: Path, token: str | None) -> str:
     if path.is_file():
         return path.read_text().strip()
     data.mkdir(parents=True, exist_ok=True)
-    new = secrets.token_urlsafe(24)
+    new = new_token()
     write_secret(path, new)
     return new
 

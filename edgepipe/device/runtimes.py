@@ -266,50 +266,47 @@ def pte_forward_plan(path: Path, what: str = "the program"):  # -> (Program, Exe
 
 
 class _Table:
-    """A FlatBuffers table in ``buf`` at ``pos``: its fields by slot (their order in the
-    schema; a union takes two, its type then its value)."""
+    """A FlatBuffers table read by slot (a field's order in the schema; a union takes two,
+    its type then its value), over the ``flatbuffers`` package's own reader."""
 
-    def __init__(self, buf: bytes, pos: int) -> None:
-        self.buf, self.pos = buf, pos
-        self.vtable = pos - int.from_bytes(buf[pos:pos + 4], "little", signed=True)
+    def __init__(self, buf: bytearray, pos: int) -> None:
+        from flatbuffers.table import Table
 
-    def _at(self, slot: int) -> int | None:
-        entry = 4 + 2 * slot
-        if entry >= int.from_bytes(self.buf[self.vtable:self.vtable + 2], "little"):
-            return None  # written by an older schema: the default
-        offset = int.from_bytes(self.buf[self.vtable + entry:self.vtable + entry + 2], "little")
-        return self.pos + offset if offset else None
+        self.t = Table(buf, pos)
 
-    def scalar(self, slot: int, size: int = 1, default: int = 0) -> int:
+    def _at(self, slot: int) -> int:
+        return self.t.Offset(4 + 2 * slot)  # 0: absent (an older schema), the default
+
+    def scalar(self, slot: int) -> int:
+        from flatbuffers import number_types as n
+
         at = self._at(slot)
-        return default if at is None else int.from_bytes(self.buf[at:at + size], "little")
-
-    def _vector(self, slot: int) -> tuple[int, int]:  # (first element, length)
-        at = self._at(slot)
-        if at is None:
-            return 0, 0
-        start = at + int.from_bytes(self.buf[at:at + 4], "little")
-        return start + 4, int.from_bytes(self.buf[start:start + 4], "little")
+        return self.t.Get(n.Uint8Flags, self.t.Pos + at) if at else 0
 
     def ints(self, slot: int, size: int) -> list[int]:
-        first, n = self._vector(slot)
-        return [int.from_bytes(self.buf[first + i * size:first + (i + 1) * size], "little",
-                               signed=size > 1) for i in range(n)]
+        from flatbuffers import number_types as n
+
+        at = self._at(slot)
+        flags = {1: n.Uint8Flags, 4: n.Int32Flags, 8: n.Int64Flags}[size]
+        return [int(v) for v in self.t.GetVectorAsNumpy(flags, at)] if at else []
 
     def tables(self, slot: int) -> list[_Table]:
-        first, n = self._vector(slot)
-        return [self.table_at(first + 4 * i) for i in range(n)]
+        at = self._at(slot)
+        if not at:
+            return []
+        first = self.t.Vector(at)
+        return [self._wrap(self.t.Indirect(first + 4 * i)) for i in range(self.t.VectorLen(at))]
 
     def table(self, slot: int) -> _Table | None:
         at = self._at(slot)
-        return None if at is None else self.table_at(at)
+        return self._wrap(self.t.Indirect(self.t.Pos + at)) if at else None
 
-    def table_at(self, at: int) -> _Table:
-        return _Table(self.buf, at + int.from_bytes(self.buf[at:at + 4], "little"))
+    def _wrap(self, pos: int) -> _Table:
+        return _Table(self.t.Bytes, pos)
 
     def string(self, slot: int) -> str:
-        first, n = self._vector(slot)
-        return self.buf[first:first + n].decode()
+        at = self._at(slot)
+        return self.t.String(self.t.Pos + at).decode() if at else ""
 
 
 def pte_inputs(path: Path) -> list[PteInput]:
@@ -323,9 +320,9 @@ def pte_inputs(path: Path) -> list[PteInput]:
     ExecuTorch's serializer, which imports ``executorch.exir`` (4 s, in every agent job's
     worker process). Raises :class:`EdgepipeError` for a file it cannot read."""
     try:
-        buf = Path(path).read_bytes()
+        buf = bytearray(Path(path).read_bytes())
         if buf[4:8] != b"ET12":
-            raise ValueError(f"file identifier {buf[4:8]!r}, not ET12")
+            raise ValueError(f"file identifier {bytes(buf[4:8])!r}, not ET12")
         program = _Table(buf, int.from_bytes(buf[0:4], "little"))
         # schema slots: Program.execution_plan 1; ExecutionPlan name 0, values 2, inputs 3;
         # EValue val_type 0 (5: Tensor, after the union's implicit NONE), val 1; Tensor

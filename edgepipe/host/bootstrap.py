@@ -7,7 +7,6 @@ A wheel of this package is built here and copied over ssh; the device gets a ven
 
 from __future__ import annotations
 
-import secrets
 import shlex
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import EdgepipeError
+from ..manifest import new_token
 from .registry import Device, add_device, connect, ssh_base, wait_healthy
 
 UNIT = """[Unit]
@@ -93,7 +93,7 @@ def bootstrap(target: str, ssh_args: list[str], name: str | None = None,
     certificate made at install pinned by its fingerprint. ``executorch``: also this host's
     executorch version with ``--no-deps`` (no torch: the C++ runtime the lean runner links);
     ``et_runner``: a runner cross-built here, copied to the device and served with."""
-    token = token or secrets.token_urlsafe(24)
+    token = token or new_token()
     host = target.split("@")[-1]
     device = Device(name or host.replace(":", "-"), "ssh", target, token, agent_port, ssh_args)
     base = ssh_base(device)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import queue
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import EdgepipeError
+from ..manifest import new_token
 from .client import AgentClient
 from .registry import LOCAL, connect, get_device, stop_process
 
@@ -71,7 +71,7 @@ def stop_agent(proc: subprocess.Popen) -> None:
 @contextmanager
 def local_agent(data: Path, token: str | None = None) -> Iterator[tuple[str, str]]:
     """(url, token) of an agent running while the block runs."""
-    token = token or secrets.token_urlsafe(16)
+    token = token or new_token(16)
     url, proc = start_agent(data, token)
     try:
         yield url, token
