@@ -344,10 +344,31 @@ def test_drift_guard_measures_a_disturbed_segment_again():
     assert len(calls) == 3  # the second batch was slow everywhere: measured again
     assert guard.summary()["disturbed_references"] == 3 and not guard.summary()["flagged"]
 
+    # a resumed collection (its references so far at 0.3 ms) on a device now slower
     always_slow = DriftGuard({"ref": True}, limit_pct=3, retries=1,
-                             samples=[{"median_ms": 0.3, "accepted": True}])
+                             samples=[{"median_ms": 0.3, "accepted": True}] * 20)
     result = always_slow.measure(lambda items: [{"median_ms": 0.5} for _ in items], segments)
     assert result[0][0]["unsettled"] and always_slow.summary()["flagged"]
+
+    # the first job in a slow episode (x1.5), the host calm after it: the baseline is the
+    # calm level by the second job (it was the first job's for good before), and what the
+    # first job measured is found for measuring again
+    calls.clear()
+
+    def first_slow(items):
+        calls.append(items)
+        slow = 1.5 if len(calls) == 1 else 1.0
+        return [{"median_ms": (0.3 if i["ref"] else i["ms"]) * slow} for i in items]
+
+    later = DriftGuard({"ref": True}, limit_pct=3, retries=2)
+    first = later.measure(first_slow, segments)
+    assert [s[0]["median_ms"] for s in first] == [1.5, 3.0]  # it knew no better yet
+    second = later.measure(first_slow, segments * 2)
+    assert [s[0]["median_ms"] for s in second] == [1.0, 2.0, 1.0, 2.0]
+    assert later.baseline_ms == 0.3 and not later.summary()["flagged"]
+    assert all(later.off_baseline(s[0]) for s in first)
+    assert not any(later.off_baseline(s[0]) for s in second)
+    assert later.summary()["disturbed_references"] == 3  # the first job's, judged at the end
 
 
 def test_litert_table_one_program_per_unit(tmp_path):

@@ -223,3 +223,12 @@ def test_a_space_of_one_resolution_gets_static_network_programs():
     two = network_points(calibration_architectures(SPACES["tiny"], 3), SPACES["tiny"], True)
     assert {p.spec.payload[1] for p in two} == {(64, 96)}
     assert arch_program(two[0].arch, (96, 96)).payload[1] is None
+    # the converters' own description of the range: static for one size as well
+    import torch
+
+    from edgepipe.converters.source import source_from_module
+
+    module = torch.nn.Conv2d(3, 4, 3)
+    assert source_from_module("c", module, [1, 3, 64, 64], (64, 64)).dynamic_shapes() is None
+    dims = source_from_module("c", module, [1, 3, 64, 64], (64, 96)).dynamic_shapes()
+    assert dims is not None and set(dims[0]) == {2, 3}

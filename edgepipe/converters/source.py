@@ -45,8 +45,9 @@ class SourceModel:
         return torch.zeros(1, self.in_channels, *self.preprocessing.size)
 
     def dynamic_shapes(self) -> tuple[dict[int, object], ...] | None:
-        """torch.export's description of a dynamic height and width (None: static)."""
-        if self.dynamic_size is None:
+        """torch.export's description of a dynamic height and width (None: static, also for a
+        range of one size, which torch.export refuses as a Dim with min == max)."""
+        if self.dynamic_size is None or self.dynamic_size[0] == self.dynamic_size[1]:
             return None
         low, high = self.dynamic_size
         return ({2: torch.export.Dim("height", min=low, max=high),

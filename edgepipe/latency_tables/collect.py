@@ -263,6 +263,15 @@ def collect(req: CollectRequest, client: AgentClient, progress: Progress | None 
         guard.measure(lambda items: measure_items(client, items, job, flags),
                       [[item(u) for u in seg] for seg in chunk], keep, req.settings.batch, save)
         sitting(part + 2)
+    redo_off_baseline(guard, table, todo, item, job, client, flags, progress, save)
+    for number, record in enumerate(sittings):
+        if any(guard.off_baseline(n) for n in record["networks"]):
+            progress.phase(f"measuring whole networks again (sitting {number + 1}: the "
+                           "device was slower or faster then than it usually is)", len(points))
+            record.update(time=time.time(), networks=measure_sitting(
+                client, guard, network_items, whole, flags), again=True)
+            progress.advance(len(points))
+            save()
     table.model = fit_network_model(table, points, sittings).to_dict()
     table.reference = _reference_record(reference, guard)
     table.save(req.table_path)
@@ -278,6 +287,32 @@ def collect(req: CollectRequest, client: AgentClient, progress: Progress | None 
         "network_points": len(points)}
     table.save(req.table_path)
     return table
+
+
+def redo_off_baseline(guard: DriftGuard, table: LatencyTable, units: list[Unit],
+                      item: Any, job: dict[str, Any], client: AgentClient, flags: list[str],
+                      progress: Progress, save: Any) -> int:
+    """Measure once more the units of this collection (``units``) that were measured between
+    references the settled baseline calls disturbed: those measured before the baseline
+    settled (a first job in a slow episode), or left unsettled. Returns how many."""
+    redo = [u for u in units if u.key in table.units and guard.off_baseline(table.units[u.key])]
+    if not redo:
+        return 0
+    progress.phase("measuring units again (measured while the device was not at its usual "
+                   "speed)", len(redo))
+    segments = list(chunks(redo, 30))
+
+    def keep(i: int, results: list[dict[str, float]]) -> None:
+        was = any(table.units[u.key].get("unsettled") for u in segments[i])
+        for unit, stats in zip(segments[i], results, strict=True):
+            table.units[unit.key] = {**stats, "again": True}
+        if was and not any(r.get("unsettled") for r in results):
+            guard.unsettled = max(0, guard.unsettled - 1)  # it settled this time
+        progress.advance(len(results))
+
+    guard.measure(lambda items: measure_items(client, items, job, flags),
+                  [[item(u) for u in seg] for seg in segments], keep, 480, save)
+    return len(redo)
 
 
 def fit_network_model(table: LatencyTable, points: list[NetworkPoint],

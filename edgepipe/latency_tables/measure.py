@@ -108,12 +108,15 @@ def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 # --- whole networks measured in sittings ---------------------------------------------------
 def sitting_record(stats: dict[str, Any]) -> dict[str, Any]:
-    """What a sitting keeps of one network's job statistics: its runs (ms, rounded to 0.1 µs)
-    and their summary."""
+    """What a sitting keeps of one network's job statistics: its runs (ms, rounded to 0.1 µs),
+    their summary, and the reference unit's time around them where measured so."""
     raw = [round(float(v), 4) for v in stats.get("raw_ms") or []]
-    return {"median_ms": stats["median_ms"], "p90_ms": stats["p90_ms"],
-            "min_ms": stats["min_ms"], "count": stats["count"], "raw_ms": raw,
-            "unsettled": bool(stats.get("unsettled", False))}
+    record = {"median_ms": stats["median_ms"], "p90_ms": stats["p90_ms"],
+              "min_ms": stats["min_ms"], "count": stats["count"], "raw_ms": raw,
+              "unsettled": bool(stats.get("unsettled", False))}
+    if "reference_ms" in stats:
+        record["reference_ms"] = stats["reference_ms"]
+    return record
 
 
 def pooled(sittings: list[dict[str, Any]]) -> dict[str, float]:
