@@ -367,6 +367,10 @@ def test_drift_guard_measures_a_disturbed_segment_again():
     assert [s[0]["median_ms"] for s in second] == [1.0, 2.0, 1.0, 2.0]
     assert later.baseline_ms == 0.3 and not later.summary()["flagged"]
     assert all(later.off_baseline(s[0]) for s in first)
+    from edgepipe.latency_tables.collect import accepted_early
+
+    assert all(accepted_early(later, s[0]) for s in first)  # a collection measures them again
+    assert not accepted_early(always_slow, result[0][0])  # retried already: kept, flagged
     assert not any(later.off_baseline(s[0]) for s in second)
     assert later.summary()["disturbed_references"] == 3  # the first job's, judged at the end
 

@@ -265,12 +265,15 @@ def collect(req: CollectRequest, client: AgentClient, progress: Progress | None 
         sitting(part + 2)
     redo_off_baseline(guard, table, todo, item, job, client, flags, progress, save)
     for number, record in enumerate(sittings):
-        if any(guard.off_baseline(n) for n in record["networks"]):
-            progress.phase(f"measuring whole networks again (sitting {number + 1}: the "
-                           "device was slower or faster then than it usually is)", len(points))
-            record.update(time=time.time(), networks=measure_sitting(
-                client, guard, network_items, whole, flags), again=True)
-            progress.advance(len(points))
+        stale = [i for i, n in enumerate(record["networks"]) if accepted_early(guard, n)]
+        if stale:
+            progress.phase(f"measuring whole networks of sitting {number + 1} again (accepted "
+                           "before the reference's baseline settled)", len(stale))
+            again = measure_sitting(client, guard, [network_items[i] for i in stale], whole,
+                                    flags)
+            for i, result in zip(stale, again, strict=True):
+                record["networks"][i] = {**result, "again": True}
+            progress.advance(len(stale))
             save()
     table.model = fit_network_model(table, points, sittings).to_dict()
     table.reference = _reference_record(reference, guard)
@@ -289,25 +292,29 @@ def collect(req: CollectRequest, client: AgentClient, progress: Progress | None 
     return table
 
 
+def accepted_early(guard: DriftGuard, stats: dict[str, Any]) -> bool:
+    """A result accepted against a baseline that had not settled yet: its references agreed
+    with the baseline then and disagree with it now (a first job in a slow episode). A result
+    left unsettled had its retries already; it stays as it is, flagged."""
+    return guard.off_baseline(stats) and not stats.get("unsettled")
+
+
 def redo_off_baseline(guard: DriftGuard, table: LatencyTable, units: list[Unit],
                       item: Any, job: dict[str, Any], client: AgentClient, flags: list[str],
                       progress: Progress, save: Any) -> int:
-    """Measure once more the units of this collection (``units``) that were measured between
-    references the settled baseline calls disturbed: those measured before the baseline
-    settled (a first job in a slow episode), or left unsettled. Returns how many."""
-    redo = [u for u in units if u.key in table.units and guard.off_baseline(table.units[u.key])]
+    """Measure once more the units of this collection (``units``) accepted before the
+    reference's baseline settled (:func:`accepted_early`). Returns how many."""
+    redo = [u for u in units if u.key in table.units
+            and accepted_early(guard, table.units[u.key])]
     if not redo:
         return 0
-    progress.phase("measuring units again (measured while the device was not at its usual "
-                   "speed)", len(redo))
+    progress.phase("measuring units again (accepted before the reference's baseline "
+                   "settled)", len(redo))
     segments = list(chunks(redo, 30))
 
     def keep(i: int, results: list[dict[str, float]]) -> None:
-        was = any(table.units[u.key].get("unsettled") for u in segments[i])
         for unit, stats in zip(segments[i], results, strict=True):
             table.units[unit.key] = {**stats, "again": True}
-        if was and not any(r.get("unsettled") for r in results):
-            guard.unsettled = max(0, guard.unsettled - 1)  # it settled this time
         progress.advance(len(results))
 
     guard.measure(lambda items: measure_items(client, items, job, flags),
