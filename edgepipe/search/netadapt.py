@@ -35,7 +35,7 @@ from .surgery import (
     shrink_bottleneck,
     shrink_expansion,
 )
-from .train import TrainSettings, TrainTask
+from .train import TrainResult, TrainSettings, TrainTask
 from .workers import Runner
 
 # Learning rates on a distillation set (AdamW, cosine): a trained network moves away from its
@@ -175,12 +175,12 @@ def run_netadapt(req: NetAdaptRequest, runner: Runner, progress: Progress | None
                        f"{req.target_ms:.2f} ms, {len(tasks)} proposals", len(tasks))
         began = time.perf_counter()
         results = runner.run(tasks, lambda _r: progress.advance())
-        scored = [(r.accuracy - last["accuracy"]) / (last["predicted_ms"] - p.predicted_ms)
-                  for p, r in zip(proposals, results, strict=True)]
-        # equal scores (a distillation set's agreement moves in steps of 1/crops): the lower
-        # KL from the teacher wins; on labelled data the first proposal, as before
+        scored = [_score(last, p.predicted_ms, r) for p, r in zip(proposals, results,
+                                                                   strict=True)]
+        # equal scores: the higher agreement, then the lower KL wins; else the first proposal
         best = max(range(len(proposals)), key=lambda i: (
-            scored[i], -results[i].kl if results[i].kl is not None else 0.0))
+            scored[i], results[i].accuracy,
+            -results[i].kl if results[i].kl is not None else 0.0))
         weights = f"steps/step-{step_no:03d}.pth"
         save_weights(req.out / weights, results[best].state)
         steps.append({
@@ -248,6 +248,22 @@ def _seed_step(req: NetAdaptRequest, runner: Runner, progress: Progress) -> dict
             "factor": req.estimator.factor,
             "measured_share": req.estimator.measured_share(req.seed_arch),
             "accuracy": result.accuracy, "kl": result.kl}
+
+
+def _score(last: dict[str, Any], predicted_ms: float, result: TrainResult) -> float:
+    """NetAdapt's choice between proposals: the change of the score per ms saved (higher is
+    better). On labelled data the score is accuracy, as in the paper. On a distillation set
+    it is the KL divergence from the teacher (its negative change per ms): top-1 agreement
+    with a 1000-class teacher falls to the floor after one cut of a trained MobileNetV2, and
+    at the floor the ratio only rewards the largest latency saved. Measured on 2026-12-05
+    (64 px crops, δ 3 %, 6 steps): at the first step 16 of 18 proposals kept under 30 %
+    agreement, and the agreement ratio chose the stem cut 32 -> 8 (-0.70 ms, agreement
+    0.8 %, KL 2.67 nats) over the head conv 1280 -> 856 (-0.21 ms, 46 %, KL 0.39);
+    per ms saved, the stem cut cost 3.8 nats and the head conv 1.9."""
+    saved = last["predicted_ms"] - predicted_ms
+    if result.kl is not None and last.get("kl") is not None:
+        return -(result.kl - last["kl"]) / saved
+    return (result.accuracy - last["accuracy"]) / saved
 
 
 def _finalize(req: NetAdaptRequest, step: dict[str, Any], runner: Runner,
