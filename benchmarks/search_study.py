@@ -62,9 +62,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # a stand-in cost model's, not a device's): ~8.5 min a seed; finals and width baselines
     # ~3 min a seed; 19 conversions at 224 px and their measurement ~10 min
     "cpu": {"image_size": 64, "crops": "1024,256,512", "delta_pct": 3.0, "finetune_steps": 6,
-            "final_steps": 200, "batch": 32, "resolution": 224},
+            "final_steps": 200, "batch": 32, "resolution": 224, "keep_best_every": 50},
     "full": {"image_size": 224, "crops": "8192,1024,2048", "delta_pct": 1.0,
-             "finetune_steps": 100, "final_steps": 2000, "batch": 64, "resolution": 224},
+             "finetune_steps": 100, "final_steps": 2000, "batch": 64, "resolution": 224,
+             "keep_best_every": 200},
 }
 METHODS = ("netadapt", "width", "width-wider")
 LABELS = {"netadapt": "NetAdapt", "width": "width multiplier (widest ≤ target)",
@@ -89,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--targets", default="70,50", help="percent of the seed's latency")
     for name, kind in (("image_size", int), ("crops", str), ("delta_pct", float),
                        ("finetune_steps", int), ("final_steps", int), ("batch", int),
-                       ("resolution", int)):
+                       ("resolution", int), ("keep_best_every", int)):
         ap.add_argument(f"--{name.replace('_', '-')}", type=kind,
                         help=f"(default: the preset's; cpu {PRESETS['cpu'][name]}, full "
                              f"{PRESETS['full'][name]})")
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = saved.get("rows", [])
     unreached: list[dict[str, Any]] = saved.get("unreached", [])
     done_seeds = set(saved.get("seeds_done", []))
-    train = TrainSettings(batch=args.batch)
+    # finals and width baselines keep their best state on validation (0: the last state)
+    train = TrainSettings(batch=args.batch, keep_best_every=args.keep_best_every)
     with open_runner(args.workers) as runner, PhaseProgress() as progress:
         for seed in range(args.seeds):
             if seed in done_seeds:
@@ -273,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
                     tasks.append(TrainTask(arch.to_dict(), data, budget, seed * 7 + 1,
                                            inherit_weights(seed_state, seed_arch.network,
                                                            arch.network),
-                                           TrainSettings(batch=args.batch, lr=args.final_lr),
+                                           TrainSettings(batch=args.batch, lr=args.final_lr,
+                                                         keep_best_every=args.keep_best_every),
                                            method))
                     baselines.append({"method": method, "seed": seed, "target_pct": pct,
                                       "width": width, "training_steps": budget,

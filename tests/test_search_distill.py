@@ -191,6 +191,19 @@ def test_distillation_set_is_split_by_photo_and_the_teacher_agrees_with_itself(
     assert before > 0.01 and after < before, (before, after)
 
 
+def test_keep_best_never_leaves_the_teacher_worse_on_validation(teacher, distill_set):
+    """Fine-tuning the teacher itself at a rate that moves it away from its own outputs:
+    as trained, its validation KL rises; keeping the best state on validation keeps step 0."""
+    arch, module = teacher
+    data = DataSpec(str(distill_set), 32)
+    rough = TrainSettings(batch=16, lr=1e-3)
+    trained = run_task(TrainTask(arch.to_dict(), data, 12, 0, module.state_dict(), rough))
+    kept = run_task(TrainTask(arch.to_dict(), data, 12, 0, module.state_dict(),
+                              replace(rough, keep_best_every=4)))
+    assert trained.kl > 0.05 and trained.kept_step is None, trained.kl
+    assert kept.kept_step == 0 and kept.kl < 1e-4 and kept.accuracy == 1.0
+
+
 def _train_kl(arch: Architecture, state: dict, path: Path, steps: int) -> float:
     """KL(teacher ‖ student) on the training crops after ``steps`` of distillation."""
     from edgepipe.search.train import kl_divergence

@@ -42,6 +42,11 @@ class TrainSettings:
     # with the teacher 34 % with its inherited statistics, 6 % re-estimated on 40 crops.
     # "auto": frozen on a distillation set, recalibrate on labelled data.
     batchnorm: str = "auto"
+    # keep the best state on the validation split, judged before training and every this many
+    # steps (0: the last state, as trained). On a distillation set the lowest validation KL:
+    # fine-tuning on a few photos moved even the teacher itself away from its own outputs
+    # (MobileNetV2, 50 AdamW steps at 5e-5 on 11 photos' crops: held-out agreement 100 -> 57 %)
+    keep_best_every: int = 0
 
 
 @dataclass
@@ -67,6 +72,7 @@ class TrainResult:
     seconds: float
     kl: float | None = None  # distillation: KL(teacher ‖ student), nats, validation split
     test_kl: float | None = None  # the same on the test split
+    kept_step: int | None = None  # keep_best_every: the step whose state was kept (0: none)
 
 
 def _batches(ds: Dataset, steps: int, settings: TrainSettings, gen: torch.Generator):
@@ -104,9 +110,10 @@ def _shift(x: torch.Tensor, pixels: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def train(model: nn.Module, ds: Dataset, steps: int, settings: TrainSettings, seed: int
-          ) -> None:
+          ) -> int | None:
+    """Train ``model`` in place; with ``keep_best_every``, the step whose state was kept."""
     if steps <= 0:
-        return
+        return None
     gen = torch.Generator().manual_seed(seed)
     # fused: the optimizer step of ~150 small tensors is otherwise a third of a step's time
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr,
@@ -122,14 +129,52 @@ def train(model: nn.Module, ds: Dataset, steps: int, settings: TrainSettings, se
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()  # running statistics used and kept; weight and bias still learn
+    every = settings.keep_best_every if settings.keep_best_every and steps >= \
+        settings.keep_best_every and len(ds.x_val) else 0
+    best = _Best(model, ds) if every else None
+    if best:
+        best.judge(model, 0, frozen)
     for step, (x, y) in enumerate(_batches(ds, steps, settings, gen)):
         for group in opt.param_groups:  # cosine decay to zero over the task's steps
             group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         opt.step()
+        if best and ((step + 1) % every == 0 or step + 1 == steps):
+            if not frozen:
+                recalibrate_batchnorm(model, [ds.x_train[:settings.bn_images]],
+                                      chunk=settings.batch)
+            best.judge(model, step + 1, frozen)
+    if best:
+        best.restore(model)
+        return best.step
     if not frozen:
         recalibrate_batchnorm(model, [ds.x_train[:settings.bn_images]], chunk=settings.batch)
+    return None
+
+
+class _Best:
+    """The best state seen on the validation split (lowest KL on a distillation set, else
+    highest accuracy) and the step it was seen at."""
+
+    def __init__(self, model: nn.Module, ds: Dataset) -> None:
+        self.ds, self.value, self.state, self.step = ds, -math.inf, None, 0
+
+    def judge(self, model: nn.Module, step: int, frozen: bool) -> None:
+        acc, kl = _scores(model, self.ds.x_val, self.ds.y_val, self.ds.soft_val)
+        value = -kl if kl is not None else acc
+        if value > self.value:
+            self.value, self.step = value, step
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.train()
+        if frozen:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def restore(self, model: nn.Module) -> None:
+        if self.state is not None:
+            model.load_state_dict(self.state)
 
 
 def batchnorm_mode(settings: TrainSettings, ds: Dataset) -> str:
@@ -177,9 +222,10 @@ def run_task(task: TrainTask) -> TrainResult:
     model = build_architecture(Architecture.from_dict(task.arch))
     if task.state is not None:
         model.load_state_dict(task.state)
-    train(model, ds, task.steps, task.settings, task.seed)
+    kept = train(model, ds, task.steps, task.settings, task.seed)
     acc, kl = _scores(model, ds.x_val, ds.y_val, ds.soft_val)
     test, test_kl = _scores(model, ds.x_test, ds.y_test, ds.soft_test) if task.test \
         else (math.nan, None)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return TrainResult(task.tag, acc, test, state, time.perf_counter() - began, kl, test_kl)
+    return TrainResult(task.tag, acc, test, state, time.perf_counter() - began, kl, test_kl,
+                       kept)
