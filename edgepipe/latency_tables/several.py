@@ -9,9 +9,11 @@ cut to at most a third of each device's share of the units (a small space's 32 u
 segment of 30 would leave every device but one idle).
 
 One scale: identical boards still differ by a few per cent (heat, a neighbour, a slower
-card). The first device to measure its reference unit sets the table's scale
-(``method["scale_reference_ms"]``, kept for a resumed collection); every time a device
-measures is multiplied by scale / that device's reference-unit baseline at that moment.
+card). The first device to measure its reference unit is the table's scale device
+(``method["scale_device"]``); every time a device measures is multiplied by the scale
+device's reference-unit baseline over its own, both at that moment
+(``method["scale_reference_ms"]``: the scale device's baseline, kept for a resumed
+collection whose scale device is not among its devices).
 
 A device that stops answering mid-job loses that job only: the job goes back to the queue for
 the others, and everything finished is in the table already (it is saved after every job). A
@@ -88,11 +90,18 @@ class Lab:
         self.reference: Any = None  # the reference unit (a Unit)
 
     def scale(self, name: str) -> float:
+        """What this device's times are multiplied by: the scale device's reference-unit
+        baseline over this device's, both as they stand now. Both baselines settle as their
+        references accumulate (:class:`.drift.DriftGuard`); a scale frozen at the first
+        device's first reference put a two-device table's units 13 % below a one-device
+        table's of the same host (scales 0.87 and 0.88, 2026-12-05)."""
         own = self.guards[name].baseline_ms
-        reference = self.table.method.get("scale_reference_ms")
-        if reference is None and own is not None:
-            self.table.method["scale_reference_ms"] = reference = own
-            self.table.method["scale_device"] = name
+        device = self.table.method.get("scale_device")
+        if device is None and own is not None:
+            self.table.method["scale_device"] = device = name
+        if device in self.guards and self.guards[device].baseline_ms:
+            self.table.method["scale_reference_ms"] = self.guards[device].baseline_ms
+        reference = self.table.method.get("scale_reference_ms")  # a resumed table's device
         return reference / own if reference and own else 1.0
 
     def save(self, primary: str) -> None:
