@@ -118,7 +118,7 @@ class DriftGuard:
         spread = (max(accepted) - min(accepted)) / statistics.median(accepted) * 100 \
             if accepted else 0.0
         disturbed = len(self.samples) - len(accepted)
-        return {"limit_pct": self.limit_pct, "baseline_ms": self.baseline_ms,
+        return {"limit_pct": self.limit_pct, "baseline_ms": baseline,
                 "references": len(self.samples), "disturbed_references": disturbed,
                 "accepted_spread_pct": round(spread, 2), "unsettled_segments": self.unsettled,
                 "flagged": self.unsettled > 0}
