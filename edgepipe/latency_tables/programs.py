@@ -116,6 +116,7 @@ def _convert_one(spec: ProgramSpec, runtime: str, precision: str, folder: str) -
     from ..converters.convert import build_manifest
     from ..converters.source import source_from_module
     from ..manifest import save_manifest
+    from ..models.batchnorm import fold_batchnorm
     from ..models.space import build_architecture
 
     torch.set_num_threads(1)
@@ -125,6 +126,9 @@ def _convert_one(spec: ProgramSpec, runtime: str, precision: str, folder: str) -
     else:
         arch, *size_range = spec.payload  # (arch,) in programs cached before size ranges
         module, dynamic = build_architecture(arch), (size_range or [None])[0]
+    # a table needs the program's time, not its BatchNorm nodes: XNNPACK folds them anyway
+    # (the same delegate graph), and lowering skips tracing them (fold_batchnorm)
+    module, _ = fold_batchnorm(module)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         src = source_from_module(spec.key, module, list(spec.input_shape), dynamic)
