@@ -343,6 +343,7 @@ def test_drift_guard_measures_a_disturbed_segment_again():
     assert [s[0]["median_ms"] for s in guard.measure(measure, segments)] == [1.0, 2.0]
     assert len(calls) == 3  # the second batch was slow everywhere: measured again
     assert guard.summary()["disturbed_references"] == 3 and not guard.summary()["flagged"]
+    assert guard.summary()["slower_references"] == 3  # a slow episode: none faster
 
     # a resumed collection (its references so far at 0.3 ms) on a device now slower
     always_slow = DriftGuard({"ref": True}, limit_pct=3, retries=1,
@@ -373,6 +374,10 @@ def test_drift_guard_measures_a_disturbed_segment_again():
     assert not accepted_early(always_slow, result[0][0])  # retried already: kept, flagged
     assert not any(later.off_baseline(s[0]) for s in second)
     assert later.summary()["disturbed_references"] == 3  # the first job's, judged at the end
+    # a faster reference is off the baseline too, and said to be faster, not slower
+    quick = DriftGuard({"ref": True}, limit_pct=3,
+                       samples=[{"median_ms": 0.3}] * 9 + [{"median_ms": 0.25}])
+    assert quick.summary()["faster_references"] == 1 and quick.summary()["slower_references"] == 0
 
 
 def test_litert_table_one_program_per_unit(tmp_path):

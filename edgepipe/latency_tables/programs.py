@@ -5,7 +5,10 @@ Lowering, not timing, is what a table costs (an ExecuTorch lowering takes 1.5 s 
 and 30-60 s for a whole network with its ETRecord). Three things keep it down: an ExecuTorch
 program is exported with a dynamic height/width and measured at every resolution of the space
 (one lowering instead of one per resolution; XNNPACK runs it at static speed, measured: within
-1%); no ETRecord (only per-op profiling needs it); and two processes convert side by side.
+1%); no ETRecord (only per-op profiling needs it); BatchNorm folded into its convolution
+before export (XNNPACK would fold it anyway: the same delegate graph, lowered in 67-79 % of
+the time, :func:`~edgepipe.models.batchnorm.fold_batchnorm`); and two processes convert side
+by side.
 """
 
 from __future__ import annotations
