@@ -380,6 +380,25 @@ def test_drift_guard_measures_a_disturbed_segment_again():
     assert quick.summary()["faster_references"] == 1 and quick.summary()["slower_references"] == 0
 
 
+def test_a_disturbed_sitting_is_outvoted_not_pooled():
+    """Two sittings of a network 2.3x apart (a slow episode of a shared host between calm
+    references): neither is trusted alone; a third sitting decides and the far one is left out
+    of the runs the median is taken from."""
+    from edgepipe.latency_tables.evaluate import agreeing
+    from edgepipe.latency_tables.measure import pooled
+
+    def sitting(ms: float) -> dict:
+        return {"median_ms": ms, "raw_ms": [ms * f for f in (0.98, 1.0, 1.03)]}
+
+    calm, slow = sitting(4.76), sitting(11.16)
+    assert agreeing([calm, sitting(4.9)]) == [calm, sitting(4.9)]  # 3 % apart: both kept
+    assert agreeing([calm, slow]) == []  # neither can be told the disturbed one
+    kept = agreeing([calm, slow, sitting(4.8)])
+    assert kept == [calm, sitting(4.8)]
+    assert abs(pooled(kept)["median_ms"] / 4.78 - 1) < 0.02
+    assert agreeing([calm]) == [calm]
+
+
 def test_litert_table_one_program_per_unit(tmp_path):
     """LiteRT programs have one input size each: a table converts one per unit, and the
     worker (no torch needed for LiteRT) measures them."""

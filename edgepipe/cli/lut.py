@@ -313,7 +313,7 @@ def _run_lut_adapt(args: argparse.Namespace) -> int:
 def _run_lut_evaluate(args: argparse.Namespace) -> int:
     from ..host.local import open_device
     from ..host.registry import config_home
-    from ..latency_tables.evaluate import EvaluateRequest, evaluate
+    from ..latency_tables.evaluate import AGREE_PCT, EvaluateRequest, evaluate
     from ..latency_tables.table import LatencyTable, Target
     from ..models.space import SearchSpace
     from ..ui import PhaseProgress, console
@@ -328,8 +328,12 @@ def _run_lut_evaluate(args: argparse.Namespace) -> int:
                               args.naive, args.jobs, args.sittings)
         with PhaseProgress() as progress:
             report = evaluate(req, client, progress)
-    console.print(f"measured: every network in {args.sittings} sittings, runs pooled; "
-                  f"{report['provenance']}")
+    again = report.get("networks_measured_again", 0)
+    console.print(f"measured: every network in {args.sittings} sittings, runs pooled"
+                  + (f" ({again} measured a third time, their sittings over "
+                     f"{AGREE_PCT:g} % apart; {report['sittings_left_out']} disturbed "
+                     "sitting(s) left out)" if again else "")
+                  + f"; {report['provenance']}")
     for name, label in (("prediction", "median"),
                         ("prediction_p90", "p90"),
                         ("prediction_best", "best case"),

@@ -28,6 +28,7 @@ from .drift import DriftGuard
 from .measure import (
     MeasureSettings,
     Progress,
+    agreeing,
     chunks,
     measure_items,
     measure_sitting,
@@ -326,10 +327,13 @@ def redo_off_baseline(guard: DriftGuard, table: LatencyTable, units: list[Unit],
 
 def fit_network_model(table: LatencyTable, points: list[NetworkPoint],
                       sittings: list[dict[str, Any]]) -> NetworkModel:
-    """The network model fitted on every point's runs over all sittings (see :mod:`.model`)."""
+    """The network model fitted on every point's runs over the sittings that agree (a sitting
+    far from the point's median sitting is a disturbance: :func:`.measure.agreeing`; see
+    :mod:`.model`)."""
     networks = []
     for i, point in enumerate(points):
-        measured = pooled([s["networks"][i] for s in sittings])
+        mine = [s["networks"][i] for s in sittings]
+        measured = pooled(agreeing(mine) or mine)
         features = table.features(units_of(point.arch))
         networks.append({"name": point.name, "arch": point.arch.to_dict(),
                          "features": features.__dict__, **measured})
