@@ -330,7 +330,7 @@ def _run_lut_evaluate(args: argparse.Namespace) -> int:
             report = evaluate(req, client, progress)
     again = report.get("networks_measured_again", 0)
     console.print(f"measured: every network in {args.sittings} sittings, runs pooled"
-                  + (f" ({again} measured a third time, their sittings over "
+                  + (f" ({again} measured once more, their sittings over "
                      f"{AGREE_PCT:g} % apart; {report['sittings_left_out']} disturbed "
                      "sitting(s) left out)" if again else "")
                   + f"; {report['provenance']}")

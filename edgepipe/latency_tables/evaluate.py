@@ -7,8 +7,8 @@ separately measured convs and activations, is measured on the first few of them.
 sentinels are measured right before the networks (a check, :mod:`.sentinels`): the predictions
 are also scored rescaled by its factor, which takes out how much the whole device moved since
 collection, and the device against itself (each network measured twice) is scored beside them.
-A network whose two sittings disagree by more than ``AGREE_PCT`` is measured a third time and
-the sitting far from the other two is left out of its runs (``sittings_left_out``).
+A network whose sittings disagree by more than ``AGREE_PCT`` is measured once more and a
+sitting far from its median sitting is left out of its runs (``sittings_left_out``).
 """
 
 from __future__ import annotations
@@ -129,6 +129,7 @@ def measure_networks(archs: list[Architecture], table: LatencyTable, client: Age
     progress.phase(f"measuring networks ({sittings} sittings)", len(archs) * sittings)
     segments = [[{"artifact": shas[program_path(folder, spec, table.runtime)],
                   "shape": list(spec.input_shape)}] for spec in specs]
+
     def sitting(indices: list[int]) -> list[dict[str, Any]]:
         measured = []
         for chunk in chunks([segments[i] for i in indices], 20):  # a worker per 20 networks
@@ -162,7 +163,6 @@ def measure_networks(archs: list[Architecture], table: LatencyTable, client: Age
                      "sittings_left_out": len(mine[i]) - len(kept),
                      "unsettled": all(s["unsettled"] for s in mine[i])})
     return rows, guard
-
 
 
 def evaluate(req: EvaluateRequest, client: AgentClient, progress: Progress | None = None
@@ -236,7 +236,7 @@ def evaluate(req: EvaluateRequest, client: AgentClient, progress: Progress | Non
         "table": str(req.table_path), "device": table.describe(),
         "provenance": table.provenance(), "seed": req.seed, "sittings": req.sittings,
         "statistic": (f"median of every run of the sittings that agree (within {AGREE_PCT:g} % "
-                      "of their median sitting; a third sitting where two disagree)"),
+                      "of their median sitting; one more sitting where they disagree)"),
         "networks_measured_again": sum(len(r["passes_ms"]) > req.sittings for r in rows),
         "sittings_left_out": sum(r.get("sittings_left_out", 0) for r in rows),
         "prediction": error_metrics([r["predicted_ms"] for r in rows], measured),
