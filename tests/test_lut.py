@@ -115,8 +115,10 @@ def test_collect_killed_resumes(collected):
     # --calibration 3: three networks, each at both resolutions of the space (one program)
     assert len(model.networks) == 6 and len(model.median.loo_errors) == 6
     for n in model.networks:
-        assert n["count"] >= 3 * 15 and n["p90_ms"] >= n["median_ms"] >= n["min_ms"] > 0
-        assert len(n["sitting_medians_ms"]) == 3
+        # every sitting on record; the runs of those that agree (the median one always)
+        assert len(n["sitting_medians_ms"]) == 3 and 0 <= n["sittings_left_out"] <= 2
+        assert n["count"] >= (3 - n["sittings_left_out"]) * 15
+        assert n["p90_ms"] >= n["median_ms"] >= n["min_ms"] > 0
     # the table knows the device by its identity, and carries its sentinels
     from edgepipe.device.info import device_info
 

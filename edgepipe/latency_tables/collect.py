@@ -333,7 +333,12 @@ def fit_network_model(table: LatencyTable, points: list[NetworkPoint],
     networks = []
     for i, point in enumerate(points):
         mine = [s["networks"][i] for s in sittings]
-        measured = pooled(agreeing(mine) or mine)
+        kept = agreeing(mine) or mine
+        medians = [s["median_ms"] for s in mine]
+        # every sitting's median stays on record; the runs are those of the kept sittings
+        measured = {**pooled(kept), "sitting_medians_ms": medians,
+                    "sitting_spread_pct": (max(medians) - min(medians)) / min(medians) * 100,
+                    "sittings_left_out": len(mine) - len(kept)}
         features = table.features(units_of(point.arch))
         networks.append({"name": point.name, "arch": point.arch.to_dict(),
                          "features": features.__dict__, **measured})
