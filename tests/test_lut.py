@@ -398,6 +398,9 @@ def test_a_disturbed_sitting_is_outvoted_not_pooled():
     kept = agreeing([calm, slow, sitting(4.8)])
     assert kept == [calm, sitting(4.8)]
     assert abs(pooled(kept)["median_ms"] / 4.78 - 1) < 0.02
+    outvoted = pooled([calm, slow, sitting(4.8)], outvote=True)
+    assert outvoted["median_ms"] == pooled(kept)["median_ms"]
+    assert outvoted["sittings_left_out"] == 1 and len(outvoted["sitting_medians_ms"]) == 3
     assert agreeing([calm]) == [calm]
 
 

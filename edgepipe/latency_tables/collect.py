@@ -28,7 +28,6 @@ from .drift import DriftGuard
 from .measure import (
     MeasureSettings,
     Progress,
-    agreeing,
     chunks,
     measure_items,
     measure_sitting,
@@ -332,13 +331,7 @@ def fit_network_model(table: LatencyTable, points: list[NetworkPoint],
     :mod:`.model`)."""
     networks = []
     for i, point in enumerate(points):
-        mine = [s["networks"][i] for s in sittings]
-        kept = agreeing(mine) or mine
-        medians = [s["median_ms"] for s in mine]
-        # every sitting's median stays on record; the runs are those of the kept sittings
-        measured = {**pooled(kept), "sitting_medians_ms": medians,
-                    "sitting_spread_pct": (max(medians) - min(medians)) / min(medians) * 100,
-                    "sittings_left_out": len(mine) - len(kept)}
+        measured = pooled([s["networks"][i] for s in sittings], outvote=True)
         features = table.features(units_of(point.arch))
         networks.append({"name": point.name, "arch": point.arch.to_dict(),
                          "features": features.__dict__, **measured})

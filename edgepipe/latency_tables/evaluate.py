@@ -153,14 +153,13 @@ def measure_networks(archs: list[Architecture], table: LatencyTable, client: Age
             mine[i].append(record)
     rows = []
     for i, arch in enumerate(archs):
-        kept = agreeing(mine[i])
-        stats = pooled(kept)
+        stats = pooled(mine[i], outvote=True)
         rows.append({"arch": arch.to_dict(), "name": f"{arch.seed}@{arch.resolution}",
                      "measured_ms": stats["median_ms"], "p90_ms": stats["p90_ms"],
                      "min_ms": stats["min_ms"], "runs": stats["count"],
-                     "passes_ms": [s["median_ms"] for s in mine[i]],
+                     "passes_ms": stats["sitting_medians_ms"],
                      "passes_p90_ms": [s["p90_ms"] for s in mine[i]],
-                     "sittings_left_out": len(mine[i]) - len(kept),
+                     "sittings_left_out": stats["sittings_left_out"],
                      "unsettled": all(s["unsettled"] for s in mine[i])})
     return rows, guard
 

@@ -124,18 +124,22 @@ def sitting_record(stats: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def pooled(sittings: list[dict[str, Any]]) -> dict[str, float]:
+def pooled(sittings: list[dict[str, Any]], outvote: bool = False) -> dict[str, float]:
     """The median, p90 and minimum of every run of every sitting (what a user measures over
-    time, not one moment of the host), and how far apart the sittings' medians were."""
+    time, not one moment of the host), and how far apart the sittings' medians were.
+    ``outvote``: the runs of the sittings that agree only (:func:`agreeing`; all where none
+    do), every sitting's median still on record and ``sittings_left_out`` saying how many
+    were not pooled."""
     import numpy as np
 
-    runs = np.concatenate([np.asarray(s["raw_ms"] or [s["median_ms"]], float)
-                           for s in sittings])
+    kept = (agreeing(sittings) or sittings) if outvote else sittings
+    runs = np.concatenate([np.asarray(s["raw_ms"] or [s["median_ms"]], float) for s in kept])
     medians = [s["median_ms"] for s in sittings]
     return {"median_ms": float(np.median(runs)), "p90_ms": float(np.percentile(runs, 90)),
             "min_ms": float(runs.min()), "count": int(runs.size),
             "sitting_medians_ms": medians,
-            "sitting_spread_pct": (max(medians) - min(medians)) / min(medians) * 100}
+            "sitting_spread_pct": (max(medians) - min(medians)) / min(medians) * 100,
+            "sittings_left_out": len(sittings) - len(kept)}
 
 
 def agreeing(sittings: list[dict[str, Any]], pct: float | None = None
