@@ -146,7 +146,7 @@ def measure_networks(archs: list[Architecture], table: LatencyTable, client: Age
     # host) would pull the pooled median: networks whose sittings disagree get one more, and
     # the sittings far from the median sitting are left out of the pool (said in the row)
     disagree = [i for i in everyone if len(agreeing(mine[i])) < len(mine[i])]
-    if disagree and sittings >= 2:
+    if disagree:  # never with one sitting: agreeing() keeps a lone sitting
         progress.phase(f"measuring networks again (sittings over {AGREE_PCT:g} % apart)",
                        len(disagree))
         for i, record in zip(disagree, sitting(disagree), strict=True):
