@@ -2,7 +2,7 @@
 ``edgepipe history`` answers, and how much a second identical device speeds a table up.
 
     python benchmarks/lab.py [--parts diff,history,collect] [--trials 40] [--sittings 3]
-                             [--out out/bench-lab]
+                             [--space tiny] [--programs-from DIR] [--out out/bench-lab]
 
 One run, the CPU printed first (edgepipe.device.identity.machine_line):
 
@@ -19,7 +19,7 @@ One run, the CPU printed first (edgepipe.device.identity.machine_line):
 * ``history``: 1,000 results (3 sittings of 50 runs each, a 120-op per-op table: the size a
   real one has) written to a fresh SQLite store; ``edgepipe history`` timed in-process (the
   query and the HTML page) and as the command (with Python's start and imports).
-* ``collect``: the tiny space's ExecuTorch table collected on one local agent, then on two
+* ``collect``: the ``--space`` (tiny) ExecuTorch table collected on one local agent, then on two
   (each agent and its workers pinned to its own core), programs converted beforehand (both
   reuse them); the measuring time of each, each table's network model scored on its
   left-out networks (10: 5 networks at both sizes), and the two tables' units compared.
@@ -229,7 +229,7 @@ def bench_history(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 # --- collect on two devices ------------------------------------------------------------------
 def bench_collect(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """One device, then two, the same tiny table; programs converted before (copied from
+    """One device, then two, the same table; programs converted before (copied from
     --programs-from, else by a first collection that is not timed)."""
     import shutil
 
@@ -260,9 +260,12 @@ def bench_collect(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             table = out / f"table-{label.split()[0]}.json"
             table.unlink(missing_ok=True)
             began = time.perf_counter()
+            # the tiny space with 5 calibration networks; another space with its own default
+            # count, so that programs another collection converted are reused
+            calibration = ["--calibration", "5"] if args.space == "tiny" else []
             done = subprocess.run([sys.executable, "-m", "edgepipe.cli", "lut", "collect",
-                                   "--space", "tiny", "--device", devices, "--calibration",
-                                   "5", "--out", str(table)], env=env, capture_output=True,
+                                   "--space", args.space, "--device", devices, *calibration,
+                                   "--out", str(table)], env=env, capture_output=True,
                                   text=True)
             wall = time.perf_counter() - began
             if done.returncode != 0:
@@ -304,9 +307,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--sittings", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("out/bench-lab"))
+    parser.add_argument("--space", default="tiny",
+                        help="collect: the search space of the table (tiny: 13 µs reference "
+                             "unit; default: 0.3 ms, its units long enough to time steadily)")
     parser.add_argument("--programs-from", type=Path,
-                        help="collect: an EDGEPIPE_HOME whose lut-work holds the tiny space's "
-                             "programs (else a first, untimed collection converts them)")
+                        help="collect: an EDGEPIPE_HOME (or benchmarks/latency_table.py's "
+                             "--cache) whose lut-work holds the space's programs (else a "
+                             "first, untimed collection converts them)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     log(f"CPU: {machine_line()}")

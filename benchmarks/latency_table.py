@@ -10,8 +10,10 @@ One run, on an agent started on this machine, the CPU printed first:
 * ``collect``: the default space's ExecuTorch fp32 1-thread table collected from scratch (an
   empty EDGEPIPE_HOME: every program converted), timed; then ``--count`` seeded networks of
   the space (not the table's own seeds), each measured whole in two sittings minutes apart,
-  their runs pooled. Scored: the predicted median and p90 against the pooled ones, beside the
-  device against itself (sitting 2 against sitting 1: the ceiling of any prediction).
+  their runs pooled, after a ``lut check`` of the table (a row rescaled by its factor, as
+  ``--rescale`` does, where it finds drift). Scored: the predicted median and p90 against the
+  pooled ones, beside the device against itself (sitting 2 against sitting 1: the ceiling of
+  any prediction).
 * ``cpu``: ``lut adapt`` from the other CPU's shipped table (``--budget-s`` of measurement),
   scored on the same networks, beside the other CPU's table times one global factor (fitted
   on 3 networks measured here, the way a user would rescale it) and the full collection.
@@ -97,6 +99,7 @@ class Bench:
         again without measuring)."""
         from edgepipe.host.local import open_device
         from edgepipe.latency_tables.evaluate import measure_networks
+        from edgepipe.latency_tables.sentinels import check_table
         from edgepipe.latency_tables.table import LatencyTable
         from edgepipe.models.space import Architecture, SearchSpace
         from edgepipe.ui import PhaseProgress
@@ -110,16 +113,26 @@ class Bench:
         archs = space.architectures(count, seed=seed)
         workdir = self.cache / "lut-work" / space.digest()[:12]
         with open_device("this-machine", workdir) as client, PhaseProgress() as progress:
+            if table.sentinels:
+                # what a user does before trusting a table: `lut check`, right before the
+                # networks (its factor is what `--rescale` applies)
+                check = check_table(table, client, workdir, progress=progress)
+                (self.out / f"check-{threads_label}.json").write_text(json.dumps(check))
             rows, _ = measure_networks(archs, table, client, workdir, progress=progress)
         saved.write_text(json.dumps(rows))
         return archs, rows
 
+    def check_before(self, threads_label: str) -> dict[str, Any] | None:
+        """The `lut check` of the table made right before its networks were measured."""
+        path = self.out / f"check-{threads_label}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
     def score(self, label: str, table_path: Path, archs: list[Any],
-              rows: list[dict[str, Any]]) -> dict[str, Any]:
+              rows: list[dict[str, Any]], factor: float = 1.0) -> dict[str, Any]:
         from edgepipe.latency_tables.estimate import Estimator
         from edgepipe.latency_tables.table import LatencyTable
 
-        est = Estimator(LatencyTable.load(table_path))
+        est = Estimator(LatencyTable.load(table_path), factor=factor)
         preds = [est.prediction(a) for a in archs]
         median = shares([p.median for p in preds], [r["measured_ms"] for r in rows])
         out = {"median": median}
@@ -337,6 +350,17 @@ def main() -> None:
     if table is not None:
         archs, rows = bench.networks(table, args.count, 123, "fp32-t1")
         entries = [("the full collection (this CPU)", bench.score("full", table, archs, rows))]
+        check = bench.check_before("fp32-t1")
+        if check is not None:
+            # --rescale applies the factor only where the check found drift (lut check)
+            factor = check["factor"] if check["verdict"] == "drift" else 1.0
+            bench.results["check"] = {k: check[k] for k in ("factor", "drift_pct",
+                                                            "spread_pct", "verdict")}
+            bench.say(f"lut check right before the networks: ×{check['factor']:.3f} "
+                      f"({check['verdict']}, sentinels {check['spread_pct']:.0f} % apart)")
+            if factor != 1.0:
+                entries.append((f"the full collection, checked and rescaled ×{factor:.3f}",
+                                bench.score("full_rescaled", table, archs, rows, factor)))
         bench.record(table, archs, rows)
         if "cpu" in parts:
             names = ", ".join(p.name for p in others)

@@ -115,8 +115,10 @@ def test_collect_killed_resumes(collected):
     # --calibration 3: three networks, each at both resolutions of the space (one program)
     assert len(model.networks) == 6 and len(model.median.loo_errors) == 6
     for n in model.networks:
-        assert n["count"] >= 3 * 15 and n["p90_ms"] >= n["median_ms"] >= n["min_ms"] > 0
-        assert len(n["sitting_medians_ms"]) == 3
+        # every sitting on record; the runs of those that agree (the median one always)
+        assert len(n["sitting_medians_ms"]) == 3 and 0 <= n["sittings_left_out"] <= 2
+        assert n["count"] >= (3 - n["sittings_left_out"]) * 15
+        assert n["p90_ms"] >= n["median_ms"] >= n["min_ms"] > 0
     # the table knows the device by its identity, and carries its sentinels
     from edgepipe.device.info import device_info
 
@@ -343,6 +345,7 @@ def test_drift_guard_measures_a_disturbed_segment_again():
     assert [s[0]["median_ms"] for s in guard.measure(measure, segments)] == [1.0, 2.0]
     assert len(calls) == 3  # the second batch was slow everywhere: measured again
     assert guard.summary()["disturbed_references"] == 3 and not guard.summary()["flagged"]
+    assert guard.summary()["slower_references"] == 3  # a slow episode: none faster
 
     # a resumed collection (its references so far at 0.3 ms) on a device now slower
     always_slow = DriftGuard({"ref": True}, limit_pct=3, retries=1,
@@ -373,6 +376,32 @@ def test_drift_guard_measures_a_disturbed_segment_again():
     assert not accepted_early(always_slow, result[0][0])  # retried already: kept, flagged
     assert not any(later.off_baseline(s[0]) for s in second)
     assert later.summary()["disturbed_references"] == 3  # the first job's, judged at the end
+    # a faster reference is off the baseline too, and said to be faster, not slower
+    quick = DriftGuard({"ref": True}, limit_pct=3,
+                       samples=[{"median_ms": 0.3}] * 9 + [{"median_ms": 0.25}])
+    assert quick.summary()["faster_references"] == 1 and quick.summary()["slower_references"] == 0
+
+
+def test_a_disturbed_sitting_is_outvoted_not_pooled():
+    """Two sittings of a network 2.3x apart (a slow episode of a shared host between calm
+    references): neither is trusted alone; a third sitting decides and the far one is left out
+    of the runs the median is taken from."""
+    from edgepipe.latency_tables.evaluate import agreeing
+    from edgepipe.latency_tables.measure import pooled
+
+    def sitting(ms: float) -> dict:
+        return {"median_ms": ms, "raw_ms": [ms * f for f in (0.98, 1.0, 1.03)]}
+
+    calm, slow = sitting(4.76), sitting(11.16)
+    assert agreeing([calm, sitting(4.9)]) == [calm, sitting(4.9)]  # 3 % apart: both kept
+    assert agreeing([calm, slow]) == []  # neither can be told the disturbed one
+    kept = agreeing([calm, slow, sitting(4.8)])
+    assert kept == [calm, sitting(4.8)]
+    assert abs(pooled(kept)["median_ms"] / 4.78 - 1) < 0.02
+    outvoted = pooled([calm, slow, sitting(4.8)], outvote=True)
+    assert outvoted["median_ms"] == pooled(kept)["median_ms"]
+    assert outvoted["sittings_left_out"] == 1 and len(outvoted["sitting_medians_ms"]) == 3
+    assert agreeing([calm]) == [calm]
 
 
 def test_litert_table_one_program_per_unit(tmp_path):

@@ -232,3 +232,32 @@ def test_a_space_of_one_resolution_gets_static_network_programs():
     assert source_from_module("c", module, [1, 3, 64, 64], (64, 64)).dynamic_shapes() is None
     dims = source_from_module("c", module, [1, 3, 64, 64], (64, 96)).dynamic_shapes()
     assert dims is not None and set(dims[0]) == {2, 3}
+
+
+def test_table_programs_fold_batchnorm_into_the_same_xnnpack_graph(tmp_path):
+    """A table's programs are lowered with BatchNorm folded first (fold_batchnorm): faster to
+    lower, and the program XNNPACK runs must stay node for node the one a user's model gets,
+    or the table would time another graph."""
+    import torch
+
+    from edgepipe.converters import CONVERTERS
+    from edgepipe.converters.source import source_from_module
+    from edgepipe.device.inspect_artifact import pte_delegation
+    from edgepipe.latency_tables.collect import space_units
+    from edgepipe.latency_tables.programs import _convert_one, program_path, unit_programs
+    from edgepipe.manifest import load_manifest
+
+    specs = unit_programs(space_units(SPACES["tiny"]), dynamic=True)
+    spec = next(s for s in specs.values() if "se:1" in s.key)  # conv/BN/act, SE, projection
+    unit, size_range = spec.payload
+    _convert_one(spec, "executorch", "fp32", str(tmp_path))
+    folded = program_path(tmp_path, spec, "executorch")
+    plain = tmp_path / "plain.pte"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        src = source_from_module(spec.key, unit.module().eval(), list(spec.input_shape),
+                                 size_range)
+    CONVERTERS["executorch"].convert(src, "fp32", [], plain, debug_info=False)
+    a, b = pte_delegation(plain), pte_delegation(folded)
+    assert a.delegated_ops and a.to_dict() == b.to_dict()  # same partitions, nodes, leftovers
+    assert load_manifest(folded).extra["graph"]["delegation"]["delegated_ops"] == a.delegated_ops

@@ -140,3 +140,23 @@ def test_module_factory_models():
         create_model("tests.factories:not_a_module")
     with pytest.raises(EdgepipeError, match="cannot import"):
         create_model("no_such_module_xyz:factory")
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "mobilenet_v2",
+                                  "lraspp_mobilenet_v3_small"])
+def test_fold_batchnorm_folds_every_conv_norm_and_keeps_outputs(name):
+    from edgepipe.models.batchnorm import fold_batchnorm
+
+    model = _trained_like(create_model(name)[0])
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    folded, count = fold_batchnorm(model)
+    assert count == norms > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == norms
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        ref, out = model(x), folded(x)
+    ref, out = (ref["out"], out["out"]) if isinstance(ref, dict) else (ref, out)
+    assert ref.abs().max() > 1e-3  # real statistics: outputs far from zero
+    # float rounding only: within 1e-4 of the output's scale (folding reorders products)
+    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()

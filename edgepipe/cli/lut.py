@@ -236,9 +236,11 @@ def _run_lut_collect(args: argparse.Namespace) -> int:
     model = table.network_model
     console.print(f"network model: {model.describe()}")
     console.print(f"  left-out networks: {model_words(model)}")
+    ways = (f" ({ref['slower_references']} slower, {ref['faster_references']} faster)"
+            if "slower_references" in ref else "")
     console.print(f"reference unit: {ref['references']} checks, "
-                  f"{ref['disturbed_references']} found the device slower and their units "
-                  "were measured again"
+                  f"{ref['disturbed_references']} more than {ref['limit_pct']:g} % off its "
+                  f"usual time{ways}: the units beside them were measured again"
                   + (f" [bold red](FLAGGED: {ref['unsettled_segments']} segment(s) never "
                      "settled)" if ref.get("flagged") else ""))
     console.print("sentinels: " + "; ".join(f"{s['name']} {s['median_ms']:.3f} ms"
@@ -313,7 +315,7 @@ def _run_lut_adapt(args: argparse.Namespace) -> int:
 def _run_lut_evaluate(args: argparse.Namespace) -> int:
     from ..host.local import open_device
     from ..host.registry import config_home
-    from ..latency_tables.evaluate import EvaluateRequest, evaluate
+    from ..latency_tables.evaluate import AGREE_PCT, EvaluateRequest, evaluate
     from ..latency_tables.table import LatencyTable, Target
     from ..models.space import SearchSpace
     from ..ui import PhaseProgress, console
@@ -328,8 +330,12 @@ def _run_lut_evaluate(args: argparse.Namespace) -> int:
                               args.naive, args.jobs, args.sittings)
         with PhaseProgress() as progress:
             report = evaluate(req, client, progress)
-    console.print(f"measured: every network in {args.sittings} sittings, runs pooled; "
-                  f"{report['provenance']}")
+    again = report.get("networks_measured_again", 0)
+    console.print(f"measured: every network in {args.sittings} sittings, runs pooled"
+                  + (f" ({again} measured once more, their sittings over "
+                     f"{AGREE_PCT:g} % apart; {report['sittings_left_out']} disturbed "
+                     "sitting(s) left out)" if again else "")
+                  + f"; {report['provenance']}")
     for name, label in (("prediction", "median"),
                         ("prediction_p90", "p90"),
                         ("prediction_best", "best case"),

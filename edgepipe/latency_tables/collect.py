@@ -263,7 +263,8 @@ def collect(req: CollectRequest, client: AgentClient, progress: Progress | None 
         guard.measure(lambda items: measure_items(client, items, job, flags),
                       [[item(u) for u in seg] for seg in chunk], keep, req.settings.batch, save)
         sitting(part + 2)
-    redo_off_baseline(guard, table, todo, item, job, client, flags, progress, save)
+    redo_off_baseline(guard, table, todo, item, job, req.settings, client, flags, progress,
+                      save)
     for number, record in enumerate(sittings):
         stale = [i for i, n in enumerate(record["networks"]) if accepted_early(guard, n)]
         if stale:
@@ -300,17 +301,19 @@ def accepted_early(guard: DriftGuard, stats: dict[str, Any]) -> bool:
 
 
 def redo_off_baseline(guard: DriftGuard, table: LatencyTable, units: list[Unit],
-                      item: Any, job: dict[str, Any], client: AgentClient, flags: list[str],
-                      progress: Progress, save: Any) -> int:
+                      item: Any, job: dict[str, Any], settings: MeasureSettings,
+                      client: AgentClient, flags: list[str], progress: Progress,
+                      save: Any) -> None:
     """Measure once more the units of this collection (``units``) accepted before the
-    reference's baseline settled (:func:`accepted_early`). Returns how many."""
+    reference's baseline settled (:func:`accepted_early`), in the collection's segments and
+    batches."""
     redo = [u for u in units if u.key in table.units
             and accepted_early(guard, table.units[u.key])]
     if not redo:
-        return 0
+        return
     progress.phase("measuring units again (accepted before the reference's baseline "
                    "settled)", len(redo))
-    segments = list(chunks(redo, 30))
+    segments = list(chunks(redo, min(settings.segment, settings.batch)))
 
     def keep(i: int, results: list[dict[str, float]]) -> None:
         for unit, stats in zip(segments[i], results, strict=True):
@@ -318,16 +321,17 @@ def redo_off_baseline(guard: DriftGuard, table: LatencyTable, units: list[Unit],
         progress.advance(len(results))
 
     guard.measure(lambda items: measure_items(client, items, job, flags),
-                  [[item(u) for u in seg] for seg in segments], keep, 480, save)
-    return len(redo)
+                  [[item(u) for u in seg] for seg in segments], keep, settings.batch, save)
 
 
 def fit_network_model(table: LatencyTable, points: list[NetworkPoint],
                       sittings: list[dict[str, Any]]) -> NetworkModel:
-    """The network model fitted on every point's runs over all sittings (see :mod:`.model`)."""
+    """The network model fitted on every point's runs over the sittings that agree (a sitting
+    far from the point's median sitting is a disturbance: :func:`.measure.agreeing`; see
+    :mod:`.model`)."""
     networks = []
     for i, point in enumerate(points):
-        measured = pooled([s["networks"][i] for s in sittings])
+        measured = pooled([s["networks"][i] for s in sittings], outvote=True)
         features = table.features(units_of(point.arch))
         networks.append({"name": point.name, "arch": point.arch.to_dict(),
                          "features": features.__dict__, **measured})

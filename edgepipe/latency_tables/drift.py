@@ -118,7 +118,12 @@ class DriftGuard:
         spread = (max(accepted) - min(accepted)) / statistics.median(accepted) * 100 \
             if accepted else 0.0
         disturbed = len(self.samples) - len(accepted)
-        return {"limit_pct": self.limit_pct, "baseline_ms": self.baseline_ms,
+        # either way off: a reference faster than usual is as much a sign of a moving host
+        # (on a shared Intel host, 54 of 100 disturbed references were faster)
+        slower = sum(1 for s in self.samples if baseline and s["median_ms"] > baseline
+                     and not self._close(s["median_ms"], baseline))
+        return {"limit_pct": self.limit_pct, "baseline_ms": baseline,
                 "references": len(self.samples), "disturbed_references": disturbed,
+                "slower_references": slower, "faster_references": disturbed - slower,
                 "accepted_spread_pct": round(spread, 2), "unsettled_segments": self.unsettled,
                 "flagged": self.unsettled > 0}

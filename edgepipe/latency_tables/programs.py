@@ -5,7 +5,10 @@ Lowering, not timing, is what a table costs (an ExecuTorch lowering takes 1.5 s 
 and 30-60 s for a whole network with its ETRecord). Three things keep it down: an ExecuTorch
 program is exported with a dynamic height/width and measured at every resolution of the space
 (one lowering instead of one per resolution; XNNPACK runs it at static speed, measured: within
-1%); no ETRecord (only per-op profiling needs it); and two processes convert side by side.
+1%); no ETRecord (only per-op profiling needs it); BatchNorm folded into its convolution
+before export (XNNPACK would fold it anyway: the same delegate graph, lowered in 67-79 % of
+the time, :func:`~edgepipe.models.batchnorm.fold_batchnorm`); and two processes convert side
+by side.
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ def _convert_one(spec: ProgramSpec, runtime: str, precision: str, folder: str) -
     from ..converters.convert import build_manifest
     from ..converters.source import source_from_module
     from ..manifest import save_manifest
+    from ..models.batchnorm import fold_batchnorm
     from ..models.space import build_architecture
 
     torch.set_num_threads(1)
@@ -125,6 +129,9 @@ def _convert_one(spec: ProgramSpec, runtime: str, precision: str, folder: str) -
     else:
         arch, *size_range = spec.payload  # (arch,) in programs cached before size ranges
         module, dynamic = build_architecture(arch), (size_range or [None])[0]
+    # a table needs the program's time, not its BatchNorm nodes: XNNPACK folds them anyway
+    # (the same delegate graph), and lowering skips tracing them (fold_batchnorm)
+    module, _ = fold_batchnorm(module)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         src = source_from_module(spec.key, module, list(spec.input_shape), dynamic)
