@@ -299,8 +299,9 @@ class TableUse:
 
 
 def apply_policy(use: TableUse) -> TableUse:
-    """Turn a check into the factor a prediction uses, or a refusal (``strict``, and
-    ``rescale`` when no single factor holds). ``warn`` keeps the table's times, warned."""
+    """Turn a check into the factor a prediction uses, or a refusal (``strict``).
+    ``rescale`` applies the factor also when the sentinels disagree (``uneven``: the factor is
+    then rough, and said to be); ``warn`` keeps the table's times, warned."""
     check = use.check
     if check is None:
         return use
