@@ -9,11 +9,12 @@ One run, on an agent started on this machine, the CPU printed first:
 
 * ``collect``: the default space's ExecuTorch fp32 1-thread table collected from scratch (an
   empty EDGEPIPE_HOME: every program converted), timed; then ``--count`` seeded networks of
-  the space (not the table's own seeds), each measured whole in two sittings minutes apart,
-  their runs pooled, after a ``lut check`` of the table (a row rescaled by its factor, as
-  ``--rescale`` does, where it finds drift). Scored: the predicted median and p90 against the
-  pooled ones, beside the device against itself (sitting 2 against sitting 1: the ceiling of
-  any prediction).
+  the space (not the table's own seeds), each measured whole in two sittings minutes apart
+  (a third where they were more than 10 % apart, the far one left out: ``lut evaluate``'s
+  rule), the runs of those that agree pooled, after a ``lut check`` of the table (a row
+  rescaled by its factor, as ``--rescale`` does, where it finds drift). Scored: the predicted
+  median and p90 against the pooled ones, beside the device against itself (sitting 2 against
+  sitting 1, as measured: how far one sitting of this host is from another).
 * ``cpu``: ``lut adapt`` from the other CPU's shipped table (``--budget-s`` of measurement),
   scored on the same networks, beside the other CPU's table times one global factor (fitted
   on 3 networks measured here, the way a user would rescale it) and the full collection.
@@ -153,12 +154,13 @@ class Bench:
         return out
 
     def table_lines(self, title: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
-        self.say(f"\n{title} — median of every run of both sittings")
+        self.say(f"\n{title} — median of the runs of the sittings that agree (two, a third "
+                 "where they were > 10 % apart and the far one left out)")
         self.say(HEADER)
         for label, s in entries:
             self.say(row(label, s["median"]))
         if any("p90" in s for _, s in entries):
-            self.say("\np90 of every run of both sittings")
+            self.say("\np90 of the same runs")
             self.say(HEADER)
             for label, s in entries:
                 if "p90" in s:

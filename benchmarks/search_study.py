@@ -13,7 +13,8 @@ MobileNetV3-Small trained on labelled data first, scored by test accuracy).
 **Methods**, per random seed and per target (70 % and 50 % of the seed's predicted latency):
 
 * NetAdapt: one path per seed (proposals every δ of the seed's latency, each fine-tuned T
-  steps, the best ΔAgreement / |ΔLatency| kept); at each target, the path's first network at
+  steps, the least KL rise per ms saved kept: see ``edgepipe.search.netadapt``); at each
+  target, the path's first network at
   or below it, fine-tuned ``final_steps``;
 * width: the same trained seed at the widest width multiplier whose predicted latency meets
   the target, and (width multipliers are coarse) the next wider one, above it; weights
@@ -27,8 +28,9 @@ over seeds of each method's mean, and of the per-seed difference NetAdapt − wi
 both methods of a seed share its split).
 
 **Latency**: the table of the device (``--table``, default the V2 table collected for this
-machine: ``edgepipe lut collect --space mobilenet_v2``) is checked on the device first, then
-every distinct final is converted for the table's runtime and measured whole, the table's
+machine: ``edgepipe lut collect --space mobilenet_v2``) is checked on the device after the
+training, right before the finals are measured (recorded, not applied), then every distinct
+final is converted for the table's runtime and measured whole, the table's
 way, in two sittings: median and p90 measured against predicted. The seed is measured too.
 
 **Per-layer evidence**: each NetAdapt final's channels per layer as a share of the seed's,
@@ -73,7 +75,7 @@ LABELS = {"netadapt": "NetAdapt", "width": "width multiplier (widest ≤ target)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join((__doc__ or "").split("\n\n")[0].split()))
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--task", choices=["distill", "classify"], default="distill")
     ap.add_argument("--model", help="the seed (default: mobilenet_v2 for distill, small for "
@@ -262,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
                 mine.append({"method": "netadapt", "seed": seed, "target_pct": pct,
                              "score": f["test_accuracy"], "val_score": f["accuracy"],
                              "kl": f.get("test_kl"), "training_steps": f["training_steps"],
+                             "kept_step": f.get("kept_step"),
                              "arch": arch, "steps": f["from_step"],
                              "layers": layer_shares(arch, seed_arch.to_dict())})
             seed_state = load_weights(out / "steps/step-000.pth")
@@ -287,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
             for row, result in zip(baselines, runner.run(tasks, lambda _r: progress.advance()),
                                    strict=True):
                 row.update({"score": result.test_accuracy, "val_score": result.accuracy,
-                            "kl": result.test_kl})
+                            "kl": result.test_kl, "kept_step": result.kept_step})
             rows += mine + baselines
             done_seeds.add(seed)
             write_atomic(rows_file, json.dumps({"rows": rows, "unreached": unreached,
@@ -351,7 +354,9 @@ def _task(args: argparse.Namespace, seed_for_netadapt, split_seed: int = 0):
     teacher = build_architecture(seed)
     load_weights(teacher, weights)
     with PhaseProgress() as progress:
-        path = prepare_distillation(spec, teacher, labels or [], args.out / "data", progress)
+        # weights of your own carry no class names: the teacher's outputs are numbered
+        names = labels or [str(i) for i in range(seed.network.num_classes)]
+        path = prepare_distillation(spec, teacher, names, args.out / "data", progress)
     data = DataSpec(str(path.resolve()), args.image_size)
     return data, load_dataset(data), seed, weights
 

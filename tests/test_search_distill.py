@@ -330,7 +330,7 @@ def test_the_study_runs_end_to_end_in_tiny_settings(v2_table, tmp_path):
         [sys.executable, str(REPO / "benchmarks" / "search_study.py"), "--table",
          str(table_file), "--resolution", "64", "--image-size", "32", "--crops", "48,16,16",
          "--delta-pct", "8", "--finetune-steps", "2", "--final-steps", "4", "--targets", "85",
-         "--seeds", "2", "--workers", "1", "--out", str(out)],
+         "--keep-best-every", "2", "--seeds", "2", "--workers", "1", "--out", str(out)],
         capture_output=True, text=True, timeout=1800,
         env={**os.environ, "EDGEPIPE_HOME": str(home)})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -341,6 +341,8 @@ def test_the_study_runs_end_to_end_in_tiny_settings(v2_table, tmp_path):
     for r in report["rows"]:
         assert r["measured_ms"] > 0 and r["measured_p90_ms"] >= r["measured_ms"]
         assert r["predicted_p90_ms"] is not None and 0 <= r["score"] <= 1 and r["kl"] > 0
+        # finals and width baselines judged every 2 steps: the step kept is recorded
+        assert r["kept_step"] is not None and 0 <= r["kept_step"] <= r["training_steps"]
     width = next(s for s in report["summary"] if s["method"] == "width")
     assert len(width["netadapt_minus"]["per_seed"]) == 2
     assert (out / "study.png").stat().st_size > 10_000

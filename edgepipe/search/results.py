@@ -31,6 +31,9 @@ def finish_model(folder: Path, arch: Architecture, result: TrainResult, labels: 
                # a distillation set: accuracy is top-1 agreement with the teacher, and these
                # are KL(teacher ‖ student) in nats (None on labelled data)
                "kl": result.kl, "test_kl": result.test_kl,
+               # keep_best_every: the step whose state was kept (0: the one before training;
+               # None: keep-best off, the last state)
+               "kept_step": result.kept_step,
                "predicted_ms": estimator.predict(arch), "predicted_p90_ms": prediction.p90,
                "interval_ms": prediction.intervals.get("median"),
                "measured_share": estimator.measured_share(arch),
