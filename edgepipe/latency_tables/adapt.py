@@ -290,7 +290,8 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
                      f"{SITTING_AGREEMENT_PCT:g} % between two sittings: measured a third time")
         disagree = _disagreeing(second, third)
     if disagree:
-        names = ", ".join(points[i].name for i in disagree[:3])
+        names = ", ".join(points[i].name for i in disagree[:3]) + (
+            f" and {len(disagree) - 3} more" if len(disagree) > 3 else "")
         flags.append(f"the device disagreed with itself: {len(disagree)} network(s) ({names}) "
                      f"differed by more than {SITTING_AGREEMENT_PCT:g} % between sittings; the "
                      "table's network model includes them (re-run adapt on a quieter device)")
