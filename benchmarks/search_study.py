@@ -345,6 +345,7 @@ def _task(args: argparse.Namespace, seed_for_netadapt, split_seed: int = 0):
     from edgepipe.models.registry import load_weights
     from edgepipe.models.space import build_architecture
     from edgepipe.search.distill import PHOTOS, DistillSpec, prepare_distillation
+    from edgepipe.search.seeds import class_names
     from edgepipe.ui import PhaseProgress
 
     seed, weights, labels = seed_for_netadapt(args.model, args.resolution, None, args.weights)
@@ -354,9 +355,8 @@ def _task(args: argparse.Namespace, seed_for_netadapt, split_seed: int = 0):
     teacher = build_architecture(seed)
     load_weights(teacher, weights)
     with PhaseProgress() as progress:
-        # weights of your own carry no class names: the teacher's outputs are numbered
-        names = labels or [str(i) for i in range(seed.network.num_classes)]
-        path = prepare_distillation(spec, teacher, names, args.out / "data", progress)
+        path = prepare_distillation(spec, teacher, class_names(seed, labels), args.out / "data",
+                                    progress)
     data = DataSpec(str(path.resolve()), args.image_size)
     return data, load_dataset(data), seed, weights
 

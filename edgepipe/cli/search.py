@@ -202,14 +202,15 @@ def _distillation_data(args: argparse.Namespace, spec, seed, weights: Path,
     from ..models.space import build_architecture
     from ..search.data import DataSpec, load_dataset
     from ..search.distill import prepare_distillation
+    from ..search.seeds import class_names
     from ..ui import PhaseProgress, console
 
     teacher = build_architecture(seed)
     load_weights(teacher, weights)  # the teacher whole: its classifier is what is learnt
-    names = labels or [str(i) for i in range(seed.network.num_classes)]
     console.print(f"distillation set: {spec.describe()}")
     with PhaseProgress() as progress:
-        path = prepare_distillation(spec, teacher, names, args.out / "data", progress)
+        path = prepare_distillation(spec, teacher, class_names(seed, labels), args.out / "data",
+                                    progress)
     data = DataSpec(str(path.resolve()), spec.image_size)
     return data, load_dataset(data)
 

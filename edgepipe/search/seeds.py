@@ -47,6 +47,12 @@ def seed_for_netadapt(model: str, resolution: int, classes: int | None, weights:
     raise EdgepipeError(not_shrinkable(model))
 
 
+def class_names(seed: Architecture, labels: list[str] | None) -> list[str]:
+    """The teacher's class names: its weights' own, or numbered (weights of your own carry
+    none)."""
+    return labels or [str(i) for i in range(seed.network.num_classes)]
+
+
 def _classes_in(path: Path) -> int | None:
     """The number of outputs of a MobileNet state_dict's last linear layer (V2's
     ``classifier.1``, V3's ``classifier.3``); None when the file says nothing readable (the
