@@ -342,21 +342,15 @@ def _task(args: argparse.Namespace, seed_for_netadapt, split_seed: int = 0):
         seed, weights, _ = seed_for_netadapt(args.model, args.resolution, len(ds.classes),
                                              args.weights)
         return data, ds, seed, weights
-    from edgepipe.models.registry import load_weights
-    from edgepipe.models.space import build_architecture
-    from edgepipe.search.distill import PHOTOS, DistillSpec, prepare_distillation
-    from edgepipe.search.seeds import class_names
+    from edgepipe.search.distill import PHOTOS, DistillSpec, seed_distillation
     from edgepipe.ui import PhaseProgress
 
     seed, weights, labels = seed_for_netadapt(args.model, args.resolution, None, args.weights)
     train, val, test = (int(v) for v in args.crops.split(","))
     spec = DistillSpec(args.data or PHOTOS, args.image_size, train, val, test,
                        split_seed=split_seed)
-    teacher = build_architecture(seed)
-    load_weights(teacher, weights)
     with PhaseProgress() as progress:
-        path = prepare_distillation(spec, teacher, class_names(seed, labels), args.out / "data",
-                                    progress)
+        path = seed_distillation(spec, seed, weights, labels, args.out / "data", progress)
     data = DataSpec(str(path.resolve()), args.image_size)
     return data, load_dataset(data), seed, weights
 

@@ -220,9 +220,10 @@ def test_check_finds_a_core_shared_with_a_busy_process(collected, tmp_path):
     checks = LatencyTable.load(table_file).checks
     quiet_check, loaded_check = checks[-2:]
     assert loaded_check["verdict"] == "drift" and loaded_check["drift_pct"] > 5
-    # a core shared with a busy process runs whole networks at about half speed; a quiet one
-    # is within the noise of this shared host (±5 % usually; 12-15 % seen while other work ran)
-    assert abs(quiet_check["drift_pct"]) < 25
+    # a core shared with a busy process runs whole networks at about half speed. Compared with
+    # the quiet check of a moment ago, not with the collection minutes before: on a shared host
+    # that can itself have been disturbed (CI: a quiet check at ×0.62 of a collection measured
+    # while slow), and a check says so as drift, which is right
     assert loaded_check["factor"] > 1.5 * quiet_check["factor"]
     assert checks[-1]["affinity"] == [cpu] and len(checks[-1]["sentinels"]) == 4
     (home / "tables").mkdir(exist_ok=True)  # where `lut list` looks

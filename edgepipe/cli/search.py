@@ -198,19 +198,13 @@ def _distillation_spec(args: argparse.Namespace, weights: Path | None):
 def _distillation_data(args: argparse.Namespace, spec, seed, weights: Path,
                        labels: list[str] | None):
     """The distillation set of the seed as teacher: made once in the search folder."""
-    from ..models.registry import load_weights
-    from ..models.space import build_architecture
     from ..search.data import DataSpec, load_dataset
-    from ..search.distill import prepare_distillation
-    from ..search.seeds import class_names
+    from ..search.distill import seed_distillation
     from ..ui import PhaseProgress, console
 
-    teacher = build_architecture(seed)
-    load_weights(teacher, weights)  # the teacher whole: its classifier is what is learnt
     console.print(f"distillation set: {spec.describe()}")
     with PhaseProgress() as progress:
-        path = prepare_distillation(spec, teacher, class_names(seed, labels), args.out / "data",
-                                    progress)
+        path = seed_distillation(spec, seed, weights, labels, args.out / "data", progress)
     data = DataSpec(str(path.resolve()), spec.image_size)
     return data, load_dataset(data)
 

@@ -43,6 +43,7 @@ from ..errors import EdgepipeError
 from ..images import IMAGE_SUFFIXES, read_image
 from ..latency_tables.measure import Progress
 from ..manifest import write_atomic
+from ..models.space import Architecture
 
 PHOTOS = "photos"
 FORMAT = "edgepipe-distillation"
@@ -259,6 +260,24 @@ def prepare_distillation(spec: DistillSpec, teacher: nn.Module, labels: list[str
     torch.save(payload, buf)
     write_atomic(path, buf.getvalue())
     return path
+
+
+def seed_distillation(spec: DistillSpec, seed: Architecture, weights: Path,
+                      labels: list[str] | None, folder: Path,
+                      progress: Progress | None = None) -> Path:
+    """:func:`prepare_distillation` with the NetAdapt seed as teacher: ``seed`` built and
+    loaded whole with ``weights`` (its classifier is what the students learn), its class names
+    ``labels`` (numbered where the weights carry none, :func:`.seeds.class_names`).
+
+    Raises :class:`EdgepipeError` as :func:`prepare_distillation`, and for weights that do not
+    fit the seed (:func:`~edgepipe.models.registry.load_weights`)."""
+    from ..models.registry import load_weights
+    from ..models.space import build_architecture
+    from .seeds import class_names
+
+    teacher = build_architecture(seed)
+    load_weights(teacher, weights)
+    return prepare_distillation(spec, teacher, class_names(seed, labels), folder, progress)
 
 
 def read_prepared(path: Path) -> dict:
