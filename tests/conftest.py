@@ -65,10 +65,11 @@ def _own_home(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["EDGEPIPE_HOME"] = str(tmp_path_factory.mktemp("edgepipe-home"))
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The files known to take longest first (xdist hands out whole files in this order:
-    ``--dist loadfile --no-loadscope-reorder``), each file's tests in their own order."""
+    ``--dist loadfile --no-loadscope-reorder``), each file's tests in their own order; last,
+    so that a file is weighed by the tests of this tier only (``-m`` has deselected the rest)."""
     known = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
     weight: dict[str, float] = {}
     for item in items:

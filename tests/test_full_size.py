@@ -1,4 +1,5 @@
-"""Full-size models through every converter: the real thing, a few minutes each."""
+"""Full-size models through every converter: the real thing, a few minutes each (the trained
+MobileNetV2 and `edgepipe run` in the first tier; LR-ASPP in the second, `-m slow`)."""
 
 import json
 
@@ -12,7 +13,6 @@ from edgepipe.models.pretrained import resolve_weights
 from .artifacts import convert_cached
 from .conftest import artifact, run_cli
 
-pytestmark = pytest.mark.slow
 RUNNABLE = [("executorch", "fp32"), ("executorch", "int8"), ("tflite", "fp32"),
             ("tflite", "int8")]
 ALL_SIX = {*RUNNABLE, ("coreml", "fp16"), ("coreml", "int8")}
@@ -48,6 +48,7 @@ def test_real_mobilenet_v2_every_format_agrees_with_pytorch(real_v2):
 # backbone, so V3-Large itself is not converted again here (it cost ~4 minutes of CI). The
 # whole network at 224 px rather than VOC's 520: the same graph, ops and partitions (what
 # this test is for) at a fifth of the pixels to calibrate and compare (236 s at 520).
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["lraspp_mobilenet_v3_large"])
 def test_full_size_model_to_all_six_artifacts(tmp_path, model):
     report = convert_cached(ConvertRequest(model=model, out=tmp_path / model, int8=True,

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -234,11 +235,9 @@ def test_check_finds_a_core_shared_with_a_busy_process(collected, tmp_path):
     assert "last checked" in listing and ": drift (×" in listing
 
 
-def test_a_drifted_table_warns_refuses_or_rescales(collected, tmp_path):
-    """A table whose sentinels ran twice as fast at collection as the device runs them now
-    (as one collected on a faster CPU): each policy does what it says."""
-    home, table_file, _, _ = collected
-    env = {"EDGEPIPE_HOME": str(home)}
+def _fast_table(table_file: Path, tmp_path: Path) -> tuple[Path, dict, Path]:
+    """The table with its sentinels twice as fast as measured (as if collected on a faster
+    CPU), unchecked: (its file, its content, a network of the tiny space to predict)."""
     fast = json.loads(table_file.read_text())
     for s in fast["sentinels"]:
         s["median_ms"] /= 2
@@ -248,6 +247,15 @@ def test_a_drifted_table_warns_refuses_or_rescales(collected, tmp_path):
     fast_file.write_text(json.dumps(fast))
     arch = tmp_path / "arch.json"
     arch.write_text(json.dumps(SPACES["tiny"].architectures(1, seed=5)[0].to_dict()))
+    return fast_file, fast, arch
+
+
+def test_a_drifted_table_warns_refuses_or_rescales(collected, tmp_path):
+    """A table whose sentinels ran twice as fast at collection as the device runs them now
+    (as one collected on a faster CPU): each policy does what it says (--recollect: below)."""
+    home, table_file, _, _ = collected
+    env = {"EDGEPIPE_HOME": str(home)}
+    fast_file, fast, arch = _fast_table(table_file, tmp_path)
     base = ("lut", "predict", "--table", str(fast_file), "--arch", str(arch))
     plain = run_cli(*base, "--no-check", env=env)
     assert plain.returncode == 0, plain.stderr
@@ -269,17 +277,6 @@ def test_a_drifted_table_warns_refuses_or_rescales(collected, tmp_path):
     assert _predicted(words) == pytest.approx(
         unchecked * check["factor"], abs=0.0005 * (1 + check["factor"]))  # printed to 3 places
     assert len(LatencyTable.load(fast_file).checks) == 1  # reused, not measured again
-
-    # --recollect: the space collected again on the device (its programs are cached), used
-    recollected = run_cli(*base, "--recollect", env=env)
-    words = " ".join(recollected.stdout.split())
-    assert recollected.returncode == 0, recollected.stderr
-    assert "collected again now into" in words and "collected now on this device" in words
-    fresh_file = next((home / "tables").glob("*-executorch-fp32-t1.json"))
-    fresh = LatencyTable.load(fresh_file)
-    assert fresh.sentinels and len(fresh.units) == len(table_units := fast["units"])
-    assert set(fresh.units) == set(table_units) and fresh.created > fast["created"]
-    assert not list((home / "tables").glob("*.collecting.json"))  # renamed into place
 
     # a sentinel that cannot be converted: one line, and no prediction
     broken = json.loads(fast_file.read_text())
@@ -305,6 +302,32 @@ def test_a_drifted_table_warns_refuses_or_rescales(collected, tmp_path):
     assert run.returncode == 2 and "no sentinels" in run.stderr
     run = run_cli("lut", "check", "--table", str(old_file), env=env)
     assert run.returncode == 2 and "cannot be checked" in run.stderr
+
+
+@pytest.mark.slow  # a whole collection again (the first tier collects once: `collected`)
+def test_a_drifted_table_recollects(collected, tmp_path):
+    """--recollect: the space collected again on the device (its programs are cached), used."""
+    home, table_file, _, _ = collected
+    home = _home_with_programs(home, tmp_path)  # the new table lands in its tables/
+    fast_file, fast, arch = _fast_table(table_file, tmp_path)
+    recollected = run_cli("lut", "predict", "--table", str(fast_file), "--arch", str(arch),
+                          "--recollect", env={"EDGEPIPE_HOME": str(home)})
+    words = " ".join(recollected.stdout.split())
+    assert recollected.returncode == 0, recollected.stderr
+    assert "collected again now into" in words and "collected now on this device" in words
+    fresh_file = next((home / "tables").glob("*-executorch-fp32-t1.json"))
+    fresh = LatencyTable.load(fresh_file)
+    assert fresh.sentinels and len(fresh.units) == len(table_units := fast["units"])
+    assert set(fresh.units) == set(table_units) and fresh.created > fast["created"]
+    assert fresh.method["collection_s"]["convert"] < 5  # the programs were converted already
+    assert not list((home / "tables").glob("*.collecting.json"))  # renamed into place
+
+
+def _home_with_programs(home: Path, tmp_path: Path) -> Path:
+    """A fresh EDGEPIPE_HOME holding ``home``'s converted programs."""
+    fresh = tmp_path / "home"
+    shutil.copytree(home / "lut-work", fresh / "lut-work", ignore=shutil.ignore_patterns("agent"))
+    return fresh
 
 
 def test_batch_jobs_are_checked_by_the_agent(tmp_path):
@@ -405,6 +428,7 @@ def test_a_disturbed_sitting_is_outvoted_not_pooled():
     assert agreeing([calm]) == [calm]
 
 
+@pytest.mark.slow  # LiteRT units are measured in the first tier by `lut adapt` below
 def test_litert_table_one_program_per_unit(tmp_path):
     """LiteRT programs have one input size each: a table converts one per unit, and the
     worker (no torch needed for LiteRT) measures them."""

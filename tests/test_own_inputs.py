@@ -76,7 +76,7 @@ def _photo_folder(path: Path, names=("chelsea", "coffee"), size=(160, 120)) -> P
 
 @pytest.mark.parametrize("factory, swapped", [
     ("tv_mobilenet_v3_small", {"nn.Hardswish", "nn.Hardsigmoid"}),
-    ("tv_efficientnet_b0", {"nn.SiLU"}),
+    pytest.param("tv_efficientnet_b0", {"nn.SiLU"}, marks=pytest.mark.slow),
 ])
 def test_foreign_mobilenet_v3_and_efficientnet_graphs_are_whole(tmp_path, factory, swapped):
     """torchvision's own MobileNetV3 (nn.Hardswish/nn.Hardsigmoid) and EfficientNet-B0

@@ -212,6 +212,7 @@ def search_home(tmp_path_factory) -> dict[str, str]:
     return {"EDGEPIPE_HOME": str(tmp_path_factory.mktemp("search-home"))}
 
 
+@pytest.mark.slow  # NetAdapt itself: the image-folder and adapted-table tests (first tier)
 def test_netadapt_on_digits_killed_resumes_then_converts_and_deploys(tmp_path, search_home):
     out = tmp_path / "na"
     home = search_home
