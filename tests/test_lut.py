@@ -278,6 +278,21 @@ def test_a_drifted_table_warns_refuses_or_rescales(collected, tmp_path):
         unchecked * check["factor"], abs=0.0005 * (1 + check["factor"]))  # printed to 3 places
     assert len(LatencyTable.load(fast_file).checks) == 1  # reused, not measured again
 
+    # sentinels that disagree (one of them as if twice as fast at collection) are measured
+    # once more; a table that changed unevenly stays so, and the check says both
+    uneven = json.loads(table_file.read_text())
+    uneven["sentinels"][2]["median_ms"] /= 2
+    uneven["sentinels"][2]["sustained_ms"] /= 2
+    uneven["checks"] = []
+    (tmp_path / "uneven.json").write_text(json.dumps(uneven))
+    run = run_cli("lut", "check", "--table", str(tmp_path / "uneven.json"), env=env)
+    words = " ".join(run.stdout.split())
+    assert run.returncode in (0, 1) and "measured twice: they disagreed the first time" in words
+    assert "they disagree (spread" in words, words
+    check = LatencyTable.load(tmp_path / "uneven.json").checks[-1]
+    assert check["measured_again"] and check["uneven"]
+    assert all(len(s["passes_ms"]) == 4 for s in check["sentinels"])  # two passes, twice
+
     # a sentinel that cannot be converted: one line, and no prediction
     broken = json.loads(fast_file.read_text())
     broken["sentinels"][1]["arch"]["network"]["blocks"][1]["in_channels"] = 7  # no such net

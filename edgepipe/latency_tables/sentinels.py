@@ -12,8 +12,9 @@ only ever adds time), and compares with the collection:
   (wall time of the runs back to back: a core now shared with another busy process doubles
   it and leaves a sub-millisecond run's median as it was, see ``LatencyStats``);
 * the **spread** is (largest − smallest ratio) / factor: sentinels that disagree by more than
-  three times the limit mean the device changed unevenly (or was noisy during the check), and
-  a single factor corrects the table only roughly: said, not refused;
+  three times the limit are measured once more (each one's faster time counts); still that
+  far apart, the device changed unevenly (or was noisy during the check), and a single
+  factor corrects the table only roughly: said, not refused;
 * a factor more than ``LIMIT_PCT`` from 1 is **drift**.
 
 Checks are recorded in the table file (for tables shipped inside edgepipe, which are not
@@ -152,9 +153,20 @@ def check_table(table: LatencyTable, client: AgentClient, workdir: Path, jobs: i
     began = time.perf_counter()
     info = client.info()
     now = measure_sentinels(table.sentinels, table, client, workdir, jobs, progress, affinity)
+    factor, spread = _compare(now, table.sentinels)
+    measured_again = spread > 3 * limit_pct
+    if measured_again:
+        # sentinels that disagree were often measured in a disturbance of seconds (one check
+        # on a shared Intel host: x1.60, its sentinels 49 % apart, V3-Large's two passes 10.9
+        # and 6.2 ms; a search rescaled by it predicted 78 % high): once more, each
+        # sentinel's faster time counting (a disturbance only ever adds time); still uneven
+        # after it, said as before
+        again = measure_sentinels(table.sentinels, table, client, workdir, jobs, progress,
+                                  affinity)
+        now = [{**min(a, b, key=_time), "passes_ms": a["passes_ms"] + b["passes_ms"]}
+               for a, b in zip(now, again, strict=True)]
+        factor, spread = _compare(now, table.sentinels)
     ratios = [_time(n) / _time(s) for n, s in zip(now, table.sentinels, strict=True)]
-    factor = statistics.median(ratios)
-    spread = (max(ratios) - min(ratios)) / factor * 100
     drift = (factor - 1) * 100
     uneven = spread > 3 * limit_pct
     verdict = "drift" if abs(drift) > limit_pct else "ok"
@@ -164,6 +176,7 @@ def check_table(table: LatencyTable, client: AgentClient, workdir: Path, jobs: i
         notes.append(f"runtime {version} here, {table.runtime_version} at collection")
     return {"time": time.time(), "verdict": verdict, "factor": factor, "drift_pct": drift,
             "spread_pct": spread, "uneven": uneven, "limit_pct": limit_pct,
+            "measured_again": measured_again,
             "device": {"fingerprint": info.get("fingerprint"),
                        "identity_words": info.get("identity_words"),
                        "hostname": info.get("hostname")},
@@ -176,10 +189,19 @@ def check_table(table: LatencyTable, client: AgentClient, workdir: Path, jobs: i
                           for s, n, r in zip(table.sentinels, now, ratios, strict=True)]}
 
 
+def _compare(now: list[dict[str, Any]], then: list[dict[str, Any]]) -> tuple[float, float]:
+    """(factor, spread %) of sentinels measured now against the table's (module doc)."""
+    ratios = [_time(n) / _time(s) for n, s in zip(now, then, strict=True)]
+    factor = statistics.median(ratios)
+    return factor, (max(ratios) - min(ratios)) / factor * 100
+
+
 def check_words(check: dict[str, Any]) -> str:
     """A check in one sentence."""
     ratios = [s["ratio"] for s in check["sentinels"]]
     span = f"{len(ratios)} sentinels, ratios {min(ratios):.3f}–{max(ratios):.3f}"
+    if check.get("measured_again"):
+        span += ", measured twice: they disagreed the first time"
     notes = f"; {'; '.join(check['notes'])}" if check.get("notes") else ""
     uneven = (f"; they disagree (spread {check['spread_pct']:.0f} %): the device changed "
               "unevenly or was disturbed, a single factor is rough" if check["uneven"] else "")
