@@ -108,7 +108,7 @@ def test_collect_killed_resumes(collected):
         assert stats["count"] >= 15 and stats["median_ms"] > 0 and "ci95_pct" in stats
         assert stats["p90_ms"] <= stats["p99_ms"] and 0 < stats["cpu_share"] <= 1
     assert "units (" in out and "wrote" in out and "sentinels: reference unit" in out
-    # the network model: fitted on networks measured in three sittings, left out one at a time
+    # the network model: fitted on networks measured in three sittings, left out by architecture
     words = " ".join(out.split())
     assert "network model: median ≈" in words and "left-out networks: median within" in words
     assert len(table.method["sittings"]) == 3

@@ -261,3 +261,61 @@ def test_table_programs_fold_batchnorm_into_the_same_xnnpack_graph(tmp_path):
     a, b = pte_delegation(plain), pte_delegation(folded)
     assert a.delegated_ops and a.to_dict() == b.to_dict()  # same partitions, nodes, leftovers
     assert load_manifest(folded).extra["graph"]["delegation"]["delegated_ops"] == a.delegated_ops
+
+
+def test_int8_adaptation_replayed_chooses_by_whole_networks_and_leaves_architectures_out():
+    """fp32 → int8 on Intel family 6 model 207 (tests/data), replayed: the regressor chosen
+    by the networks adapt measured whole, the network model cross-validated by architecture.
+    As measured then (trees by unit error, one network left out at a time): 27.5 % of the 40
+    networks within ±10 %, some predicted below zero."""
+    import json
+    from pathlib import Path
+
+    from edgepipe.latency_tables.collect import space_units
+    from edgepipe.latency_tables.model import fit_terms
+
+    data = json.loads((Path(__file__).parent / "data" /
+                       "int8_adaptation_intel207.json").read_text())
+    units = space_units(SPACES["default"])
+    fp32 = np.array(data["fp32_units_ms"])
+    idx = np.array(sorted(int(i) for i in data["int8_measured_ms"]))
+    target = np.array([data["int8_measured_ms"][str(i)] for i in idx])
+    nets = data["model_networks"]
+    networks = [(np.array(n["units"]), n["median_ms"], str(n["group"])) for n in nets]
+
+    by_units = fit_transfer(units, [fp32], idx, target)
+    model = fit_transfer(units, [fp32], idx, target, networks=networks)
+    assert by_units.kind == "trees"  # the least cross-validated unit error
+    rmse = model.cv_summary["network_rmse_pct"]
+    assert model.kind == min(rmse, key=rmse.get) == "ridge" and rmse["ridge"] < rmse["trees"]
+    assert model.cv_summary["chosen_by"] == "whole networks measured on the target"
+
+    def features(times: np.ndarray, n: dict) -> NetworkFeatures:
+        s = float(times[n["units"]].sum())
+        return NetworkFeatures(s, s, n["weights_mb"], n["count"])
+
+    def errors(fit, times: np.ndarray) -> np.ndarray:
+        return np.array([fit.apply(features(times, n)) / n["median_ms"] - 1
+                         for n in data["eval_networks"]])
+
+    medians = [n["median_ms"] for n in nets]
+    groups = [n["group"] for n in nets]
+    # the table adapt wrote then: per-architecture terms that fit noise when one network is
+    # left out at a time, and predictions below zero; by architecture, the units alone
+    then = [NetworkFeatures(n["units_ms_then"], n["units_ms_then"], n["weights_mb"],
+                            n["count"]) for n in nets]
+    plain, grouped = fit_terms(then, medians), fit_terms(then, medians, groups=groups)
+    assert len(plain.terms) == 4 and grouped.terms == ("units",)
+    for fit, negative in ((plain, True), (grouped, False)):
+        predicted = [fit.apply(NetworkFeatures(n["units_ms_then"], n["units_ms_then"],
+                                               n["weights_mb"], n["count"]))
+                     for n in data["eval_networks"]]
+        assert (min(predicted) < 0) == negative
+
+    times = transfer(units, [fp32], model)  # now: ridge's units, by architecture
+    times[idx] = target
+    grouped = fit_terms([features(times, n) for n in nets], medians, groups=groups)
+    final = errors(grouped, times)
+    assert grouped.terms == ("units",)
+    assert np.mean(np.abs(final) <= 0.10) >= 0.6  # 65 % (goal 90 %: not met, docs)
+    assert abs(np.mean(final)) < 0.05

@@ -23,6 +23,7 @@ an earlier table of the same runtime and precision are reused.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from .measure import (
     Progress,
     measure_items,
     measure_sitting,
+    pooled,
     upload_programs,
 )
 from .programs import (
@@ -345,8 +347,14 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
         idx = np.array(sorted(measured))
         target = np.array([measured[i]["median_ms"] for i in idx])
 
-    # transfer
-    model = fit_transfer(units, times, idx, target, req.seed)
+    # transfer: the regressor chosen by the networks measured whole (each architecture's
+    # resolutions one group), the sittings that agree pooled as for the network model
+    index = {u.key: i for i, u in enumerate(units)}
+    networks = [(np.array([index[u.key] for u in units_of(p.arch)]),
+                 pooled([s["networks"][i] for s in sittings], outvote=True)["median_ms"],
+                 json.dumps(p.arch.to_dict()["network"], sort_keys=True))
+                for i, p in enumerate(points)]
+    model = fit_transfer(units, times, idx, target, req.seed, networks)
     base = sources[model.base]
     moved = transfer(units, times, model)
     for i, u in enumerate(units):
