@@ -10,6 +10,7 @@ import random
 import numpy as np
 import pytest
 
+from edgepipe.errors import EdgepipeError
 from edgepipe.latency_tables.estimate import Estimator
 from edgepipe.latency_tables.features import param_count, unit_from_key
 from edgepipe.latency_tables.model import (
@@ -311,6 +312,13 @@ def test_int8_adaptation_replayed_chooses_by_whole_networks_and_leaves_architect
                                                n["weights_mb"], n["count"]))
                      for n in data["eval_networks"]]
         assert (min(predicted) < 0) == negative
+    # such a number is never given: the model refuses it in one line
+    worst = min(data["eval_networks"], key=lambda n: plain.apply(NetworkFeatures(
+        n["units_ms_then"], n["units_ms_then"], n["weights_mb"], n["count"])))
+    with pytest.raises(EdgepipeError, match="outside the 18 networks the model was fitted"):
+        NetworkModel(plain, plain, (0.0, 0.0), [], nets).predict(NetworkFeatures(
+            worst["units_ms_then"], worst["units_ms_then"], worst["weights_mb"],
+            worst["count"]))
 
     times = transfer(units, [fp32], model)  # now: ridge's units, by architecture
     times[idx] = target

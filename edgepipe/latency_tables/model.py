@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import EdgepipeError
+
 # candidate term sets, in the order of preference when two are as good (fewer terms first)
 TERMS = ("units", "weights_mb", "count", "one")
 CANDIDATES = (("units",), ("units", "one"), ("units", "count"), ("units", "weights_mb"),
@@ -233,7 +235,16 @@ class NetworkModel:
         return cls(median, best, ratio, p90_errors, networks)
 
     def predict(self, f: NetworkFeatures) -> dict[str, float]:
+        """Median, p90 and best case (ms). Raises :class:`EdgepipeError` where the median
+        comes out at or below zero: a network far outside those the model was fitted on,
+        which no number would describe honestly."""
         median = self.median.apply(f)
+        if median <= 0:
+            raise EdgepipeError(
+                f"the table's network model predicts {median:.3f} ms for a network whose "
+                f"units sum to {f.units_ms:.3f} ms: it lies outside the {len(self.networks)} "
+                "networks the model was fitted on; collect the table again (`lut collect "
+                "--calibration` more networks) or adapt it with more `--networks`")
         alpha, beta = self.p90_ratio
         p90 = median * math.exp(alpha + beta * math.log(max(median, 1e-6)))
         return {"median": median, "p90": max(p90, median), "best": self.best.apply(f, True)}
