@@ -481,6 +481,8 @@ def test_adapt_measures_a_few_units_and_transfers_the_rest(collected, adapted, t
     env = {"EDGEPIPE_HOME": str(home)}
     words = " ".join(out.split())
     assert "units measured on" in words and "the rest transferred from t.json" in words
+    # the regressor chosen by the networks measured whole (4 architectures: the seeds and two)
+    assert "chosen by the networks measured whole (each architecture left out)" in words
     table = LatencyTable.load(lite_file)
     source = LatencyTable.load(table_file)
     assert table.runtime == "litert" and set(table.units) == set(source.units)
@@ -493,6 +495,9 @@ def test_adapt_measures_a_few_units_and_transfers_the_rest(collected, adapted, t
     assert a["sources"][0]["name"] == "t.json" and a["sources"][0]["runtime"] == "executorch"
     assert a["measured_units"] == kinds.count("measured") and a["regressor"] in (
         "factor", "ridge", "trees")
+    cv = a["transfer_cv"]
+    assert cv["chosen_by"] == "whole networks measured on the target"
+    assert a["regressor"] == min(cv["network_rmse_pct"], key=cv["network_rmse_pct"].get)
     assert a["measurement_s"] <= 120 + 15  # the budget (one job may run over it a little)
     assert table.network_model is not None and len(table.sentinels) == 4
 

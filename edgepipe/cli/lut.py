@@ -299,6 +299,10 @@ def _run_lut_adapt(args: argparse.Namespace) -> int:
                   f"{a['budget_s']:g} s budget (conversion "
                   f"{table.method['collection_s']['convert']:.0f} s); the rest transferred "
                   f"from {a['base']} by {a['regressor']}")
+    if cv.get("network_rmse_pct"):  # which regressor, and why
+        console.print("  chosen by the networks measured whole (each architecture left out): "
+                      "RMSE " + ", ".join(f"{k} {v:.1f} %" for k, v in
+                                          cv["network_rmse_pct"].items()))
     console.print(f"  measured units left out of the ratio model: within ±5 % "
                   f"{cv['within_5pct']:.0%}, ±10 % {cv['within_10pct']:.0%} (one global "
                   f"factor: ±10 % {cv['global_factor_within_10pct']:.0%})")
