@@ -65,6 +65,16 @@ def _own_home(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["EDGEPIPE_HOME"] = str(tmp_path_factory.mktemp("edgepipe-home"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _second_worker_converts_first(request: pytest.FixtureRequest, _own_home: None) -> None:
+    """The conversion most files read, made first thing by the second worker: the first
+    takes the longest file (the latency tables', which builds ``collected``), and a worker
+    that reached ``small_conversion`` while the other was making it waited 134 s idle."""
+    if os.environ.get("PYTEST_XDIST_WORKER") == "gw1" and any(
+            "small_conversion" in item.fixturenames for item in request.session.items):
+        request.getfixturevalue("small_conversion")
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The files known to take longest first (xdist hands out whole files in this order:

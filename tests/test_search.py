@@ -329,6 +329,8 @@ def test_both_searches_on_an_image_folder_with_local_workers(tmp_path, image_fol
     assert (out / "samples.png").is_file() and (out / "final" / "weights.pth").is_file()
 
 
+# MNAS in the first tier: on an image folder and on Ray; a table's check: test_lut.py
+@pytest.mark.slow
 def test_mnas_rl_on_digits_resumes_and_measures_its_result(tmp_path, tiny_space,
                                                            search_home):
     out = tmp_path / "rl"
