@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 
 from ..manifest import write_atomic
@@ -176,10 +177,14 @@ class JobQueue:
             self._finish(job, error=_worker_error(code, stderr, artifact.name))
 
     def _finish(self, job: Job, result: dict | None = None, error: str | None = None) -> None:
-        job.result, job.error = result, error
-        job.state = "done" if error is None else "failed"
-        job.finished = time.time()
-        self.jobs.save(job)
+        # stored before anyone is told: a client that saw "done" must find it done after the
+        # agent is killed (the state set first, a SIGKILL before the save left "running" on
+        # disk); the state last, so a reader never sees "done" without its result
+        finished = replace(job, result=result, error=error, finished=time.time(),
+                           state="done" if error is None else "failed")
+        self.jobs.save(finished)
+        job.result, job.error, job.finished = result, error, finished.finished
+        job.state = finished.state
 
 
 def _worker_error(code: int, stderr: list[str], name: str) -> str:
