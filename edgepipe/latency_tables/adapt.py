@@ -23,7 +23,6 @@ an earlier table of the same runtime and precision are reused.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +51,7 @@ from .measure import (
     pooled,
     upload_programs,
 )
+from .model import architecture_group
 from .programs import (
     convert_programs,
     program_for,
@@ -352,7 +352,7 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
     index = {u.key: i for i, u in enumerate(units)}
     networks = [(np.array([index[u.key] for u in units_of(p.arch)]),
                  pooled([s["networks"][i] for s in sittings], outvote=True)["median_ms"],
-                 json.dumps(p.arch.to_dict()["network"], sort_keys=True))
+                 architecture_group(p.arch.to_dict()))
                 for i, p in enumerate(points)]
     model = fit_transfer(units, times, idx, target, req.seed, networks)
     base = sources[model.base]

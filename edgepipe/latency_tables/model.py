@@ -44,6 +44,12 @@ CANDIDATES = (("units",), ("units", "one"), ("units", "count"), ("units", "weigh
 STATISTICS = ("median", "p90", "best")
 
 
+def architecture_group(arch: dict[str, Any]) -> str:
+    """What an architecture's networks share at every resolution (an ``Architecture.to_dict``
+    without its resolution): the group a cross-validation leaves out together."""
+    return json.dumps(arch["network"], sort_keys=True)
+
+
 @dataclass
 class NetworkFeatures:
     """What the model reads of a network: Σ unit medians and minima (ms), weights read per
@@ -224,7 +230,7 @@ class NetworkModel:
         feats = [NetworkFeatures(**n["features"]) for n in networks]
         medians = [n["median_ms"] for n in networks]
         # an architecture at all its resolutions is left out at once (see fit_terms)
-        groups = [json.dumps(n["arch"]["network"], sort_keys=True) if "arch" in n else i
+        groups = [architecture_group(n["arch"]) if "arch" in n else i
                   for i, n in enumerate(networks)]
         median = fit_terms(feats, medians, groups=groups)
         best = fit_terms(feats, [n["min_ms"] for n in networks], best=True, groups=groups)

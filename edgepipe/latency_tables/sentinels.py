@@ -153,7 +153,7 @@ def check_table(table: LatencyTable, client: AgentClient, workdir: Path, jobs: i
     began = time.perf_counter()
     info = client.info()
     now = measure_sentinels(table.sentinels, table, client, workdir, jobs, progress, affinity)
-    factor, spread = _compare(now, table.sentinels)
+    ratios, factor, spread = _compare(now, table.sentinels)
     measured_again = spread > 3 * limit_pct
     if measured_again:
         # sentinels that disagree were often measured in a disturbance of seconds (one check
@@ -165,8 +165,7 @@ def check_table(table: LatencyTable, client: AgentClient, workdir: Path, jobs: i
                                   affinity)
         now = [{**min(a, b, key=_time), "passes_ms": a["passes_ms"] + b["passes_ms"]}
                for a, b in zip(now, again, strict=True)]
-        factor, spread = _compare(now, table.sentinels)
-    ratios = [_time(n) / _time(s) for n, s in zip(now, table.sentinels, strict=True)]
+        ratios, factor, spread = _compare(now, table.sentinels)
     drift = (factor - 1) * 100
     uneven = spread > 3 * limit_pct
     verdict = "drift" if abs(drift) > limit_pct else "ok"
@@ -189,11 +188,13 @@ def check_table(table: LatencyTable, client: AgentClient, workdir: Path, jobs: i
                           for s, n, r in zip(table.sentinels, now, ratios, strict=True)]}
 
 
-def _compare(now: list[dict[str, Any]], then: list[dict[str, Any]]) -> tuple[float, float]:
-    """(factor, spread %) of sentinels measured now against the table's (module doc)."""
+def _compare(now: list[dict[str, Any]], then: list[dict[str, Any]]
+             ) -> tuple[list[float], float, float]:
+    """(ratios, factor, spread %) of sentinels measured now against the table's (module
+    doc)."""
     ratios = [_time(n) / _time(s) for n, s in zip(now, then, strict=True)]
     factor = statistics.median(ratios)
-    return factor, (max(ratios) - min(ratios)) / factor * 100
+    return ratios, factor, (max(ratios) - min(ratios)) / factor * 100
 
 
 def check_words(check: dict[str, Any]) -> str:

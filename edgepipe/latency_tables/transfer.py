@@ -217,10 +217,11 @@ def fit_transfer(units: list[Unit], sources: list[np.ndarray], measured_idx: np.
         rel = np.exp(oof - y) - 1
         scored[kind] = (float(np.sqrt(np.mean(rel ** 2))), rel)
     by_networks: dict[str, float] = {}
+    fitted: dict[str, Any] = {}  # on every measured unit: the chosen one is kept, not refitted
     if networks and len({g for _, _, g in networks}) >= 3:
         for kind in kinds:
-            moved = sources[base] * np.exp(
-                _regressor(kind, n, seed).fit(z, y).predict((x - mean) / scale))
+            fitted[kind] = _regressor(kind, n, seed).fit(z, y)
+            moved = sources[base] * np.exp(fitted[kind].predict((x - mean) / scale))
             moved[measured_idx] = measured
             by_networks[kind] = _network_rmse(moved, networks)
     kind = min(by_networks, key=by_networks.get) if by_networks else \
@@ -240,7 +241,7 @@ def fit_transfer(units: list[Unit], sources: list[np.ndarray], measured_idx: np.
                "cross-validated unit error"}
     if by_networks:
         summary["network_rmse_pct"] = {k: round(v * 100, 2) for k, v in by_networks.items()}
-    regressor = _regressor(kind, n, seed).fit(z, y)
+    regressor = fitted[kind] if kind in fitted else _regressor(kind, n, seed).fit(z, y)
     return TransferModel(base, kind, mean, scale, regressor, by_family, summary)
 
 
