@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -186,6 +187,14 @@ def fp16_conversion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
     report = convert_cached(ConvertRequest(out=out, fp16=True, formats=["executorch", "tflite"],
                                     calib_count=16, **SMALL))
     return out, report
+
+
+def home_with_programs(home: Path, tmp_path: Path) -> Path:
+    """A fresh EDGEPIPE_HOME (``tmp_path/home``) holding ``home``'s converted latency-table
+    programs (its ``lut-work``, without the agent's own folder): no conversion again."""
+    fresh = tmp_path / "home"
+    shutil.copytree(home / "lut-work", fresh / "lut-work", ignore=shutil.ignore_patterns("agent"))
+    return fresh
 
 
 def _collect(home: Path, *extra: str) -> subprocess.Popen:

@@ -25,7 +25,7 @@ from edgepipe.host.local import start_agent, stop_agent
 from edgepipe.lab.stats import compare
 from edgepipe.manifest import new_token
 
-from .conftest import SMALL, artifact, run_cli
+from .conftest import SMALL, artifact, home_with_programs, run_cli
 
 
 # --- the statistics ----------------------------------------------------------------------------
@@ -236,10 +236,7 @@ def _agent(tmp_path: Path, name: str, home: Path, **kw):
 def _home_with_programs(collected, tmp_path: Path) -> Path:
     """A fresh EDGEPIPE_HOME holding the tiny space's converted programs (the collected
     table's; its sentinels are the lab's reference): no conversion in these tests."""
-    home = tmp_path / "home"
-    shutil.copytree(collected[0] / "lut-work", home / "lut-work",
-                    ignore=shutil.ignore_patterns("agent"))
-    return home
+    return home_with_programs(collected[0], tmp_path)
 
 
 def test_profile_stores_and_diff_compares(small_conversion, collected, tmp_path):

@@ -24,7 +24,7 @@ from edgepipe.latency_tables.table import REFERENCE_TABLE, LatencyTable, Target
 from edgepipe.latency_tables.units import naive_ops, units_of
 from edgepipe.models.space import SPACES, Architecture, SearchSpace, build_architecture
 
-from .conftest import own_cpu, run_cli
+from .conftest import home_with_programs, own_cpu, run_cli
 
 
 def test_default_space_holds_both_seeds_and_every_sample_has_table_units():
@@ -323,7 +323,7 @@ def test_a_drifted_table_warns_refuses_or_rescales(collected, tmp_path):
 def test_a_drifted_table_recollects(collected, tmp_path):
     """--recollect: the space collected again on the device (its programs are cached), used."""
     home, table_file, _, _ = collected
-    home = _home_with_programs(home, tmp_path)  # the new table lands in its tables/
+    home = home_with_programs(home, tmp_path)  # the new table lands in its tables/
     fast_file, fast, arch = _fast_table(table_file, tmp_path)
     recollected = run_cli("lut", "predict", "--table", str(fast_file), "--arch", str(arch),
                           "--recollect", env={"EDGEPIPE_HOME": str(home)})
@@ -336,13 +336,6 @@ def test_a_drifted_table_recollects(collected, tmp_path):
     assert set(fresh.units) == set(table_units) and fresh.created > fast["created"]
     assert fresh.method["collection_s"]["convert"] < 5  # the programs were converted already
     assert not list((home / "tables").glob("*.collecting.json"))  # renamed into place
-
-
-def _home_with_programs(home: Path, tmp_path: Path) -> Path:
-    """A fresh EDGEPIPE_HOME holding ``home``'s converted programs."""
-    fresh = tmp_path / "home"
-    shutil.copytree(home / "lut-work", fresh / "lut-work", ignore=shutil.ignore_patterns("agent"))
-    return fresh
 
 
 def test_batch_jobs_are_checked_by_the_agent(tmp_path):
