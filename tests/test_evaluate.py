@@ -214,12 +214,12 @@ def test_sensitivity_ranks_the_broken_layer_first_and_auto_keeps_it_float(broken
                                                                          tmp_path):
     broken, calib = broken_digits
     common = ["tests.factories:digits_cnn", "--weights", str(broken), "--size", "32",
-              "--int8", "--calib", str(calib), "--to", "executorch,tflite"]
+              "--int8", "--calib", str(calib)]
     plain, repaired = tmp_path / "plain", tmp_path / "repaired"
-    done = convert_cli_cached(*common, "-o", str(plain))
+    done = convert_cli_cached(*common, "--to", "tflite", "-o", str(plain))  # evaluated below
     assert done.returncode == 0, done.stderr
-    done = convert_cli_cached(*common, "--sensitivity", "--keep-float", "auto",
-                              "-o", str(repaired))
+    done = convert_cli_cached(*common, "--to", "executorch,tflite", "--sensitivity",
+                              "--keep-float", "auto", "-o", str(repaired))
     assert done.returncode == 0, done.stderr
     report = json.loads((repaired / "report.json").read_text())
     analysis = report["int8_analysis"]

@@ -74,9 +74,11 @@ def _photo_folder(path: Path, names=("chelsea", "coffee"), size=(160, 120)) -> P
 
 # 1. Models from elsewhere get the graph forms edgepipe's own models have
 
+# second tier (four conversions each, 100-160 s): the forms themselves are checked just below
+@pytest.mark.slow
 @pytest.mark.parametrize("factory, swapped", [
     ("tv_mobilenet_v3_small", {"nn.Hardswish", "nn.Hardsigmoid"}),
-    pytest.param("tv_efficientnet_b0", {"nn.SiLU"}, marks=pytest.mark.slow),
+    ("tv_efficientnet_b0", {"nn.SiLU"}),
 ])
 def test_foreign_mobilenet_v3_and_efficientnet_graphs_are_whole(tmp_path, factory, swapped):
     """torchvision's own MobileNetV3 (nn.Hardswish/nn.Hardsigmoid) and EfficientNet-B0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -102,7 +103,57 @@ def takes_dynamic_size(runtime: str) -> bool:
 
 
 def program_path(folder: Path, spec: ProgramSpec, runtime: str) -> Path:
-    return folder / f"{spec.file_stem()}{SUFFIX[runtime]}"
+    """Where ``spec``'s program is (or will be written).
+
+    A unit's program is named by its key and the input sizes it takes (``<stem>-<min>-<max>``):
+    units that share a key are grouped differently by a collection, an adaptation's subset and
+    an evaluation's naive ops, so one name per key let a program exported for sizes up to 32
+    be picked up for a unit measured at 48 (the runtime refused its input). A converted
+    program of the same key whose sizes cover the spec's is used rather than converting again
+    (a collection's programs serve the subsets measured after it)."""
+    suffix = SUFFIX[runtime]
+    if spec.kind != "unit":
+        return folder / f"{spec.file_stem()}{suffix}"
+    low, high = unit_sizes(spec)
+    for (c_low, c_high), name in _converted_units(folder, suffix).get(spec.file_stem(), ()):
+        if c_low <= low and high <= c_high:
+            return folder / name
+    return folder / f"{spec.file_stem()}-{low}-{high}{suffix}"
+
+
+def unit_sizes(spec: ProgramSpec) -> tuple[int, int]:
+    """The smallest and largest input height/width a unit's program takes."""
+    _, size_range = spec.payload
+    return tuple(size_range) if size_range else (spec.input_shape[-1], spec.input_shape[-1])
+
+
+_listings: dict[tuple[str, str], tuple[int, dict[str, list]]] = {}
+
+
+def _converted_units(folder: Path, suffix: str) -> dict[str, list]:
+    """The folder's converted unit programs by stem: [((min, max), file name)], narrowest
+    first; listed again only when the folder changed (its mtime: a file added or renamed)."""
+    try:
+        stamp = folder.stat().st_mtime_ns
+    except FileNotFoundError:
+        return {}
+    cached = _listings.get((str(folder), suffix))
+    if cached and cached[0] == stamp:
+        return cached[1]
+    # a folder changed within the last seconds may change again within its mtime's tick
+    recent = time.time_ns() - stamp < 2_000_000_000
+    names = set(os.listdir(folder))
+    found: dict[str, list] = {}
+    for name in names:
+        parts = name[:-len(suffix)].split("-") if name.endswith(suffix) else []
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit() \
+                and f"{name}.json" in names:  # the manifest is written last: converted
+            found.setdefault(parts[0], []).append(((int(parts[1]), int(parts[2])), name))
+    for programs in found.values():
+        programs.sort(key=lambda p: p[0][1] - p[0][0])
+    if not recent:
+        _listings[(str(folder), suffix)] = (stamp, found)
+    return found
 
 
 def is_converted(folder: Path, spec: ProgramSpec, runtime: str) -> bool:
