@@ -210,6 +210,7 @@ def broken_digits(digits_model, tmp_path_factory):
     return broken, calib
 
 
+@pytest.mark.slow  # 115-125 s; keep-float auto's choice is tested in-process below
 def test_sensitivity_ranks_the_broken_layer_first_and_auto_keeps_it_float(broken_digits,
                                                                          tmp_path):
     broken, calib = broken_digits
