@@ -233,15 +233,9 @@ def _agent(tmp_path: Path, name: str, home: Path, **kw):
     return url, token, proc
 
 
-def _home_with_programs(collected, tmp_path: Path) -> Path:
-    """A fresh EDGEPIPE_HOME holding the tiny space's converted programs (the collected
-    table's; its sentinels are the lab's reference): no conversion in these tests."""
-    return home_with_programs(collected[0], tmp_path)
-
-
 def test_profile_stores_and_diff_compares(small_conversion, collected, tmp_path):
     out, report = small_conversion
-    home = _home_with_programs(collected, tmp_path)
+    home = home_with_programs(collected[0], tmp_path)  # the collected table's programs
     env = {"EDGEPIPE_HOME": str(home)}
     _, _, agent = _agent(tmp_path, "lab", home)
     fp32 = out / artifact(report, "executorch", "fp32")["file"]
@@ -355,7 +349,7 @@ def test_collect_across_two_agents_one_killed_finishes(collected, tmp_path):
     from edgepipe.latency_tables.table import LatencyTable
     from edgepipe.models.space import SPACES
 
-    home = _home_with_programs(collected, tmp_path)
+    home = home_with_programs(collected[0], tmp_path)  # the collected table's programs
     env = {**os.environ, "EDGEPIPE_HOME": str(home)}
     _, _, a = _agent(tmp_path, "a", home)
     _, _, b = _agent(tmp_path, "b", home)
