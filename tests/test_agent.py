@@ -288,3 +288,38 @@ def test_manifest_init_makes_a_foreign_artifact_deployable(small_conversion, age
         assert job["result"]["latency"]["count"] == 3
         again = run_cli("manifest", "init", str(foreign))
         assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_a_one_thread_run_has_no_thread_working_beside_it(tmp_path):
+    """ExecuTorch's Python bindings load libtorch, whose OpenMP workers copied a large input
+    in parallel and then kept 0.27 of a core busy beside a "1 thread" run. The agent starts
+    its workers with one OpenMP thread, even where its own environment asks for more."""
+    import torch
+
+    from edgepipe.converters import CONVERTERS
+    from edgepipe.converters.convert import build_manifest
+    from edgepipe.converters.source import source_from_module
+    from edgepipe.manifest import save_manifest
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU()).eval()
+    # 16x112x112 = 200,704 elements: above ATen's grain (32,768), so its copy is parallel
+    src = source_from_module("wide-input", module, [1, 16, 112, 112], None)
+    converter = CONVERTERS["executorch"]
+    pte = tmp_path / "wide-input.pte"
+    save_manifest(build_manifest(src, converter, converter.convert(src, "fp32", [], pte,
+                                                                   debug_info=False)), pte)
+    url, proc = start_agent(tmp_path / "data", TOKEN, env={"OMP_NUM_THREADS": "2"})
+    try:
+        client = AgentClient(url, TOKEN)
+        sha = client.upload(pte)["sha256"]
+        # a batch, as latency tables measure (a single program's job runs on the C++ runner,
+        # which has no torch)
+        job = client.wait(client.submit(items=[{"artifact": sha, "shape": [1, 16, 112, 112]}],
+                                        threads=1, runs=60, min_runs=60, profile=False)["id"],
+                          timeout=120)
+        latency = job["result"]["items"][0]
+        assert latency["count"] >= 60 and latency["helper_cpu"] is not None
+        assert latency["helper_cpu"] < 0.05
+        assert not any("another thread" in f for f in job["result"]["device_state"]["flags"])
+    finally:
+        stop_agent(proc)

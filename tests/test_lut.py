@@ -620,3 +620,60 @@ def test_adapt_bad_input_is_one_line(collected, tmp_path):
                      "--budget-s", "0.5", "--out", str(tmp_path / "x.json"), env=env)
     minimum = int(budget.stderr.split("give --budget-s ")[1].split()[0])
     assert minimum > 0.5
+
+
+def test_the_drift_limit_follows_the_references_noise():
+    """A host whose reference wanders ±5 % from one measurement to the next (a shared Intel
+    host): after ten references the limit widens to three times that noise and segments stop
+    being measured again; a 1.6x slow episode is still beyond it (the cap) and measured again."""
+    from edgepipe.latency_tables.drift import DriftGuard
+
+    calls = []
+    wander = [1.0, 1.05, 0.95, 1.04, 0.96, 1.05, 0.95]
+
+    def measure(items):
+        calls.append(items)
+        out = []
+        for n, i in enumerate(items):
+            host = wander[(len(calls) + n) % len(wander)]
+            out.append({"median_ms": (0.3 if i["ref"] else i["ms"]) * host})
+        return out
+
+    segments = [[{"ref": False, "ms": 1.0}] for _ in range(12)]
+    fixed = DriftGuard({"ref": True}, limit_pct=3, retries=2, cap_pct=3)
+    fixed.measure(measure, segments, per_job=4)
+    fixed_jobs, calls[:] = len(calls), []
+    noisy = DriftGuard({"ref": True}, limit_pct=3, retries=2)
+    noisy.measure(measure, segments, per_job=4)
+    assert len(calls) < fixed_jobs  # fewer segments measured again
+    summary = noisy.summary()
+    assert 4 < summary["noise_pct"] < 6 and summary["limit_pct"] == 10.0  # 3 x noise, capped
+    assert summary["disturbed_references"] == 0 and not summary["flagged"]
+    assert fixed.summary()["limit_pct"] == 3 and fixed.summary()["disturbed_references"] > 0
+
+    # the same wander, then a slow episode: beyond the cap, measured again and flagged
+    slow = DriftGuard({"ref": True}, limit_pct=3, retries=1, samples=list(noisy.samples))
+    result = slow.measure(lambda items: [{"median_ms": (0.3 if i["ref"] else i["ms"]) * 1.6}
+                                         for i in items], segments[:2])
+    assert all(s[0]["unsettled"] for s in result) and slow.summary()["flagged"]
+
+
+def test_the_baseline_is_the_devices_own_speed_on_a_host_at_two_speeds():
+    """A shared host at its own speed half the time and at half of it the other half (the
+    references of a collection on 2026-12-06: 0.42 and 0.83 ms): the baseline is the fast
+    half's, whichever half has the majority, and its noise is the fast half's; a device that
+    settles at a new speed for good (heat) gets a new baseline within the window."""
+    from edgepipe.latency_tables.drift import WINDOW, DriftGuard, baseline_of, noise_of
+
+    fast = [0.42 * (1 + 0.01 * (i % 5 - 2)) for i in range(40)]
+    slow_majority = fast[:15] + [0.83] * 25
+    assert abs(baseline_of(slow_majority) / 0.42 - 1) < 0.02
+    assert noise_of(slow_majority) < 2  # the fast half's spread, not the two halves'
+    guard = DriftGuard({"ref": True}, limit_pct=3, retries=1,
+                       samples=[{"median_ms": v} for v in slow_majority])
+    assert guard.current_limit_pct == 3  # 3 x noise < the floor
+    result = guard.measure(lambda items: [{"median_ms": 0.83 if i["ref"] else 2.0}
+                                          for i in items], [[{"ref": False}]])
+    assert result[0][0]["unsettled"]  # measured between slow references: not trusted
+    throttled = fast + [0.6] * WINDOW
+    assert baseline_of(throttled) == 0.6

@@ -238,9 +238,11 @@ def _run_lut_collect(args: argparse.Namespace) -> int:
     console.print(f"  left-out networks: {model_words(model)}")
     ways = (f" ({ref['slower_references']} slower, {ref['faster_references']} faster)"
             if "slower_references" in ref else "")
+    noise = (f" (3 × its noise {ref['noise_pct']:g} %, within {ref['limit_floor_pct']:g}–"
+             f"{ref['limit_cap_pct']:g} %)" if ref.get("noise_pct") is not None else "")
     console.print(f"reference unit: {ref['references']} checks, "
-                  f"{ref['disturbed_references']} more than {ref['limit_pct']:g} % off its "
-                  f"usual time{ways}: the units beside them were measured again"
+                  f"{ref['disturbed_references']} more than {ref['limit_pct']:g} %{noise} off "
+                  f"its usual time{ways}: the units beside them were measured again"
                   + (f" [bold red](FLAGGED: {ref['unsettled_segments']} segment(s) never "
                      "settled)" if ref.get("flagged") else ""))
     console.print("sentinels: " + "; ".join(f"{s['name']} {s['median_ms']:.3f} ms"

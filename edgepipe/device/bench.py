@@ -47,7 +47,12 @@ class LatencyStats:
     runs. A run shorter than the scheduler's slice (a few ms) is rarely interrupted, so a
     core shared with another busy process halves the throughput and leaves the median as it
     was. ``cpu_share`` (Σ runs / wall) says how much of the wall time the runs had the CPU:
-    ~1 on a quiet device, 0.5 on a core shared with one busy process.
+    ~1 on a quiet device, 0.5 on a core shared with one busy process. ``helper_cpu`` is the
+    CPU the process's other threads used meanwhile, in cores (CPU seconds per wall second):
+    the runtime's own thread pool at more than one thread; at one thread, anything above 0 is
+    another thread working beside the runtime (libtorch's OpenMP worker, loaded with
+    ExecuTorch's Python bindings, used 0.27-0.77 of a core during 1-thread runs until the
+    agent started its workers with one OpenMP thread).
     """
 
     median_ms: float
@@ -62,14 +67,17 @@ class LatencyStats:
     span_s: float  # the sum of the timed runs
     sustained_ms: float | None = None
     cpu_share: float | None = None
+    helper_cpu: float | None = None
     raw_ms: list[float] | None = None
     # the median's 95 % confidence interval [low, high] (median_interval); None under 6 runs
     median_ci95_ms: list[float] | None = None
 
     @classmethod
     def from_seconds(cls, samples: list[float], raw: bool = False,
-                     wall_s: float | None = None) -> LatencyStats:
-        """From run times in seconds; ``wall_s``: the wall time the runs took back to back."""
+                     wall_s: float | None = None,
+                     helper_cpu_s: float | None = None) -> LatencyStats:
+        """From run times in seconds; ``wall_s``: the wall time the runs took back to back;
+        ``helper_cpu_s``: the CPU seconds the process's other threads used meanwhile."""
         ms = np.asarray(samples) * 1000.0
         return cls(
             median_ms=float(np.median(ms)), mean_ms=float(ms.mean()), std_ms=float(ms.std()),
@@ -78,6 +86,8 @@ class LatencyStats:
             max_ms=float(ms.max()), count=len(ms), span_s=float(ms.sum() / 1000),
             sustained_ms=wall_s * 1000 / len(ms) if wall_s else None,
             cpu_share=min(1.0, float(ms.sum() / 1000 / wall_s)) if wall_s else None,
+            helper_cpu=round(helper_cpu_s / wall_s, 4)
+            if wall_s and helper_cpu_s is not None else None,
             raw_ms=[round(float(v), 5) for v in ms] if raw else None,
             median_ci95_ms=list(ci) if (ci := median_interval(list(ms))) else None,
         )
@@ -106,24 +116,27 @@ def measure_latency(runner: Runner, x: np.ndarray, warmup: int = 5, runs: int = 
         if on_progress and i % every == 0:
             on_progress(i + 1, total)
     samples: list[float] = []
-    wall = 0.0
+    wall = helpers = 0.0
     while len(samples) < runs or sum(samples) < min_seconds:
         left = runs - len(samples)  # exactly ``runs`` when no time floor asks for more
-        wall += timed_runs(runner, min(every, left) if left > 0 else every, samples)
+        block, cpu = timed_runs(runner, min(every, left) if left > 0 else every, samples)
+        wall, helpers = wall + block, helpers + cpu
         if on_progress:
             on_progress(warmup + len(samples), max(total, warmup + len(samples)))
-    return LatencyStats.from_seconds(samples, raw, wall)
+    return LatencyStats.from_seconds(samples, raw, wall, helpers)
 
 
-def timed_runs(runner: Runner, n: int, samples: list[float]) -> float:
-    """``n`` runs back to back, each one's time appended to ``samples``; the wall time of the
-    whole block (with whatever the process waited between runs), in seconds."""
-    block = time.perf_counter()
+def timed_runs(runner: Runner, n: int, samples: list[float]) -> tuple[float, float]:
+    """``n`` runs back to back, each one's time appended to ``samples``. Returns the wall
+    time of the whole block (with whatever the process waited between runs) and the CPU time
+    the process's other threads used in it, in seconds."""
+    block, process, own = time.perf_counter(), time.process_time(), time.thread_time()
     for _ in range(n):
         start = time.perf_counter()
         runner.invoke()
         samples.append(time.perf_counter() - start)
-    return time.perf_counter() - block
+    others = (time.process_time() - process) - (time.thread_time() - own)
+    return time.perf_counter() - block, max(0.0, others)
 
 
 def median_interval(samples: list[float]) -> tuple[float, float] | None:
@@ -161,12 +174,13 @@ def measure_until_stable(runner: Runner, x: np.ndarray, warmup: int, min_runs: i
     for _ in range(warmup):
         runner.invoke()
     samples: list[float] = []
-    wall = 0.0
+    wall = helpers = 0.0
     began = time.perf_counter()
     while len(samples) < max_runs:
-        wall += timed_runs(runner, min(10, max_runs - len(samples)), samples)
+        block, cpu = timed_runs(runner, min(10, max_runs - len(samples)), samples)
+        wall, helpers = wall + block, helpers + cpu
         if len(samples) < min_runs:
             continue
         if median_ci_pct(samples) <= stable_pct or time.perf_counter() - began > max_seconds:
             break
-    return LatencyStats.from_seconds(samples, raw, wall), median_ci_pct(samples)
+    return LatencyStats.from_seconds(samples, raw, wall, helpers), median_ci_pct(samples)

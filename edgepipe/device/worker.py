@@ -106,14 +106,31 @@ def shared_cpu_flags(stats: list[dict[str, Any]]) -> list[str]:
             "shares the core"]
 
 
-def state_record(start: dict[str, Any], stats: list[dict[str, Any]]) -> dict[str, Any]:
+# at one thread the runtime has no pool: another thread of the process using more than this
+# share of a core during the runs spins beside the measurement
+HELPER_CPU_FLAG = 0.1
+
+
+def helper_thread_flags(stats: list[dict[str, Any]], threads: int) -> list[str]:
+    """A flag when, at one thread, other threads of the measuring process used the CPU
+    during the runs (``helper_cpu``, :class:`.bench.LatencyStats`)."""
+    shares = [s["helper_cpu"] for s in stats if s.get("helper_cpu") is not None]
+    if threads != 1 or not shares or max(shares) <= HELPER_CPU_FLAG:
+        return []
+    return [f"another thread of the measuring process used {max(shares):.2f} of a core during "
+            "the runs (at 1 thread the runtime has no pool): it competes for the device"]
+
+
+def state_record(start: dict[str, Any], stats: list[dict[str, Any]],
+                 threads: int | None = None) -> dict[str, Any]:
     """The device's state at the job's start and end, and what changed between them
     (``flags``: a fallen frequency, a changed governor, throttling that began, a core shared
     with another process). ``readable`` says what the device exposes: with nothing readable,
     no flag of that kind means nothing."""
     end = device_state()
     return {"start": start, "end": end,
-            "flags": state_changes(start, end) + shared_cpu_flags(stats),
+            "flags": state_changes(start, end) + shared_cpu_flags(stats)
+            + (helper_thread_flags(stats, threads) if threads is not None else []),
             "readable": {"frequency": any(c["cur_mhz"] for c in start["cpu"]),
                          "governor": any(c["governor"] for c in start["cpu"]),
                          "temperature": bool(start["temperatures_c"]),
@@ -211,7 +228,7 @@ def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any
         if runner is not None:
             result = run_job_native(spec, job_dir, artifact, x, runner)
             result.update(precision_fields(manifest))
-            result["device_state"] = state_record(state, [result["latency"]])
+            result["device_state"] = state_record(state, [result["latency"]], spec["threads"])
             return result
         if spec.get("runner") == "native":
             raise EdgepipeError("runner native asked for, but the agent named no lean runner")
@@ -244,7 +261,7 @@ def run_job(job_dir: Path, artifact: Path, manifest_path: Path) -> dict[str, Any
     else:
         report(phase="profiling per op", done=0, total=1)
         result["per_op"] = litert_per_op(artifact, x, spec["threads"], spec["profile_runs"])
-    result["device_state"] = state_record(state, [result["latency"]])
+    result["device_state"] = state_record(state, [result["latency"]], spec["threads"])
     return result
 
 
@@ -272,7 +289,7 @@ def run_batch(job_dir: Path) -> dict[str, Any]:
         measured.append({**stats.to_dict(), "ci95_pct": round(ci_pct, 3)})
     return {"runtime": next(iter(runners.values())).runtime, "threads": spec["threads"],
             "items": measured, "seconds": time.perf_counter() - began,
-            "device_state": state_record(state, measured)}
+            "device_state": state_record(state, measured, spec["threads"])}
 
 
 def main(argv: list[str]) -> int:
