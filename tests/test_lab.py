@@ -245,7 +245,8 @@ def test_profile_stores_and_diff_compares(small_conversion, collected, tmp_path)
             done = run_cli("profile", str(path), "--device", "lab", "--repeat", "3", "--runs",
                            "20", "--reference", env=env)
             assert done.returncode == 0, done.stderr
-            assert re.search(r"stored as result #\d+ in sqlite:///", done.stdout)
+            # the line wraps where the database's path is long
+            assert re.search(r"stored as result #\d+ in sqlite:///", " ".join(done.stdout.split()))
     finally:
         stop_agent(agent)
     history = run_cli("history", "--html", str(tmp_path / "h.html"), env=env)

@@ -312,9 +312,17 @@ def test_a_drifted_table_warns_refuses_or_rescales(collected, tmp_path):
     assert warned.returncode == 0 and "warning: drift: the device runs" in words, words
     assert _predicted(words) == pytest.approx(unchecked)
     check = LatencyTable.load(fast_file).checks[-1]
-    # about ×2, or more on a host slower now than at the collection (CI: ×3.02 once, beside
-    # the other worker's conversions): the direction and the size of a halving are the point
-    assert check["verdict"] == "drift" and 1.6 < check["factor"] < 5, check["factor"]
+    # about ×2 against the device as it runs now: the same table unhalved, checked right
+    # after, takes out how far the host itself moved since the collection (against the
+    # collection alone, CI found ×3.02 once and a fresh clone ×1.53)
+    same = json.loads(table_file.read_text())
+    same["checks"] = []
+    (tmp_path / "same.json").write_text(json.dumps(same))
+    assert run_cli("lut", "check", "--table", str(tmp_path / "same.json"),
+                   env=env).returncode in (0, 1)
+    now = LatencyTable.load(tmp_path / "same.json").checks[-1]["factor"]
+    assert check["verdict"] == "drift" and 1.6 < check["factor"] / now < 2.5, \
+        (check["factor"], now)
 
     strict = run_cli(*base, "--strict", env=env)  # the check of a minute ago is reused
     assert strict.returncode == 2 and "refused (--strict)" in strict.stderr
