@@ -72,7 +72,10 @@ def undisturbed(values: list[float]) -> list[float]:
     if not window:
         return []
     anchor = sorted(window)[int(0.1 * (len(window) - 1))]
-    return [v for v in window if v <= anchor * (1 + CLUSTER_PCT / 100)]
+    kept = [v for v in window if v <= anchor * (1 + CLUSTER_PCT / 100)]
+    # under 20 references the anchor is the fastest one: alone, it is one odd measurement,
+    # not a speed
+    return kept if len(kept) >= 2 else window
 
 
 def baseline_of(values: list[float]) -> float | None:
