@@ -122,15 +122,16 @@ def helper_thread_flags(stats: list[dict[str, Any]], threads: int) -> list[str]:
 
 
 def state_record(start: dict[str, Any], stats: list[dict[str, Any]],
-                 threads: int | None = None) -> dict[str, Any]:
+                 threads: int) -> dict[str, Any]:
     """The device's state at the job's start and end, and what changed between them
     (``flags``: a fallen frequency, a changed governor, throttling that began, a core shared
-    with another process). ``readable`` says what the device exposes: with nothing readable,
-    no flag of that kind means nothing."""
+    with another process, at ``threads`` 1 another thread working beside the runtime).
+    ``readable`` says what the device exposes: with nothing readable, no flag of that kind
+    means nothing."""
     end = device_state()
     return {"start": start, "end": end,
-            "flags": state_changes(start, end) + shared_cpu_flags(stats)
-            + (helper_thread_flags(stats, threads) if threads is not None else []),
+            "flags": (state_changes(start, end) + shared_cpu_flags(stats)
+                      + helper_thread_flags(stats, threads)),
             "readable": {"frequency": any(c["cur_mhz"] for c in start["cpu"]),
                          "governor": any(c["governor"] for c in start["cpu"]),
                          "temperature": bool(start["temperatures_c"]),
