@@ -189,6 +189,25 @@ def fp16_conversion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
     return out, report
 
 
+def wide_input_program(folder: Path) -> Path:
+    """A real .pte whose 16x112x112 input (200,704 elements, above ATen's parallel grain of
+    32,768) is big enough for libtorch to lay it out on its OpenMP workers."""
+    import torch
+
+    from edgepipe.converters import CONVERTERS
+    from edgepipe.converters.convert import build_manifest
+    from edgepipe.converters.source import source_from_module
+    from edgepipe.manifest import save_manifest
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU()).eval()
+    src = source_from_module("wide-input", module, [1, 16, 112, 112], None)
+    converter = CONVERTERS["executorch"]
+    pte = folder / "wide-input.pte"
+    save_manifest(build_manifest(src, converter, converter.convert(src, "fp32", [], pte,
+                                                                   debug_info=False)), pte)
+    return pte
+
+
 def home_with_programs(home: Path, tmp_path: Path) -> Path:
     """A fresh EDGEPIPE_HOME (``tmp_path/home``) holding ``home``'s converted latency-table
     programs (its ``lut-work``, without the agent's own folder): no conversion again."""

@@ -20,7 +20,7 @@ from edgepipe.host.client import AgentClient
 from edgepipe.host.local import start_agent, stop_agent
 from edgepipe.manifest import file_sha256, load_manifest, new_token
 
-from .conftest import artifact, own_cpu, run_cli
+from .conftest import artifact, own_cpu, run_cli, wide_input_program
 from .test_device_light import BLOCK_TORCH
 
 TOKEN = "test-token-123"
@@ -294,20 +294,7 @@ def test_a_one_thread_run_has_no_thread_working_beside_it(tmp_path):
     """ExecuTorch's Python bindings load libtorch, whose OpenMP workers copied a large input
     in parallel and then kept 0.27 of a core busy beside a "1 thread" run. The agent starts
     its workers with one OpenMP thread, even where its own environment asks for more."""
-    import torch
-
-    from edgepipe.converters import CONVERTERS
-    from edgepipe.converters.convert import build_manifest
-    from edgepipe.converters.source import source_from_module
-    from edgepipe.manifest import save_manifest
-
-    module = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU()).eval()
-    # 16x112x112 = 200,704 elements: above ATen's grain (32,768), so its copy is parallel
-    src = source_from_module("wide-input", module, [1, 16, 112, 112], None)
-    converter = CONVERTERS["executorch"]
-    pte = tmp_path / "wide-input.pte"
-    save_manifest(build_manifest(src, converter, converter.convert(src, "fp32", [], pte,
-                                                                   debug_info=False)), pte)
+    pte = wide_input_program(tmp_path)
     url, proc = start_agent(tmp_path / "data", TOKEN, env={"OMP_NUM_THREADS": "2"})
     try:
         client = AgentClient(url, TOKEN)

@@ -21,7 +21,7 @@ from edgepipe.errors import EdgepipeError
 from edgepipe.manifest import file_sha256
 from edgepipe.preprocess import crop_box
 
-from .conftest import artifact, run_cli
+from .conftest import artifact, run_cli, wide_input_program
 from .media import make_video, photo
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -288,3 +288,46 @@ def test_executorch_runs_in_a_process_of_its_own_with_the_same_answers(small_con
     shared = set(by_frame[0]) & set(by_frame[1])
     assert shared and all(by_frame[0][f] == by_frame[1][f] for f in shared)
     assert not [p for p in multiprocessing.active_children() if p.name == "edgepipe-inference"]
+
+
+def _thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU time (user + system, seconds) of each of ``pid``'s threads, from /proc."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    times = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        times[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return times
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_the_inference_process_has_no_thread_working_beside_a_one_thread_runner(
+        tmp_path, monkeypatch):
+    """The demo's inference process opens ExecuTorch's bindings, which load libtorch: a large
+    input laid out channels-last on libtorch's OpenMP workers left them spinning beside a
+    "1 thread" runner (as in the agent's workers). Started from an environment that asks for
+    two OpenMP threads, the child's other threads use (nearly) no CPU while it runs."""
+    from edgepipe.apps.inference_process import ProcessRunner
+
+    pte = wide_input_program(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    shape = (1, 16, 112, 112)
+    runner = ProcessRunner(pte, 1, shape)
+    try:
+        pid = runner._proc.pid
+        x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        for _ in range(5):
+            runner.run(x)
+        before, start = _thread_cpu_s(pid), time.perf_counter()
+        while time.perf_counter() - start < 0.5:  # 50 clock ticks: one stray tick is 2 %
+            runner.run(x)
+        wall = time.perf_counter() - start
+        after = _thread_cpu_s(pid)
+        main = after[pid] - before.get(pid, 0.0)
+        others = sum(t - before.get(tid, 0.0) for tid, t in after.items() if tid != pid)
+        assert main > 0.2 * wall, (main, wall)  # the runs happened on the main thread
+        assert others < 0.05 * wall, f"other threads used {others / wall:.2f} of a core"
+    finally:
+        runner.close()

@@ -3,18 +3,22 @@
 executorch 1.5.1's Python bindings keep the GIL for the whole of a method's execution
 (``Method.execute``, ``Module.forward`` and ``run_method`` alike): a capture thread in the same
 process then waits for every inference. In a process of its own the runtime holds only its own
-GIL. The input crosses in shared memory (one copy), the small outputs through a pipe.
+GIL. The input crosses in shared memory (one copy), the small outputs through a pipe. The
+process starts with one OpenMP thread, as the agent's workers do
+(:data:`~edgepipe.device.runtimes.RUNNER_PROCESS_ENV`): nothing spins beside the runtime.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
 import numpy as np
 
+from ..device.runtimes import RUNNER_PROCESS_ENV
 from ..errors import EdgepipeError
 
 
@@ -56,7 +60,17 @@ class ProcessRunner:
         self._proc = ctx.Process(target=_serve, daemon=True, name="edgepipe-inference",
                                  args=(str(path), threads, child, self._shm.name,
                                        self.input_shape))
-        self._proc.start()
+        # the child inherits this environment when it starts; libgomp reads it as it loads
+        saved = {k: os.environ.get(k) for k in RUNNER_PROCESS_ENV}
+        os.environ.update(RUNNER_PROCESS_ENV)
+        try:
+            self._proc.start()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         child.close()
         status, value = self._receive()
         if status != "ready":

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..manifest import write_atomic
-from .runtimes import RUNTIME_FOR_SUFFIX, installed_runtimes
+from .runtimes import RUNNER_PROCESS_ENV, RUNTIME_FOR_SUFFIX, installed_runtimes
 from .store import ArtifactStore, Job, JobSpec, JobStore, StoreError
 
 RESTARTED = "the agent restarted while this job ran: it was queued again"
@@ -155,12 +155,7 @@ class JobQueue:
             args = [str(folder), str(artifact), str(manifest)]
         env = dict(os.environ)
         env.pop("EDGEPIPE_ET_RUNNER", None)
-        # ExecuTorch's Python bindings load libtorch, whose OpenMP workers (one per other
-        # core) then copy large inputs in parallel and spin between runs: a "1 thread" run of
-        # a unit with a 16x112x112 input had 0.27 of a second core beside it (0.77 seen in a
-        # collection's worker). No runtime measured here uses OpenMP (XNNPACK and LiteRT have
-        # their own pools), so the workers get one OpenMP thread: none beside the runtime.
-        env["OMP_NUM_THREADS"] = "1"
+        env.update(RUNNER_PROCESS_ENV)  # no OpenMP thread beside the runtime (why: there)
         if self.et_runner is not None and job.spec.runner != "python":
             env["EDGEPIPE_ET_RUNNER"] = str(self.et_runner)
         proc = subprocess.Popen(

@@ -23,6 +23,15 @@ from ..errors import EdgepipeError, missing_extra
 
 RUNTIME_FOR_SUFFIX = {".tflite": "litert", ".pte": "executorch"}
 
+# The environment of a process that runs programs. ExecuTorch's Python bindings load
+# libtorch, whose OpenMP workers (one per other core) copy large tensors in and out of a
+# method in parallel and then spin between runs: a "1 thread" run of a program with a
+# 16x112x112 input had 0.27 of a second core beside it in the agent's workers, a whole one in
+# the demo's inference process. No runtime run here uses OpenMP (XNNPACK and LiteRT have
+# their own thread pools): such processes get one OpenMP thread, none beside the runtime.
+# Read by libgomp when it loads, so it is set before the process starts.
+RUNNER_PROCESS_ENV = {"OMP_NUM_THREADS": "1"}
+
 
 class Runner(Protocol):
     runtime: str
