@@ -155,7 +155,7 @@ class JobQueue:
             args = [str(folder), str(artifact), str(manifest)]
         env = dict(os.environ)
         env.pop("EDGEPIPE_ET_RUNNER", None)
-        env.update(RUNNER_PROCESS_ENV)  # no OpenMP thread beside the runtime (why: there)
+        env.update(RUNNER_PROCESS_ENV)  # no OpenMP thread beside the runtime: see there
         if self.et_runner is not None and job.spec.runner != "python":
             env["EDGEPIPE_ET_RUNNER"] = str(self.et_runner)
         proc = subprocess.Popen(
