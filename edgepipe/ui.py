@@ -394,6 +394,15 @@ def print_recommendations(recommendations: list[dict[str, Any]]) -> None:
                           f"{escape(other['why'])}")
 
 
+def inference_rss_text(summary: Any) -> str:
+    """The inference process's memory beside the demo's own (where it ran in one)."""
+    extra = getattr(summary, "inference_rss_mb", None)
+    if extra is None:
+        return ""
+    return (f", + {extra:.0f} MB in the inference process "
+            f"({summary.rss_end_mb + extra:.0f} MB in all)")
+
+
 def print_demo_summary(summary: Any) -> None:
     stages = " · ".join(f"{k} {v:.2f}" for k, v in summary.stage_ms.items())
     counts = [("captured", summary.captured), ("inferred", summary.inferred),
@@ -411,7 +420,7 @@ def print_demo_summary(summary: Any) -> None:
         f"{summary.source}\n  {summary.seconds:.1f} s · frames {frames}\n"
         f"  dropped: {dropped or 'none'} · inference {rate(summary.fps)} FPS\n"
         f"  mean ms: {stages}\n  RSS {summary.rss_start_mb:.0f} MB at start, "
-        f"{summary.rss_end_mb:.0f} MB at end")
+        f"{summary.rss_end_mb:.0f} MB at end{inference_rss_text(summary)}")
     if getattr(summary, "frames", ""):
         console.print(f"  frames: {summary.frames}")
     if getattr(summary, "camera_order", None):

@@ -20,6 +20,7 @@ from edgepipe.apps.demo import run_demo
 from edgepipe.errors import EdgepipeError
 from edgepipe.manifest import file_sha256
 from edgepipe.preprocess import crop_box
+from edgepipe.ui import inference_rss_text
 
 from .conftest import artifact, run_cli, wide_input_program
 from .media import make_video, photo
@@ -279,11 +280,19 @@ def test_executorch_runs_in_a_process_of_its_own_with_the_same_answers(small_con
     folder.mkdir()
     for name in ("chelsea", "coffee", "astronaut"):
         cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(photo(name), cv2.COLOR_RGB2BGR))
-    logs = {}
+    logs, summaries = {}, {}
     for mode in ("auto", "off"):
         logs[mode] = tmp_path / f"{mode}.jsonl"
         summary = run_demo(pte, str(folder), "none", log=logs[mode], inference_process=mode)
         assert summary.runtime == "executorch" and summary.captured == 3
+        summaries[mode] = summary
+    # the runtime and libtorch live in the child: its memory is reported beside the demo's
+    # own (it was left out, ~0.5 GB on a newcomer's run), and in-process there is none
+    child = summaries["auto"].inference_rss_mb
+    assert child is not None and child > 100, child
+    assert summaries["off"].inference_rss_mb is None
+    assert f"+ {child:.0f} MB in the inference process" in inference_rss_text(summaries["auto"])
+    assert inference_rss_text(summaries["off"]) == ""
     by_frame = [{p["frame"]: p["top"] for p in log_lines(logs[m])} for m in ("auto", "off")]
     shared = set(by_frame[0]) & set(by_frame[1])
     assert shared and all(by_frame[0][f] == by_frame[1][f] for f in shared)

@@ -84,7 +84,7 @@ class DemoSummary:
     fps: float | None  # inferences per second, first start to last end (None: < 2 frames)
     stage_ms: dict[str, float]  # mean per stage
     rss_start_mb: float
-    rss_end_mb: float
+    rss_end_mb: float  # this process's
     written: int | None = None  # frames in the --display file (None: not a file display)
     # frames lost between stages: "capture→inference" (a newer frame replaced it before
     # inference took it), "inference→display", "display→file"
@@ -101,6 +101,9 @@ class DemoSummary:
     # the camera's byte order as read (picamera2): which, and why (given, reported, checked)
     camera_order: str | None = None
     video_seconds: float | None = None  # the --display file's span, first frame to last
+    # the inference process's resident memory at the end (MB; None: inference ran in this
+    # process): ExecuTorch's runtime and libtorch live there, not in rss_end_mb
+    inference_rss_mb: float | None = None
 
 
 # guesses that change what the model is fed or how its output is read (labels, resize do not)
@@ -383,7 +386,8 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
                    if k != "written" or written is not None},
             display_notes=display.notes(), warnings=plausibility.warnings, guesses=guesses,
             frames=policy, camera_order=getattr(frames, "order_words", None),
-            video_seconds=display.seconds() if written is not None else None)
+            video_seconds=display.seconds() if written is not None else None,
+            inference_rss_mb=runner.rss_mb() if isinstance(runner, ProcessRunner) else None)
 
     finally:
         if isinstance(runner, ProcessRunner):

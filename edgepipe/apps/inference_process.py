@@ -85,6 +85,13 @@ class ProcessRunner:
             raise EdgepipeError(f"the inference process ended (exit code "
                                 f"{self._proc.exitcode}): the runtime crashed") from None
 
+    def rss_mb(self) -> float:
+        """The inference process's resident memory now, in MB (it holds the runtime and, for
+        ExecuTorch, libtorch: ~0.5 GB that the demo's own process does not show)."""
+        from ..device.bench import rss_mb
+
+        return rss_mb(self._proc.pid)
+
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         np.copyto(self._x, x.reshape(self.input_shape))
         self._conn.send_bytes(b"run")

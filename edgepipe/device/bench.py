@@ -13,9 +13,10 @@ import numpy as np
 from .runtimes import Runner
 
 
-def _status_mb(field: str) -> float:
+def _status_mb(field: str, pid: int | None = None) -> float:
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        status = Path(f"/proc/{pid or 'self'}/status").read_text()
+        for line in status.splitlines():
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
@@ -23,9 +24,10 @@ def _status_mb(field: str) -> float:
     return float("nan")
 
 
-def rss_mb() -> float:
-    """Resident memory of this process now, in MB (Linux /proc; NaN elsewhere)."""
-    return _status_mb("VmRSS")
+def rss_mb(pid: int | None = None) -> float:
+    """Resident memory of this process (or of process ``pid``) now, in MB (Linux /proc; NaN
+    elsewhere, or where the process is gone)."""
+    return _status_mb("VmRSS", pid)
 
 
 def peak_rss_mb() -> float:
