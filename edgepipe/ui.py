@@ -403,6 +403,11 @@ def inference_rss_text(summary: Any) -> str:
             f"({summary.rss_end_mb + extra:.0f} MB in all)")
 
 
+def _in_flight(summary: Any) -> str:
+    n = getattr(summary, "in_flight", 0)
+    return f" · {n} in flight at the stop (not dropped)" if n else ""
+
+
 def print_demo_summary(summary: Any) -> None:
     stages = " · ".join(f"{k} {v:.2f}" for k, v in summary.stage_ms.items())
     counts = [("captured", summary.captured), ("inferred", summary.inferred),
@@ -418,7 +423,8 @@ def print_demo_summary(summary: Any) -> None:
     console.print(
         f"[bold]demo summary[/]: {summary.artifact} on {summary.runtime}, source "
         f"{summary.source}\n  {summary.seconds:.1f} s · frames {frames}\n"
-        f"  dropped: {dropped or 'none'} · inference {rate(summary.fps)} FPS\n"
+        f"  dropped: {dropped or 'none'}{_in_flight(summary)} · inference "
+        f"{rate(summary.fps)} FPS\n"
         f"  mean ms: {stages}\n  RSS {summary.rss_start_mb:.0f} MB at start, "
         f"{summary.rss_end_mb:.0f} MB at end{inference_rss_text(summary)}")
     if getattr(summary, "frames", ""):

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -340,3 +341,29 @@ def test_the_inference_process_has_no_thread_working_beside_a_one_thread_runner(
         assert others < 0.05 * wall, f"other threads used {others / wall:.2f} of a core"
     finally:
         runner.close()
+
+
+def test_frames_in_flight_at_a_stop_are_not_counted_as_dropped(small_conversion, video):
+    """A looped file stopped by --duration: the frames still between stages were counted as
+    "dropped" beside "every frame: the stages wait for each other" (a newcomer's run). Dropped
+    is what the newest-frame policy replaced; the rest is said to be in flight."""
+    from edgepipe.apps.demo import Latest
+
+    slot, stop = Latest(drop=True), threading.Event()
+    slot.put("a")
+    slot.put("b")  # "a" was never taken: dropped by the policy
+    assert slot.take(0, stop) == (2, "b") and slot.replaced == 1
+    slot.put("c")  # "b" was taken: nothing dropped
+    assert slot.replaced == 1
+    waits = Latest(drop=False)
+    waits.put("a")
+    stop.set()
+    waits.put("b", stop)  # the stop came before "a" was taken: in flight, not dropped
+    assert waits.replaced == 0
+
+    out, report = small_conversion
+    tflite = str(out / artifact(report, "tflite", "fp32")["file"])
+    summary = run_demo(tflite, str(video[0]), "none", loop=True, duration=1.0, log_every=0)
+    assert summary.frames.startswith("every frame") and summary.captured > summary.shown > 0
+    assert set(summary.dropped.values()) == {0}
+    assert summary.in_flight == summary.captured - summary.shown

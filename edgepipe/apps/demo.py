@@ -42,12 +42,17 @@ class Latest:
         self._taken = 0
         self._ended = False
         self.drop = drop
+        # items a newer one replaced before they were taken: dropped by the policy (an item
+        # overwritten because the demo stopped was in flight, not dropped)
+        self.replaced = 0
 
     def put(self, item: Any, stop: threading.Event | None = None) -> None:
         with self._cond:
             while not self.drop and self._taken != self._seq and \
                     not (stop is not None and stop.is_set()):
                 self._cond.wait(0.1)
+            if self.drop and self._taken != self._seq:
+                self.replaced += 1
             self._item, self._seq = item, self._seq + 1
             self._cond.notify_all()
 
@@ -89,6 +94,9 @@ class DemoSummary:
     # frames lost between stages: "capture→inference" (a newer frame replaced it before
     # inference took it), "inference→display", "display→file"
     dropped: dict[str, int] = field(default_factory=dict)
+    # frames captured or inferred that had not gone through every stage when the demo
+    # stopped (--duration, Ctrl-C): not dropped, the stop came first
+    in_flight: int = 0
     # per second: captured, inferred...; None where fewer than two frames give no rate
     rates: dict[str, float | None] = field(default_factory=dict)
     display_notes: list[str] = field(default_factory=list)  # e.g. frames letterboxed
@@ -370,8 +378,9 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
             raise EdgepipeError(f"the demo stopped: {type(exc).__name__}: {exc}") from None
         span = (stats.last_end - stats.first_start) if stats.first_start and stats.last_end else 0
         written = display.frames if display.writes_file else None
-        dropped = {"capture→inference": stats.captured - stats.inferred,
-                   "inference→display": stats.inferred - stats.shown}
+        dropped = {"capture→inference": captured.replaced,
+                   "inference→display": inferred.replaced}
+        in_flight = stats.captured - stats.shown - captured.replaced - inferred.replaced
         if written is not None:
             dropped["display→file"] = stats.shown - written
         return DemoSummary(
@@ -382,6 +391,7 @@ def run_demo(target: str, source: str | FrameSource, display_spec: str = "none",
             stage_ms={s: stats.sums[s] / stats.counts[s] if stats.counts[s] else 0.0
                       for s in STAGES},
             rss_start_mb=rss_start, rss_end_mb=rss_mb(), written=written, dropped=dropped,
+            in_flight=in_flight,
             rates={k: r.per_second() for k, r in stats.rates.items()
                    if k != "written" or written is not None},
             display_notes=display.notes(), warnings=plausibility.warnings, guesses=guesses,
