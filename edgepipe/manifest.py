@@ -239,14 +239,35 @@ def manifest_path(artifact: str | Path) -> Path:
     return artifact.with_name(artifact.name + ".json")
 
 
+def umask() -> int:
+    """The process's umask (Linux: read from /proc, without changing it; elsewhere set and
+    restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write a file so that readers see the old content or the new, never half of it."""
+    """Write a file so that readers see the old content or the new, never half of it. The
+    file gets the mode ``open()`` would give it (0o666 less the umask), not the temporary
+    file's (mkstemp makes it 0o600: manifests and reports were readable by their owner
+    alone)."""
     path = Path(path)
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as f:
             f.write(data)
+        try:
+            os.chmod(tmp, 0o666 & ~umask())
+        except OSError:
+            pass  # a file system without modes (FAT on a card): the file is still whole
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,6 +1,7 @@
 """Each converter's artifacts, manifests and parity, on real runtimes (narrow models)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -111,11 +112,22 @@ def test_segmentation_conversion(small_segmentation):
 
 
 def test_module_factory_converts(tmp_path):
-    report = convert(ConvertRequest(model="tests.factories:tiny_cnn", out=tmp_path / "f",
-                                    formats=["executorch"], size=64, calib_count=4))
+    # the output folder and its files get the modes mkdir and open() give (here under umask
+    # 022): mkdtemp's folder and mkstemp's files are private, and a newcomer's output folder,
+    # manifests and reports were readable by their owner alone
+    old = os.umask(0o022)
+    try:
+        report = convert(ConvertRequest(model="tests.factories:tiny_cnn", out=tmp_path / "f",
+                                        formats=["executorch"], size=64, calib_count=4))
+    finally:
+        os.umask(old)
     a = artifact(report, "executorch", "fp32")
     assert a["parity"]["max_rel_error"] < 1e-4
-    assert load_manifest(tmp_path / "f" / a["file"]).labels is None
+    folder = tmp_path / "f"
+    assert load_manifest(folder / a["file"]).labels is None
+    assert folder.stat().st_mode & 0o777 == 0o755
+    for name in ("report.json", "report.html", a["file"], a["file"] + ".json"):
+        assert (folder / name).stat().st_mode & 0o777 == 0o644, name
 
 
 def test_executorch_input_layout_is_read_from_the_program(small_conversion, tmp_path):

@@ -54,6 +54,17 @@ def test_manifest_round_trip_and_atomic_write(small_conversion, tmp_path):
     save_manifest(manifest, copy)
     assert load_manifest(copy) == manifest
     assert [p.name for p in tmp_path.iterdir()] == [manifest_path(copy).name]  # no temp left
+    # the mode open() would give, not the temporary file's 0o600 (a newcomer's manifests and
+    # reports were readable by their owner alone)
+    import os
+
+    for mask, expected in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        old = os.umask(mask)
+        try:
+            save_manifest(manifest, copy)
+        finally:
+            os.umask(old)
+        assert manifest_path(copy).stat().st_mode & 0o777 == expected
 
 
 def test_invalid_manifest_is_a_clear_error(tmp_path):

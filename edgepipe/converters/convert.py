@@ -6,6 +6,7 @@ so a failed or interrupted run never leaves a half-written output behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -25,6 +26,7 @@ from ..manifest import (
     artifact_files,
     artifact_sha256,
     save_manifest,
+    umask,
     write_atomic,
 )
 from . import CONVERTERS
@@ -464,6 +466,8 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
             report["int8_analysis"] = analysis
         write_atomic(work / "report.json", json.dumps(report, indent=2))
         write_atomic(work / "report.html", render_report(report))
+        with contextlib.suppress(OSError):  # mkdtemp's folder is private (0o700); the output
+            work.chmod(0o777 & ~umask())  # is not (a file system without modes keeps its own)
         _replace_dir(work, out)
         return report
     except BaseException:
