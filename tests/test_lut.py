@@ -321,7 +321,10 @@ def test_a_drifted_table_warns_refuses_or_rescales(collected, tmp_path):
     assert run_cli("lut", "check", "--table", str(tmp_path / "same.json"),
                    env=env).returncode in (0, 1)
     now = LatencyTable.load(tmp_path / "same.json").checks[-1]["factor"]
-    assert check["verdict"] == "drift" and 1.6 < check["factor"] / now < 2.5, \
+    # the ratio is 2 on a host at one speed; a host at two (Intel family 6 model 207,
+    # references at 0.42 and 0.83 ms in turn) can put the two checks in different halves:
+    # ×2.15 then ×0.74 in a fresh clone (2.9). The bound below 2 is what this test is for
+    assert check["verdict"] == "drift" and 1.6 < check["factor"] / now < 4.0, \
         (check["factor"], now)
 
     strict = run_cli(*base, "--strict", env=env)  # the check of a minute ago is reused
