@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..device.bench import rss_mb
 from ..device.runtimes import RUNNER_PROCESS_ENV
 from ..errors import EdgepipeError
 
@@ -88,8 +89,6 @@ class ProcessRunner:
     def rss_mb(self) -> float:
         """The inference process's resident memory now, in MB (it holds the runtime and, for
         ExecuTorch, libtorch: ~0.5 GB that the demo's own process does not show)."""
-        from ..device.bench import rss_mb
-
         return rss_mb(self._proc.pid)
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
