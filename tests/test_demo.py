@@ -367,3 +367,29 @@ def test_frames_in_flight_at_a_stop_are_not_counted_as_dropped(small_conversion,
     assert summary.frames.startswith("every frame") and summary.captured > summary.shown > 0
     assert set(summary.dropped.values()) == {0}
     assert summary.in_flight == summary.captured - summary.shown
+
+
+def test_the_hud_has_no_rate_for_one_frame_and_wraps_on_a_narrow_frame():
+    from edgepipe.apps.demo import STAGES, Stats
+    from edgepipe.apps.draw import FONT_SCALE, draw_hud, hud_lines
+
+    stats = Stats()
+    stats.done_times.append(1.0)
+    assert stats.fps() is None  # one frame has no rate (the HUD said 0.0 FPS)
+    stats.done_times.append(1.05)
+    assert stats.fps() == pytest.approx(20.0)
+    stages = {s: 12.345 for s in STAGES}
+
+    def width(text: str) -> int:
+        return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, FONT_SCALE, 1)[0][0]
+
+    wide = hud_lines(cv2, 1280, 20.0, stages, "executorch")
+    assert wide == [" 20.0 FPS  executorch", "ms: " + "  ".join(f"{s} 12.3" for s in STAGES)]
+    narrow = hud_lines(cv2, 300, None, stages, "executorch")
+    assert narrow[0] == "-- FPS  executorch"
+    assert len(narrow) > 2 and all(width(line) <= 300 - 16 for line in narrow)
+    assert " ".join(narrow[1:]).split() == wide[1].split()  # every stage, in order
+    # drawn: the boxes stay inside the frame (the last line was cut at the right edge)
+    img = np.full((300, 300, 3), 128, np.uint8)
+    draw_hud(cv2, img, None, stages, "executorch")
+    assert (img[:22 * len(narrow), -4:] == 128).all()

@@ -214,10 +214,11 @@ class Stats:
             self.sums[stage] += ms
             self.counts[stage] += 1
 
-    def fps(self) -> float:
+    def fps(self) -> float | None:
+        """Inferences per second over the last 60; None before two (one frame has no rate)."""
         with self.lock:
             t = list(self.done_times)
-        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
+        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else None
 
     def now_ms(self) -> dict[str, float]:
         with self.lock:
@@ -411,7 +412,9 @@ def _prediction(result: Any) -> dict[str, Any]:
 
 def _hud_line(stats: Stats) -> str:
     stages = " · ".join(f"{k} {v:.1f}" for k, v in stats.now_ms().items())
-    return f"demo: {stats.fps():6.1f} FPS · ms {stages} · frames {stats.inferred}"
+    fps = stats.fps()
+    rate = "     —" if fps is None else f"{fps:6.1f}"
+    return f"demo: {rate} FPS · ms {stages} · frames {stats.inferred}"
 
 
 def _open_display(cv2, spec: str, frames: FrameSource, host: str, port: int,

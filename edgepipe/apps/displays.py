@@ -235,7 +235,7 @@ async function poll() {{
   try {{
     const s = await (await fetch("/stats.json{query}")).json();
     document.getElementById("stats").textContent =
-      `${{s.fps.toFixed(1)}} FPS · frames ${{s.frames}} · ` +
+      `${{s.fps === null ? "—" : s.fps.toFixed(1)}} FPS · frames ${{s.frames}} · ` +
       Object.entries(s.stages).map(([k, v]) => `${{k}} ${{v.toFixed(1)}} ms`).join(" · ");
   }} catch (e) {{}}
   setTimeout(poll, 1000);

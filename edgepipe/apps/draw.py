@@ -39,10 +39,30 @@ def _text(cv2, img: np.ndarray, text: str, org: tuple[int, int],
     cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, FONT_SCALE, color, 1, cv2.LINE_AA)
 
 
-def draw_hud(cv2, img: np.ndarray, fps: float, stages: dict[str, float], runtime: str) -> None:
-    _text(cv2, img, f"{fps:5.1f} FPS  {runtime}", (8, 20), (80, 255, 80))
-    line = "  ".join(f"{k} {v:.1f}" for k, v in stages.items())
-    _text(cv2, img, f"ms: {line}", (8, 42))
+def hud_lines(cv2, width: int, fps: float | None, stages: dict[str, float],
+              runtime: str) -> list[str]:
+    """The HUD's lines for a frame ``width`` pixels wide: the rate ("--" before two frames
+    have been inferred: one frame has no rate), then the stages' mean times in ms, wrapped
+    between stages so that no line runs off a narrow frame."""
+    lines = [f"{'--' if fps is None else format(fps, '5.1f')} FPS  {runtime}"]
+    room = width - 16  # the text starts 8 px in, its box 2 px either side
+    line = "ms:"
+    for part in (f"{k} {v:.1f}" for k, v in stages.items()):
+        longer = f"{line} {part}" if line == "ms:" else f"{line}  {part}"
+        if line != "ms:" and cv2.getTextSize(longer, cv2.FONT_HERSHEY_SIMPLEX, FONT_SCALE,
+                                             1)[0][0] > room:
+            lines.append(line)
+            line = f"    {part}"
+        else:
+            line = longer
+    return lines + [line]
+
+
+def draw_hud(cv2, img: np.ndarray, fps: float | None, stages: dict[str, float],
+             runtime: str) -> None:
+    """The rate and where the time goes, top left, on dark boxes (:func:`hud_lines`)."""
+    for i, text in enumerate(hud_lines(cv2, img.shape[1], fps, stages, runtime)):
+        _text(cv2, img, text, (8, 20 + 22 * i), (80, 255, 80) if i == 0 else (255, 255, 255))
 
 
 def draw_classification(cv2, img: np.ndarray, result: Classification) -> None:
