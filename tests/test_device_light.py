@@ -73,3 +73,29 @@ def test_invalid_manifest_is_a_clear_error(tmp_path):
         load_manifest(tmp_path / "m.tflite")
     with pytest.raises(EdgepipeError, match="no manifest"):
         load_manifest(tmp_path / "other.tflite")
+
+
+def test_executorch_thread_pool_logs_are_left_out_of_stderr_and_nothing_else(small_conversion):
+    out, report = small_conversion
+    pte = out / artifact(report, "executorch", "fp32")["file"]
+    code = f"""
+import os, sys
+from pathlib import Path
+from edgepipe.device.runtimes import THREADPOOL_LOG, ExecuTorchRunner, native_stderr_without
+with native_stderr_without(THREADPOOL_LOG):
+    os.write(2, b"[threadpool.cpp:66] Resetting threadpool to 9 threads.\\n")
+    os.write(2, b"a native warning a user must see\\n")
+    print("a Python warning too", file=sys.stderr)
+ExecuTorchRunner(Path({str(pte)!r}), 1)
+ExecuTorchRunner(Path({str(pte)!r}), 2)
+print("loaded twice")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded twice" in done.stdout
+    # before: "[cpuinfo_utils.cpp:125] CPU info and manual query on # of cpus dont match."
+    # and the rest of the thread pool's info lines, on every runner's start
+    assert "cpuinfo_utils.cpp" not in done.stderr and "threadpool.cpp" not in done.stderr
+    assert "a native warning a user must see" in done.stderr
+    assert "a Python warning too" in done.stderr

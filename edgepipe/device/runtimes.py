@@ -13,9 +13,15 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -403,6 +409,46 @@ def executorch_bindings():
     return _C
 
 
+# ExecuTorch's thread pool logs at info level from C++ on stderr as it starts and as it is
+# reset: six lines the first time in a process ("[cpuinfo_utils.cpp:125] CPU info and manual
+# query on # of cpus dont match.", the /sys files it looked for on an ARM board), one at each
+# reset ("[threadpool.cpp:66] Resetting threadpool to 1 threads."). Nothing a user can act
+# on, printed by every demo, evaluation and agent job: filtered out of fd 2, nothing else.
+THREADPOOL_LOG = re.compile(rb"^\[(cpuinfo_utils|threadpool)\.cpp:\d+\] ")
+
+
+@contextmanager
+def native_stderr_without(pattern: re.Pattern[bytes]) -> Iterator[None]:
+    """Hold file descriptor 2 while native code runs, then write back every line it got
+    except those ``pattern`` matches (what another thread wrote meanwhile is kept, late).
+    Where fd 2 cannot be duplicated, nothing is held."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = b"".join(line for line in held if not pattern.match(line))
+            if kept:
+                os.write(2, kept)
+
+
+def reset_threadpool(bindings: Any, threads: int) -> None:
+    """Size ExecuTorch's process-wide XNNPACK thread pool (``_unsafe_reset_threadpool``)
+    without its C++ info lines on stderr (:data:`THREADPOOL_LOG`)."""
+    with native_stderr_without(THREADPOOL_LOG):
+        bindings._unsafe_reset_threadpool(threads)
+
+
 @dataclass
 class ExecuTorchRunner:
     """A ``.pte`` on the ExecuTorch runtime (its Python bindings need torch)."""
@@ -414,7 +460,7 @@ class ExecuTorchRunner:
     def __post_init__(self) -> None:
         bindings = executorch_bindings()
         # XNNPACK's thread pool is process-wide: set it for this runner's measurements
-        bindings._unsafe_reset_threadpool(self.threads)
+        reset_threadpool(bindings, self.threads)
         try:  # as executorch.runtime.Runtime.load_program does, verifying the program
             self._program = bindings._load_program(
                 str(self.path), program_verification=bindings.Verification.InternalConsistency)

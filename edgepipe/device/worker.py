@@ -43,10 +43,10 @@ def executorch_etdump(artifact: Path, x: np.ndarray, dim_orders: list[list[int]]
     runs through the same API without ETDump (after 3 warm-up runs) give its overhead.
     ``dim_orders``: the program's input dim orders (``ExecuTorchRunner.dim_orders``);
     ``half``: it takes float16 (``ExecuTorchRunner.half``)."""
-    from .runtimes import executorch_bindings, executorch_inputs
+    from .runtimes import executorch_bindings, executorch_inputs, reset_threadpool
 
     portable_lib = executorch_bindings()
-    portable_lib._unsafe_reset_threadpool(threads)
+    reset_threadpool(portable_lib, threads)
     inputs = executorch_inputs(x, dim_orders, half)
 
     def timed(module: Any, count: int) -> list[float]:
