@@ -393,3 +393,11 @@ def test_the_hud_has_no_rate_for_one_frame_and_wraps_on_a_narrow_frame():
     img = np.full((300, 300, 3), 128, np.uint8)
     draw_hud(cv2, img, None, stages, "executorch")
     assert (img[:22 * len(narrow), -4:] == 128).all()
+    # 160 px: the rate and the runtime part too (the first line was cut: "executorc")
+    tiny = hud_lines(cv2, 160, 360.9, stages, "executorch")
+    assert tiny[:2] == ["360.9 FPS", "executorch"] and all(width(t) <= 144 for t in tiny)
+    # a stage not timed yet says so (the first frame's HUD is drawn before its postprocess
+    # is timed: it said "postprocess 0.0" beside a summary of 12.6 ms)
+    assert stats.now_ms()["postprocess"] is None
+    first = hud_lines(cv2, 1280, None, {**stages, "postprocess": None}, "litert")
+    assert first[1].endswith("postprocess --")

@@ -220,9 +220,11 @@ class Stats:
             t = list(self.done_times)
         return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else None
 
-    def now_ms(self) -> dict[str, float]:
+    def now_ms(self) -> dict[str, float | None]:
+        """Each stage's mean over its last 30 frames, in ms; None before its first (the HUD
+        of the first frame is drawn before that frame's postprocess is timed)."""
         with self.lock:
-            return {s: statistics.fmean(v) if v else 0.0 for s, v in self.recent.items()}
+            return {s: statistics.fmean(v) if v else None for s, v in self.recent.items()}
 
     def snapshot(self) -> dict[str, Any]:
         return {"fps": self.fps(), "frames": self.inferred, "stages": self.now_ms()}
@@ -411,7 +413,8 @@ def _prediction(result: Any) -> dict[str, Any]:
 
 
 def _hud_line(stats: Stats) -> str:
-    stages = " · ".join(f"{k} {v:.1f}" for k, v in stats.now_ms().items())
+    stages = " · ".join(f"{k} {'—' if v is None else format(v, '.1f')}"
+                        for k, v in stats.now_ms().items())
     fps = stats.fps()
     rate = "     —" if fps is None else f"{fps:6.1f}"
     return f"demo: {rate} FPS · ms {stages} · frames {stats.inferred}"

@@ -236,7 +236,8 @@ async function poll() {{
     const s = await (await fetch("/stats.json{query}")).json();
     document.getElementById("stats").textContent =
       `${{s.fps === null ? "—" : s.fps.toFixed(1)}} FPS · frames ${{s.frames}} · ` +
-      Object.entries(s.stages).map(([k, v]) => `${{k}} ${{v.toFixed(1)}} ms`).join(" · ");
+      Object.entries(s.stages)
+        .map(([k, v]) => `${{k}} ${{v === null ? "—" : v.toFixed(1)}} ms`).join(" · ");
   }} catch (e) {{}}
   setTimeout(poll, 1000);
 }}

@@ -39,26 +39,36 @@ def _text(cv2, img: np.ndarray, text: str, org: tuple[int, int],
     cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, FONT_SCALE, color, 1, cv2.LINE_AA)
 
 
-def hud_lines(cv2, width: int, fps: float | None, stages: dict[str, float],
+def hud_lines(cv2, width: int, fps: float | None, stages: dict[str, float | None],
               runtime: str) -> list[str]:
     """The HUD's lines for a frame ``width`` pixels wide: the rate ("--" before two frames
-    have been inferred: one frame has no rate), then the stages' mean times in ms, wrapped
-    between stages so that no line runs off a narrow frame."""
-    lines = [f"{'--' if fps is None else format(fps, '5.1f')} FPS  {runtime}"]
+    have been inferred: one frame has no rate) and the runtime, then the stages' mean times
+    in ms ("--" for a stage not timed yet), wrapped between words so that no line runs off
+    a narrow frame (a single word wider than the frame is the only thing cut)."""
     room = width - 16  # the text starts 8 px in, its box 2 px either side
-    line = "ms:"
-    for part in (f"{k} {v:.1f}" for k, v in stages.items()):
-        longer = f"{line} {part}" if line == "ms:" else f"{line}  {part}"
-        if line != "ms:" and cv2.getTextSize(longer, cv2.FONT_HERSHEY_SIMPLEX, FONT_SCALE,
-                                             1)[0][0] > room:
-            lines.append(line)
-            line = f"    {part}"
-        else:
-            line = longer
-    return lines + [line]
+
+    def fits(text: str) -> bool:
+        return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, FONT_SCALE, 1)[0][0] <= room
+
+    def wrapped(line: str, parts: list[str], sep: str, indent: str,
+                keep_first: bool) -> list[str]:
+        lines = []
+        for i, part in enumerate(parts):
+            longer = f"{line}{sep if i == 0 else '  '}{part}"
+            if fits(longer) or (i == 0 and keep_first):
+                line = longer
+            else:
+                lines.append(line)
+                line = f"{indent}{part}"
+        return lines + [line]
+
+    rate = f"{'--' if fps is None else format(fps, '5.1f')} FPS"
+    times = [f"{k} {'--' if v is None else format(v, '.1f')}" for k, v in stages.items()]
+    return (wrapped(rate, [runtime], "  ", "", keep_first=False)
+            + wrapped("ms:", times, " ", "    ", keep_first=True))
 
 
-def draw_hud(cv2, img: np.ndarray, fps: float | None, stages: dict[str, float],
+def draw_hud(cv2, img: np.ndarray, fps: float | None, stages: dict[str, float | None],
              runtime: str) -> None:
     """The rate and where the time goes, top left, on dark boxes (:func:`hud_lines`)."""
     for i, text in enumerate(hud_lines(cv2, img.shape[1], fps, stages, runtime)):
