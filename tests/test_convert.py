@@ -176,3 +176,15 @@ def test_executorch_input_layout_is_read_from_the_program(small_conversion, tmp_
         memory_format=torch.channels_last)])[0].numpy()
     np.testing.assert_allclose(laid_out, channels_last, atol=1e-6)
     assert np.abs(as_is - laid_out).max() > 1e-3
+
+
+def test_few_calibration_images_are_noted_for_int8_only(tmp_path):
+    from edgepipe.converters.convert import FEW_CALIBRATION_IMAGES, calibration_note
+
+    note = calibration_note(1, tmp_path / "photos", int8=True)
+    assert note is not None and "int8 calibrated on 1 image(s)" in note
+    assert str(FEW_CALIBRATION_IMAGES) in note
+    # enough images, no int8, or the built-in set: nothing to say
+    assert calibration_note(FEW_CALIBRATION_IMAGES, tmp_path, int8=True) is None
+    assert calibration_note(1, tmp_path, int8=False) is None
+    assert calibration_note(1, None, int8=True) is None

@@ -160,3 +160,24 @@ def test_fold_batchnorm_folds_every_conv_norm_and_keeps_outputs(name):
     assert ref.abs().max() > 1e-3  # real statistics: outputs far from zero
     # float rounding only: within 1e-4 of the output's scale (folding reorders products)
     assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+def test_batchnorm_re_estimation_takes_a_lone_last_image_and_refuses_one_image_at_1x1():
+    from torch import nn
+
+    from edgepipe.models.batchnorm import recalibrate_batchnorm
+
+    # pooled to 1x1 before the BatchNorm, as the last stages of a 32-px MobileNetV3
+    module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4))
+    torch.manual_seed(0)
+    images = torch.randn(9, 3, 8, 8) * 3 + 1
+    # 9 images in chunks of 8 left one alone: "Expected more than 1 value per channel"
+    recalibrate_batchnorm(module, [images], chunk=8)
+    bn = module[2]
+    pooled = module[1](module[0](images)).flatten(1)
+    assert torch.allclose(bn.running_mean, pooled.mean(0), atol=1e-5)
+    assert not module.training
+    # one image: no variance to estimate; one line saying what to give
+    with pytest.raises(EdgepipeError, match="2 or more images"):
+        recalibrate_batchnorm(module, [images[:1]])
+    assert not module.training

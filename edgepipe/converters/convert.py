@@ -380,6 +380,20 @@ def latency_cost(latency: dict[str, float] | None, plain: dict[str, float] | Non
             "measured": f"on this host, {threads} thread(s), side by side at conversion"}
 
 
+# int8 activation ranges come from the calibration images alone: from fewer than this, other
+# inputs clip more often (the built-in set has ConvertRequest.calib_count, 32)
+FEW_CALIBRATION_IMAGES = 16
+
+
+def calibration_note(images: int, folder: Path | None, int8: bool) -> str | None:
+    """A note for the report when int8 is calibrated on a user's folder of few images."""
+    if not int8 or folder is None or images >= FEW_CALIBRATION_IMAGES:
+        return None
+    return (f"int8 calibrated on {images} image(s) of {folder}: its activation ranges come "
+            f"from those alone, and other inputs may clip; {FEW_CALIBRATION_IMAGES} or more "
+            "are usual (the built-in set has 32)")
+
+
 def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, Any]:
     """Run the conversion; returns the report also written to ``OUT/report.json``."""
     progress = progress or Progress()
@@ -407,6 +421,9 @@ def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, 
                                     bn_images=calib_images, output=req.output,
                                     input_range=req.input_range)
             calibration = src.batches(calib_images)
+            few = calibration_note(len(calib_images), req.calib_dir, req.int8)
+            if few:
+                src.notes.append(few)
             int8_src = src
             if req.bias_correction:
                 int8_src = bias_corrected(src, calibration)

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..errors import EdgepipeError
+
 
 @torch.no_grad()
 def recalibrate_batchnorm(module: nn.Module, batches: list[torch.Tensor], chunk: int = 8
@@ -19,6 +21,11 @@ def recalibrate_batchnorm(module: nn.Module, batches: list[torch.Tensor], chunk:
     numbers on it mean nothing until the statistics match real activations. A network
     trained for a few hundred steps (a search's proxy) has the same problem in milder form:
     MobileNetV3's BatchNorm momentum (0.01) has not caught up with its weights yet.
+
+    ``batches``: (N, C, H, W) tensors, run ``chunk`` images at a time.
+
+    Raises:
+        EdgepipeError: a single image whose activations reach 1x1 (one value per channel).
     """
     bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -26,11 +33,25 @@ def recalibrate_batchnorm(module: nn.Module, batches: list[torch.Tensor], chunk:
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over all batches
-    module.train()
     x = torch.cat(batches)
-    for part in x.split(chunk):
-        module(part)
-    module.eval()
+    parts = list(x.split(chunk))
+    # a chunk of one image gives a layer with a 1x1 output one value per channel, which
+    # training-mode BatchNorm refuses: it joins the chunk before it (9 images, chunk 8)
+    if len(parts) > 1 and len(parts[-1]) == 1:
+        parts[-2:] = [torch.cat(parts[-2:])]
+    module.train()
+    try:
+        for part in parts:
+            module(part)
+    except ValueError as exc:
+        if "more than 1 value per channel" not in str(exc):
+            raise
+        raise EdgepipeError(
+            f"BatchNorm statistics cannot be re-estimated on {len(x)} image(s) at "
+            f"{'x'.join(map(str, x.shape[2:]))} px: a layer's output has one value per "
+            "channel; give 2 or more images (--calib) or a larger --size") from None
+    finally:
+        module.eval()
 
 
 def fold_batchnorm(module: nn.Module) -> tuple[nn.Module, int]:
