@@ -77,6 +77,13 @@ def sittings_agree(network: dict[str, Any]) -> bool:
     return abs(second / first - 1) <= 0.10
 
 
+def agreeing(predicted: list[float], rows: list[dict[str, Any]]) -> dict[str, float] | None:
+    """:func:`shares` on the networks whose first two sittings agreed (None: none did)."""
+    calm = [i for i, r in enumerate(rows) if sittings_agree(r)]
+    return shares([predicted[i] for i in calm],
+                  [rows[i]["measured_ms"] for i in calm]) if calm else None
+
+
 def row(label: str, s: dict[str, float]) -> str:
     return (f"| {label} | {s['within_5']:.1%} | {s['within_10']:.1%} | {s['rmse']:.2f} % | "
             f"{s['mean']:+.2f} % | {s['worst']:.1f} % | {s['n']} |")
@@ -146,10 +153,8 @@ class Bench:
         out = {"median": median}
         # where the device agreed with itself (its first two sittings within ±10 %), the
         # measured median is a trustworthy reference; on a two-speed host the rest is not
-        calm = [i for i, r in enumerate(rows) if sittings_agree(r)]
-        if calm:
-            out["agreeing"] = shares([preds[i].median for i in calm],
-                                     [rows[i]["measured_ms"] for i in calm])
+        if (calm := agreeing([p.median for p in preds], rows)) is not None:
+            out["agreeing"] = calm
         if preds[0].p90 is not None:
             out["p90"] = shares([p.p90 for p in preds], [r["p90_ms"] for r in rows])
             inside = [p.intervals["median"][0] <= r["measured_ms"] <= p.intervals["median"][1]
@@ -294,10 +299,8 @@ class Bench:
         factor = float(np.mean(fit))
         out = {"median": shares([s * factor for s in sums], [r["measured_ms"] for r in rows]),
                "factor": factor}
-        calm = [i for i, r in enumerate(rows) if sittings_agree(r)]
-        if calm:
-            out["agreeing"] = shares([sums[i] * factor for i in calm],
-                                     [rows[i]["measured_ms"] for i in calm])
+        if (calm := agreeing([s * factor for s in sums], rows)) is not None:
+            out["agreeing"] = calm
         self.results["global_factor"] = out
         return out
 

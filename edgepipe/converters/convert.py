@@ -381,7 +381,7 @@ def latency_cost(latency: dict[str, float] | None, plain: dict[str, float] | Non
 
 
 # int8 activation ranges come from the calibration images alone: from fewer than this, other
-# inputs clip more often (the built-in set has ConvertRequest.calib_count, 32)
+# inputs clip more often (the built-in set has ConvertRequest.calib_count)
 FEW_CALIBRATION_IMAGES = 16
 
 
@@ -391,7 +391,7 @@ def calibration_note(images: int, folder: Path | None, int8: bool) -> str | None
         return None
     return (f"int8 calibrated on {images} image(s) of {folder}: its activation ranges come "
             f"from those alone, and other inputs may clip; {FEW_CALIBRATION_IMAGES} or more "
-            "are usual (the built-in set has 32)")
+            f"are usual (the built-in set has {ConvertRequest.calib_count})")
 
 
 def convert(req: ConvertRequest, progress: Progress | None = None) -> dict[str, Any]:
