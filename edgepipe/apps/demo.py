@@ -413,8 +413,9 @@ def _prediction(result: Any) -> dict[str, Any]:
 
 
 def _hud_line(stats: Stats) -> str:
-    stages = " · ".join(f"{k} {'—' if v is None else format(v, '.1f')}"
-                        for k, v in stats.now_ms().items())
+    from .draw import stage_words
+
+    stages = " · ".join(stage_words(stats.now_ms(), "—"))
     fps = stats.fps()
     rate = "     —" if fps is None else f"{fps:6.1f}"
     return f"demo: {rate} FPS · ms {stages} · frames {stats.inferred}"

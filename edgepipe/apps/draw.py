@@ -39,6 +39,12 @@ def _text(cv2, img: np.ndarray, text: str, org: tuple[int, int],
     cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, FONT_SCALE, color, 1, cv2.LINE_AA)
 
 
+def stage_words(stages: dict[str, float | None], unknown: str) -> list[str]:
+    """Each stage's mean time as "name 12.3" (ms), ``unknown`` for a stage not timed yet
+    (OpenCV's Hershey fonts draw ASCII only: the HUD says "--", the log line "—")."""
+    return [f"{k} {unknown if v is None else format(v, '.1f')}" for k, v in stages.items()]
+
+
 def hud_lines(cv2, width: int, fps: float | None, stages: dict[str, float | None],
               runtime: str) -> list[str]:
     """The HUD's lines for a frame ``width`` pixels wide: the rate ("--" before two frames
@@ -63,7 +69,7 @@ def hud_lines(cv2, width: int, fps: float | None, stages: dict[str, float | None
         return lines + [line]
 
     rate = f"{'--' if fps is None else format(fps, '5.1f')} FPS"
-    times = [f"{k} {'--' if v is None else format(v, '.1f')}" for k, v in stages.items()]
+    times = stage_words(stages, "--")
     return (wrapped(rate, [runtime], "  ", "", keep_first=False)
             + wrapped("ms:", times, " ", "    ", keep_first=True))
 

@@ -342,6 +342,8 @@ def _run_lut_evaluate(args: argparse.Namespace) -> int:
                      f"{AGREE_PCT:g} % apart; {report['sittings_left_out']} disturbed "
                      "sitting(s) left out)" if again else "")
                   + f"; {report['provenance']}")
+    for flag in report["table_flags"]:
+        console.print(f"[bold red]the table was flagged while measured:[/] {flag}")
     for name, label in (("prediction", "median"),
                         ("prediction_p90", "p90"),
                         ("prediction_best", "best case"),
@@ -565,7 +567,9 @@ def _run_lut_list(args: argparse.Namespace) -> int:
         space = table.space.get("name", "?")  # mobilenet_v3 (the default), mobilenet_v2...
         console.print(f"{path}: {len(table.units)} units ({space} space), {table.describe()}; "
                       f"{table.provenance()} {_age(table.created)} ago; {checked}; "
-                      f"{_evaluated_words(table)}")
+                      f"{_evaluated_words(table)}"
+                      + (f"; [bold red]FLAGGED while measured[/] ({len(table.flags())}: "
+                         f"{table.flags()[0]})" if table.flags() else ""))
     return 0
 
 

@@ -233,7 +233,8 @@ def evaluate(req: EvaluateRequest, client: AgentClient, progress: Progress | Non
         "repeatability_p90": error_metrics([r["passes_p90_ms"][1] for r in rows],
                                            [r["passes_p90_ms"][0] for r in rows]),
         "table": str(req.table_path), "device": table.describe(),
-        "provenance": table.provenance(), "seed": req.seed, "sittings": req.sittings,
+        "provenance": table.provenance(), "table_flags": table.flags(),
+        "seed": req.seed, "sittings": req.sittings,
         "statistic": (f"median of every run of the sittings that agree (within {AGREE_PCT:g} % "
                       "of their median sitting; one more sitting where they disagree)"),
         "networks_measured_again": sum(len(r["passes_ms"]) > req.sittings for r in rows),

@@ -346,10 +346,15 @@ def use_table(path: Path, table: LatencyTable, policy: str, info: dict[str, Any]
               max_age_s: float, measure: Callable[[], dict[str, Any]]) -> TableUse:
     """The table as a prediction on the device ``info`` describes may use it: the check of
     the last ``max_age_s`` seconds, or a new one (``measure()``, then recorded). Policies:
-    ``skip`` checks nothing (said); a table without sentinels is refused by ``strict`` and
+    ``skip`` checks nothing (said); a table flagged while measured (:meth:`.LatencyTable.flags`)
+    is warned; a table without sentinels is refused by ``strict`` and
     ``rescale``, and said to be unchecked otherwise. What drift does is
     :func:`apply_policy`'s (``recollect`` is the caller's: it needs a collection)."""
     use = TableUse(path, table, policy)
+    if flags := table.flags():  # its numbers may hold a neighbour's share of the device
+        more = f" (and {len(flags) - 1} more)" if len(flags) > 1 else ""
+        use.warnings.append(f"{path.name} was flagged while it was measured: {flags[0]}{more};"
+                            " its times may be off: collect it again on a quiet device")
     if policy == "skip":
         use.warnings.append("the table was not checked on the device (--no-check)")
         return use

@@ -112,6 +112,20 @@ class LatencyTable:
         return (f"adapted from {sources} ({share:.0%} of the units measured here, the rest "
                 f"transferred; {self.adapted.get('method_name', '?')})")
 
+    def flags(self) -> list[str]:
+        """What the collection (or adaptation) said about the device while it measured: the
+        reference unit's segments that never settled, and each distinct device-state flag of
+        its jobs (a shared core, a fallen clock, the device disagreeing with itself). Empty
+        for a table measured on a quiet device."""
+        out = []
+        if self.reference.get("flagged"):
+            out.append(f"{self.reference.get('unsettled_segments', '?')} segment(s) of units "
+                       "never settled against the reference unit")
+        for flag in self.method.get("device_state_flags") or []:
+            if flag not in out:
+                out.append(flag)
+        return out
+
     # --- prediction ----------------------------------------------------------------------
     @property
     def statistic(self) -> str:

@@ -163,7 +163,11 @@ def _tables_section(entry: dict[str, Any]) -> str:
         return ('<p class="note">No latency table for this device (fingerprint '
                 f'{escape(str((entry.get("info") or {}).get("fingerprint")))}): collect one '
                 "with <code>edgepipe lut collect</code>.</p>")
-    items = "".join(f"<li>{escape(t['words'])}{_prediction(t, entry)}</li>" for t in tables)
+    items = "".join(f"<li>{escape(t['words'])}{_prediction(t, entry)}"
+                    + "".join(f'<br><span class="bad">warning: {escape(w)}</span>'
+                              for w in t.get("warnings") or []
+                              if w not in t["words"])  # a drift check is in the words
+                    + "</li>" for t in tables)
     return f"<h3>Latency tables</h3><ul>{items}</ul>"
 
 
