@@ -21,7 +21,8 @@ One run, on an agent started on this machine, the CPU printed first:
   on 3 networks measured here, the way a user would rescale it) and the full collection.
 * ``threads``, ``int8``, ``litert``: ``lut adapt`` from the full table to 2 threads, int8 and
   LiteRT on this machine, each scored on ``--count-other`` networks measured in that setting
-  (``threads``: beside a full 2-thread collection, which reuses the converted programs).
+  (``threads`` and ``int8``: beside a full collection in that setting, which reuses the
+  programs converted before).
 * ``offline``: the two shipped tables (AMD family 25 and Intel family 6 model 167, the same
   units measured on both) transferred one to the other from 1, 2, 5 and 10 % of the units.
 
@@ -427,16 +428,17 @@ def main() -> None:
             archs_o, rows_o = bench.networks(adapted, args.count_other, 321, name)
             entries = [(f"adapted from the full fp32 1-thread table ({args.budget_s:g} s)",
                         bench.score(f"adapted_{name}", adapted, archs_o, rows_o))]
-            if name == "threads":
-                full2 = bench.out / "table-t2.json"
-                if not full2.is_file():
+            if name in ("threads", "int8"):  # beside the full collection of that setting
+                what = {"threads": ("2-thread", "table-t2.json", ("--threads", "2")),
+                        "int8": ("int8", "table-int8.json", ("--precision", "int8"))}[name]
+                full = bench.out / what[1]
+                if not full.is_file():
                     began = time.perf_counter()
-                    edgepipe("lut", "collect", "--threads", "2", "--out", str(full2),
-                             home=bench.cache)
-                    bench.say(f"full 2-thread collection (programs converted): "
-                              f"{(time.perf_counter() - began) / 60:.1f} min")
-                entries.append(("the full 2-thread collection",
-                                bench.score("full_t2", full2, archs_o, rows_o)))
+                    edgepipe("lut", "collect", *what[2], "--out", str(full), home=bench.cache)
+                    bench.say(f"full {what[0]} collection (the programs the adaptation "
+                              f"converted reused): {(time.perf_counter() - began) / 60:.1f} min")
+                entries.append((f"the full {what[0]} collection",
+                                bench.score(f"full_{name}", full, archs_o, rows_o)))
             entries.append(("the device against itself", bench.ceiling(f"ceiling_{name}",
                                                                         rows_o)))
             bench.table_lines(f"{name}: {len(rows_o)} networks", entries)
