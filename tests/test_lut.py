@@ -674,6 +674,23 @@ def test_adapt_bad_input_is_one_line(collected, tmp_path):
     assert minimum > 0.5
 
 
+def test_a_budget_spent_before_the_units_says_what_took_it_and_what_would_do():
+    """`lut adapt --precision int8 --budget-s 120` (Intel family 6 model 106, a disturbed
+    host): the networks' first sitting took 96 s, no unit was measured, and the line said
+    "this device is slower than table.json's … at least 960 s" (the same CPU; 120 × 8 / 1)."""
+    from edgepipe.latency_tables.adapt import MIN_UNITS, too_few_units_words
+
+    line = too_few_units_words(0, 120, 96.0, 30.0, 18.0, 0.05, "table.json")
+    assert line.startswith("only 0 units could be measured in --budget-s 120")
+    assert "first sitting took 96 s of it, 3.2× the 30 s table.json's times gave" in line
+    minimum = int(line.split("give --budget-s ")[1].split()[0])
+    # two sittings as long as the first, the sentinels and the units fit in what it asks
+    assert minimum >= 2 * 96 + 18 + MIN_UNITS * 0.05 and minimum < 300
+    line = too_few_units_words(3, 60, 20.0, 18.0, 6.0, 4.0, "t.json")
+    assert "a unit 4.00 s" in line and "slower device" not in line
+    assert int(line.split("give --budget-s ")[1].split()[0]) >= 2 * 20 + 6 + MIN_UNITS * 4
+
+
 def test_the_drift_limit_follows_the_references_noise():
     """A host whose reference wanders ±5 % from one measurement to the next (a shared Intel
     host): after ten references the limit widens to three times that noise and segments stop

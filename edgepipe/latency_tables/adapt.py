@@ -142,6 +142,23 @@ class Budget:
             self.spent += time.perf_counter() - began
 
 
+def too_few_units_words(measured: int, budget_s: float, first_s: float, expected_first_s: float,
+                        sentinel_s: float, per_unit_s: float, source: str) -> str:
+    """The one line for a budget that held fewer than :data:`MIN_UNITS` units: what took it
+    (the first sitting of whole networks, s, against what the source's times gave) and the
+    budget that would hold them: two sittings (the second reserved at 1.3× the first),
+    the sentinels, and the units at three times the time one took (s each)."""
+    need = 2.3 * first_s + sentinel_s + 3 * JOB_OVERHEAD_S + MIN_UNITS * per_unit_s * 3
+    slower = first_s / max(expected_first_s, 1e-9)
+    why = (f"the whole networks' first sitting took {first_s:.0f} s of it, {slower:.1f}× "
+           f"the {expected_first_s:.0f} s {source}'s times gave (a slower device, or one "
+           "disturbed and measured again)" if slower > 1.5 else
+           f"the whole networks' first sitting took {first_s:.0f} s of it and a unit "
+           f"{per_unit_s:.2f} s")
+    return (f"only {measured} units could be measured in --budget-s {budget_s:g} (at least "
+            f"{MIN_UNITS} are needed): {why}; give --budget-s {int(np.ceil(need))} or more")
+
+
 def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = None
           ) -> LatencyTable:
     """The adapted table, written to ``req.table_path`` (see the module doc)."""
@@ -230,6 +247,7 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
     first = budget.run(lambda: measure_sitting(client, guard, net_items, whole, flags,
                                                may_retry=lambda: budget.left() > half))
     sittings.append({"time": time.time(), "networks": first})
+    first_s = budget.spent
     progress.advance(len(points))
     # what the second sitting will take: this one's, but not its retries beyond a quarter of
     # the budget (a disturbed first sitting must not leave no room for units)
@@ -271,10 +289,9 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
         progress.advance(len(batch))
         per_unit_s = max(1e-3, (budget.spent - job_began - JOB_OVERHEAD_S) / len(batch))
     if len(measured) < MIN_UNITS:
-        raise EdgepipeError(
-            f"only {len(measured)} units could be measured in --budget-s {req.budget_s:g} "
-            f"(this device is slower than {req.sources[0].name}'s): give a larger budget, "
-            f"at least {req.budget_s * MIN_UNITS / max(1, len(measured)):.0f} s")
+        raise EdgepipeError(too_few_units_words(
+            len(measured), req.budget_s, first_s, network_s / 2, sentinel_s, per_unit_s,
+            req.sources[0].name))
 
     progress.phase("measuring whole networks (sitting 2)", len(points))
     second = budget.run(lambda: measure_sitting(client, guard, net_items, whole, flags,
