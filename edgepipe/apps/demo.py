@@ -24,6 +24,7 @@ from ..device.bench import rss_mb
 from ..errors import EdgepipeError
 from ..manifest import Manifest, load_manifest
 from ..preprocess import preprocess
+from .draw import stage_words
 from .inference_process import ProcessRunner
 from .sources import FrameSource, open_source
 
@@ -413,8 +414,6 @@ def _prediction(result: Any) -> dict[str, Any]:
 
 
 def _hud_line(stats: Stats) -> str:
-    from .draw import stage_words
-
     stages = " · ".join(stage_words(stats.now_ms(), "—"))
     fps = stats.fps()
     rate = "     —" if fps is None else f"{fps:6.1f}"

@@ -565,11 +565,12 @@ def _run_lut_list(args: argparse.Namespace) -> int:
 
         table = with_recorded_evaluation(path, table, home)
         space = table.space.get("name", "?")  # mobilenet_v3 (the default), mobilenet_v2...
+        flags = table.flags()
         console.print(f"{path}: {len(table.units)} units ({space} space), {table.describe()}; "
                       f"{table.provenance()} {_age(table.created)} ago; {checked}; "
                       f"{_evaluated_words(table)}"
-                      + (f"; [bold red]FLAGGED while measured[/] ({len(table.flags())}: "
-                         f"{table.flags()[0]})" if table.flags() else ""))
+                      + (f"; [bold red]FLAGGED while measured[/] ({len(flags)}: {flags[0]})"
+                         if flags else ""))
     return 0
 
 

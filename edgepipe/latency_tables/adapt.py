@@ -251,7 +251,7 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
     progress.advance(len(points))
     # what the second sitting will take: this one's, but not its retries beyond a quarter of
     # the budget (a disturbed first sitting must not leave no room for units)
-    sitting_s = min(budget.spent, 0.25 * req.budget_s)
+    sitting_s = min(first_s, 0.25 * req.budget_s)
     # the sentinels: each network twice with the table's whole-network settings, the longest
     # of them (a stable median may take up to max_seconds)
     sentinel_ms = [r["median_ms"] for r, p in zip(first, points, strict=True)
