@@ -346,14 +346,23 @@ def test_a_drifted_table_warns_refuses_or_rescales(collected, tmp_path):
     same = json.loads(table_file.read_text())
     same["checks"] = []
     (tmp_path / "same.json").write_text(json.dumps(same))
-    assert run_cli("lut", "check", "--table", str(tmp_path / "same.json"),
-                   env=env).returncode in (0, 1)
-    now = LatencyTable.load(tmp_path / "same.json").checks[-1]["factor"]
+
+    def checked(path: Path) -> dict:
+        assert run_cli("lut", "check", "--table", str(path), env=env).returncode in (0, 1)
+        return LatencyTable.load(path).checks[-1]
+
+    now = checked(tmp_path / "same.json")["factor"]
     # the ratio is 2 on a host at one speed; a host at two (Intel family 6 model 207,
     # references at 0.42 and 0.83 ms in turn) can put the two checks in different halves:
-    # ×2.15 then ×0.74 in a fresh clone (2.9). The bound below 2 is what this test is for
+    # ×2.15 then ×0.74 in a fresh clone (2.9), ×1.64 then ×1.195 in another (1.37, Intel
+    # family 6 model 106): the pair is measured again once. The bound below 2 is what this
+    # test is for
+    if not 1.6 < check["factor"] / now < 4.0:
+        check = checked(fast_file)
+        now = checked(tmp_path / "same.json")["factor"]
     assert check["verdict"] == "drift" and 1.6 < check["factor"] / now < 4.0, \
         (check["factor"], now)
+    checks = len(LatencyTable.load(fast_file).checks)
 
     strict = run_cli(*base, "--strict", env=env)  # the check of a minute ago is reused
     assert strict.returncode == 2 and "refused (--strict)" in strict.stderr
@@ -363,7 +372,7 @@ def test_a_drifted_table_warns_refuses_or_rescales(collected, tmp_path):
     assert rescaled.returncode == 0 and f"rescaled ×{check['factor']:.3f}" in words
     assert _predicted(words) == pytest.approx(
         unchecked * check["factor"], abs=0.0005 * (1 + check["factor"]))  # printed to 3 places
-    assert len(LatencyTable.load(fast_file).checks) == 1  # reused, not measured again
+    assert len(LatencyTable.load(fast_file).checks) == checks  # reused, not measured again
 
     # sentinels that disagree (one of them as if twice as fast at collection) are measured
     # once more; a table that changed unevenly stays so, and the check says both
