@@ -24,7 +24,9 @@ One run, on an agent started on this machine, the CPU printed first:
   (``threads`` and ``int8``: beside a full collection in that setting, which reuses the
   programs converted before).
 * ``offline``: the two shipped tables (AMD family 25 and Intel family 6 model 167, the same
-  units measured on both) transferred one to the other from 1, 2, 5 and 10 % of the units.
+  units measured on both) transferred one to the other from 1, 2, 5 and 10 % of the units;
+  and, where the int8 part's full collection is in ``--out``, this CPU's fp32 table to its
+  int8 one the same way.
 
 After ``collect``, the full table's errors on the networks are recorded in it, as ``lut
 evaluate`` records its own (``lut list`` shows them; later predictions take their intervals
@@ -307,9 +309,33 @@ class Bench:
 
 
 def offline(bench: Bench) -> None:
-    """AMD family 25 ↔ Intel family 6 model 167 from the two shipped tables."""
-    from edgepipe.latency_tables.features import unit_from_key
+    """AMD family 25 ↔ Intel family 6 model 167 from the two shipped tables; and fp32 → int8
+    on this CPU where both of its tables are in ``--out`` (the int8 part's full collection)."""
     from edgepipe.latency_tables.table import SHIPPED, LatencyTable
+
+    amd = LatencyTable.load(next(SHIPPED.glob("82660cc886a34a83-*.json")))
+    intel = LatencyTable.load(next(SHIPPED.glob("60a219bdfc5a6978-*.json")))
+    bench.say("\noffline, unit level and network sums (200 networks), from the shipped tables")
+    bench.results["offline"] = unit_transfer(bench, (("AMD → Intel", amd, intel),
+                                                     ("Intel → AMD", intel, amd)))
+    fp32, int8 = bench.out / "table.json", bench.out / "table-int8.json"
+    if fp32.is_file() and int8.is_file():
+        bench.say("\noffline, fp32 → int8 on this CPU, from its two full collections")
+        bench.results["offline_int8"] = unit_transfer(
+            bench, (("fp32 → int8", LatencyTable.load(fp32), LatencyTable.load(int8)),))
+
+
+def unit_transfer(bench: Bench, pairs: tuple[tuple[str, Any, Any], ...]
+                  ) -> dict[str, list[float]]:
+    """Each target table transferred from its source by ``lut adapt``'s ratio model, from 1,
+    2, 5 and 10 % of the units (in the order adapt measures them), scored on the units not
+    measured and on the unit sums of 200 networks of the space, beside one global factor.
+    The regressor is chosen as adapt chooses it, by whole networks: here the target's unit
+    sums of adapt's 18 calibration networks (6 architectures at 3 resolutions) stand in for
+    the networks adapt measures."""
+    from edgepipe.latency_tables.collect import calibration_architectures, network_points
+    from edgepipe.latency_tables.features import unit_from_key
+    from edgepipe.latency_tables.model import architecture_group
     from edgepipe.latency_tables.transfer import (
         fit_transfer,
         measurement_order,
@@ -319,25 +345,27 @@ def offline(bench: Bench) -> None:
     from edgepipe.latency_tables.units import units_of
     from edgepipe.models.space import SPACES
 
-    amd = LatencyTable.load(next(SHIPPED.glob("82660cc886a34a83-*.json")))
-    intel = LatencyTable.load(next(SHIPPED.glob("60a219bdfc5a6978-*.json")))
-    keys = sorted(set(amd.units) & set(intel.units))
-    units = [unit_from_key(k) for k in keys]
-    index = {k: i for i, k in enumerate(keys)}
-    archs = SPACES["default"].architectures(200, seed=1)
-    nets = [[index[u.key] for u in units_of(a)] for a in archs]
-    bench.say("\noffline, unit level and network sums (200 networks), from the shipped tables")
+    space = SPACES["default"]
+    archs = space.architectures(200, seed=1)
+    points = network_points(calibration_architectures(space, 6), space, dynamic=True)
     bench.say("| direction | units measured | units ±5 % | units ±10 % | networks ±5 % | "
               "networks ±10 % | one factor: units ±10 % | networks ±10 % |")
     bench.say("|---|---|---|---|---|---|---|---|")
     out = {}
-    for label, source, target in (("AMD → Intel", amd, intel), ("Intel → AMD", intel, amd)):
+    for label, source, target in pairs:
+        keys = sorted(set(source.units) & set(target.units))
+        units = [unit_from_key(k) for k in keys]
+        index = {k: i for i, k in enumerate(keys)}
+        nets = [[index[u.key] for u in units_of(a)] for a in archs]
         s = np.array([source.units[k]["median_ms"] for k in keys])
         t = np.array([target.units[k]["median_ms"] for k in keys])
         order = measurement_order(units, s, time_weights(units, s, archs[:100]))
         for pct in (1, 2, 5, 10):
             idx = np.array(order[:max(8, round(len(keys) * pct / 100))])
-            model = fit_transfer(units, [s], idx, t[idx])
+            calibration = [(ix, float(t[ix].sum()), architecture_group(p.arch.to_dict()))
+                           for p in points
+                           for ix in [np.array([index[u.key] for u in units_of(p.arch)])]]
+            model = fit_transfer(units, [s], idx, t[idx], networks=calibration)
             moved = transfer(units, [s], model)
             rest = np.ones(len(keys), bool)
             rest[idx] = False
@@ -357,7 +385,7 @@ def offline(bench: Bench) -> None:
                       f"{np.mean(unit_err <= .10):.0%} | {np.mean(net_err <= .05):.0%} | "
                       f"{np.mean(net_err <= .10):.0%} | {np.mean(flat_units <= .10):.0%} | "
                       f"{np.mean(flat_nets <= .10):.0%} |")
-    bench.results["offline"] = out
+    return out
 
 
 def main() -> None:

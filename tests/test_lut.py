@@ -510,6 +510,53 @@ def test_drift_guard_measures_a_disturbed_segment_again():
     assert quick.summary()["faster_references"] == 1 and quick.summary()["slower_references"] == 0
 
 
+def test_retries_are_approved_by_what_they_cost_not_one_look_at_the_budget():
+    """A job whose four segments were all disturbed, with room left for two of them: two are
+    measured again, the others kept and marked unsettled (one look at the budget approved all
+    four before, a whole job over it: 172 s of a 120 s int8 adaptation, Intel family 6 model
+    106); and a budget overrun is said with the phases that took it."""
+    import time
+
+    from edgepipe.latency_tables.adapt import Budget, over_budget_words
+    from edgepipe.latency_tables.drift import DriftGuard
+
+    calls = []
+
+    def measure(items):  # a simulated device: each segment 0.1 s of runs, references 1 ms
+        calls.append(items)
+        time.sleep(sum(i["ms"] * 100 / 1000 for i in items))
+        slow = 1.6 if len(calls) == 1 else 1.0
+        return [{"median_ms": i["ms"] * slow, "count": 100} for i in items]
+
+    guard = DriftGuard({"ms": 0.01}, limit_pct=3, retries=2,
+                       samples=[{"median_ms": 0.01, "accepted": True}] * 20)
+    asked = []
+
+    def may_retry(seconds: float) -> bool:
+        asked.append(seconds)
+        return seconds < 0.25  # room for two segments' retries of 0.1 s each
+
+    segments = [[{"ms": 1.0}] for _ in range(4)]
+    result = guard.measure(measure, segments, may_retry=may_retry)
+    assert len(calls) == 2 and len(calls[1]) == 2 * 2 + 1  # two segments measured again
+    assert [bool(r[0].get("unsettled")) for r in result] == [False, False, True, True]
+    assert asked == sorted(asked) and 0.08 < asked[0] < 0.14 and asked[2] > 0.25
+    assert guard.summary()["unsettled_segments"] == 2
+
+    budget = Budget(1.0)
+    inside = budget.run(lambda: (time.sleep(0.3), budget.left())[1], "sitting 1")
+    assert 0.2 < inside < 0.75  # a phase's retries see the jobs it ran before them
+    budget = Budget(1.0)
+    budget.run(lambda: time.sleep(0.05), "sitting 1")
+    budget.run(lambda: time.sleep(0.02), "units")
+    budget.run(lambda: time.sleep(0.02), "units")
+    assert set(budget.phases) == {"sitting 1", "units"} and budget.spent >= 0.09
+    assert over_budget_words(110, 120, {"units": 60, "sitting 1": 50}) is None
+    words = over_budget_words(172, 120, {"sitting 1": 40, "units": 90, "sentinels": 12})
+    assert words.startswith("the measurement took 172 s, over the 120 s budget (units 90 s, "
+                            "sitting 1 40 s, sentinels 12 s)")
+
+
 def test_a_disturbed_sitting_is_outvoted_not_pooled():
     """Two sittings of a network 2.3x apart (a slow episode of a shared host between calm
     references): neither is trusted alone; a third sitting decides and the far one is left out

@@ -126,20 +126,47 @@ def _source_record(path: Path, table: LatencyTable) -> dict[str, Any]:
 
 
 class Budget:
-    """Seconds of measurement on the device, spent job by job."""
+    """Seconds of measurement on the device, spent job by job, and on what (``phases``:
+    seconds by phase name, recorded in the table so an overrun says where it came from)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds, self.spent = seconds, 0.0
+        self.phases: dict[str, float] = {}
+        self._since: float | None = None  # when the phase running now began
 
     def left(self) -> float:
-        return self.seconds - self.spent
+        """Seconds left, the phase running now included: a retry asked for inside a phase
+        sees the jobs that phase ran before it (it saw the budget as the phase began)."""
+        running = time.perf_counter() - self._since if self._since is not None else 0.0
+        return self.seconds - self.spent - running
 
-    def run(self, fn):  # type: ignore[no-untyped-def]
-        began = time.perf_counter()
+    def run(self, fn, phase: str):  # type: ignore[no-untyped-def]
+        began = self._since = time.perf_counter()
         try:
             return fn()
         finally:
-            self.spent += time.perf_counter() - began
+            took = time.perf_counter() - began
+            self._since = None
+            self.spent += took
+            self.phases[phase] = round(self.phases.get(phase, 0.0) + took, 1)
+
+
+def over_budget_words(spent_s: float, budget_s: float, phases: dict[str, float]) -> str | None:
+    """A note where the measurement ran more than 5 % over its budget (None otherwise), naming
+    the phases by the seconds they took: what a user needs to read ``--budget-s`` against."""
+    if spent_s <= budget_s * 1.05:
+        return None
+    parts = ", ".join(f"{name} {s:.0f} s" for name, s in
+                      sorted(phases.items(), key=lambda kv: -kv[1]))
+    return (f"the measurement took {spent_s:.0f} s, over the {budget_s:g} s budget ({parts}): "
+            "each job is sized from the ones before it, and these ran slower than those "
+            "promised (a device that slowed down while measured)")
+
+
+def after_units_s(sitting_s: float, sentinel_s: float) -> float:
+    """What is kept back from the units for what follows them (s): the second sitting at
+    1.3× the first (a device slower by then), the sentinels and one job's start."""
+    return sitting_s * 1.3 + sentinel_s + JOB_OVERHEAD_S
 
 
 def too_few_units_words(measured: int, budget_s: float, first_s: float, expected_first_s: float,
@@ -148,7 +175,8 @@ def too_few_units_words(measured: int, budget_s: float, first_s: float, expected
     (the first sitting of whole networks, s, against what the source's times gave) and the
     budget that would hold them: two sittings (the second reserved at 1.3× the first),
     the sentinels, and the units at three times the time one took (s each)."""
-    need = 2.3 * first_s + sentinel_s + 3 * JOB_OVERHEAD_S + MIN_UNITS * per_unit_s * 3
+    need = (first_s + after_units_s(first_s, sentinel_s)
+            + MIN_UNITS * per_unit_s * 3 + 2 * JOB_OVERHEAD_S)
     slower = first_s / max(expected_first_s, 1e-9)
     why = (f"the whole networks' first sitting took {first_s:.0f} s of it, {slower:.1f}× "
            f"the {expected_first_s:.0f} s {source}'s times gave (a slower device, or one "
@@ -245,7 +273,8 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
     # units are what the budget is for
     half = 0.75 * req.budget_s
     first = budget.run(lambda: measure_sitting(client, guard, net_items, whole, flags,
-                                               may_retry=lambda: budget.left() > half))
+                                               may_retry=lambda t: budget.left() - t > half),
+                       "sitting 1")
     sittings.append({"time": time.time(), "networks": first})
     first_s = budget.spent
     progress.advance(len(points))
@@ -267,7 +296,7 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
     queue = list(to_convert) + siblings
     progress.phase("measuring units", len(queue))
     per_unit_s = float(np.mean(unit_s[queue[:50]])) * 2
-    reserve = sitting_s * 1.3 + sentinel_s + JOB_OVERHEAD_S  # what follows the units
+    reserve = after_units_s(sitting_s, sentinel_s)
     while queue:
         room = budget.left() - reserve - JOB_OVERHEAD_S
         take = int(min(len(queue), settings.batch, room / per_unit_s))
@@ -282,7 +311,7 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
         results = budget.run(lambda segs=segs, enough=enough: guard.measure(
             lambda items: measure_items(client, items, job, flags),
             [[item(units[i]) for i in seg] for seg in segs], per_job=settings.batch,
-            may_retry=lambda: budget.left() > enough))
+            may_retry=lambda t, enough=enough: budget.left() - t > enough), "units")
         for seg, stats in zip(segs, results, strict=True):
             for i, s in zip(seg, stats, strict=True):
                 measured[i] = s
@@ -294,16 +323,21 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
             req.sources[0].name))
 
     progress.phase("measuring whole networks (sitting 2)", len(points))
-    second = budget.run(lambda: measure_sitting(client, guard, net_items, whole, flags,
-                                                may_retry=lambda: budget.left() > sentinel_s))
+    second_began = budget.spent
+    second = budget.run(lambda: measure_sitting(
+        client, guard, net_items, whole, flags,
+        may_retry=lambda t: budget.left() - t > sentinel_s), "sitting 2")
     sittings.append({"time": time.time(), "networks": second})
     progress.advance(len(points))
     disagree = _disagreeing(first, second)
     notes = []
-    if disagree and budget.left() > sitting_s:
+    # a third sitting costs what the quicker of the two took (retries included), and the
+    # sentinels still follow it
+    if disagree and budget.left() > min(first_s, budget.spent - second_began) + sentinel_s:
         progress.phase("measuring whole networks again (sittings disagreed)", len(points))
         third = budget.run(lambda: measure_sitting(client, guard, net_items, whole, flags,
-                                                   may_retry=lambda: False))
+                                                   may_retry=lambda _s: False),
+                           "sitting 3")
         sittings.append({"time": time.time(), "networks": third})
         notes.append(f"{len(disagree)} network(s) disagreed by more than "
                      f"{SITTING_AGREEMENT_PCT:g} % between two sittings: measured a third time")
@@ -329,7 +363,7 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
             results = budget.run(lambda segs=segs: guard.measure(
                 lambda items: measure_items(client, items, job, flags),
                 [[item(units[i]) for i in seg] for seg in segs], per_job=settings.batch,
-                may_retry=lambda: False))
+                may_retry=lambda _s: False), "units again")
             for seg, stats in zip(segs, results, strict=True):
                 again.update(zip(seg, stats, strict=True))
             progress.advance(len(odd))
@@ -400,8 +434,11 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
                        **guard.summary(), "samples": guard.samples}
     progress.phase("measuring sentinels", 1)
     table.sentinels = budget.run(lambda: measure_sentinels(
-        sentinels, table, client, req.workdir, req.jobs, progress))
+        sentinels, table, client, req.workdir, req.jobs, progress), "sentinels")
     table.adapted["measurement_s"] = round(budget.spent, 1)
+    table.adapted["measurement_phases_s"] = budget.phases
+    if (over := over_budget_words(budget.spent, req.budget_s, budget.phases)) is not None:
+        table.adapted["notes"].append(over)
     table.method["collection_s"] = {"convert": round(convert_s, 1),
                                     "measure": round(budget.spent, 1),
                                     "total": round(time.perf_counter() - began, 1),

@@ -95,6 +95,17 @@ def noise_of(values: list[float]) -> float | None:
     return statistics.median(abs(v - baseline) for v in kept) / baseline * 100
 
 
+def _shares(measured: list[dict[str, Any]], job_s: float) -> list[float]:
+    """Each item's share of a job's wall time (s), by its runs × median (a result without a
+    run count counts one run); equal shares where no item says its time."""
+    work = [max(0.0, float(m.get("count", 1)) * float(m.get("median_ms", 0.0)))
+            for m in measured]
+    total = sum(work)
+    if total <= 0:
+        return [job_s / max(1, len(measured))] * len(measured)
+    return [job_s * w / total for w in work]
+
+
 @dataclass
 class DriftGuard:
     reference_item: dict[str, Any]  # the agent job item of the reference unit
@@ -136,14 +147,19 @@ class DriftGuard:
     def measure(self, measure: Measure, segments: list[list[dict[str, Any]]],
                 on_segment: Callable[[int, list[dict[str, float]]], None] | None = None,
                 per_job: int | None = None, after_job: Callable[[], None] | None = None,
-                may_retry: Callable[[], bool] | None = None) -> list[list[dict[str, float]]]:
+                may_retry: Callable[[float], bool] | None = None
+                ) -> list[list[dict[str, float]]]:
         """Results for each segment, measured between references until they agree.
 
         Segments go to the device ``per_job`` items at a time (one worker process each);
         a segment to measure again goes into the next job rather than a job of its own
-        (a worker start costs seconds: importing the runtime). ``may_retry()`` false (a time
-        budget spent): a disturbed segment is kept, marked unsettled, as when its retries
-        ran out.
+        (a worker start costs seconds: importing the runtime). ``may_retry(s)`` is asked
+        before each retry with the seconds that the retries approved after this job would
+        take, this one included (each segment's share of the job's wall time, by its runs ×
+        median); false (a time budget that cannot hold them): the disturbed segment is kept,
+        marked unsettled, as when its retries ran out. Asked with the sum, not the segment
+        alone: a job whose every segment was disturbed must not be approved a whole job of
+        retries by one look at the budget.
         """
         results: list[list[dict[str, float]] | None] = [None] * len(segments)
         queue = deque((i, 0) for i in range(len(segments)))
@@ -157,23 +173,28 @@ class DriftGuard:
             items = [self.reference_item]
             for i, _ in taken:
                 items += segments[i] + [self.reference_item]
+            began = time.perf_counter()
             measured = measure(items)
-            refs, cursor, parts = [measured[0]["median_ms"]], 1, []
+            costs = _shares(measured, time.perf_counter() - began)
+            refs, cursor, parts, part_s = [measured[0]["median_ms"]], 1, [], []
             for i, _ in taken:
                 parts.append(measured[cursor:cursor + len(segments[i])])
+                # a retry measures the segment and one more reference
+                part_s.append(sum(costs[cursor:cursor + len(segments[i]) + 1]))
                 cursor += len(segments[i])
                 refs.append(measured[cursor]["median_ms"])
                 cursor += 1
             known = [s["median_ms"] for s in self.samples] + refs
             baseline, limit = baseline_of(known), self.limit_for(known)
-            retry = []
+            retry, approved_s = [], 0.0
             for n, (i, attempt) in enumerate(taken):
                 settled = (self._close(refs[n], baseline, limit)
                            and self._close(refs[n + 1], baseline, limit))
                 for stats in parts[n]:
                     stats["reference_ms"] = (refs[n] + refs[n + 1]) / 2
-                if not settled and attempt < self.retries and (may_retry is None
-                                                              or may_retry()):
+                if not settled and attempt < self.retries and (
+                        may_retry is None or may_retry(approved_s + part_s[n])):
+                    approved_s += part_s[n]
                     retry.append((i, attempt + 1))
                     continue
                 if not settled:

@@ -158,7 +158,7 @@ def agreeing(sittings: list[dict[str, Any]], pct: float | None = None
 
 def measure_sitting(client: AgentClient, guard: DriftGuard, items: list[dict[str, Any]],
                     job: dict[str, Any], flags: list[str] | None = None, per_job: int = 40,
-                    may_retry: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
+                    may_retry: Callable[[float], bool] | None = None) -> list[dict[str, Any]]:
     """One sitting: every item measured once as a whole network (its runs kept), bracketed
     by the reference unit like any segment (a sitting in a slow episode is measured again)."""
     results = guard.measure(lambda batch: measure_items(client, batch, {**job, "raw": True},
