@@ -635,6 +635,9 @@ def test_adapt_measures_a_few_units_and_transfers_the_rest(collected, adapted, t
     assert cv["chosen_by"] == "whole networks measured on the target"
     assert a["regressor"] == min(cv["network_rmse_pct"], key=cv["network_rmse_pct"].get)
     assert a["measurement_s"] <= 120 + 15  # the budget (one job may run over it a little)
+    phases = a["measurement_phases_s"]  # where the budget went, phase by phase
+    assert {"sitting 1", "units", "sitting 2", "sentinels"} <= set(phases)
+    assert abs(sum(phases.values()) - a["measurement_s"]) < 0.5
     assert table.network_model is not None and len(table.sentinels) == 4
 
     arch = tmp_path / "arch.json"

@@ -136,7 +136,7 @@ class Budget:
 
     def left(self) -> float:
         """Seconds left, the phase running now included: a retry asked for inside a phase
-        sees the jobs that phase ran before it (it saw the budget as the phase began)."""
+        sees the jobs that phase has run so far."""
         running = time.perf_counter() - self._since if self._since is not None else 0.0
         return self.seconds - self.spent - running
 
