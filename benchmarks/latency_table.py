@@ -333,6 +333,7 @@ def unit_transfer(bench: Bench, pairs: tuple[tuple[str, Any, Any], ...]
     The regressor is chosen as adapt chooses it, by whole networks: here the target's unit
     sums of adapt's 18 calibration networks (6 architectures at 3 resolutions) stand in for
     the networks adapt measures."""
+    from edgepipe.latency_tables.adapt import AdaptRequest
     from edgepipe.latency_tables.collect import calibration_architectures, network_points
     from edgepipe.latency_tables.features import unit_from_key
     from edgepipe.latency_tables.model import architecture_group
@@ -347,7 +348,9 @@ def unit_transfer(bench: Bench, pairs: tuple[tuple[str, Any, Any], ...]
 
     space = SPACES["default"]
     archs = space.architectures(200, seed=1)
-    points = network_points(calibration_architectures(space, 6), space, dynamic=True)
+    # adapt's calibration networks: the seeds and AdaptRequest.networks random ones
+    points = network_points(calibration_architectures(space, 2 + AdaptRequest.networks), space,
+                            dynamic=True)
     bench.say("| direction | units measured | units ±5 % | units ±10 % | networks ±5 % | "
               "networks ±10 % | one factor: units ±10 % | networks ±10 % |")
     bench.say("|---|---|---|---|---|---|---|---|")
@@ -357,14 +360,14 @@ def unit_transfer(bench: Bench, pairs: tuple[tuple[str, Any, Any], ...]
         units = [unit_from_key(k) for k in keys]
         index = {k: i for i, k in enumerate(keys)}
         nets = [[index[u.key] for u in units_of(a)] for a in archs]
+        calibration_ix = [(np.array([index[u.key] for u in units_of(p.arch)]),
+                           architecture_group(p.arch.to_dict())) for p in points]
         s = np.array([source.units[k]["median_ms"] for k in keys])
         t = np.array([target.units[k]["median_ms"] for k in keys])
         order = measurement_order(units, s, time_weights(units, s, archs[:100]))
+        calibration = [(ix, float(t[ix].sum()), group) for ix, group in calibration_ix]
         for pct in (1, 2, 5, 10):
             idx = np.array(order[:max(8, round(len(keys) * pct / 100))])
-            calibration = [(ix, float(t[ix].sum()), architecture_group(p.arch.to_dict()))
-                           for p in points
-                           for ix in [np.array([index[u.key] for u in units_of(p.arch)])]]
             model = fit_transfer(units, [s], idx, t[idx], networks=calibration)
             moved = transfer(units, [s], model)
             rest = np.ones(len(keys), bool)

@@ -148,7 +148,7 @@ class Budget:
             took = time.perf_counter() - began
             self._since = None
             self.spent += took
-            self.phases[phase] = round(self.phases.get(phase, 0.0) + took, 1)
+            self.phases[phase] = self.phases.get(phase, 0.0) + took
 
 
 def over_budget_words(spent_s: float, budget_s: float, phases: dict[str, float]) -> str | None:
@@ -276,7 +276,7 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
                                                may_retry=lambda t: budget.left() - t > half),
                        "sitting 1")
     sittings.append({"time": time.time(), "networks": first})
-    first_s = budget.spent
+    first_s = budget.phases["sitting 1"]
     progress.advance(len(points))
     # what the second sitting will take: this one's, but not its retries beyond a quarter of
     # the budget (a disturbed first sitting must not leave no room for units)
@@ -330,7 +330,6 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
             req.sources[0].name))
 
     progress.phase("measuring whole networks (sitting 2)", len(points))
-    second_began = budget.spent
     second = budget.run(lambda: measure_sitting(
         client, guard, net_items, whole, flags,
         may_retry=lambda t: budget.left() - t > sentinel_s), "sitting 2")
@@ -340,7 +339,7 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
     notes = []
     # a third sitting costs what the quicker of the two took (retries included), and the
     # sentinels still follow it
-    if disagree and budget.left() > min(first_s, budget.spent - second_began) + sentinel_s:
+    if disagree and budget.left() > min(first_s, budget.phases["sitting 2"]) + sentinel_s:
         progress.phase("measuring whole networks again (sittings disagreed)", len(points))
         third = budget.run(lambda: measure_sitting(client, guard, net_items, whole, flags,
                                                    may_retry=lambda _s: False),
@@ -443,7 +442,7 @@ def adapt(req: AdaptRequest, client: AgentClient, progress: Progress | None = No
     table.sentinels = budget.run(lambda: measure_sentinels(
         sentinels, table, client, req.workdir, req.jobs, progress), "sentinels")
     table.adapted["measurement_s"] = round(budget.spent, 1)
-    table.adapted["measurement_phases_s"] = budget.phases
+    table.adapted["measurement_phases_s"] = {k: round(v, 1) for k, v in budget.phases.items()}
     if (over := over_budget_words(budget.spent, req.budget_s, budget.phases)) is not None:
         table.adapted["notes"].append(over)
     table.method["collection_s"] = {"convert": round(convert_s, 1),
