@@ -130,9 +130,14 @@ class Budget:
     seconds by phase name, recorded in the table so an overrun says where it came from)."""
 
     def __init__(self, seconds: float) -> None:
-        self.seconds, self.spent = seconds, 0.0
+        self.seconds = seconds
         self.phases: dict[str, float] = {}
         self._since: float | None = None  # when the phase running now began
+
+    @property
+    def spent(self) -> float:
+        """Seconds spent in finished phases."""
+        return sum(self.phases.values())
 
     def left(self) -> float:
         """Seconds left, the phase running now included: a retry asked for inside a phase
@@ -147,7 +152,6 @@ class Budget:
         finally:
             took = time.perf_counter() - began
             self._since = None
-            self.spent += took
             self.phases[phase] = self.phases.get(phase, 0.0) + took
 
 
